@@ -1,0 +1,37 @@
+"""DRF authentication: ``X-API-Key`` (and ``Authorization: Bearer``) → tenant."""
+
+from rest_framework import authentication, exceptions, permissions
+
+from billing.services import api_key_authenticate
+from chatproject.errors import ApiError
+
+
+def presented_key(request) -> str | None:
+    """The key from ``X-API-Key``, else from ``Authorization: Bearer``."""
+    key = request.headers.get("X-API-Key")
+    if key:
+        return key.strip()
+    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    def authenticate(self, request):
+        try:
+            api_key = api_key_authenticate(presented_key(request))
+        except ApiError as error:
+            raise exceptions.AuthenticationFailed(error.message) from None
+        request.tenant = api_key.tenant
+        return api_key.tenant, api_key
+
+    def authenticate_header(self, request) -> str:
+        return 'ApiKey header="X-API-Key"'
+
+
+class IsTenant(permissions.BasePermission):
+    """Every API endpoint needs a tenant's key."""
+
+    def has_permission(self, request, view) -> bool:
+        return getattr(request, "tenant", None) is not None

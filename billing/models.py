@@ -1,0 +1,109 @@
+"""Tenants, their plans and API keys, and the credit balance with its ledger."""
+
+from decimal import Decimal
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+CREDIT_DIGITS = {"max_digits": 20, "decimal_places": 6}
+
+
+class Plan(models.Model):
+    """What a tenant may do: request rate (per minute, with burst) and WebSocket limits.
+
+    A null rate means unlimited.
+    """
+
+    name = models.SlugField(max_length=50, unique=True)
+    display_name = models.CharField(max_length=100)
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    burst = models.PositiveIntegerField(null=True, blank=True)
+    ws_messages_per_second = models.PositiveIntegerField(default=10)
+    ws_max_connections = models.PositiveIntegerField(default=50)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.display_name
+
+    @property
+    def is_unlimited(self) -> bool:
+        return self.requests_per_minute is None
+
+
+class Tenant(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="tenants")
+    is_active = models.BooleanField(default=True)
+    credit_balance = models.DecimalField(default=Decimal("0"), **CREDIT_DIGITS)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(credit_balance__gte=0), name="tenant_credit_balance_non_negative"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    # DRF treats the authenticated principal as request.user; a tenant is that principal.
+    is_authenticated = True
+
+
+class ApiKey(models.Model):
+    """An API key; only its SHA-256 and a short non-secret prefix are stored."""
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=16, help_text="The key's first characters, for display.")
+    hashed_key = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.name or 'unnamed'})"
+
+    def is_usable(self, now=None) -> bool:
+        now = now or timezone.now()
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or self.expires_at > now
+
+
+class LedgerEntry(models.Model):
+    """One change of a tenant's balance. Append-only: corrections are new entries."""
+
+    class Kind(models.TextChoices):
+        TOP_UP = "top_up", "Top-up"
+        HOLD = "hold", "Hold"
+        SETTLE = "settle", "Settle"
+        RELEASE = "release", "Release"
+        ADJUSTMENT = "adjustment", "Adjustment"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="ledger")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    # Signed change of the balance: negative for holds, positive for top-ups and releases.
+    amount = models.DecimalField(**CREDIT_DIGITS)
+    balance_after = models.DecimalField(**CREDIT_DIGITS)
+    reference = models.CharField(max_length=100, blank=True, db_index=True)
+    note = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "ledger entries"
+        indexes = [models.Index(fields=["tenant", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount} ({self.tenant})"

@@ -1,0 +1,54 @@
+"""A request id for every HTTP request: echoed from ``X-Request-ID`` or made up,
+returned as ``x-request-id`` and stamped on every log line written while serving it."""
+
+import logging
+import re
+import uuid
+from contextvars import ContextVar
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+
+current_request_id: ContextVar[str] = ContextVar("request_id", default="-")
+
+# A client's id is echoed only when it is short and harmless in a header or a log line.
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def new_request_id(client_value: str | None = None) -> str:
+    if client_value and _CLIENT_ID.match(client_value):
+        return client_value
+    return uuid.uuid4().hex
+
+
+class RequestIdMiddleware:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def _start(self, request) -> None:
+        request.request_id = new_request_id(request.headers.get("X-Request-ID"))
+        current_request_id.set(request.request_id)
+
+    def __call__(self, request):
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        self._start(request)
+        response = self.get_response(request)
+        response["x-request-id"] = request.request_id
+        return response
+
+    async def __acall__(self, request):
+        self._start(request)
+        response = await self.get_response(request)
+        response["x-request-id"] = request.request_id
+        return response
+
+
+class RequestIdLogFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = current_request_id.get()
+        return True

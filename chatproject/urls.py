@@ -1,0 +1,20 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from chatproject import health
+
+# The API description is public; the endpoints it describes are not.
+PUBLIC = {"authentication_classes": [], "permission_classes": []}
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("api/schema/", SpectacularAPIView.as_view(**PUBLIC), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", **PUBLIC), name="docs"),
+    path("", include("chats.urls")),
+]
+
+handler404 = "chatproject.errors.handler404"
+handler500 = "chatproject.errors.handler500"

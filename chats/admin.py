@@ -1,0 +1,58 @@
+from django.contrib import admin
+
+from chats.models import Chat, EndUser, Message
+
+
+class ReadOnlyAdminMixin:
+    """Conversation history is evidence: staff read it, nobody edits it here."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(EndUser)
+class EndUserAdmin(admin.ModelAdmin):
+    list_display = ["external_id", "tenant", "created_at"]
+    list_filter = ["tenant"]
+    search_fields = ["external_id", "tenant__name"]
+    readonly_fields = ["tenant", "external_id", "created_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+class MessageInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = Message
+    extra = 0
+    can_delete = False
+    fields = [
+        "created_at",
+        "role",
+        "status",
+        "model",
+        "content",
+        "prompt_tokens",
+        "completion_tokens",
+    ]
+    readonly_fields = fields
+    ordering = ["created_at", "id"]
+
+
+@admin.register(Chat)
+class ChatAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["id", "title", "end_user", "tenant", "created_at"]
+    list_filter = ["tenant", "created_at"]
+    search_fields = ["id", "title", "end_user__external_id", "tenant__name"]
+    list_select_related = ["end_user", "tenant"]
+    inlines = [MessageInline]
+
+
+@admin.register(Message)
+class MessageAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["id", "chat", "role", "status", "model", "created_at"]
+    list_filter = ["role", "status", "model", "chat__tenant"]
+    search_fields = ["content", "chat__id"]
+    list_select_related = ["chat"]

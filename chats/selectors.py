@@ -1,0 +1,48 @@
+"""Reads on chats, always scoped to one tenant."""
+
+import uuid
+
+from django.db.models import Count, QuerySet
+
+from billing.models import Tenant
+from chatproject.errors import ApiError, ErrorCode
+from chats.models import Chat, Message
+
+
+def parse_chat_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR,
+            "Invalid chat id.",
+            details={"chat_id": [f"{value!r} is not a valid UUID."]},
+        ) from None
+
+
+def chat_get(*, tenant: Tenant, chat_id: uuid.UUID | str) -> Chat:
+    """The tenant's chat; another tenant's chat is as missing as a deleted one."""
+    chat = (
+        Chat.objects.select_related("end_user")
+        .annotate(message_count=Count("messages"))
+        .filter(tenant=tenant, pk=parse_chat_id(chat_id))
+        .first()
+    )
+    if chat is None:
+        raise ApiError(ErrorCode.CHAT_NOT_FOUND, "Chat not found.")
+    return chat
+
+
+def chat_list_for_user(*, tenant: Tenant, user_id: str) -> QuerySet[Chat]:
+    """An end user's chats, newest first."""
+    return (
+        Chat.objects.select_related("end_user")
+        .annotate(message_count=Count("messages"))
+        .filter(tenant=tenant, end_user__external_id=user_id)
+        .order_by("-created_at", "-id")
+    )
+
+
+def message_list(*, chat: Chat, descending: bool = False) -> QuerySet[Message]:
+    ordering = ["-created_at", "-id"] if descending else ["created_at", "id"]
+    return Message.objects.filter(chat=chat).order_by(*ordering)

@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class GovernorConfig(AppConfig):
+    name = "governor"
+    verbose_name = "Compliance governor"

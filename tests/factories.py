@@ -1,0 +1,46 @@
+"""Small factories for the models the tests need."""
+
+import itertools
+from datetime import timedelta
+from decimal import Decimal
+
+from django.utils import timezone
+
+from billing.models import Plan, Tenant
+from billing.services import api_key_create, credits_top_up
+from chats.models import Chat, EndUser, Message
+
+_names = itertools.count(1)
+
+
+def make_tenant(*, name: str | None = None, plan: str = "enterprise", credits=0) -> Tenant:
+    tenant = Tenant.objects.create(
+        name=name or f"tenant-{next(_names)}", plan=Plan.objects.get(name=plan)
+    )
+    if credits:
+        credits_top_up(tenant=tenant, amount=Decimal(credits))
+        tenant.refresh_from_db()
+    return tenant
+
+
+def make_key(tenant: Tenant, **kwargs) -> str:
+    return api_key_create(tenant=tenant, **kwargs)[1]
+
+
+def make_chat(tenant: Tenant, *, user_id: str = "user123", title: str = "") -> Chat:
+    end_user, _ = EndUser.objects.get_or_create(tenant=tenant, external_id=user_id)
+    return Chat.objects.create(tenant=tenant, end_user=end_user, title=title)
+
+
+def make_messages(chat: Chat, count: int) -> list[Message]:
+    """``count`` messages one second apart, alternating user and assistant."""
+    start = timezone.now() - timedelta(hours=1)
+    return Message.objects.bulk_create(
+        Message(
+            chat=chat,
+            role="user" if i % 2 == 0 else "assistant",
+            content=f"message {i}",
+            created_at=start + timedelta(seconds=i),
+        )
+        for i in range(count)
+    )
