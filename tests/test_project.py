@@ -44,9 +44,7 @@ def test_docs_page_works_offline(client):
 
 
 def test_check_deploy_is_clean_in_production_mode():
-    env = {
-        k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECURE_SSL_REDIRECT"}
-    } | {
+    env = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECURE_SSL_REDIRECT"}} | {
         "DEBUG": "false",
         "SECRET_KEY": "a-long-random-production-secret-key-with-enough-entropy-0123456789",
         "ALLOWED_HOSTS": "chat.example.com",
@@ -98,7 +96,9 @@ def test_admin_creates_key_and_shows_it_once(staff_client, tenant):
     change_page = staff_client.get(f"/admin/billing/apikey/{api_key.pk}/change/").content
     assert api_key.prefix.encode() in change_page
     assert raw.encode() not in change_page
-    assert raw.encode() not in staff_client.get(f"/admin/billing/tenant/{tenant.pk}/change/").content
+    assert (
+        raw.encode() not in staff_client.get(f"/admin/billing/tenant/{tenant.pk}/change/").content
+    )
 
 
 @pytest.mark.parametrize(
