@@ -1,0 +1,233 @@
+"""Anthropic's Messages API, streamed.
+
+Like the OpenAI-compatible provider this speaks the wire format with httpx (one pooled
+client, exact timeouts, no SDK retries re-running a stream that already produced tokens).
+The stream is a sequence of named SSE events: `message_start` (input usage),
+`content_block_start`, `content_block_delta` (`text_delta` pieces), `content_block_stop`,
+`message_delta` (stop_reason and CUMULATIVE usage), `message_stop`; `ping` may come at any
+time and `error` can arrive mid-stream (e.g. `overloaded_error`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from .base import (
+    CompletionRequest,
+    LLMConnectionError,
+    LLMProviderError,
+    Provider,
+    StreamEnd,
+    TokenDelta,
+    client_lease,
+    error_details,
+    estimate_prompt_tokens,
+    estimate_tokens,
+    iter_sse,
+    parse_json_object,
+    redact,
+    transport_error,
+    usage_count,
+)
+
+ANTHROPIC_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens on every request
+
+# Anthropic stop reasons in OpenAI's vocabulary; anything unknown counts as a normal stop.
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+# Error types whose HTTP equivalents are 429 or 5xx: worth retrying.
+_RETRYABLE_ERRORS = {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
+
+
+class AnthropicProvider(Provider):
+    """Streams from `{base_url}/v1/messages`."""
+
+    name = "anthropic"
+
+    def __init__(
+        self,
+        api_key: str | None,
+        *,
+        base_url: str = "https://api.anthropic.com",
+        timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        default_max_tokens: int = DEFAULT_MAX_TOKENS,
+        anthropic_version: str = ANTHROPIC_VERSION,
+        client: httpx.AsyncClient | None = None,
+        name: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """`timeout` is the longest wait for any byte (Anthropic pings long streams)."""
+        if name:
+            self.name = name
+        self._url = base_url.rstrip("/") + "/v1/messages"
+        self._api_key = api_key or None
+        self._timeout = timeout
+        self._timeouts = httpx.Timeout(timeout, connect=connect_timeout)
+        self._client = client
+        self._default_max_tokens = default_max_tokens
+        self._headers = {
+            "accept": "text/event-stream",
+            "anthropic-version": anthropic_version,
+            **(headers or {}),
+        }
+        if self._api_key:
+            self._headers["x-api-key"] = self._api_key
+
+    def build_body(self, request: CompletionRequest) -> dict[str, Any]:
+        """The JSON body sent upstream: system messages move to the top-level `system`."""
+        system = "\n\n".join(
+            m["content"] for m in request.messages if m["role"] == "system" and m["content"]
+        )
+        turns: list[dict[str, str]] = []
+        for message in request.messages:
+            if message["role"] == "system":
+                continue
+            role = "assistant" if message["role"] == "assistant" else "user"
+            if turns and turns[-1]["role"] == role:
+                # Anthropic wants alternating turns; merge a run of same-role messages.
+                merged = f"{turns[-1]['content']}\n\n{message['content']}"
+                turns[-1] = {"role": role, "content": merged}
+            else:
+                turns.append({"role": role, "content": message["content"]})
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": turns,
+            "max_tokens": max(1, request.max_tokens)
+            if request.max_tokens is not None
+            else self._default_max_tokens,
+            # Anthropic's range is 0..1 where OpenAI's is 0..2; clamp rather than be refused.
+            "temperature": min(max(request.temperature, 0.0), 1.0),
+            "stream": True,
+        }
+        if system:
+            body["system"] = system
+        return body
+
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[TokenDelta | StreamEnd]:
+        progress = _Progress()
+        with client_lease(self._client) as client:
+            try:
+                async with client.stream(
+                    "POST",
+                    self._url,
+                    json=self.build_body(request),
+                    headers=self._headers,
+                    timeout=self._timeouts,
+                ) as response:
+                    if not response.is_success:
+                        raise await self._status_error(response)
+                    # Read on to the end of the body after message_stop, so that the
+                    # connection goes back to the pool instead of being closed.
+                    async for event, data in iter_sse(response):
+                        if progress.done:
+                            continue
+                        payload = parse_json_object(data)
+                        if payload is None:
+                            raise LLMProviderError(
+                                f"{self.name} sent malformed stream data", retryable=False
+                            )
+                        kind = payload.get("type") or event
+                        if kind == "error":
+                            raise self._stream_error(payload.get("error"))
+                        text = progress.take(kind, payload)
+                        if text:
+                            yield TokenDelta(text)
+            except httpx.HTTPError as exc:
+                # Once the answer is complete, a failure while draining the body costs nothing.
+                if not progress.finished:
+                    raise transport_error(
+                        exc, upstream=self.name, timeout=self._timeout, secret=self._api_key
+                    ) from exc
+
+        if not progress.finished:
+            raise LLMConnectionError(f"{self.name} closed the stream before it finished")
+        yield StreamEnd(
+            finish_reason=_FINISH_REASONS.get(progress.stop_reason or "end_turn", "stop"),
+            prompt_tokens=progress.prompt_tokens
+            if progress.prompt_tokens is not None
+            else estimate_prompt_tokens(request.messages),
+            completion_tokens=progress.completion_tokens
+            if progress.completion_tokens is not None
+            else estimate_tokens("".join(progress.parts)),
+        )
+
+    async def _status_error(self, response: httpx.Response) -> LLMProviderError:
+        message, kind = error_details(await response.aread())
+        status = response.status_code
+        return LLMProviderError(
+            redact(f"{self.name} answered HTTP {status}: {message}", self._api_key),
+            status=status,
+            retryable=True if kind in _RETRYABLE_ERRORS else None,
+        )
+
+    def _stream_error(self, error: object) -> LLMProviderError:
+        """An `error` event inside a 200 stream, e.g. `overloaded_error`."""
+        error = error if isinstance(error, dict) else {}
+        kind = error.get("type")
+        message = error.get("message") or kind or "unknown error"
+        return LLMProviderError(
+            redact(f"{self.name} failed mid-stream: {message}", self._api_key),
+            retryable=kind in _RETRYABLE_ERRORS,
+        )
+
+
+@dataclass
+class _Progress:
+    """What one message stream has told so far."""
+
+    parts: list[str] = field(default_factory=list)
+    stop_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    done: bool = False  # message_stop seen: only the end of the body is left
+
+    @property
+    def finished(self) -> bool:
+        """The whole answer arrived (a stop_reason is as good as message_stop)."""
+        return self.done or self.stop_reason is not None
+
+    def take(self, kind: str, payload: dict[str, Any]) -> str | None:
+        """Takes in one event; returns its text, if it carries any."""
+        if kind == "content_block_delta":
+            delta = payload.get("delta") or {}
+            text = delta.get("text") if delta.get("type") == "text_delta" else None
+            if text:
+                self.parts.append(text)
+            return text
+        if kind == "message_start":
+            self._count((payload.get("message") or {}).get("usage"))
+        elif kind == "message_delta":
+            self.stop_reason = (payload.get("delta") or {}).get("stop_reason") or self.stop_reason
+            self._count(payload.get("usage"))  # cumulative, not an increment
+        elif kind == "message_stop":
+            self.done = True
+        # ping, content_block_start/stop and event types added later: nothing to do
+        return None
+
+    def _count(self, usage: Mapping[str, Any] | None) -> None:
+        self.prompt_tokens = _input_tokens(usage, self.prompt_tokens)
+        self.completion_tokens = usage_count(usage, "output_tokens", self.completion_tokens)
+
+
+def _input_tokens(usage: Mapping[str, Any] | None, current: int | None) -> int | None:
+    """All prompt tokens processed: fresh input plus cache writes and cache reads."""
+    if not usage or not isinstance(usage.get("input_tokens"), int):
+        return current
+    return sum(
+        usage_count(usage, key, 0)
+        for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+    )

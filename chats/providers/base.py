@@ -1,0 +1,297 @@
+"""The provider interface: one async stream of tokens, one family of errors.
+
+A provider turns a `CompletionRequest` into an async stream of `TokenDelta` items that
+ends with exactly one `StreamEnd`, and reports every failure as a `ProviderError`
+subclass whose `code` and `retryable` flag are the ones of SPEC §6. Consumers should
+close the stream when they stop early, so that the upstream connection is released::
+
+    async with contextlib.aclosing(provider.stream(request)) as events:
+        async for event in events:
+            ...
+
+The second half of this module is the HTTP plumbing shared by the HTTP providers (pooled
+clients per event loop, an incremental SSE reader, error mapping). No Django here:
+the providers are plain Python and httpx so they can be tested alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import ssl
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """What the engine asks of a provider."""
+
+    model: str  # the upstream model id
+    messages: list[dict[str, str]]  # [{"role": "system"|"user"|"assistant", "content": str}]
+    temperature: float = 0.7
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenDelta:
+    """A piece of generated text, as the upstream sent it."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """The last item of every successful stream."""
+
+    finish_reason: str  # OpenAI's names: "stop", "length", "content_filter", "tool_calls"
+    prompt_tokens: int
+    completion_tokens: int  # upstream usage when reported, else estimate_tokens(full text)
+
+
+StreamItem = TokenDelta | StreamEnd
+
+_D = TypeVar("_D", int, int | None)
+
+
+class ProviderError(Exception):
+    """Base of every provider failure; `str(error)` never contains an API key."""
+
+    code: str = "LLM_PROVIDER_ERROR"
+    retryable: bool = False
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retryable: bool | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class LLMConnectionError(ProviderError):
+    """The upstream was unreachable, refused the connection, or dropped it mid-stream."""
+
+    code = "LLM_CONNECTION_ERROR"
+    retryable = True
+
+
+class LLMTimeoutError(ProviderError):
+    """The upstream did not answer, or stalled, for longer than the timeout."""
+
+    code = "LLM_TIMEOUT"
+    retryable = True
+
+
+class LLMProviderError(ProviderError):
+    """The upstream answered with an error; retryable for 429 and 5xx (529 included)."""
+
+    code = "LLM_PROVIDER_ERROR"
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retryable: bool | None = None
+    ) -> None:
+        if retryable is None:
+            retryable = is_retryable_status(status)
+        super().__init__(message, status=status, retryable=retryable)
+
+
+def is_retryable_status(status: int | None) -> bool:
+    """429 (rate limited) and every 5xx, Anthropic's 529 "overloaded" included."""
+    return status is not None and (status == 429 or 500 <= status <= 599)
+
+
+class Provider(ABC):
+    """An LLM upstream behind one async method."""
+
+    name: str
+
+    @abstractmethod
+    def stream(self, request: CompletionRequest) -> AsyncIterator[TokenDelta | StreamEnd]:
+        """Yields TokenDelta items then exactly one StreamEnd; raises ProviderError subclasses."""
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap, deterministic token estimate: ~4 characters a token, at least 1 if non-empty."""
+    if not text:
+        return 0
+    return max(1, (len(text) + 3) // 4)
+
+
+def estimate_prompt_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
+    """The estimate of a prompt: the sum of its messages' estimates."""
+    return sum(estimate_tokens(str(message.get("content") or "")) for message in messages)
+
+
+# --- Shared HTTP plumbing for the HTTP providers ------------------------------------------
+
+# httpx clients are bound to the event loop they first ran in, and a process may run several
+# loops (daphne's, a test's, asgiref's), so the clients are kept per loop.
+#
+# httpcore's pool walks all its connections (idle ones twice over, with a poll() syscall
+# each) whenever a request starts or ends, so one big pool collapses under a few hundred
+# concurrent streams (measured: ~3x fewer streams/s at 200 concurrent than the scheme below).
+# So each loop keeps a small set of clients and fills them in order, at most
+# _STREAMS_PER_CLIENT streams each: a quiet server uses (and keeps warm) the first client
+# only, a busy one spreads over several small pools. They share one SSLContext.
+_STREAMS_PER_CLIENT = 8
+_MAX_CLIENTS = 128
+_LIMITS = httpx.Limits(max_connections=1000, max_keepalive_connections=16, keepalive_expiry=30)
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    return httpx.create_ssl_context()
+
+
+class _LoopClients:
+    """The pooled clients of one event loop and how many streams each is serving."""
+
+    def __init__(self) -> None:
+        self.clients: list[httpx.AsyncClient] = []
+        self.active: list[int] = []
+
+    def pick(self) -> int:
+        for index, count in enumerate(self.active):
+            if count < _STREAMS_PER_CLIENT and not self.clients[index].is_closed:
+                return index
+        if len(self.clients) < _MAX_CLIENTS:
+            self.clients.append(
+                httpx.AsyncClient(verify=_ssl_context(), limits=_LIMITS, follow_redirects=False)
+            )
+            self.active.append(0)
+            return len(self.clients) - 1
+        return min(range(len(self.active)), key=self.active.__getitem__)
+
+
+_LOOP_CLIENTS: dict[asyncio.AbstractEventLoop, _LoopClients] = {}
+
+
+@contextlib.contextmanager
+def leased_client() -> Iterator[httpx.AsyncClient]:
+    """A pooled AsyncClient of the running loop, held for the length of one stream."""
+    loop = asyncio.get_running_loop()
+    clients = _LOOP_CLIENTS.get(loop)
+    if clients is None:
+        for stale in [other for other in _LOOP_CLIENTS if other.is_closed()]:
+            del _LOOP_CLIENTS[stale]  # its sockets died with its loop; nothing left to close
+        clients = _LOOP_CLIENTS[loop] = _LoopClients()
+    index = clients.pick()
+    clients.active[index] += 1
+    try:
+        yield clients.clients[index]
+    finally:
+        clients.active[index] -= 1
+
+
+def client_lease(
+    client: httpx.AsyncClient | None,
+) -> contextlib.AbstractContextManager[httpx.AsyncClient]:
+    """`client` when one was injected, else a leased pooled client."""
+    return contextlib.nullcontext(client) if client is not None else leased_client()
+
+
+async def aclose_shared_client() -> None:
+    """Closes the running loop's pooled clients (at shutdown, and in tests)."""
+    clients = _LOOP_CLIENTS.pop(asyncio.get_running_loop(), None)
+    for client in clients.clients if clients else ():
+        await client.aclose()
+
+
+def redact(text: str, secret: str | None) -> str:
+    """`text` with every occurrence of `secret` masked."""
+    if secret and secret in text:
+        return text.replace(secret, "***")
+    return text
+
+
+async def iter_sse(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
+    """Yields (event, data) for each server-sent event as soon as its blank line arrives.
+
+    Follows the WHATWG rules that matter here: `data` lines are joined with newlines,
+    comments (`:` lines) are skipped, one space after the colon is dropped, and an event
+    left incomplete at the end of the body is discarded (it was cut off).
+    """
+    event = ""
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield event or "message", "\n".join(data)
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            event = value
+
+
+def parse_json_object(data: str | bytes) -> dict[str, Any] | None:
+    """`data` decoded as a JSON object, or None when it is not one."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def error_details(raw: bytes) -> tuple[str, str | None]:
+    """(message, error type) from an upstream error body.
+
+    Understands OpenAI's `{"error": {"message", "type"}}`, Anthropic's
+    `{"type": "error", "error": {"type", "message"}}`, Ollama's `{"error": "..."}` and
+    FastAPI-style `{"detail": ...}`; anything else is quoted, shortened.
+    """
+    payload = parse_json_object(raw)
+    if payload is not None:
+        error = payload.get("error")
+        if isinstance(error, dict):
+            message = error.get("message")
+            kind = error.get("type") or error.get("code")
+            if message:
+                return str(message)[:500], str(kind) if kind else None
+        if isinstance(error, str) and error:
+            return error[:500], None
+        for key in ("message", "detail"):
+            if payload.get(key):
+                return str(payload[key])[:500], None
+    text = raw.decode("utf-8", "replace").strip()
+    return (text[:300] or "no details"), None
+
+
+def usage_count(usage: Mapping[str, Any] | None, key: str, default: _D) -> int | _D:
+    """A token count from an upstream usage object, or `default` when it is not reported."""
+    value = usage.get(key) if usage else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    return default
+
+
+def transport_error(
+    exc: httpx.HTTPError, *, upstream: str, timeout: float, secret: str | None = None
+) -> ProviderError:
+    """The ProviderError for an httpx failure, with `secret` masked in its message."""
+    reason = redact(str(exc) or type(exc).__name__, secret)
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return LLMProviderError(f"{upstream} URL is not usable: {reason}", retryable=False)
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return LLMConnectionError(f"Could not connect to {upstream}: {reason}")
+    if isinstance(exc, httpx.PoolTimeout):
+        return LLMTimeoutError(f"No free connection to {upstream} within {timeout:g}s")
+    if isinstance(exc, httpx.TimeoutException):
+        return LLMTimeoutError(f"{upstream} did not answer within {timeout:g}s")
+    if isinstance(exc, httpx.TransportError):
+        return LLMConnectionError(f"Connection to {upstream} was lost: {reason}")
+    return LLMProviderError(f"{upstream} sent an unreadable response: {reason}", retryable=False)

@@ -1,0 +1,1 @@
+"""Fakes of external services (LLM upstreams) for tests and benchmarks."""
