@@ -1,0 +1,407 @@
+"""Compliance rules of the governor: small objects with a pure ``check``.
+
+A rule looks at one ``EvaluationInput`` (the text of one phase plus the
+request's governor metadata) and returns ``Violation``s. Each violation carries
+the points it adds to the risk score, so that every point of a score can be
+traced to a rule. A rule's points count once however often it fires: the
+first occurrence (lowest span) carries them, further occurrences are listed
+with 0 points. Explanations never quote the detected value, so results can be
+logged and audited safely.
+
+No Django, no I/O: the rules are trivially testable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from governor.detectors import Finding, scan
+
+__all__ = [
+    "ACTIONS",
+    "ACTION_TYPES",
+    "ACTION_TYPE_RISK",
+    "BASE_POINTS",
+    "DEFAULT_SANCTIONED_COUNTRIES",
+    "EU_EEA_COUNTRIES",
+    "EXTENDED_SANCTIONED_COUNTRIES",
+    "PERSONAL_DATA_KINDS",
+    "RISK_LEVELS",
+    "RULE_IDS",
+    "ActionTypeRiskRule",
+    "AutomatedDecisionRule",
+    "EvaluationInput",
+    "GdprRecipientRule",
+    "GovernorMetadata",
+    "MedicalIdentifierRule",
+    "PersonalDataRule",
+    "Rule",
+    "SanctionedDestinationRule",
+    "SecretRule",
+    "SenderRoleRule",
+    "Violation",
+    "build_rules",
+    "severity_rank",
+]
+
+# Risk levels double as severities, lowest first.
+RISK_LEVELS = ("low", "medium", "high", "critical")
+# What a violation asks for, mildest first.
+ACTIONS = ("allow", "flag", "redact", "review", "block")
+
+# The seed's action types with the risk it states for each.
+ACTION_TYPE_RISK: dict[str, str] = {
+    "customer_support": "low",
+    "legal_advice": "medium",
+    "medical_advice": "medium",
+    "hr_message": "medium",
+    "suspension": "high",
+    "refund_denial": "high",
+    "policy_warning": "medium",
+    "other": "low",
+}
+ACTION_TYPES = tuple(ACTION_TYPE_RISK)
+# Base points per action-type risk: alone, each type lands in its own risk band.
+BASE_POINTS = {"low": 0, "medium": 25, "high": 50}
+
+_EU_COUNTRIES = frozenset({
+    "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE",
+    "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE",
+})  # fmt: skip
+EU_EEA_COUNTRIES = _EU_COUNTRIES | {"IS", "LI", "NO"}
+# Comprehensive embargoes; the default sanctioned destinations.
+DEFAULT_SANCTIONED_COUNTRIES = frozenset({"CU", "IR", "KP", "SY"})
+# Broad but sectoral sanctions; add them to a policy's set where the tenant must.
+EXTENDED_SANCTIONED_COUNTRIES = frozenset({"RU", "BY"})
+
+PERSONAL_DATA_KINDS = frozenset({"card", "ssn", "iban", "email", "phone", "health_id"})
+
+Phase = Literal["input", "output"]
+
+
+def severity_rank(level: str) -> int:
+    """Position of a risk level / severity in ``RISK_LEVELS``."""
+    return RISK_LEVELS.index(level)
+
+
+@dataclass(frozen=True)
+class GovernorMetadata:
+    """The request's ``governorMetadata``, already validated."""
+
+    action_type: str
+    sender_id: str
+    sender_role: str | None = None
+    recipient_country: str | None = None
+    recipient_user_id: str | None = None
+    recipient_email: str | None = None
+    department: str | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationInput:
+    """What one evaluation looks at: one phase's text and the request's metadata."""
+
+    text: str
+    metadata: GovernorMetadata | None
+    phase: Phase = "input"
+
+    def __post_init__(self) -> None:
+        if self.phase not in ("input", "output"):
+            raise ValueError(f"phase must be 'input' or 'output', not {self.phase!r}")
+
+    @property
+    def findings(self) -> tuple[Finding, ...]:
+        return scan(self.text)
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One reason the governor objects, with the points it adds to the score."""
+
+    rule: str
+    severity: str
+    explanation: str
+    span: tuple[int, int] | None
+    points: int
+    action: str = "flag"
+
+    def to_dict(self) -> dict:
+        return {
+            "rule": self.rule,
+            "severity": self.severity,
+            "action": self.action,
+            "explanation": self.explanation,
+            "span": list(self.span) if self.span is not None else None,
+            "points": self.points,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rule:
+    """Base rule: ``id``, ``severity``, ``action``, ``points`` and a pure ``check``."""
+
+    id: str
+    severity: str
+    action: str
+    points: int
+    description: str = ""
+
+    def check(self, ctx: EvaluationInput) -> list[Violation]:
+        raise NotImplementedError
+
+    def _violations(
+        self, explanations: Iterable[tuple[str, tuple[int, int] | None]]
+    ) -> list[Violation]:
+        """Violations in span order; only the first carries the rule's points."""
+        ordered = sorted(explanations, key=lambda e: (e[1] or (-1, -1), e[0]))
+        return [
+            Violation(
+                rule=self.id,
+                severity=self.severity,
+                explanation=explanation,
+                span=span,
+                points=self.points if i == 0 else 0,
+                action=self.action,
+            )
+            for i, (explanation, span) in enumerate(ordered)
+        ]
+
+
+def _kinds_found(ctx: EvaluationInput, kinds: Iterable[str]) -> list[Finding]:
+    wanted = frozenset(kinds)
+    return [f for f in ctx.findings if f.kind in wanted]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ActionTypeRiskRule(Rule):
+    """Base risk of the action type, reported as an informational (``allow``) violation.
+
+    Medium types add 25 points, high types 50; low types add nothing and report
+    nothing. The violation's severity is the type's risk (``severity`` here is the
+    highest it can report).
+    """
+
+    id: str = "action_type_risk"
+    severity: str = "high"
+    action: str = "allow"
+    points: int = BASE_POINTS["high"]
+
+    def check(self, ctx: EvaluationInput) -> list[Violation]:
+        if ctx.metadata is None:
+            return []
+        risk = ACTION_TYPE_RISK.get(ctx.metadata.action_type, "low")
+        if BASE_POINTS[risk] == 0:
+            return []
+        return [
+            Violation(
+                rule=self.id,
+                severity=risk,
+                explanation=f"Action type {ctx.metadata.action_type} carries {risk} base risk.",
+                span=None,
+                points=BASE_POINTS[risk],
+                action=self.action,
+            )
+        ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class PersonalDataRule(Rule):
+    """One violation per finding of ``kind`` in the text; ``label`` names it with its article."""
+
+    kind: str
+    label: str
+
+    def check(self, ctx: EvaluationInput) -> list[Violation]:
+        return self._violations(
+            (f"The {ctx.phase} contains {self.label}.", (f.start, f.end))
+            for f in _kinds_found(ctx, [self.kind])
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretRule(Rule):
+    """Credentials (API keys, tokens, private keys) must never pass."""
+
+    id: str = "secret_credential"
+    severity: str = "critical"
+    action: str = "block"
+    points: int = 60
+
+    def check(self, ctx: EvaluationInput) -> list[Violation]:
+        explanation = f"The {ctx.phase} contains a credential (API key, token or private key)."
+        return self._violations(
+            (explanation, (f.start, f.end)) for f in _kinds_found(ctx, ["secret"])
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class GdprRecipientRule(Rule):
+    """Personal data addressed to an EU/EEA recipient falls under the GDPR."""
+
+    id: str = "gdpr_eu_recipient"
+    severity: str = "medium"
+    action: str = "flag"
+    points: int = 15
+
+    def check(self, ctx: EvaluationInput) -> list[Violation]:
+        country = ctx.metadata.recipient_country if ctx.metadata else None
+        if country not in EU_EEA_COUNTRIES:
+            return []
+        kinds = sorted({f.kind for f in _kinds_found(ctx, PERSONAL_DATA_KINDS)})
+        if not kinds:
+            return []
+        return self._violations(
+            [
+                (
+                    f"Personal data ({', '.join(kinds)}) for a recipient in {country} "
+                    "(EU/EEA): GDPR applies.",
+                    None,
+                )
+            ]
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SanctionedDestinationRule(Rule):
+    """Nothing may be sent to a recipient in a sanctioned country."""
+
+    id: str = "sanctioned_destination"
+    severity: str = "critical"
+    action: str = "block"
+    points: int = 60
+    countries: frozenset[str] = DEFAULT_SANCTIONED_COUNTRIES
+
+    def check(self, ctx: EvaluationInput) -> list[Violation]:
+        country = ctx.metadata.recipient_country if ctx.metadata else None
+        if country is None or country not in self.countries:
+            return []
+        return self._violations([(f"The recipient country {country} is sanctioned.", None)])
+
+
+@dataclass(frozen=True, kw_only=True)
+class MedicalIdentifierRule(Rule):
+    """Medical advice must not carry patient identifiers (MBI, MRN, NHS number, ICD-10 code)."""
+
+    id: str = "medical_health_identifier"
+    severity: str = "high"
+    action: str = "redact"
+    points: int = 30
+
+    def check(self, ctx: EvaluationInput) -> list[Violation]:
+        if ctx.metadata is None or ctx.metadata.action_type != "medical_advice":
+            return []
+        return self._violations(
+            (f"Medical advice {ctx.phase} contains a health identifier.", (f.start, f.end))
+            for f in _kinds_found(ctx, ["health_id"])
+        )
+
+
+# Wording of a decision about a person's employment.
+_EMPLOYMENT_DECISION_RE = re.compile(
+    r"\b(?:terminat\w*|dismiss\w*|fired|lay(?:ing)?\s+off|laid\s+off|redundan\w*|demot\w*|"
+    r"promot\w*|hire[ds]?|hiring\s+decision|not\s+(?:been\s+)?selected|reject\w*|"
+    r"job\s+offer|offer\s+of\s+employment|disciplinary|(?:final|formal|written)\s+warning|"
+    r"suspen\w*|probation\w*|(?:salary|pay)\s+(?:cut|reduction|increase|rise)|"
+    r"contract\s+(?:will\s+not|won't)\s+be\s+renewed)\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AutomatedDecisionRule(Rule):
+    """Decisions about a person go to a human (EU AI Act high-risk; GDPR art. 22).
+
+    Every ``suspension`` decides about an account holder. An ``hr_message``
+    counts when its text words an employment decision (hiring, dismissal,
+    promotion, discipline, pay).
+    """
+
+    id: str = "automated_decision_review"
+    severity: str = "high"
+    action: str = "review"
+    points: int = 20
+
+    def check(self, ctx: EvaluationInput) -> list[Violation]:
+        action_type = ctx.metadata.action_type if ctx.metadata else None
+        if action_type == "suspension":
+            reason = "An account suspension decides about a person"
+        elif action_type == "hr_message" and _EMPLOYMENT_DECISION_RE.search(ctx.text):
+            reason = "An HR message deciding about employment is high-risk (EU AI Act)"
+        else:
+            return []
+        return self._violations([(f"{reason}; a human must review it (GDPR art. 22).", None)])
+
+
+@dataclass(frozen=True, kw_only=True)
+class SenderRoleRule(Rule):
+    """Advice of a restricted action type from a role the policy does not allow.
+
+    ``allowed_roles`` maps an action type to the roles allowed to send it
+    (compared case-insensitively); an action type absent from it is open to any
+    role. A missing ``senderRole`` is not allowed where the type is restricted.
+    """
+
+    id: str = "sender_role_not_allowed"
+    severity: str = "high"
+    action: str = "block"
+    points: int = 25
+    allowed_roles: Mapping[str, Iterable[str]] = field(default_factory=dict, hash=False)
+
+    def check(self, ctx: EvaluationInput) -> list[Violation]:
+        if ctx.metadata is None or ctx.metadata.action_type not in self.allowed_roles:
+            return []
+        action_type, role = ctx.metadata.action_type, ctx.metadata.sender_role
+        allowed = {r.casefold() for r in self.allowed_roles[action_type]}
+        if role is not None and role.casefold() in allowed:
+            return []
+        who = f"sender role {role}" if role else "a sender without a role"
+        return self._violations([(f"The policy does not allow {who} to send {action_type}.", None)])
+
+
+def _personal_data_rules() -> tuple[Rule, ...]:
+    return (
+        PersonalDataRule(
+            id="pii_card", kind="card", label="a payment card number",
+            severity="high", action="redact", points=30,
+        ),
+        PersonalDataRule(
+            id="pii_ssn", kind="ssn", label="a US social security number",
+            severity="high", action="redact", points=30,
+        ),
+        PersonalDataRule(
+            id="pii_iban", kind="iban", label="a bank account number (IBAN)",
+            severity="medium", action="redact", points=20,
+        ),
+        PersonalDataRule(
+            id="pii_email", kind="email", label="an e-mail address",
+            severity="low", action="flag", points=5,
+        ),
+        PersonalDataRule(
+            id="pii_phone", kind="phone", label="a phone number",
+            severity="low", action="flag", points=5,
+        ),
+    )  # fmt: skip
+
+
+def build_rules(
+    *,
+    allowed_roles: Mapping[str, Iterable[str]] | None = None,
+    sanctioned_countries: frozenset[str] = DEFAULT_SANCTIONED_COUNTRIES,
+) -> tuple[Rule, ...]:
+    """Every rule, configured with a policy's roles and sanctioned countries."""
+    return (
+        ActionTypeRiskRule(),
+        *_personal_data_rules(),
+        SecretRule(),
+        GdprRecipientRule(),
+        SanctionedDestinationRule(countries=sanctioned_countries),
+        MedicalIdentifierRule(),
+        AutomatedDecisionRule(),
+        SenderRoleRule(allowed_roles=allowed_roles or {}),
+    )
+
+
+RULE_IDS = frozenset(rule.id for rule in build_rules())
