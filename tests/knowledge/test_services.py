@@ -1,0 +1,125 @@
+import pytest
+from django.db import connection
+
+from chatproject.errors import ApiError
+from knowledge import search, services
+from knowledge.models import Document, DocumentChunk, Project
+from knowledge.services import DocumentTooLarge, document_save_generated
+
+pytestmark = pytest.mark.django_db
+
+
+def save(tenant, **kwargs):
+    arguments = {
+        "tenant": tenant,
+        "project_external_id": "proj-1",
+        "path": "ARCHITECTURE.md",
+        "document_type": "ARCHITECTURE_SPEC",
+        "content": "# Architecture\n\nGenerated text about queues.",
+        **kwargs,
+    }
+    return document_save_generated(**arguments)
+
+
+def test_save_generated_stores_a_searchable_document(tenant, project):
+    document, created = save(tenant)
+    assert created
+    assert (document.project, document.document_type) == (project, "ARCHITECTURE_SPEC")
+    hits = search.get_backend().search(project=project, query="queues", limit=5)
+    assert [h.chunk_id for h in hits] == list(document.chunks.values_list("id", flat=True))
+
+
+def test_save_generated_creates_the_project_when_missing(tenant):
+    document, _ = save(tenant, project_external_id="new-project")
+    project = Project.objects.get(tenant=tenant, external_id="new-project")
+    assert document.project == project
+    assert project.name == "new-project"
+
+
+def test_save_generated_replaces_the_document_at_that_path(tenant, project):
+    first, _ = save(tenant)
+    second, created = save(tenant, content="# Architecture\n\nVersion two.")
+    assert not created
+    assert second.pk == first.pk
+    assert Document.objects.get(pk=first.pk).content == "# Architecture\n\nVersion two."
+    assert DocumentChunk.objects.filter(document=first).count() == 1
+
+
+def test_save_generated_stays_in_the_tenant(tenant, other_tenant, project):
+    save(other_tenant)
+    assert not Document.objects.filter(project=project).exists()
+    assert Project.objects.get(tenant=other_tenant, external_id="proj-1").documents.count() == 1
+
+
+def test_save_generated_keeps_an_unknown_type_as_unsorted(tenant, project):
+    document, _ = save(tenant, document_type="API_REFERENCE")
+    assert document.document_type == "UNSORTED"
+
+
+def test_save_generated_refuses_oversized_content_with_413(tenant, project, settings):
+    settings.KNOWLEDGE_MAX_DOCUMENT_BYTES = 10
+    with pytest.raises(DocumentTooLarge) as raised:
+        save(tenant)
+    assert raised.value.status == 413
+    assert not Document.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"content": "  "}, {"path": ""}, {"project_external_id": ""}, {"project_external_id": "a/b"}],
+)
+def test_save_generated_refuses_bad_input(tenant, changes):
+    with pytest.raises(ApiError) as raised:
+        save(tenant, **changes)
+    assert raised.value.code == "VALIDATION_ERROR"
+    assert not Document.objects.exists()
+
+
+def test_chunks_are_indexed_in_the_same_write(project):
+    document, _ = services.document_store(project=project, path="a.md", content="indexed words")
+    chunk = DocumentChunk.objects.get(document=document)
+    if connection.vendor == "postgresql":
+        assert chunk.search_vector is not None
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT body FROM knowledge_chunk_fts WHERE rowid = %s", [chunk.pk])
+            assert cursor.fetchone() == ("indexed words",)
+
+
+def test_a_failed_store_leaves_nothing_behind(project, monkeypatch):
+    class Boom(Exception):
+        pass
+
+    def explode(*args, **kwargs):
+        raise Boom
+
+    monkeypatch.setattr(DocumentChunk.objects, "bulk_create", explode)
+    with pytest.raises(Boom):
+        services.document_store(project=project, path="a.md", content="text")
+    assert not Document.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_stores_at_one_path_leave_one_whole_document(project):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    contents = [f"# Version {i}\n\n" + f"word{i} " * 900 for i in range(4)]
+
+    def store_version(content: str) -> bool:
+        try:
+            _, created = services.document_store(project=project, path="a.md", content=content)
+            return created
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        created = list(pool.map(store_version, contents))
+
+    assert created.count(True) == 1
+    document = Document.objects.get(project=project, path="a.md")
+    chunks = list(DocumentChunk.objects.filter(document=document).order_by("ordinal"))
+    assert len(chunks) > 1
+    version = document.content.split("\n")[0]
+    assert all(c.text.startswith(version) for c in chunks)  # no chunk of another version
