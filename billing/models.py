@@ -38,6 +38,9 @@ class Tenant(models.Model):
     plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="tenants")
     is_active = models.BooleanField(default=True)
     credit_balance = models.DecimalField(default=Decimal("0"), **CREDIT_DIGITS)
+    response_cache_enabled = models.BooleanField(
+        default=True, help_text="Answer identical requests from the response cache."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -107,3 +110,38 @@ class LedgerEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount} ({self.tenant})"
+
+
+class CreditHold(models.Model):
+    """Credits reserved for one request until it is settled (or released by the sweeper).
+
+    The hold's amount left the balance when it was taken (a ``hold`` ledger entry);
+    closing it returns what was not charged.
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        SETTLED = "settled", "Settled"
+        RELEASED = "released", "Released"
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="holds")
+    reference = models.CharField(max_length=100, blank=True, db_index=True)
+    amount = models.DecimalField(**CREDIT_DIGITS)
+    charged = models.DecimalField(null=True, blank=True, **CREDIT_DIGITS)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    created_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            # The sweeper's query: open holds by age.
+            models.Index(
+                fields=["created_at"],
+                condition=Q(status="open"),
+                name="credithold_open_created_idx",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.status} hold {self.amount} ({self.reference or self.pk})"

@@ -7,3 +7,16 @@ DEFAULT_PLANS = [
     ("growth", "Growth", 500, 1000),
     ("enterprise", "Enterprise", None, None),
 ]
+
+
+def create_default_plans(plan_model) -> None:
+    """Create the default plans that are missing (a migration passes its historical model)."""
+    for name, display_name, per_minute, burst in DEFAULT_PLANS:
+        plan_model.objects.get_or_create(
+            name=name,
+            defaults={
+                "display_name": display_name,
+                "requests_per_minute": per_minute,
+                "burst": burst,
+            },
+        )

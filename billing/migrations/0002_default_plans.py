@@ -1,19 +1,10 @@
 from django.db import migrations
 
-from billing.plans import DEFAULT_PLANS
+from billing.plans import create_default_plans
 
 
 def create_plans(apps, schema_editor):
-    Plan = apps.get_model("billing", "Plan")
-    for name, display_name, per_minute, burst in DEFAULT_PLANS:
-        Plan.objects.get_or_create(
-            name=name,
-            defaults={
-                "display_name": display_name,
-                "requests_per_minute": per_minute,
-                "burst": burst,
-            },
-        )
+    create_default_plans(apps.get_model("billing", "Plan"))
 
 
 class Migration(migrations.Migration):

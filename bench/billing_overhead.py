@@ -1,0 +1,180 @@
+"""Billing's per-request overhead: rate limit + credit reserve + cache lookup + settle.
+
+Run by hand (it prints figures; it asserts nothing), against PostgreSQL and Redis:
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/chat REDIS_URL=redis://127.0.0.1:6379/9 \
+        .venv/bin/python bench/billing_overhead.py [--iterations 2000] [--concurrency 1]
+
+Each iteration is what the engine does around a provider call, in its order, from one
+event loop: ``rate_limit_consume`` → ``credits_reserve`` (worker thread) → ``cache_key``
++ ``cache_get`` (a miss) → ``credits_settle`` (worker thread). With ``--concurrency N``,
+N such requests of one tenant run at once (they contend for the tenant's balance row).
+
+It works in a throwaway database next to the configured one (``bench_billing_<name>`` on
+PostgreSQL, a temporary file on SQLite), created with the migrations and dropped at the
+end; the Redis keys it writes are deleted (cache misses write none).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
+os.environ.setdefault("DEBUG", "true")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.db import connection  # noqa: E402
+
+from billing import ratelimit  # noqa: E402
+from billing.credits import credits_reserve, credits_settle  # noqa: E402
+from billing.models import Plan, Tenant  # noqa: E402
+from billing.response_cache import cache_get, cache_key  # noqa: E402
+from billing.services import credits_top_up  # noqa: E402
+from chatproject.db import db_call  # noqa: E402
+from chatproject.redis import get_redis  # noqa: E402
+
+STEPS = ("rate_limit", "reserve", "cache_lookup", "settle", "total")
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Summarise the attached contract in three bullet points."},
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def one_request(tenant: Tenant, i: int) -> dict[str, float]:
+    clock = time.perf_counter
+    t0 = clock()
+    await ratelimit.rate_limit_consume(tenant)
+    t1 = clock()
+    hold = await db_call(
+        credits_reserve, tenant_id=tenant.pk, amount=Decimal("0.0125"), reference=f"bench-{i}"
+    )
+    t2 = clock()
+    key = cache_key(
+        tenant_id=tenant.pk,
+        model="demo/balanced",
+        messages=[*MESSAGES, {"role": "user", "content": f"request {i} {uuid.uuid4()}"}],
+        temperature=0.7,
+        max_tokens=1024,
+        no_cache=False,
+        tenant_cache_enabled=True,
+    )
+    await cache_get(key)
+    t3 = clock()
+    await db_call(credits_settle, hold=hold, charged=Decimal("0.004"))
+    t4 = clock()
+    return {
+        "rate_limit": t1 - t0,
+        "reserve": t2 - t1,
+        "cache_lookup": t3 - t2,
+        "settle": t4 - t3,
+        "total": t4 - t0,
+    }
+
+
+async def run_requests(tenant: Tenant, count: int, concurrency: int, start: int) -> list[dict]:
+    results: list[dict] = []
+    queue = iter(range(start, start + count))
+
+    async def worker() -> None:
+        for i in queue:
+            results.append(await one_request(tenant, i))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results
+
+
+async def bench(tenant: Tenant, iterations: int, warmup: int, concurrency: int) -> list[dict]:
+    await run_requests(tenant, warmup, concurrency, 0)
+    began = time.perf_counter()
+    results = await run_requests(tenant, iterations, concurrency, warmup)
+    elapsed = time.perf_counter() - began
+    print(f"{iterations} requests in {elapsed:.2f} s ({iterations / elapsed:.0f} requests/s)")
+    if settings.REDIS_URL:
+        await get_redis().delete(ratelimit.rate_key(tenant.pk))
+    return results
+
+
+def with_throwaway_database(run):
+    settings_dict = connection.settings_dict
+    if connection.vendor == "sqlite":
+        directory = tempfile.mkdtemp(prefix="bench-billing-")
+        settings_dict.setdefault("TEST", {})["NAME"] = str(Path(directory) / "bench.sqlite3")
+    else:
+        settings_dict.setdefault("TEST", {})["NAME"] = f"bench_billing_{settings_dict['NAME']}"
+    old_name = settings_dict["NAME"]
+    connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
+    try:
+        return run()
+    finally:
+        connection.creation.destroy_test_db(old_name, verbosity=0, keepdb=False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=1)
+    args = parser.parse_args()
+
+    def run():
+        # A plan whose limit is real (the script runs in full) but never reached.
+        plan = Plan.objects.create(
+            name="bench", display_name="Bench", requests_per_minute=10**7, burst=10**7
+        )
+        tenant = Tenant.objects.create(name=f"bench-{uuid.uuid4().hex[:8]}", plan=plan)
+        credits_top_up(tenant=tenant, amount=Decimal(10**6))
+        tenant = Tenant.objects.select_related("plan").get(pk=tenant.pk)
+        results = asyncio.run(bench(tenant, args.iterations, args.warmup, args.concurrency))
+        tenant.refresh_from_db()
+        ledger = sum(tenant.ledger.values_list("amount", flat=True))
+        assert ledger == tenant.credit_balance, "the ledger does not match the balance"
+        return results, _version()
+
+    results, version = with_throwaway_database(run)
+    print(
+        f"database: {connection.vendor} {version}; "
+        f"limits and cache: {'Redis' if settings.REDIS_URL else 'in process'}; "
+        f"concurrency {args.concurrency}, {args.iterations} requests after "
+        f"{args.warmup} warm-up"
+    )
+    print(f"{'step':<14}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}")
+    for step in STEPS:
+        values = [r[step] * 1000 for r in results]
+        print(
+            f"{step:<14}{percentile(values, 0.5):>10.3f}{percentile(values, 0.99):>10.3f}"
+            f"{statistics.fmean(values):>10.3f}"
+        )
+
+
+def _version() -> str:
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("select sqlite_version()")
+        else:
+            cursor.execute("show server_version")
+        return cursor.fetchone()[0]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Credit holds: reserve the most a request can cost before calling a provider, settle at
+the real cost afterwards.
+
+The balance never goes below zero: a hold is one conditional ``UPDATE … WHERE balance >=
+amount RETURNING balance`` (atomic on PostgreSQL and SQLite alike), and the table's CHECK
+constraint backs it up. Every change of a balance writes a ledger entry in the same
+transaction, so the ledger's amounts always sum to the balance:
+
+- reserve: ``hold`` entry of ``-amount``, and an open :class:`~billing.models.CreditHold`;
+- settle:  ``settle`` entry of ``+(amount - charged)`` (the unused part comes back; the
+  note says what was charged), and the hold is marked settled;
+- release: ``release`` entry of ``+amount`` (nothing charged: failures before any output,
+  or the sweeper closing a hold nobody settled).
+
+Closing a hold is claimed with a conditional UPDATE on its status, so a settle racing the
+sweeper (or a second settle) closes it once.
+"""
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from billing.models import CreditHold, LedgerEntry, Tenant
+from billing.pricing import QUANTUM
+from chatproject.errors import ApiError, ErrorCode
+
+
+@dataclass(frozen=True)
+class Hold:
+    tenant_id: int
+    amount: Decimal
+    reference: str
+    balance_after: Decimal
+    # The CreditHold row; None for a zero hold, which touches no row.
+    hold_id: int | None = None
+
+
+def _as_credits(value) -> Decimal:
+    # SQLite hands NUMERIC results back as int/float; PostgreSQL as Decimal.
+    return Decimal(str(value)).quantize(QUANTUM)
+
+
+def _balance_add(*, tenant_id: int, delta: Decimal, cover: Decimal | None = None):
+    """Add ``delta`` to the balance in one statement and return the new balance; None when
+    ``cover`` is given and the balance is below it (nothing changed then)."""
+    table = connection.ops.quote_name(Tenant._meta.db_table)
+    sql = f"UPDATE {table} SET credit_balance = credit_balance + %s WHERE id = %s"  # noqa: S608
+    params: list = [delta, tenant_id]
+    if cover is not None:
+        sql += " AND credit_balance >= %s"
+        params.append(cover)
+    with connection.cursor() as cursor:
+        cursor.execute(sql + " RETURNING credit_balance", params)
+        row = cursor.fetchone()
+    return None if row is None else _as_credits(row[0])
+
+
+def _balance(tenant_id: int) -> Decimal:
+    return Tenant.objects.values_list("credit_balance", flat=True).get(pk=tenant_id)
+
+
+def credits_reserve(*, tenant_id: int, amount: Decimal, reference: str) -> Hold:
+    """Hold ``amount`` of the tenant's credits, or raise INSUFFICIENT_CREDITS.
+
+    A zero amount holds nothing and writes nothing (it still reports the balance).
+    """
+    amount = Decimal(amount).quantize(QUANTUM)
+    if amount < 0:
+        raise ValueError("A hold cannot be negative.")
+    if amount == 0:
+        return Hold(tenant_id, amount, reference, _balance(tenant_id))
+    with transaction.atomic():
+        balance = _balance_add(tenant_id=tenant_id, delta=-amount, cover=amount)
+        if balance is None:
+            current = _balance(tenant_id)  # raises Tenant.DoesNotExist for a missing tenant
+            raise ApiError(
+                ErrorCode.INSUFFICIENT_CREDITS,
+                "The credit balance cannot cover this request.",
+                details={"required": str(amount), "balance": str(current)},
+            )
+        LedgerEntry.objects.create(
+            tenant_id=tenant_id,
+            kind=LedgerEntry.Kind.HOLD,
+            amount=-amount,
+            balance_after=balance,
+            reference=reference,
+        )
+        hold = CreditHold.objects.create(tenant_id=tenant_id, reference=reference, amount=amount)
+    return Hold(tenant_id, amount, reference, balance, hold_id=hold.pk)
+
+
+def credits_settle(*, hold: Hold, charged: Decimal) -> Decimal:
+    """Close a hold at ``charged`` (capped at the hold; the rest goes back) and return the
+    balance after.
+
+    Settling twice changes nothing. Settling a hold the sweeper released already charges
+    what the balance can still cover (never below zero) and says so in the ledger.
+    """
+    charged = min(max(Decimal(charged), Decimal(0)), hold.amount).quantize(QUANTUM)
+    if hold.hold_id is None:
+        return _balance(hold.tenant_id)
+    # No savepoint when the caller's transaction wraps this (the engine writes the
+    # assistant message in the same one): nothing here is meant to fail and be caught.
+    with transaction.atomic(savepoint=False):
+        claimed = CreditHold.objects.filter(pk=hold.hold_id, status=CreditHold.Status.OPEN).update(
+            status=CreditHold.Status.SETTLED, charged=charged, closed_at=timezone.now()
+        )
+        if not claimed:
+            return _settle_closed(hold=hold, charged=charged)
+        refund = hold.amount - charged
+        balance = _balance_add(tenant_id=hold.tenant_id, delta=refund)
+        LedgerEntry.objects.create(
+            tenant_id=hold.tenant_id,
+            kind=LedgerEntry.Kind.SETTLE,
+            amount=refund,
+            balance_after=balance,
+            reference=hold.reference,
+            note=f"charged {charged} of {hold.amount}",
+        )
+    return balance
+
+
+def _settle_closed(*, hold: Hold, charged: Decimal) -> Decimal:
+    """Settle for a hold that is closed already (inside the caller's transaction)."""
+    # Released by the sweeper while the request was still running (it ran past
+    # HOLD_STALE_AFTER_SECONDS): charge now, once, as far as the balance goes. A hold
+    # settled before is left alone.
+    claimed = charged and CreditHold.objects.filter(
+        pk=hold.hold_id, status=CreditHold.Status.RELEASED
+    ).update(status=CreditHold.Status.SETTLED, closed_at=timezone.now())
+    current = (
+        Tenant.objects.select_for_update()
+        .values_list("credit_balance", flat=True)
+        .get(pk=hold.tenant_id)
+    )
+    if not claimed:
+        return current
+    take = min(charged, current)
+    if take:
+        current = _balance_add(tenant_id=hold.tenant_id, delta=-take)
+        LedgerEntry.objects.create(
+            tenant_id=hold.tenant_id,
+            kind=LedgerEntry.Kind.SETTLE,
+            amount=-take,
+            balance_after=current,
+            reference=hold.reference,
+            note=f"late settle of a released hold: charged {take} of {charged}",
+        )
+    CreditHold.objects.filter(pk=hold.hold_id).update(charged=take)
+    return current
+
+
+def credits_release(*, hold: Hold, note: str = "") -> Decimal:
+    """Give a whole hold back (the request produced nothing billable). Returns the balance.
+
+    Releasing a hold that is closed already changes nothing.
+    """
+    if hold.hold_id is not None:
+        with transaction.atomic():
+            balance = hold_release(hold_id=hold.hold_id, note=note)
+        if balance is not None:
+            return balance
+    return _balance(hold.tenant_id)
+
+
+def hold_release(*, hold_id: int, note: str = "") -> Decimal | None:
+    """Release an open hold by id; None when it was closed already. Call in a transaction."""
+    claimed = CreditHold.objects.filter(pk=hold_id, status=CreditHold.Status.OPEN).update(
+        status=CreditHold.Status.RELEASED, charged=Decimal(0), closed_at=timezone.now()
+    )
+    if not claimed:
+        return None
+    tenant_id, amount, reference = CreditHold.objects.values_list(
+        "tenant_id", "amount", "reference"
+    ).get(pk=hold_id)
+    balance = _balance_add(tenant_id=tenant_id, delta=amount)
+    LedgerEntry.objects.create(
+        tenant_id=tenant_id,
+        kind=LedgerEntry.Kind.RELEASE,
+        amount=amount,
+        balance_after=balance,
+        reference=reference,
+        note=note,
+    )
+    return balance

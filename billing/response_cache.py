@@ -1,0 +1,186 @@
+"""The response cache: identical requests of one tenant answered from a stored reply.
+
+A request's key is a SHA-256 over a canonical JSON of everything that shapes the answer
+(tenant, resolved model, messages and every generation parameter), under a prefix naming
+the tenant, so no two tenants can ever share an entry. Entries live for
+``RESPONSE_CACHE_TTL_SECONDS`` (0 turns the cache off) in Redis when ``REDIS_URL`` is set,
+in Django's default (in-process) cache otherwise. A cache that fails is a miss, never an
+error.
+
+The same storage keeps idempotent replies: an answer stored under a client's
+``Idempotency-Key``, scoped to its tenant.
+"""
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.core.cache import caches
+from django.core.cache.backends.locmem import LocMemCache
+
+from billing.ratelimit import redis_gate
+from chatproject.redis import get_redis
+
+logger = logging.getLogger(__name__)
+
+KEY_PREFIX = "billing"
+# Bump when the key's recipe or the stored format changes: old entries are then ignored.
+KEY_VERSION = "v1"
+REQUIRED_PARTS = ("tenant_id", "model", "messages")
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    content: str
+    tokens: list[str]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _canonical(value: Any) -> Any:
+    """Equal requests → equal JSON: 1 and 1.0 (and Decimal("1")) are one temperature."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float, Decimal)):
+        number = float(value)
+        return int(number) if number.is_integer() else number
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return str(value)
+
+
+def cache_key(
+    *, no_cache: bool = False, tenant_cache_enabled: bool = True, **parts: Any
+) -> str | None:
+    """The key identifying a request; None when the request must not be cached.
+
+    ``parts`` must hold ``tenant_id``, ``model`` (the resolved model's name) and
+    ``messages``; every other part (``temperature``, ``max_tokens``, ``top_p``, ``stop``,
+    tools…) goes into the key too, and a part that is None counts as absent.
+    ``no_cache`` is the request's opt-out (``Cache-Control: no-cache``),
+    ``tenant_cache_enabled`` the tenant's (``Tenant.response_cache_enabled``).
+    """
+    missing = [name for name in REQUIRED_PARTS if parts.get(name) is None]
+    if missing:
+        raise TypeError(f"cache_key() needs {', '.join(missing)}")
+    if no_cache or not tenant_cache_enabled:
+        return None
+    canonical = json.dumps(
+        _canonical(parts), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return f"{KEY_PREFIX}:rc:{KEY_VERSION}:{parts['tenant_id']}:{digest}"
+
+
+def idempotency_key(tenant_id: int, key: str) -> str:
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return f"{KEY_PREFIX}:idem:{KEY_VERSION}:{tenant_id}:{digest}"
+
+
+# --- Stored form: compact JSON; the content is left out when it is the tokens joined ---
+
+
+def encode_answer(answer: CachedAnswer) -> str:
+    data: dict[str, Any] = {
+        "t": answer.tokens,
+        "f": answer.finish_reason,
+        "p": answer.prompt_tokens,
+        "o": answer.completion_tokens,
+    }
+    if answer.content != "".join(answer.tokens):
+        data["c"] = answer.content
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_answer(raw: str | bytes) -> CachedAnswer | None:
+    try:
+        data = json.loads(raw)
+        tokens = [str(token) for token in data["t"]]
+        return CachedAnswer(
+            content=data["c"] if "c" in data else "".join(tokens),
+            tokens=tokens,
+            finish_reason=str(data["f"]),
+            prompt_tokens=int(data["p"]),
+            completion_tokens=int(data["o"]),
+        )
+    except (ValueError, TypeError, KeyError):
+        logger.warning("response cache: unreadable entry ignored")
+        return None
+
+
+# --- Storage --------------------------------------------------------------------------
+
+
+async def _load(key: str) -> CachedAnswer | None:
+    if settings.REDIS_URL:
+        try:
+            async with redis_gate():
+                raw = await get_redis().get(key)
+        except redis.RedisError:
+            logger.warning("response cache: Redis unavailable, treated as a miss", exc_info=True)
+            return None
+    else:
+        backend = caches["default"]
+        # The in-process cache never blocks: no hop to a worker thread for it.
+        if isinstance(backend, LocMemCache):
+            raw = backend.get(key)
+        else:
+            raw = await backend.aget(key)
+    return None if raw is None else decode_answer(raw)
+
+
+async def _store(key: str, answer: CachedAnswer, ttl: float) -> None:
+    value = encode_answer(answer)
+    if settings.REDIS_URL:
+        try:
+            async with redis_gate():
+                await get_redis().set(key, value, px=max(1, round(ttl * 1000)))
+        except redis.RedisError:
+            logger.warning("response cache: Redis unavailable, answer not stored", exc_info=True)
+    else:
+        backend = caches["default"]
+        if isinstance(backend, LocMemCache):
+            backend.set(key, value, ttl)
+        else:
+            await backend.aset(key, value, ttl)
+
+
+def _ttl() -> int:
+    return int(settings.RESPONSE_CACHE_TTL_SECONDS)
+
+
+async def cache_get(key: str | None) -> CachedAnswer | None:
+    """The stored answer for ``key``; None on a miss, for a None key or a disabled cache."""
+    if key is None or _ttl() <= 0:
+        return None
+    return await _load(key)
+
+
+async def cache_put(key: str | None, answer: CachedAnswer) -> None:
+    """Store a complete answer under ``key`` for ``RESPONSE_CACHE_TTL_SECONDS``.
+
+    Only store answers that ended normally (not failed or cancelled ones).
+    """
+    if key is None or _ttl() <= 0:
+        return
+    await _store(key, answer, _ttl())
+
+
+async def idempotency_get(tenant_id: int, key: str) -> CachedAnswer | None:
+    """The answer stored for this tenant's ``Idempotency-Key``, if any."""
+    return await _load(idempotency_key(tenant_id, key))
+
+
+async def idempotency_put(tenant_id: int, key: str, answer: CachedAnswer, ttl: float) -> None:
+    """Keep the answer for this tenant's ``Idempotency-Key`` for ``ttl`` seconds."""
+    if ttl <= 0:
+        return
+    await _store(idempotency_key(tenant_id, key), answer, ttl)
