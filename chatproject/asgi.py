@@ -9,10 +9,18 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
 # Django must be set up before anything imports models (the routing below does).
 django_http = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from chatproject.origin import browser_origin_validator  # noqa: E402
+from chats.routing import websocket_urlpatterns  # noqa: E402
+
 http_app = ASGIStaticFilesHandler(django_http) if settings.SERVE_STATIC else django_http
 
-application = ProtocolTypeRouter({"http": http_app})
+application = ProtocolTypeRouter(
+    {
+        "http": http_app,
+        "websocket": browser_origin_validator(URLRouter(websocket_urlpatterns)),
+    }
+)

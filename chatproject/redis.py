@@ -16,8 +16,15 @@ def get_redis() -> aioredis.Redis:
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None:
-        client = aioredis.Redis.from_url(
-            settings.REDIS_URL, socket_connect_timeout=5, health_check_interval=30
+        # A blocking pool: under a burst, callers wait for a free connection instead of
+        # failing (a limiter that fails open would then admit the burst).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            max_connections=settings.REDIS_MAX_CONNECTIONS,
+            timeout=5,
+            socket_connect_timeout=5,
+            health_check_interval=30,
         )
+        client = aioredis.Redis(connection_pool=pool)
         _clients[loop] = client
     return client

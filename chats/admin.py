@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from chats.models import Chat, EndUser, Message
+from chats.models import Chat, EndUser, LLMModel, Message
 
 
 class ReadOnlyAdminMixin:
@@ -56,3 +56,21 @@ class MessageAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_filter = ["role", "status", "model", "chat__tenant"]
     search_fields = ["content", "chat__id"]
     list_select_related = ["chat"]
+
+
+@admin.register(LLMModel)
+class LLMModelAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "provider",
+        "upstream_model",
+        "tier",
+        "priority",
+        "context_window",
+        "input_price_per_1k",
+        "output_price_per_1k",
+        "is_active",
+    ]
+    list_filter = ["provider", "tier", "is_active"]
+    search_fields = ["name", "upstream_model"]
+    list_editable = ["is_active", "priority"]

@@ -1,9 +1,18 @@
 """End users, chats and their messages. Every row belongs to one tenant."""
 
 import uuid
+from urllib.parse import urlsplit
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+
+
+def validate_base_url(value: str) -> None:
+    """http(s) with a host; unlike URLValidator, in-cluster names like ``vllm`` pass."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError(f"{value!r} is not an http(s) URL with a host.")
 
 
 class EndUser(models.Model):
@@ -73,3 +82,54 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:40]}"
+
+
+class LLMModel(models.Model):
+    """A model the service can route to, with its provider, limits and prices.
+
+    Quality tiers route to the active models of that tier whose provider is configured,
+    lowest ``priority`` first, so a tier falls back to the offline demo model when no
+    provider credentials are set.
+    """
+
+    class Provider(models.TextChoices):
+        DEMO = "demo", "Demo (offline)"
+        OPENAI = "openai", "OpenAI"
+        ANTHROPIC = "anthropic", "Anthropic"
+        MISTRAL = "mistral", "Mistral"
+        OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible server"
+
+    class Tier(models.TextChoices):
+        CHEAP = "cheap"
+        BALANCED = "balanced"
+        FRONTIER = "frontier"
+
+    name = models.CharField(max_length=100, unique=True, help_text="What clients ask for.")
+    provider = models.CharField(max_length=32, choices=Provider.choices)
+    upstream_model = models.CharField(max_length=200, help_text="The provider's model id.")
+    base_url = models.CharField(
+        max_length=500,
+        blank=True,
+        validators=[validate_base_url],
+        help_text="Blank: the provider's public API. e.g. http://vllm:8000/v1",
+    )
+    api_key_env = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="Environment variable holding the credential (never the key itself). "
+        "Blank for servers that need none.",
+    )
+    tier = models.CharField(max_length=16, choices=Tier.choices, blank=True)
+    priority = models.PositiveIntegerField(default=100, help_text="Lower wins within a tier.")
+    context_window = models.PositiveIntegerField(default=128000)
+    max_output_tokens = models.PositiveIntegerField(default=1024)
+    input_price_per_1k = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    output_price_per_1k = models.DecimalField(max_digits=12, decimal_places=6, default=0)
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["tier", "priority", "name"]
+        verbose_name = "model"
+
+    def __str__(self) -> str:
+        return self.name

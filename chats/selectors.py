@@ -46,3 +46,17 @@ def chat_list_for_user(*, tenant: Tenant, user_id: str) -> QuerySet[Chat]:
 def message_list(*, chat: Chat, descending: bool = False) -> QuerySet[Message]:
     ordering = ["-created_at", "-id"] if descending else ["created_at", "id"]
     return Message.objects.filter(chat=chat).order_by(*ordering)
+
+
+def chat_history(*, chat: Chat, limit: int) -> list[dict[str, str]]:
+    """The chat's last ``limit`` answered turns, oldest first, as provider messages.
+
+    Failed and cancelled answers are left out: the model should not continue from them.
+    """
+    rows = (
+        Message.objects.filter(chat=chat)
+        .exclude(status__in=[Message.Status.FAILED, Message.Status.CANCELLED])
+        .order_by("-created_at", "-id")
+        .values_list("role", "content")[:limit]
+    )
+    return [{"role": role, "content": content} for role, content in reversed(rows)]

@@ -30,3 +30,40 @@ def client_for():
 @pytest.fixture
 def api(client_for, api_key) -> APIClient:
     return client_for(api_key)
+
+
+@pytest.fixture(scope="session")
+def live_server_process(django_db_setup, django_db_blocker, tmp_path_factory):
+    """One daphne process for the session, serving the test database."""
+    from tests.live import start_server
+
+    with django_db_blocker.unblock():
+        server = start_server(tmp_path_factory.mktemp("server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(live_server_process, transactional_db):
+    """The live server, for a test whose data it must see (committed, so transactional)."""
+    from tests.factories import ensure_defaults
+
+    ensure_defaults()
+    return live_server_process
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _end_database_sessions(django_db_setup, django_db_blocker):
+    """Before the PostgreSQL test database is dropped, end the sessions still on it: pool
+    connections checked out by the worker threads of async tests and servers."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    connection.close_pool()

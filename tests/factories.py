@@ -7,13 +7,22 @@ from decimal import Decimal
 from django.utils import timezone
 
 from billing.models import Plan, Tenant
+from billing.plans import create_default_plans
 from billing.services import api_key_create, credits_top_up
-from chats.models import Chat, EndUser, Message
+from chats.catalog_defaults import create_default_models
+from chats.models import Chat, EndUser, LLMModel, Message
 
 _names = itertools.count(1)
 
 
+def ensure_defaults() -> None:
+    """The rows data migrations seed; transactional tests flush them, so re-create them."""
+    create_default_plans(Plan)
+    create_default_models(LLMModel)
+
+
 def make_tenant(*, name: str | None = None, plan: str = "enterprise", credits=0) -> Tenant:
+    ensure_defaults()
     tenant = Tenant.objects.create(
         name=name or f"tenant-{next(_names)}", plan=Plan.objects.get(name=plan)
     )

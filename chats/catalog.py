@@ -1,0 +1,148 @@
+"""Model routing: a quality tier or an explicit model name → a configured model and its
+provider instance."""
+
+import os
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+
+from django.conf import settings
+
+from chatproject.db import db_call
+from chatproject.errors import ApiError, ErrorCode
+from chats.models import LLMModel
+from chats.providers import AnthropicProvider, DemoProvider, OpenAICompatibleProvider, Provider
+
+QUALITY_TIERS = ("cheap", "balanced", "frontier")
+DEFAULT_QUALITY = "balanced"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    name: str
+    provider_name: str
+    upstream_model: str
+    context_window: int
+    max_output_tokens: int
+    input_price_per_1k: Decimal
+    output_price_per_1k: Decimal
+    provider: Provider
+
+
+_catalog: tuple[float, list[LLMModel]] | None = None
+_providers: dict[tuple, Provider] = {}
+
+
+def _catalog_is_fresh() -> bool:
+    return (
+        _catalog is not None
+        and time.monotonic() - _catalog[0] <= settings.MODEL_CATALOG_TTL_SECONDS
+    )
+
+
+def _active_models() -> list[LLMModel]:
+    global _catalog
+    if not _catalog_is_fresh():
+        _catalog = (time.monotonic(), list(LLMModel.objects.filter(is_active=True)))
+    return _catalog[1]
+
+
+def clear_catalog_cache() -> None:
+    global _catalog
+    _catalog = None
+
+
+def _credential(model: LLMModel) -> str | None:
+    return os.environ.get(model.api_key_env) if model.api_key_env else None
+
+
+def is_configured(model: LLMModel) -> bool:
+    """Usable now: the demo model, or a provider whose credential (if any) is set."""
+    if model.provider == LLMModel.Provider.DEMO:
+        return True
+    if model.api_key_env:
+        return bool(_credential(model))
+    return bool(model.base_url)
+
+
+def _provider_for(model: LLMModel) -> Provider:
+    key = (model.provider, model.base_url, model.api_key_env)
+    provider = _providers.get(key)
+    if provider is None:
+        provider = _build_provider(model)
+        _providers[key] = provider
+    return provider
+
+
+def _build_provider(model: LLMModel) -> Provider:
+    timeout = settings.LLM_TIMEOUT_SECONDS
+    if model.provider == LLMModel.Provider.DEMO:
+        return DemoProvider(token_delay=settings.DEMO_TOKEN_DELAY_MS / 1000)
+    if model.provider == LLMModel.Provider.ANTHROPIC:
+        return AnthropicProvider(
+            _credential(model),
+            base_url=model.base_url or "https://api.anthropic.com",
+            timeout=timeout,
+        )
+    return OpenAICompatibleProvider(
+        model.base_url or "https://api.openai.com/v1", _credential(model), timeout=timeout
+    )
+
+
+def _resolved(model: LLMModel) -> ResolvedModel:
+    return ResolvedModel(
+        name=model.name,
+        provider_name=model.provider,
+        upstream_model=model.upstream_model,
+        context_window=model.context_window,
+        max_output_tokens=model.max_output_tokens,
+        input_price_per_1k=model.input_price_per_1k,
+        output_price_per_1k=model.output_price_per_1k,
+        provider=_provider_for(model),
+    )
+
+
+def resolve_model(*, quality: str | None = None, model: str | None = None) -> ResolvedModel:
+    """An explicit ``model`` wins over ``quality``; errors are MODEL_NOT_FOUND."""
+    return _resolve(_active_models(), quality, model)
+
+
+async def aresolve_model(*, quality: str | None = None, model: str | None = None) -> ResolvedModel:
+    """:func:`resolve_model` from async code: the database only when the cache is stale."""
+    models = _catalog[1] if _catalog_is_fresh() else await db_call(_active_models)
+    return _resolve(models, quality, model)
+
+
+def _resolve(models: list[LLMModel], quality: str | None, model: str | None) -> ResolvedModel:
+    if model:
+        found = next((m for m in models if m.name == model), None)
+        if found is None:
+            raise ApiError(
+                ErrorCode.MODEL_NOT_FOUND,
+                f"Unknown model {model!r}.",
+                details={"model": [f"Choose one of: {', '.join(m.name for m in models)}."]},
+            )
+        if not is_configured(found):
+            raise ApiError(
+                ErrorCode.MODEL_NOT_FOUND,
+                f"Model {model!r} has no configured provider on this server.",
+                details={"model": [f"Set {found.api_key_env} to enable it."]},
+            )
+        return _resolved(found)
+    tier = quality or DEFAULT_QUALITY
+    if tier not in QUALITY_TIERS:
+        raise ApiError(
+            ErrorCode.MODEL_NOT_FOUND,
+            f"Unknown quality tier {tier!r}.",
+            details={"quality": [f"Choose one of: {', '.join(QUALITY_TIERS)}."]},
+        )
+    candidates = sorted(
+        (m for m in models if m.tier == tier and is_configured(m)), key=lambda m: m.priority
+    )
+    if not candidates:
+        raise ApiError(ErrorCode.MODEL_NOT_FOUND, f"No configured model serves tier {tier!r}.")
+    return _resolved(candidates[0])
+
+
+def available_models() -> list[LLMModel]:
+    return [m for m in _active_models() if is_configured(m)]

@@ -1,0 +1,411 @@
+"""``/ws/chat``: real-time messaging over WebSocket (seed 002, SPEC §4.2).
+
+The consumer authenticates, resolves the chat, and for each client message runs the
+engine in its own task, so ``cancel``, ``ping`` and disconnects are heard mid-stream.
+Tokens go straight to this socket; only whole events (a message received, an answer
+ended) are fanned out through the channel layer to the chat's other sockets, which may
+live in other processes.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from billing import ratelimit
+from billing.services import api_key_authenticate
+from chatproject.db import db_call
+from chatproject.errors import ApiError, ErrorCode
+from chats import selectors, services, ws_events, ws_slots
+from chats.engine import (
+    ErrorEvent,
+    FinishedEvent,
+    Generation,
+    GenerationRequest,
+    TokenEvent,
+    start_generation,
+)
+from chats.models import Chat
+
+logger = logging.getLogger(__name__)
+
+# Close codes (4000-4999 are the application's).
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_BAD_REQUEST = 4400
+CLOSE_CHAT_NOT_FOUND = 4004
+CLOSE_CONNECTION_LIMIT = 4029
+
+CLIENT_OPTIONS = ("quality", "model", "temperature", "governorMetadata", "client_message_id")
+
+
+class MessageRate:
+    """A per-connection token bucket: ``rate`` messages per second, bursts of ``rate``."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = float(rate)
+        self.tokens = float(rate)
+        self.updated = time.monotonic()
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def _query(scope) -> dict[str, str]:
+    parsed = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    return {name: values[0] for name, values in parsed.items() if values}
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _group(chat_id) -> str:
+    return f"chat.{chat_id}"
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    tenant = None
+    chat: Chat | None = None
+    slot_held = False
+    task: asyncio.Task | None = None
+    generation: Generation | None = None
+    streaming = False  # a reply is under way (until its final event is sent)
+
+    # --- connection lifecycle -------------------------------------------------------
+
+    async def connect(self) -> None:
+        # Everything is checked before accepting; the handshake is then accepted only to
+        # deliver the product's close code (a rejected handshake would be a bare 403).
+        self.connection_id = uuid.uuid4().hex
+        query = _query(self.scope)
+        raw_key = query.get("api_key") or _header(self.scope, b"x-api-key")
+        try:
+            api_key = await db_call(api_key_authenticate, raw_key)
+        except ApiError as error:
+            await self._refuse(error, CLOSE_UNAUTHORIZED)
+            return
+        self.tenant = api_key.tenant
+        user_id = (query.get("user_id") or "").strip()
+        if not user_id or len(user_id) > 255:
+            await self._refuse(
+                ApiError(
+                    ErrorCode.VALIDATION_ERROR,
+                    "user_id is required in the query string (at most 255 characters).",
+                    details={"user_id": ["This field is required."]},
+                ),
+                CLOSE_BAD_REQUEST,
+            )
+            return
+        try:
+            self.chat, user_created = await db_call(
+                self._resolve_chat, user_id, query.get("chat_id")
+            )
+        except ApiError as error:
+            await self._refuse(error, CLOSE_CHAT_NOT_FOUND)
+            return
+        if not await ratelimit.connection_slot_acquire(self.tenant, self.connection_id):
+            await self._refuse(
+                ApiError(
+                    ErrorCode.CONNECTION_LIMIT,
+                    "Too many concurrent connections for this tenant.",
+                    details={"limit": self.tenant.plan.ws_max_connections},
+                ),
+                CLOSE_CONNECTION_LIMIT,
+            )
+            return
+        self.slot_held = True
+        ws_slots.keep(self.connection_id, self.tenant, self._slot_lost)
+        self.user_id = user_id
+        self.rate = MessageRate(self.tenant.plan.ws_messages_per_second)
+        await self.channel_layer.group_add(_group(self.chat.id), self.channel_name)
+        await self.accept()
+        await self._send(
+            {
+                "type": "connection_established",
+                "chat_id": str(self.chat.id),
+                "user_id": user_id,
+                "connection_id": self.connection_id,
+            }
+        )
+        if user_created:
+            await self._send({"type": "user_created", "user_id": user_id})
+
+    def _resolve_chat(self, user_id: str, chat_id: str | None) -> tuple[Chat, bool]:
+        """The requested chat of this end user, or a new chat when none is named."""
+        if chat_id:
+            chat = selectors.chat_get(tenant=self.tenant, chat_id=chat_id)
+            if chat.end_user.external_id != user_id:
+                raise ApiError(ErrorCode.CHAT_NOT_FOUND, "Chat not found.")
+            return chat, False
+        return services.chat_create(tenant=self.tenant, user_id=user_id)
+
+    async def _refuse(self, error: ApiError, close_code: int) -> None:
+        await self.accept()
+        await self._send(ws_events.error_event(error))
+        await self.close(code=close_code)
+
+    async def disconnect(self, code: int) -> None:
+        await self._stop_generation()
+        if self.chat is not None and self.slot_held:
+            await self.channel_layer.group_discard(_group(self.chat.id), self.channel_name)
+        if self.slot_held:
+            self.slot_held = False
+            ws_slots.drop(self.connection_id)
+            await ratelimit.connection_slot_release(self.tenant, self.connection_id)
+
+    async def _slot_lost(self) -> None:
+        """The tenant's cap was reached while this connection's slot had lapsed."""
+        await self._error(ErrorCode.CONNECTION_LIMIT, "The connection slot was lost.")
+        await self.close(code=CLOSE_CONNECTION_LIMIT)
+
+    # --- client messages ------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
+        if not self.slot_held:  # a refused connection is closing; it takes no messages
+            return
+        if not self.rate.allow():
+            await self._error(
+                ErrorCode.RATE_LIMITED,
+                f"More than {self.tenant.plan.ws_messages_per_second} messages per second.",
+            )
+            return
+        try:
+            payload = json.loads(text_data if text_data is not None else bytes_data or b"")
+        except (ValueError, UnicodeDecodeError):
+            await self._error(ErrorCode.VALIDATION_ERROR, "The message is not valid JSON.")
+            return
+        if not isinstance(payload, dict):
+            await self._error(ErrorCode.VALIDATION_ERROR, "The message must be a JSON object.")
+            return
+        kind = payload.get("type", "message")
+        if kind == "ping":
+            await self._send({"type": "pong"})
+        elif kind == "cancel":
+            await self._cancel()
+        elif kind == "message":
+            await self._start(payload)
+        else:
+            await self._error(
+                ErrorCode.VALIDATION_ERROR,
+                f"Unknown message type {kind!r}.",
+                details={"type": ["Use message (default), cancel or ping."]},
+            )
+
+    async def _start(self, payload: dict[str, Any]) -> None:
+        content = payload.get("content")
+        problem = None
+        if not isinstance(content, str) or not content.strip():
+            problem = "content is required and must be a non-empty string."
+        elif len(content) > settings.CHAT_MAX_MESSAGE_LENGTH:
+            problem = f"content is longer than {settings.CHAT_MAX_MESSAGE_LENGTH} characters."
+        if problem:
+            await self._error(ErrorCode.VALIDATION_ERROR, problem, details={"content": [problem]})
+            return
+        if self.streaming:
+            await self._error(
+                ErrorCode.VALIDATION_ERROR,
+                'A reply is still streaming: wait for it or send {"type": "cancel"}.',
+                retryable=True,
+            )
+            return
+        options = {name: payload.get(name) for name in CLIENT_OPTIONS}
+        error = _option_error(options)
+        if error:
+            await self._send(ws_events.error_event(error))
+            return
+        self.streaming = True
+        self.task = asyncio.create_task(self._generate(content, options))
+
+    async def _cancel(self) -> None:
+        generation = self.generation
+        if not self.streaming or generation is None:
+            await self._error(ErrorCode.VALIDATION_ERROR, "Nothing is streaming.")
+            return
+        await self._stop_generation()
+        outcome = generation.outcome
+        if outcome is not None:
+            await self._send_ended(generation, outcome.content, "cancelled", outcome)
+
+    async def _stop_generation(self) -> None:
+        self.streaming = False
+        task, self.task = self.task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- one generation ---------------------------------------------------------------
+
+    async def _generate(self, content: str, options: dict[str, Any]) -> None:
+        try:
+            await self._run_generation(content, options)
+        finally:
+            self.streaming = False
+
+    async def _run_generation(self, content: str, options: dict[str, Any]) -> None:
+        request_id = uuid.uuid4().hex
+        self.generation = None
+        try:
+            history = await db_call(
+                selectors.chat_history,
+                chat=self.chat,
+                limit=settings.CHAT_MAX_HISTORY_MESSAGES,
+            )
+            request = GenerationRequest(
+                tenant=self.tenant,
+                chat=self.chat,
+                messages=[*history, {"role": "user", "content": content}],
+                quality=options["quality"],
+                model=options["model"],
+                temperature=0.7 if options["temperature"] is None else options["temperature"],
+                governor_metadata=options["governorMetadata"],
+                client_message_id=options["client_message_id"] or "",
+                request_id=request_id,
+            )
+            self.generation = generation = await start_generation(request)
+        except ApiError as error:
+            self.streaming = False
+            await self._send(ws_events.error_event(error, request_id=request_id))
+            return
+        except Exception:
+            self.streaming = False
+            logger.exception("could not start a generation")
+            await self._error(
+                ErrorCode.STREAM_ERROR, f"Unexpected error (request id {request_id})."
+            )
+            return
+        stored = generation.user_message
+        received = {
+            "type": "message_received",
+            "message_id": str(stored.id),
+            "chat_id": str(self.chat.id),
+            "content": stored.content,
+            "created_at": stored.created_at.isoformat(),
+        }
+        if request.client_message_id:
+            received["client_message_id"] = request.client_message_id
+        await self._send(received)
+        await self._fan_out(received)
+        message_id = str(generation.message_id)
+        await self._send(
+            {
+                "type": "message_stream_started",
+                "message_id": message_id,
+                "chat_id": str(self.chat.id),
+                "model": generation.model_name,
+                "cache_status": generation.cache_status,
+                "governor": generation.decision.result,
+            }
+        )
+        async for event in generation.events():
+            if isinstance(event, TokenEvent):
+                await self.send(
+                    text_data=json.dumps(
+                        {
+                            "type": "message_stream_token",
+                            "message_id": message_id,
+                            "token": event.text,
+                            "index": event.index,
+                        }
+                    )
+                )
+            elif isinstance(event, FinishedEvent):
+                self.streaming = False
+                await self._send_ended(generation, event.content, event.finish_reason, event)
+            elif isinstance(event, ErrorEvent):
+                self.streaming = False
+                await self._send(
+                    ws_events.error_event(
+                        event.error,
+                        message_id=message_id,
+                        request_id=request_id,
+                        partial_content=event.content,
+                    )
+                )
+                await self._fan_out(_ended(self.chat, generation, event.content, "error", event))
+
+    async def _send_ended(self, generation: Generation, content: str, reason: str, figures):
+        ended = _ended(self.chat, generation, content, reason, figures)
+        await self._send(ended)
+        await self._fan_out(ended)
+
+    # --- sending ------------------------------------------------------------------------
+
+    async def _send(self, event: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(event))
+
+    async def _error(self, code: ErrorCode, message: str, **kwargs) -> None:
+        await self._send(ws_events.error_event(ApiError(code, message, **kwargs)))
+
+    async def _fan_out(self, event: dict[str, Any]) -> None:
+        """Tell the chat's other sockets (any process) about a whole event."""
+        try:
+            await self.channel_layer.group_send(
+                _group(self.chat.id),
+                {"type": "chat.event", "event": event, "sender": self.channel_name},
+            )
+        except Exception:  # fan-out is best effort; the asking socket has its answer
+            logger.exception("channel layer fan-out failed")
+
+    async def chat_event(self, message: dict[str, Any]) -> None:
+        if message["sender"] != self.channel_name:
+            await self._send(message["event"])
+
+
+def _ended(chat: Chat, generation: Generation, content: str, reason: str, figures) -> dict:
+    usage = figures.usage.to_dict() if figures.usage else None
+    return {
+        "type": "message_stream_ended",
+        "message_id": str(generation.message_id),
+        "chat_id": str(chat.id),
+        "content": content,
+        "status": getattr(figures, "status", None) or _status_for(reason),
+        "usage": usage,
+        "finish_reason": reason,
+        "model": generation.model_name,
+        # Decimal figures leave as strings, so JSON clients keep their precision.
+        "credits_charged": str(figures.credits_charged),
+        "credits_remaining": str(figures.credits_remaining),
+    }
+
+
+def _status_for(reason: str) -> str:
+    return {"cancelled": "cancelled", "error": "failed"}.get(reason, "complete")
+
+
+def _option_error(options: dict[str, Any]) -> ApiError | None:
+    """Type checks of the optional fields a client message may carry."""
+    details: dict[str, list[str]] = {}
+    for name in ("quality", "model", "client_message_id"):
+        value = options[name]
+        if value is not None and not isinstance(value, str):
+            details[name] = ["Must be a string."]
+    temperature = options["temperature"]
+    if temperature is not None and (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not 0 <= temperature <= 2
+    ):
+        details["temperature"] = ["Must be a number from 0 to 2."]
+    metadata = options["governorMetadata"]
+    if metadata is not None and not isinstance(metadata, dict):
+        details["governorMetadata"] = ["Must be an object."]
+    if not details:
+        return None
+    return ApiError(ErrorCode.VALIDATION_ERROR, "Invalid message options.", details=details)

@@ -1,0 +1,458 @@
+"""The streaming engine: the one path from a chat request to a provider and back.
+
+Every transport (WebSocket, the SSE formats, the OpenAI-compatible API) builds a
+:class:`GenerationRequest`, calls :func:`start_generation` and encodes the events of the
+returned :class:`Generation`. The steps, in order:
+
+1. rate limit (in Redis or memory; before any database work, so floods stay cheap)
+2. resolve the model (quality tier or explicit name) and fit the prompt to its context
+3. response cache lookup
+4. admission, in one database call: governor input check (writes the audit record),
+   credit hold (skipped on a cache hit), the user's message stored
+5. the provider stream (or the cached answer replayed), token by token
+6. finalisation, in one database call, whatever the ending (complete, upstream failure,
+   cancel or disconnect): the assistant message written once, the hold settled at the
+   real usage, the governor's output check; then the cache filled with complete answers
+
+Refusals before the stream (steps 1 to 4) raise :class:`ApiError`, so HTTP transports can
+answer with a status code; failures during the stream become an :class:`ErrorEvent`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from billing import credits, pricing, ratelimit, response_cache
+from billing.models import Tenant
+from chatproject.db import db_call
+from chatproject.errors import ApiError, ErrorCode
+from chats import catalog
+from chats.context import trim_to_budget
+from chats.models import Chat, Message
+from chats.providers import (
+    CompletionRequest,
+    ProviderError,
+    StreamEnd,
+    TokenDelta,
+    estimate_prompt_tokens,
+    estimate_tokens,
+)
+from governor import gate
+
+logger = logging.getLogger(__name__)
+
+ZERO = Decimal(0)
+
+
+# --- What transports send in ------------------------------------------------------------
+
+
+@dataclass
+class GenerationRequest:
+    tenant: Tenant
+    messages: list[dict[str, str]]  # the conversation; the last one is being answered
+    chat: Chat | None = None  # where the exchange is stored (None: not stored)
+    quality: str | None = None
+    model: str | None = None
+    temperature: float = 0.7
+    max_tokens: int | None = None
+    governor_metadata: Any = None  # raw governorMetadata as the client sent it
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    client_message_id: str = ""
+    use_cache: bool = True  # False when the client sent Cache-Control: no-cache
+
+
+# --- What transports get out ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    text: str
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedEvent:
+    message_id: uuid.UUID
+    content: str
+    finish_reason: str
+    usage: Usage
+    credits_charged: Decimal
+    credits_remaining: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorEvent:
+    error: ApiError
+    message_id: uuid.UUID
+    content: str  # what was generated before the failure (kept in the stored message)
+    usage: Usage
+    credits_charged: Decimal
+    credits_remaining: Decimal
+
+
+Event = TokenEvent | FinishedEvent | ErrorEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: str  # the stored message's status: complete, failed or cancelled
+    content: str
+    usage: Usage
+    credits_charged: Decimal
+    credits_remaining: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    id: uuid.UUID
+    content: str
+    created_at: Any
+
+
+class Generation:
+    """An admitted request: what is known before the first token, and its events."""
+
+    def __init__(
+        self,
+        *,
+        request: GenerationRequest,
+        model: catalog.ResolvedModel,
+        messages: list[dict[str, str]],
+        prompt_tokens: int,
+        max_tokens: int,
+        decision: gate.GateDecision,
+        hold: credits.Hold | None,
+        cached: response_cache.CachedAnswer | None,
+        cache_key: str | None,
+        user_message: StoredMessage | None,
+        rate_limit: ratelimit.RateLimitState | None,
+    ) -> None:
+        self.request = request
+        self.model = model
+        self.messages = messages
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.decision = decision
+        self.hold = hold
+        self.cached = cached
+        self.cache_key = cache_key
+        self.user_message = user_message
+        self.rate_limit = rate_limit
+        self.message_id = uuid.uuid4()  # the assistant message's id, known up front
+        self._finished = False
+        # Set when finalised: what was charged, the balance after, the usage, the status.
+        self.outcome: Outcome | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
+
+    @property
+    def cache_status(self) -> str:
+        return "HIT" if self.cached else "MISS"
+
+    @property
+    def credits_remaining(self) -> Decimal | None:
+        """The balance after the hold (the hold is the most this request can cost)."""
+        return self.hold.balance_after if self.hold else None
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Tokens, then one FinishedEvent or ErrorEvent. Always finalises, even when the
+        consumer stops early (cancel, disconnect): the exchange is then ``cancelled``."""
+        parts: list[str] = []
+        end: StreamEnd | None = None
+        error: ApiError | None = None
+        status = Message.Status.CANCELLED  # unless the loop below reaches an ending
+        try:
+            source = self._replay() if self.cached else self._provider_stream()
+            async with contextlib.aclosing(source) as stream:
+                async for item in stream:
+                    if isinstance(item, TokenDelta):
+                        parts.append(item.text)
+                        yield TokenEvent(item.text, len(parts) - 1)
+                    else:
+                        end = item
+            status = Message.Status.COMPLETE
+        except ProviderError as exc:
+            error = _provider_error(exc)
+            status = Message.Status.FAILED
+        except TimeoutError:
+            error = ApiError(ErrorCode.LLM_TIMEOUT, "The model did not answer in time.")
+            status = Message.Status.FAILED
+        except Exception:
+            logger.exception("unexpected error while streaming")
+            error = ApiError(
+                ErrorCode.STREAM_ERROR,
+                f"Unexpected error while streaming (request id {self.request.request_id}).",
+            )
+            status = Message.Status.FAILED
+        finally:
+            if status == Message.Status.CANCELLED:
+                # Cancelled or closed by the consumer: settle and store, then let the
+                # cancellation go on. Shielded so a second cancel cannot skip it.
+                await asyncio.shield(self._finish(status, parts, end))
+        if status == Message.Status.CANCELLED:
+            return
+        charged, remaining, usage = await asyncio.shield(self._finish(status, parts, end))
+        content = "".join(parts)
+        if error is None:
+            yield FinishedEvent(
+                self.message_id,
+                content,
+                end.finish_reason if end else "stop",
+                usage,
+                charged,
+                remaining,
+            )
+        else:
+            yield ErrorEvent(error, self.message_id, content, usage, charged, remaining)
+
+    async def _provider_stream(self) -> AsyncIterator[TokenDelta | StreamEnd]:
+        request = CompletionRequest(
+            model=self.model.upstream_model,
+            messages=self.messages,
+            temperature=self.request.temperature,
+            max_tokens=self.max_tokens,
+        )
+        idle = settings.LLM_TIMEOUT_SECONDS
+        loop = asyncio.get_running_loop()
+        async with contextlib.aclosing(self.model.provider.stream(request)) as stream:
+            iterator = aiter(stream)
+            async with asyncio.timeout(None) as deadline:
+                while True:
+                    # The idle timeout covers waiting on the upstream only, not the time
+                    # the consumer takes with a token.
+                    deadline.reschedule(loop.time() + idle)
+                    try:
+                        item = await anext(iterator)
+                    except StopAsyncIteration:
+                        return
+                    deadline.reschedule(None)
+                    yield item
+
+    async def _replay(self) -> AsyncIterator[TokenDelta | StreamEnd]:
+        cached = self.cached
+        assert cached is not None
+        for token in cached.tokens:
+            yield TokenDelta(token)
+        yield StreamEnd(cached.finish_reason, cached.prompt_tokens, cached.completion_tokens)
+
+    async def _finish(
+        self, status: str, parts: list[str], end: StreamEnd | None
+    ) -> tuple[Decimal, Decimal, Usage]:
+        if self._finished:  # events() finalises once, whichever way it ends
+            raise RuntimeError("generation finalised twice")
+        self._finished = True
+        content = "".join(parts)
+        if end is not None:
+            usage = Usage(end.prompt_tokens, end.completion_tokens)
+        else:
+            usage = Usage(self.prompt_tokens, estimate_tokens(content) if content else 0)
+        charged, remaining = await db_call(self._finish_in_db, status, content, usage, end)
+        self.outcome = Outcome(status, content, usage, charged, remaining)
+        if status == Message.Status.COMPLETE and self.cached is None and self.cache_key:
+            answer = response_cache.CachedAnswer(
+                content=content,
+                tokens=parts,
+                finish_reason=end.finish_reason if end else "stop",
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+            )
+            try:
+                await response_cache.cache_put(self.cache_key, answer)
+            except Exception:  # a cache outage must not fail a delivered answer
+                logger.exception("response cache write failed")
+        return charged, remaining, usage
+
+    def _finish_in_db(
+        self, status: str, content: str, usage: Usage, end: StreamEnd | None
+    ) -> tuple[Decimal, Decimal]:
+        """One transaction, one commit; the balance row is locked last and briefly."""
+        with transaction.atomic():
+            if self.request.chat is not None:
+                Message.objects.create(
+                    id=self.message_id,
+                    chat=self.request.chat,
+                    role=Message.Role.ASSISTANT,
+                    content=content,
+                    status=status,
+                    model=self.model.name,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    finish_reason=(end.finish_reason if end else "") or "",
+                )
+            try:  # also for empty answers: it completes the audit record
+                with transaction.atomic():
+                    gate.governor_check_output(decision=self.decision, text=content)
+            except Exception:  # the answer is delivered; a failed post-check is logged
+                logger.exception("governor output check failed")
+            if self.hold is None:
+                remaining = Tenant.objects.values_list("credit_balance", flat=True).get(
+                    pk=self.request.tenant.pk
+                )
+                return ZERO, remaining
+            charged = min(
+                pricing.cost(
+                    input_price_per_1k=self.model.input_price_per_1k,
+                    output_price_per_1k=self.model.output_price_per_1k,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                ),
+                self.hold.amount,
+            )
+            return charged, credits.credits_settle(hold=self.hold, charged=charged)
+
+
+def _provider_error(exc: ProviderError) -> ApiError:
+    return ApiError(ErrorCode(exc.code), exc.message, retryable=exc.retryable)
+
+
+# --- Admission --------------------------------------------------------------------------
+
+
+async def start_generation(request: GenerationRequest) -> Generation:
+    """Admit a request; raises ApiError when it is refused before any token."""
+    metadata = gate.governor_parse_metadata(request.governor_metadata)
+    if not request.messages:
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR,
+            "At least one message is required.",
+            details={"messages": ["This list may not be empty."]},
+        )
+    rate = await ratelimit.rate_limit_consume(request.tenant)
+    model = await catalog.aresolve_model(quality=request.quality, model=request.model)
+
+    max_tokens = min(request.max_tokens or model.max_output_tokens, model.max_output_tokens)
+    messages = trim_to_budget(request.messages, model.context_window - max_tokens)
+    prompt_tokens = estimate_prompt_tokens(messages)
+
+    cache_key = response_cache.cache_key(
+        tenant_id=request.tenant.pk,
+        model=model.name,
+        messages=messages,
+        temperature=request.temperature,
+        max_tokens=max_tokens,
+        no_cache=not request.use_cache,
+        tenant_cache_enabled=request.tenant.response_cache_enabled,
+    )
+    cached = None
+    if cache_key:
+        try:
+            cached = await response_cache.cache_get(cache_key)
+        except Exception:  # a cache outage degrades to a miss
+            logger.exception("response cache read failed")
+    reservation = (
+        ZERO
+        if cached
+        else pricing.cost(
+            input_price_per_1k=model.input_price_per_1k,
+            output_price_per_1k=model.output_price_per_1k,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=max_tokens,
+        )
+    )
+    decision, hold, user_message = await db_call(
+        _admit, request, metadata, model.name, reservation, cached is None
+    )
+    return Generation(
+        request=request,
+        model=model,
+        messages=messages,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        decision=decision,
+        hold=hold,
+        cached=cached,
+        cache_key=cache_key,
+        user_message=user_message,
+        rate_limit=rate,
+    )
+
+
+def _last_user_text(messages: list[dict[str, str]]) -> str:
+    """What the governor checks: the newest user message (earlier ones were checked when
+    they were sent)."""
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return message.get("content", "")
+    return messages[-1].get("content", "")
+
+
+def _admit(
+    request: GenerationRequest,
+    metadata: Any,
+    model_name: str,
+    reservation: Decimal,
+    needs_hold: bool,
+) -> tuple[gate.GateDecision, credits.Hold | None, StoredMessage | None]:
+    """Governor, the user's message and the credit hold, in one transaction.
+
+    A refused request stores nothing but its audit record: the governor's refusal is
+    committed with it, and a refused hold rolls back to a savepoint after the audit.
+    The balance row is locked last, so concurrent requests of a tenant wait the least.
+    """
+    refusal: ApiError | None = None
+    hold = user_message = None
+    with transaction.atomic():
+        try:
+            decision = gate.governor_check_input(
+                tenant=request.tenant,
+                request_id=request.request_id,
+                text=_last_user_text(request.messages),
+                metadata=metadata,
+                model_name=model_name,
+            )
+        except ApiError as error:
+            refusal = error
+        else:
+            try:
+                with transaction.atomic():
+                    if request.chat is not None:
+                        stored = Message.objects.create(
+                            chat=request.chat,
+                            role=Message.Role.USER,
+                            content=request.messages[-1].get("content", ""),
+                            client_message_id=request.client_message_id,
+                            created_at=timezone.now(),
+                        )
+                        user_message = StoredMessage(stored.id, stored.content, stored.created_at)
+                    if needs_hold:
+                        hold = credits.credits_reserve(
+                            tenant_id=request.tenant.pk,
+                            amount=reservation,
+                            reference=request.request_id,
+                        )
+            except ApiError as error:
+                refusal, user_message = error, None
+    if refusal is not None:
+        raise refusal
+    return decision, hold, user_message

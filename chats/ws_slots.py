@@ -1,0 +1,53 @@
+"""Keeps this process's WebSocket connection slots alive in the shared store.
+
+Slots expire (so a crashed process frees its tenants' slots); live connections are
+refreshed by one task per process rather than a timer per connection, which idle
+connections would pay for in memory.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from django.conf import settings
+
+from billing import ratelimit
+from billing.models import Tenant
+
+logger = logging.getLogger(__name__)
+
+OnLost = Callable[[], Awaitable[None]]
+
+_held: dict[str, tuple[Tenant, OnLost]] = {}
+_task: asyncio.Task | None = None
+
+
+def keep(connection_id: str, tenant: Tenant, on_lost: OnLost) -> None:
+    """Refresh this connection's slot until :func:`drop`; ``on_lost`` if it cannot be."""
+    global _task
+    _held[connection_id] = (tenant, on_lost)
+    loop = asyncio.get_running_loop()
+    if _task is None or _task.done() or _task.get_loop() is not loop:
+        _task = loop.create_task(_refresh_forever())
+
+
+def drop(connection_id: str) -> None:
+    _held.pop(connection_id, None)
+
+
+async def refresh_all() -> None:
+    for connection_id, (tenant, on_lost) in list(_held.items()):
+        try:
+            kept = await ratelimit.connection_slot_refresh(tenant, connection_id)
+        except Exception:  # the store is down: keep the connection, try again later
+            logger.exception("connection slot refresh failed")
+            continue
+        if not kept and connection_id in _held:
+            drop(connection_id)
+            await on_lost()
+
+
+async def _refresh_forever() -> None:
+    while _held:
+        await asyncio.sleep(settings.WS_CONNECTION_SLOT_TTL_SECONDS / 3)
+        await refresh_all()

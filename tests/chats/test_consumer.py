@@ -1,0 +1,364 @@
+"""/ws/chat against the real ASGI application, in process."""
+
+import asyncio
+import json
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from billing.models import Plan
+from chatproject.asgi import application
+from chats.models import Chat, EndUser, Message
+from tests.factories import make_chat, make_key, make_tenant
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+
+TIMEOUT = 10
+
+
+@pytest.fixture
+def tenant_key():
+    tenant = make_tenant(name="acme", credits=1000)
+    return tenant, make_key(tenant)
+
+
+async def connect(key, *, user_id="user123", chat_id=None, headers=None, query=None):
+    params = {"user_id": user_id, **({"api_key": key} if key else {}), **(query or {})}
+    if chat_id:
+        params["chat_id"] = str(chat_id)
+    path = "/ws/chat?" + "&".join(f"{k}={v}" for k, v in params.items())
+    communicator = WebsocketCommunicator(application, path, headers=headers or [])
+    connected, code = await communicator.connect(timeout=TIMEOUT)
+    return communicator, connected, code
+
+
+async def receive(communicator) -> dict:
+    return await communicator.receive_json_from(timeout=TIMEOUT)
+
+
+async def receive_until(communicator, event_type: str) -> list[dict]:
+    events = []
+    while True:
+        event = await receive(communicator)
+        events.append(event)
+        if event["type"] in (event_type, "error"):
+            return events
+
+
+async def expect_close(communicator, code: int) -> dict:
+    """A refused connection: an error event, then the close code."""
+    error = await receive(communicator)
+    assert error["type"] == "error"
+    closed = await communicator.receive_output(timeout=TIMEOUT)
+    assert closed == {"type": "websocket.close", "code": code}
+    return error
+
+
+async def test_full_event_sequence(tenant_key):
+    tenant, key = tenant_key
+    chat = await sync_to_async(make_chat)(tenant)
+    ws, connected, _ = await connect(key, chat_id=chat.id)
+    assert connected
+    established = await receive(ws)
+    assert established["type"] == "connection_established"
+    assert established["chat_id"] == str(chat.id)
+    assert established["user_id"] == "user123"
+    assert established["connection_id"]
+
+    await ws.send_json_to({"content": "Hello, I need help with my account"})
+    events = await receive_until(ws, "message_stream_ended")
+    types = [e["type"] for e in events]
+    assert types[:2] == ["message_received", "message_stream_started"]
+    assert types[-1] == "message_stream_ended"
+    assert set(types[2:-1]) == {"message_stream_token"}
+
+    received, started, *tokens, ended = events
+    assert received["content"] == "Hello, I need help with my account"
+    assert started["model"].startswith("demo/")
+    assert [t["index"] for t in tokens] == list(range(len(tokens)))
+    assert all(t["message_id"] == started["message_id"] for t in tokens)
+    joined = "".join(t["token"] for t in tokens)
+    assert joined == ended["content"]
+    assert "Hello, I need help with my account" in joined
+    assert ended["finish_reason"] == "stop"
+    assert ended["usage"]["completion_tokens"] == len(tokens)
+
+    stored = await sync_to_async(list)(
+        Message.objects.filter(chat=chat)
+        .order_by("created_at")
+        .values("id", "role", "content", "status")
+    )
+    assert [(m["role"], m["status"]) for m in stored] == [
+        ("user", "complete"),
+        ("assistant", "complete"),
+    ]
+    assert str(stored[0]["id"]) == received["message_id"]
+    assert str(stored[1]["id"]) == ended["message_id"]
+    assert stored[1]["content"] == joined
+    await ws.disconnect()
+
+
+async def test_history_reaches_the_model(tenant_key):
+    tenant, key = tenant_key
+    chat = await sync_to_async(make_chat)(tenant)
+    ws, _, _ = await connect(key, chat_id=chat.id)
+    await receive(ws)
+    await ws.send_json_to({"content": "first question"})
+    first = (await receive_until(ws, "message_stream_ended"))[-1]
+    await ws.send_json_to({"content": "second question"})
+    second = (await receive_until(ws, "message_stream_ended"))[-1]
+    assert second["type"] == "message_stream_ended", second
+    assert second["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"]
+    await ws.disconnect()
+
+
+async def test_without_chat_id_a_chat_and_user_are_created(tenant_key):
+    tenant, key = tenant_key
+    ws, connected, _ = await connect(key, user_id="newcomer")
+    assert connected
+    established = await receive(ws)
+    assert (await receive(ws)) == {"type": "user_created", "user_id": "newcomer"}
+    chat = await Chat.objects.select_related("end_user").aget(pk=established["chat_id"])
+    assert chat.end_user.external_id == "newcomer"
+    assert chat.tenant_id == tenant.id
+    await ws.disconnect()
+
+
+async def test_key_in_header_is_accepted(tenant_key):
+    _, key = tenant_key
+    ws, connected, _ = await connect(None, headers=[(b"x-api-key", key.encode())])
+    assert connected
+    assert (await receive(ws))["type"] == "connection_established"
+    await ws.disconnect()
+
+
+@pytest.mark.parametrize("key", [None, "sk_live_unknown_key_0000000000000000"])
+async def test_bad_key_closes_4001(tenant_key, key):
+    ws, _, _ = await connect(key)
+    error = await expect_close(ws, 4001)
+    assert error["code"] == "UNAUTHORIZED"
+
+
+async def test_unknown_chat_closes_4004(tenant_key):
+    _, key = tenant_key
+    ws, _, _ = await connect(key, chat_id=uuid.uuid4())
+    assert (await expect_close(ws, 4004))["code"] == "CHAT_NOT_FOUND"
+
+
+async def test_malformed_chat_id_closes_4004(tenant_key):
+    _, key = tenant_key
+    ws, _, _ = await connect(key, chat_id="not-a-uuid")
+    await expect_close(ws, 4004)
+
+
+async def test_foreign_chat_closes_4004(tenant_key):
+    _, key = tenant_key
+    other_chat = await sync_to_async(make_chat)(await sync_to_async(make_tenant)(name="other"))
+    ws, _, _ = await connect(key, chat_id=other_chat.id)
+    assert (await expect_close(ws, 4004))["code"] == "CHAT_NOT_FOUND"
+
+
+async def test_another_users_chat_closes_4004(tenant_key):
+    tenant, key = tenant_key
+    chat = await sync_to_async(make_chat)(tenant, user_id="alice")
+    ws, _, _ = await connect(key, user_id="mallory", chat_id=chat.id)
+    await expect_close(ws, 4004)
+
+
+async def test_missing_user_id_closes_4400(tenant_key):
+    _, key = tenant_key
+    communicator = WebsocketCommunicator(application, f"/ws/chat?api_key={key}")
+    await communicator.connect(timeout=TIMEOUT)
+    assert (await expect_close(communicator, 4400))["code"] == "VALIDATION_ERROR"
+
+
+@pytest.mark.parametrize(
+    ("frame", "fragment"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        (json.dumps({"content": ""}), "content"),
+        (json.dumps({"content": 42}), "content"),
+        (json.dumps({}), "content"),
+        (json.dumps({"content": "x" * 20001}), "longer than"),
+        (json.dumps({"content": "hi", "temperature": 5}), "Invalid message options"),
+        (json.dumps({"type": "dance"}), "Unknown message type"),
+    ],
+)
+async def test_bad_input_is_an_error_event_and_the_connection_stays(tenant_key, frame, fragment):
+    _, key = tenant_key
+    ws, _, _ = await connect(key)
+    await receive(ws)
+    await receive(ws)  # user_created
+    await ws.send_to(text_data=frame)
+    error = await receive(ws)
+    assert error["type"] == "error"
+    assert error["code"] == "VALIDATION_ERROR"
+    assert fragment in error["message"]
+    assert error["retryable"] is False
+    await ws.send_json_to({"type": "ping"})
+    assert await receive(ws) == {"type": "pong"}
+    await ws.disconnect()
+
+
+async def test_more_than_ten_messages_per_second_is_rate_limited(tenant_key):
+    _, key = tenant_key
+    ws, _, _ = await connect(key)
+    await receive(ws)
+    await receive(ws)
+    for _ in range(11):
+        await ws.send_json_to({"type": "ping"})
+    replies = [await receive(ws) for _ in range(11)]
+    assert [r["type"] for r in replies].count("pong") == 10
+    limited = next(r for r in replies if r["type"] == "error")
+    assert (limited["code"], limited["retryable"]) == ("RATE_LIMITED", True)
+    await asyncio.sleep(0.3)  # the bucket refills; the connection is still open
+    await ws.send_json_to({"type": "ping"})
+    assert await receive(ws) == {"type": "pong"}
+    await ws.disconnect()
+
+
+async def wait_for_message(chat_id, status: str) -> Message:
+    for _ in range(100):
+        message = await Message.objects.filter(chat_id=chat_id, role="assistant").afirst()
+        if message is not None and message.status == status:
+            return message
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no assistant message with status {status}")
+
+
+SLOW = "[demo:tokens=200][demo:delay=20] tell me a long story"
+
+
+async def test_cancel_stops_the_stream_and_keeps_partial_content(tenant_key):
+    tenant, key = tenant_key
+    chat = await sync_to_async(make_chat)(tenant)
+    ws, _, _ = await connect(key, chat_id=chat.id)
+    await receive(ws)
+    await ws.send_json_to({"content": SLOW})
+    tokens = []
+    while len(tokens) < 5:
+        event = await receive(ws)
+        if event["type"] == "message_stream_token":
+            tokens.append(event["token"])
+    await ws.send_json_to({"type": "cancel"})
+    while True:
+        event = await receive(ws)
+        if event["type"] == "message_stream_ended":
+            break
+        tokens.append(event["token"])
+    assert event["status"] == "cancelled"
+    assert event["finish_reason"] == "cancelled"
+    message = await wait_for_message(chat.id, "cancelled")
+    assert message.content == "".join(tokens) == event["content"]
+    assert 5 <= message.completion_tokens < 200
+    await ws.send_json_to({"type": "ping"})  # still connected
+    assert await receive(ws) == {"type": "pong"}
+    await ws.disconnect()
+
+
+async def test_disconnect_mid_stream_stores_cancelled_partial(tenant_key):
+    tenant, key = tenant_key
+    chat = await sync_to_async(make_chat)(tenant)
+    ws, _, _ = await connect(key, chat_id=chat.id)
+    await receive(ws)
+    await ws.send_json_to({"content": SLOW})
+    tokens = []
+    while len(tokens) < 3:
+        event = await receive(ws)
+        if event["type"] == "message_stream_token":
+            tokens.append(event["token"])
+    await ws.disconnect()
+    message = await wait_for_message(chat.id, "cancelled")
+    assert message.content.startswith("".join(tokens))
+    assert len(message.content) < len("lorem ") * 200
+
+
+async def test_upstream_failure_mid_stream(tenant_key):
+    tenant, key = tenant_key
+    chat = await sync_to_async(make_chat)(tenant)
+    ws, _, _ = await connect(key, chat_id=chat.id)
+    await receive(ws)
+    await ws.send_json_to({"content": "[demo:fail-after=3] hello there my friend"})
+    events = await receive_until(ws, "message_stream_ended")
+    tokens = [e["token"] for e in events if e["type"] == "message_stream_token"]
+    error = events[-1]
+    assert len(tokens) == 3
+    assert error["type"] == "error"
+    assert (error["code"], error["retryable"]) == ("LLM_CONNECTION_ERROR", True)
+    assert error["partial_content"] == "".join(tokens)
+    message = await wait_for_message(chat.id, "failed")
+    assert message.content == "".join(tokens)
+    await ws.disconnect()
+
+
+async def test_ping_during_a_stream_is_answered(tenant_key):
+    _, key = tenant_key
+    ws, _, _ = await connect(key)
+    await receive(ws)
+    await receive(ws)
+    await ws.send_json_to({"content": SLOW})
+    while (await receive(ws))["type"] != "message_stream_token":
+        pass
+    await ws.send_json_to({"type": "ping"})
+    while (event := await receive(ws))["type"] == "message_stream_token":
+        pass
+    assert event == {"type": "pong"}
+    await ws.send_json_to({"type": "cancel"})
+    await ws.disconnect()
+
+
+async def test_the_51st_connection_is_refused_4029(tenant_key):
+    _, key = tenant_key
+    sockets = []
+    for _ in range(50):
+        ws, connected, _ = await connect(key)
+        assert connected
+        assert (await receive(ws))["type"] == "connection_established"
+        sockets.append(ws)
+    extra, _, _ = await connect(key)
+    assert (await expect_close(extra, 4029))["code"] == "CONNECTION_LIMIT"
+    await sockets.pop().disconnect()  # a slot frees up
+    again, connected, _ = await connect(key)
+    assert connected and (await receive(again))["type"] == "connection_established"
+    for ws in [*sockets, again]:
+        await ws.disconnect()
+
+
+async def test_browser_origin_must_be_an_allowed_host(tenant_key):
+    _, key = tenant_key
+    _, connected, _ = await connect(key, headers=[(b"origin", b"https://evil.example")])
+    assert not connected
+    ws, connected, _ = await connect(key, headers=[(b"origin", b"http://localhost:8000")])
+    assert connected
+    await ws.disconnect()
+
+
+async def test_end_user_is_created_once(tenant_key):
+    tenant, key = tenant_key
+    for _ in range(2):
+        ws, _, _ = await connect(key, user_id="repeat")
+        await receive(ws)
+        await ws.disconnect()
+    assert await EndUser.objects.filter(tenant=tenant, external_id="repeat").acount() == 1
+
+
+async def test_live_connections_keep_their_slots(tenant_key, settings):
+    """Slots lapse unless refreshed; the process refreshes its live connections."""
+    from billing import ratelimit
+    from chats import ws_slots
+
+    settings.WS_CONNECTION_SLOT_TTL_SECONDS = 0.3
+    tenant, key = tenant_key
+    await Plan.objects.filter(pk=tenant.plan_id).aupdate(ws_max_connections=1)
+    first, connected, _ = await connect(key)
+    assert connected
+    await receive(first)
+    await asyncio.sleep(0.6)  # two TTLs: only the refresh keeps the slot taken
+    second, _, _ = await connect(key)
+    assert (await expect_close(second, 4029))["code"] == "CONNECTION_LIMIT"
+    await first.disconnect()
+    assert not ws_slots._held
+    assert await ratelimit.connection_slot_acquire(tenant, "after-release")

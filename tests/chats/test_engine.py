@@ -1,0 +1,250 @@
+"""The streaming engine: routing, context, endings, settlement, real upstreams."""
+
+from decimal import Decimal
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from billing.models import LedgerEntry, Tenant
+from chatproject.errors import ApiError
+from chats import catalog
+from chats.context import trim_to_budget
+from chats.engine import ErrorEvent, FinishedEvent, GenerationRequest, TokenEvent, start_generation
+from chats.models import LLMModel, Message
+from tests.factories import make_chat, make_tenant
+from tests.fakes.upstream import FakeUpstream, expected_text
+
+# --- context window (pure) -------------------------------------------------------------
+
+
+def msg(role: str, chars: int) -> dict[str, str]:
+    return {"role": role, "content": "x" * chars}
+
+
+def test_trim_keeps_everything_that_fits():
+    messages = [msg("system", 40), msg("user", 40), msg("assistant", 40), msg("user", 40)]
+    assert trim_to_budget(messages, 1000) == messages
+
+
+def test_trim_drops_oldest_non_system_first():
+    system, old, reply, new = (
+        msg("system", 40),
+        msg("user", 400),
+        msg("assistant", 40),
+        msg("user", 40),
+    )
+    assert trim_to_budget([system, old, reply, new], 40) == [system, reply, new]
+    assert trim_to_budget([system, old, reply, new], 25) == [system, new]
+
+
+def test_trim_never_drops_the_last_message_or_system():
+    messages = [msg("system", 400), msg("user", 4000)]
+    assert trim_to_budget(messages, 10) == messages
+
+
+# --- routing ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fresh_catalog(settings):
+    settings.MODEL_CATALOG_TTL_SECONDS = 0
+    catalog.clear_catalog_cache()
+    yield
+    catalog.clear_catalog_cache()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("tier", ["cheap", "balanced", "frontier"])
+def test_every_tier_routes_to_demo_without_credentials(fresh_catalog, monkeypatch, tier):
+    for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MISTRAL_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    assert catalog.resolve_model(quality=tier).name == f"demo/{tier}"
+
+
+@pytest.mark.django_db
+def test_a_configured_provider_wins_its_tier(fresh_catalog, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")
+    resolved = catalog.resolve_model(quality="balanced")
+    assert (resolved.name, resolved.provider_name) == ("gpt-4o-mini", "openai")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"model": "no-such-model"}, "model"),
+        ({"quality": "premium"}, "quality"),
+        ({"model": "claude-3-opus-20240229"}, "model"),  # known, but no credential set
+    ],
+)
+def test_unknown_or_unconfigured_model_is_model_not_found(
+    fresh_catalog, monkeypatch, kwargs, field
+):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(ApiError) as raised:
+        catalog.resolve_model(**kwargs)
+    assert raised.value.code == "MODEL_NOT_FOUND"
+    assert field in raised.value.details
+
+
+# --- generations ----------------------------------------------------------------------
+
+
+async def run(request: GenerationRequest):
+    generation = await start_generation(request)
+    events = [event async for event in generation.events()]
+    return generation, events
+
+
+async def balance(tenant: Tenant) -> Decimal:
+    return (await Tenant.objects.aget(pk=tenant.pk)).credit_balance
+
+
+async def ledger_sum(tenant: Tenant) -> Decimal:
+    amounts = await sync_to_async(list)(
+        LedgerEntry.objects.filter(tenant=tenant).values_list("amount", flat=True)
+    )
+    return sum(amounts, Decimal(0))
+
+
+@pytest.fixture
+def tenant_chat(db):
+    tenant = make_tenant(credits=100)
+    return tenant, make_chat(tenant)
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_complete_generation_charges_usage_and_stores_the_answer(tenant_chat):
+    tenant, chat = tenant_chat
+    before = await balance(tenant)
+    _, events = await run(
+        GenerationRequest(tenant=tenant, chat=chat, messages=[{"role": "user", "content": "hi"}])
+    )
+    *tokens, finished = events
+    assert all(isinstance(t, TokenEvent) for t in tokens)
+    assert isinstance(finished, FinishedEvent)
+    assert finished.credits_charged > 0
+    assert finished.credits_remaining == before - finished.credits_charged
+    assert await balance(tenant) == finished.credits_remaining
+    assert await ledger_sum(tenant) == await balance(tenant)
+    stored = await Message.objects.aget(pk=finished.message_id)
+    assert (stored.status, stored.content) == ("complete", finished.content)
+    assert stored.completion_tokens == len(tokens)
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_insufficient_credits_refuses_before_anything_is_stored(db):
+    tenant = await sync_to_async(make_tenant)(credits=0)
+    chat = await sync_to_async(make_chat)(tenant)
+    with pytest.raises(ApiError) as raised:
+        await start_generation(
+            GenerationRequest(
+                tenant=tenant, chat=chat, messages=[{"role": "user", "content": "hi"}]
+            )
+        )
+    assert raised.value.code == "INSUFFICIENT_CREDITS"
+    assert raised.value.status == 402
+    assert not await Message.objects.filter(chat=chat).aexists()
+    assert await balance(tenant) == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_failure_mid_stream_charges_what_was_produced(tenant_chat):
+    tenant, chat = tenant_chat
+    before = await balance(tenant)
+    generation, events = await run(
+        GenerationRequest(
+            tenant=tenant,
+            chat=chat,
+            messages=[{"role": "user", "content": "[demo:fail-after=2] one two three four"}],
+        )
+    )
+    *tokens, failed = events
+    assert len(tokens) == 2 and isinstance(failed, ErrorEvent)
+    assert (failed.error.code, failed.error.retryable) == ("LLM_CONNECTION_ERROR", True)
+    assert failed.usage.completion_tokens > 0
+    assert 0 < failed.credits_charged < generation.hold.amount
+    assert await balance(tenant) == before - failed.credits_charged
+    assert await ledger_sum(tenant) == await balance(tenant)
+    stored = await Message.objects.aget(pk=failed.message_id)
+    assert (stored.status, stored.content) == ("failed", failed.content)
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_stalled_model_times_out(tenant_chat, settings):
+    settings.LLM_TIMEOUT_SECONDS = 0.2
+    tenant, chat = tenant_chat
+    _, events = await run(
+        GenerationRequest(
+            tenant=tenant,
+            chat=chat,
+            messages=[{"role": "user", "content": "[demo:stall-after=1] hello there"}],
+        )
+    )
+    assert isinstance(events[-1], ErrorEvent)
+    assert events[-1].error.code == "LLM_TIMEOUT"
+    assert (await Message.objects.aget(pk=events[-1].message_id)).status == "failed"
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_consumer_closing_early_stores_cancelled_and_settles(tenant_chat):
+    tenant, chat = tenant_chat
+    before = await balance(tenant)
+    generation = await start_generation(
+        GenerationRequest(
+            tenant=tenant,
+            chat=chat,
+            messages=[{"role": "user", "content": "[demo:tokens=100] go"}],
+        )
+    )
+    stream = generation.events()
+    seen = [await anext(stream) for _ in range(4)]
+    await stream.aclose()
+    assert generation.outcome.status == "cancelled"
+    stored = await Message.objects.aget(pk=generation.message_id)
+    assert stored.status == "cancelled"
+    assert stored.content == "".join(t.text for t in seen)
+    assert await balance(tenant) == before - generation.outcome.credits_charged
+    assert await ledger_sum(tenant) == await balance(tenant)
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_openai_compatible_upstream_over_http(tenant_chat, fresh_catalog):
+    tenant, chat = tenant_chat
+    async with FakeUpstream("tokens-7") as upstream:
+        await LLMModel.objects.acreate(
+            name="local-llm",
+            provider="openai_compatible",
+            upstream_model="served-model",
+            base_url=upstream.openai_base_url,
+            input_price_per_1k=Decimal(1),
+            output_price_per_1k=Decimal(2),
+        )
+        _, events = await run(
+            GenerationRequest(
+                tenant=tenant,
+                chat=chat,
+                model="local-llm",
+                messages=[
+                    {"role": "system", "content": "be brief"},
+                    {"role": "user", "content": "hello"},
+                ],
+            )
+        )
+        sent = upstream.requests[-1]
+    finished = events[-1]
+    assert isinstance(finished, FinishedEvent)
+    assert finished.content == expected_text(7)
+    assert sent["model"] == "served-model"
+    assert sent["messages"][0] == {"role": "system", "content": "be brief"}
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    # Usage as the upstream reported it, priced at the model's rates.
+    assert finished.usage.completion_tokens == 7
+    expected = (Decimal(finished.usage.prompt_tokens) * 1 + Decimal(7) * 2) / 1000
+    assert finished.credits_charged == expected.quantize(Decimal("0.000001"))

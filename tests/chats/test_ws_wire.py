@@ -1,0 +1,118 @@
+"""/ws/chat over a real socket, against daphne processes."""
+
+import asyncio
+import json
+import os
+
+import pytest
+import websockets
+from asgiref.sync import sync_to_async
+
+from chats.models import Message
+from tests.factories import make_chat, make_key, make_tenant
+from tests.live import start_server
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+
+TIMEOUT = 10
+
+
+async def next_event(ws) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+
+
+async def until(ws, event_type: str) -> list[dict]:
+    events = []
+    while True:
+        events.append(await next_event(ws))
+        if events[-1]["type"] in (event_type, "error"):
+            return events
+
+
+async def until_own_reply(ws, *, other: str) -> list[dict]:
+    """Events up to this socket's own reply, past any fanned-out end of ``other``."""
+    events = []
+    while True:
+        events.append(await next_event(ws))
+        assert events[-1]["type"] != "error", events[-1]
+        if events[-1]["type"] == "message_stream_ended" and events[-1]["message_id"] != other:
+            return events
+
+
+@pytest.fixture
+def tenant_chat():
+    tenant = make_tenant(credits=1000)
+    return make_key(tenant), make_chat(tenant, user_id="user123")
+
+
+async def test_seed_flow_over_the_wire(server, tenant_chat):
+    key, chat = tenant_chat
+    url = f"{server.ws_url}/ws/chat?api_key={key}&user_id=user123&chat_id={chat.id}"
+    async with websockets.connect(url) as ws:
+        assert (await next_event(ws))["type"] == "connection_established"
+        await ws.send(json.dumps({"content": "Hello, I need help with my account"}))
+        events = await until(ws, "message_stream_ended")
+    tokens = [e["token"] for e in events if e["type"] == "message_stream_token"]
+    assert events[-1]["type"] == "message_stream_ended", events[-1]
+    assert "".join(tokens) == events[-1]["content"]
+    stored = await Message.objects.aget(pk=events[-1]["message_id"])
+    assert stored.content == events[-1]["content"]
+    assert stored.status == "complete"
+    await asyncio.sleep(0.2)  # let the access log flush
+    assert key not in server.log()
+
+
+async def test_bad_key_close_code_on_the_wire(server, tenant_chat):
+    url = f"{server.ws_url}/ws/chat?api_key=sk_live_nope&user_id=user123"
+    async with websockets.connect(url) as ws:
+        assert (await next_event(ws))["code"] == "UNAUTHORIZED"
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+    assert closed.value.rcvd.code == 4001
+
+
+@pytest.fixture
+def second_server(server, tmp_path):
+    other = start_server(tmp_path)
+    yield other
+    other.stop()
+
+
+async def test_two_processes_serve_one_chat(server, second_server, tenant_chat):
+    """Two daphne processes on one database (and one Redis when configured): each
+    socket gets its own reply, and with Redis each sees the other's whole events."""
+    key, chat = tenant_chat
+    query = f"/ws/chat?api_key={key}&user_id=user123&chat_id={chat.id}"
+    async with (
+        websockets.connect(server.ws_url + query) as first,
+        websockets.connect(second_server.ws_url + query) as second,
+    ):
+        await next_event(first)
+        await next_event(second)
+        await first.send(json.dumps({"content": "from the first process"}))
+        first_reply = (await until(first, "message_stream_ended"))[-1]
+        await second.send(json.dumps({"content": "from the second process"}))
+        second_events = []
+        while (
+            not second_events
+            or second_events[-1].get("message_id")
+            in (
+                None,
+                first_reply["message_id"],
+            )
+            or second_events[-1]["type"] != "message_stream_ended"
+        ):
+            second_events.append(await next_event(second))
+            assert second_events[-1]["type"] != "error", second_events[-1]
+        second_reply = second_events[-1]
+        assert first_reply["type"] == second_reply["type"] == "message_stream_ended"
+        assert "from the first process" in first_reply["content"]
+        assert "from the second process" in second_reply["content"]
+        if os.environ.get("REDIS_URL"):
+            # The second socket heard about the first exchange through Redis.
+            fanned = [e for e in second_events if e.get("message_id") == first_reply["message_id"]]
+            assert fanned and fanned[-1]["content"] == first_reply["content"]
+    stored = await sync_to_async(list)(
+        Message.objects.filter(chat=chat, role="assistant").values_list("status", flat=True)
+    )
+    assert stored == ["complete", "complete"]
