@@ -15,6 +15,14 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 
 install: $(BIN)/.installed
 
+# The Node test of POST /api/chat uses the real `ai` client: its packages, pinned in
+# tests/js/package-lock.json, are installed again only when the lock file changes.
+JS := tests/js
+$(JS)/node_modules/.installed: $(JS)/package.json $(JS)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		npm ci --prefix $(JS) --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: tests/js dependencies not installed"; fi
+
 # Embedded defaults (SQLite, in-memory layer, demo provider) unless the environment says
 # otherwise. DEBUG is on only when not set, so production environments stay as they are.
 run: export DEBUG ?= true
@@ -27,7 +35,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint $(JS)/node_modules/.installed
 	$(BIN)/python -m pytest
 
 format: install

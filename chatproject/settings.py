@@ -5,6 +5,7 @@ layer, limits and cache, and the offline ``demo`` LLM provider. Setting
 ``DATABASE_URL`` and ``REDIS_URL`` switches to PostgreSQL and Redis.
 """
 
+import os
 from pathlib import Path
 
 import environ
@@ -40,6 +41,7 @@ INSTALLED_APPS = [
     "billing",
     "governor",
     "chats",
+    "knowledge",
 ]
 
 # Every middleware here supports async, so streaming views stay fully asynchronous.
@@ -73,6 +75,7 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------
+DATABASE_POOL_MAX = env.int("DATABASE_POOL_MAX", default=20)  # also the ORM thread count
 DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
 }
@@ -82,10 +85,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env.int("DATABASE_POOL_MIN", default=2),
-        "max_size": env.int("DATABASE_POOL_MAX", default=20),
+        "max_size": DATABASE_POOL_MAX,
         "timeout": 10,
     }
 else:
+    # Tests run a live server in another process, so the test database is a file (one per
+    # test run, so concurrent runs in one checkout do not share it).
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / f"test_db_{os.getpid()}.sqlite3")}
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
     )
@@ -93,6 +99,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: channel layer, shared limits and cache ------------------------------------
 REDIS_URL = env.str("REDIS_URL", default="")
+REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=100)  # per process
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
@@ -116,6 +123,13 @@ API_KEY_ENV = env.str("API_KEY_ENV", default="live")  # the <env> in sk_<env>_<r
 CHAT_MAX_MESSAGE_LENGTH = env.int("CHAT_MAX_MESSAGE_LENGTH", default=20000)
 CHAT_MAX_HISTORY_MESSAGES = env.int("CHAT_MAX_HISTORY_MESSAGES", default=100)
 
+# --- Billing: rate limits, credit holds, response cache (owned by billing/) -------------
+RESPONSE_CACHE_TTL_SECONDS = env.int("RESPONSE_CACHE_TTL_SECONDS", default=3600)  # 0: off
+HOLD_STALE_AFTER_SECONDS = env.int("HOLD_STALE_AFTER_SECONDS", default=900)
+# A WebSocket connection slot lapses unless refreshed within this time (crashed processes).
+WS_CONNECTION_SLOT_TTL_SECONDS = env.float("WS_CONNECTION_SLOT_TTL_SECONDS", default=90.0)
+# --- End of billing block -----------------------------------------------------------------
+
 # --- Auth, i18n, static -----------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -138,6 +152,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "chatproject.errors.drf_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["billing.throttling.PlanRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
 }
@@ -184,3 +199,17 @@ LOGGING = {
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
+
+# --- LLM providers ----------------------------------------------------------------------
+LLM_TIMEOUT_SECONDS = env.float("LLM_TIMEOUT_SECONDS", default=60.0)  # no byte from upstream
+DEMO_TOKEN_DELAY_MS = env.float("DEMO_TOKEN_DELAY_MS", default=15.0)  # so demo replies stream
+# The model catalog is cached per process; admin edits take effect within this many seconds.
+MODEL_CATALOG_TTL_SECONDS = env.float("MODEL_CATALOG_TTL_SECONDS", default=10.0)
+
+# --- HTTP streaming transports (chats/transports) ---------------------------------------
+# An SSE comment is sent when no event has gone out for this long, so proxies and clients
+# do not drop a connection that waits on a slow model.
+SSE_KEEPALIVE_SECONDS = env.float("SSE_KEEPALIVE_SECONDS", default=15.0)
+# Origins allowed to call POST /api/chat (seed 003) from a browser; "*" allows any (keys
+# travel in a header, never in cookies, so a wildcard exposes nothing to other sites).
+CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=["*"])

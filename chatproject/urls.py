@@ -15,6 +15,8 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", **PUBLIC), name="docs"),
     path("", include("governor.urls")),
     path("", include("chats.urls")),
+    path("", include("chats.transports.urls")),
+    path("", include("knowledge.urls")),
 ]
 
 handler404 = "chatproject.errors.handler404"

@@ -1,0 +1,267 @@
+"""Seed 001: project document chat.
+
+``POST /api/v1/chat/stream``: ``event: message`` ``{"token", "done": false}`` per token,
+then ``event: done`` ``{"full_response", "document_types_used", "metadata", "done": true}``,
+or ``event: error`` ``{"error", "code", "retryable"}``. The conversation is a chat of the
+tenant (created on first use, see ``sse.conversation_chat``) and the exchange is stored
+in it. The system prompt comes from the knowledge base (``knowledge.retrieval``); a
+failed search is an ``event: error`` with ``RAG_RETRIEVAL_ERROR`` in a 200 stream.
+
+``POST /api/v1/chat/generate`` (legacy): ``event: token`` ``{"token", "index"}``, then
+``event: done`` ``{"total_tokens", "duration_ms"}`` or ``event: error`` ``{"code",
+"message"}``; not stored. ``POST /api/v1/chat/message`` is retired: 400.
+
+Errors before the stream use the product's envelope with the seed's statuses on these
+paths: 422 for validation, 403 for a bad key.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+
+from billing.models import Tenant
+from chatproject.db import db_call
+from chatproject.errors import ApiError, ErrorCode, error_response
+from chats import catalog
+from chats.engine import FinishedEvent, Generation, TokenEvent, start_generation
+from chats.providers import estimate_prompt_tokens
+from chats.transports import schemas
+from chats.transports.sse import (
+    authenticate,
+    conversation_chat,
+    credits_number,
+    endpoint,
+    event_stream,
+    events_of,
+    generation_headers,
+    generation_request,
+    read_json,
+    sse,
+)
+from knowledge.retrieval import RetrievalError, RetrievedContext, build_context
+
+END_USER_ID = "docgen"  # the end user that owns conversations started over this API
+_STATUS = {ErrorCode.UNAUTHORIZED: 403, ErrorCode.VALIDATION_ERROR: 422}
+
+
+def _http_error(error: ApiError) -> HttpResponse:
+    return error_response(error, status=_STATUS.get(error.code))
+
+
+def _stream_error(error: ApiError) -> tuple[str, str]:
+    """The seed's three codes: upstream trouble of any kind is LLM_CONNECTION_ERROR, with
+    a message that says which kind."""
+    if error.code == ErrorCode.LLM_TIMEOUT:
+        return ErrorCode.LLM_CONNECTION_ERROR, f"The model timed out: {error.message}"
+    if error.code == ErrorCode.LLM_PROVIDER_ERROR:
+        return ErrorCode.LLM_CONNECTION_ERROR, f"The model provider failed: {error.message}"
+    if error.code in (ErrorCode.LLM_CONNECTION_ERROR, ErrorCode.RAG_RETRIEVAL_ERROR):
+        return error.code, error.message
+    return ErrorCode.STREAM_ERROR, error.message
+
+
+def _duration_ms(started: float) -> int:
+    return round((time.monotonic() - started) * 1000)
+
+
+async def _context(
+    tenant: Tenant,
+    *,
+    query: str,
+    conversation: list[dict[str, str]],
+    project_id: str | None,
+    document_type: str,
+    user_name: str | None = None,
+    existing_documents: dict[str, str] | None = None,
+) -> RetrievedContext:
+    """The system prompt, sized to what the default model leaves after the conversation.
+    Raises ApiError(RAG_RETRIEVAL_ERROR) when the knowledge base fails."""
+    model = await catalog.aresolve_model()
+    budget = max(
+        0,
+        model.context_window - model.max_output_tokens - estimate_prompt_tokens(conversation),
+    )
+    try:
+        return await db_call(
+            build_context,
+            tenant=tenant,
+            project_id=project_id,
+            query=query,
+            document_type=document_type,
+            user_name=user_name,
+            existing_documents=existing_documents or {},
+            budget_tokens=budget,
+        )
+    except RetrievalError as exc:
+        raise ApiError(
+            ErrorCode.RAG_RETRIEVAL_ERROR, f"The knowledge base search failed: {exc}"
+        ) from None
+
+
+# --- POST /api/v1/chat/stream ---------------------------------------------------------------
+
+
+def _error_event(error: ApiError, request_id: str) -> bytes:
+    code, message = _stream_error(error)
+    data = {"error": message, "code": str(code), "retryable": error.retryable}
+    return sse({**data, "request_id": request_id}, event="error")
+
+
+async def _only_error(error: ApiError, request_id: str) -> AsyncIterator[bytes]:
+    yield _error_event(error, request_id)
+
+
+async def _encode_stream(
+    generation: Generation,
+    context: RetrievedContext,
+    conversation_id: str,
+    started: float,
+) -> AsyncIterator[bytes]:
+    request = generation.request
+    async with events_of(generation) as events:
+        async for event in events:
+            if isinstance(event, TokenEvent):
+                yield sse({"token": event.text, "done": False}, event="message")
+            elif isinstance(event, FinishedEvent):
+                metadata: dict[str, Any] = {
+                    "conversation_id": conversation_id,
+                    "chat_id": str(request.chat.pk) if request.chat else None,
+                    "message_id": str(event.message_id),
+                    "model": generation.model_name,
+                    "finish_reason": event.finish_reason,
+                    "usage": event.usage.to_dict(),
+                    "credits_charged": credits_number(event.credits_charged),
+                    "credits_remaining": credits_number(event.credits_remaining),
+                    "sources": sorted({chunk.source for chunk in context.chunks}),
+                    "duration_ms": _duration_ms(started),
+                    "request_id": request.request_id,
+                }
+                done = {
+                    "full_response": event.content,
+                    "document_types_used": context.document_types_used,
+                    "metadata": metadata,
+                    "done": True,
+                }
+                yield sse(done, event="done")
+            else:
+                yield _error_event(event.error, request.request_id)
+
+
+@endpoint(on_error=_http_error)
+async def chat_stream(request: HttpRequest) -> HttpResponse:
+    started = time.monotonic()
+    tenant = await authenticate(request)
+    body = schemas.parse_doc_chat(read_json(request))
+    user_message = {"role": "user", "content": body.message}
+    try:
+        context = await _context(
+            tenant,
+            query=body.message,
+            conversation=[*body.history, user_message],
+            project_id=body.project_id,
+            document_type=body.document_type,
+            user_name=body.user_name,
+            existing_documents=body.existing_documents,
+        )
+    except ApiError as error:
+        if error.code != ErrorCode.RAG_RETRIEVAL_ERROR:
+            raise
+        return event_stream(_only_error(error, request.request_id))
+
+    conversation_id = body.conversation_id or str(uuid.uuid4())
+    chat = await db_call(
+        conversation_chat,
+        tenant=tenant,
+        key=conversation_id,
+        end_user_id=END_USER_ID,
+        title=body.message[:100],
+        metadata={
+            "source": "docgen",
+            "conversation_id": conversation_id,
+            "project_id": body.project_id,
+            "metadata": body.metadata,
+        },
+    )
+    messages = [
+        {"role": "system", "content": context.system_prompt},
+        *body.history,
+        user_message,
+    ]
+    generation = await start_generation(generation_request(request, tenant, messages, chat=chat))
+    return event_stream(
+        _encode_stream(generation, context, conversation_id, started),
+        headers={"x-chat-id": str(chat.pk), **generation_headers(generation)},
+    )
+
+
+# --- POST /api/v1/chat/generate (legacy) -----------------------------------------------------
+
+
+def _legacy_error_event(error: ApiError) -> bytes:
+    code, message = _stream_error(error)
+    return sse({"code": str(code), "message": message}, event="error")
+
+
+async def _legacy_only_error(error: ApiError) -> AsyncIterator[bytes]:
+    yield _legacy_error_event(error)
+
+
+async def _encode_legacy(generation: Generation, started: float) -> AsyncIterator[bytes]:
+    async with events_of(generation) as events:
+        async for event in events:
+            if isinstance(event, TokenEvent):
+                yield sse({"token": event.text, "index": event.index}, event="token")
+            elif isinstance(event, FinishedEvent):
+                done = {
+                    "total_tokens": event.usage.completion_tokens,
+                    "duration_ms": _duration_ms(started),
+                }
+                yield sse(done, event="done")
+            else:
+                yield _legacy_error_event(event.error)
+
+
+@endpoint(on_error=_http_error)
+async def generate(request: HttpRequest) -> HttpResponse:
+    started = time.monotonic()
+    tenant = await authenticate(request)
+    body = schemas.parse_doc_generate(read_json(request))
+    user_message = {"role": "user", "content": body.message}
+    try:
+        context = await _context(
+            tenant,
+            query=body.message,
+            conversation=[*body.history, user_message],
+            project_id=body.project_id,
+            document_type=body.document_type,
+        )
+    except ApiError as error:
+        if error.code != ErrorCode.RAG_RETRIEVAL_ERROR:
+            raise
+        return event_stream(_legacy_only_error(error))
+    messages = [
+        {"role": "system", "content": context.system_prompt},
+        *body.history,
+        user_message,
+    ]
+    generation = await start_generation(generation_request(request, tenant, messages))
+    return event_stream(_encode_legacy(generation, started), headers=generation_headers(generation))
+
+
+# --- POST /api/v1/chat/message (retired) ------------------------------------------------------
+
+
+@endpoint(on_error=_http_error)
+async def message(request: HttpRequest) -> HttpResponse:
+    error = ApiError(
+        ErrorCode.VALIDATION_ERROR,
+        "POST /api/v1/chat/message is retired: use POST /api/v1/chat/stream (text/event-stream).",
+        details={"endpoint": ["/api/v1/chat/stream"]},
+        headers={"Link": '</api/v1/chat/stream>; rel="alternate"'},
+    )
+    return error_response(error, status=400)  # the seed's status, not this path's 422

@@ -1,0 +1,216 @@
+"""OpenAI-compatible API (SPEC §4.6): ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+The request and response shapes are OpenAI's, so the official SDKs work unchanged with a
+tenant key (``Authorization: Bearer`` or ``X-API-Key``). Errors use OpenAI's shape,
+``{"error": {"message", "type", "param", "code"}}``. ``model`` is a catalog name or a
+quality tier (``cheap``, ``balanced``, ``frontier``). Nothing is stored in a chat.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from chatproject.db import db_call
+from chatproject.errors import ApiError, ErrorCode
+from chats import catalog
+from chats.engine import ErrorEvent, FinishedEvent, Generation, TokenEvent, start_generation
+from chats.transports import schemas
+from chats.transports.sse import (
+    DONE,
+    authenticate,
+    credits_text,
+    endpoint,
+    event_stream,
+    events_of,
+    generation_headers,
+    generation_request,
+    model_choice,
+    read_json,
+    sse,
+)
+
+# code → (HTTP status, OpenAI error type, OpenAI error code)
+_ERRORS: dict[ErrorCode, tuple[int, str, str | None]] = {
+    ErrorCode.UNAUTHORIZED: (401, "invalid_request_error", "invalid_api_key"),
+    ErrorCode.VALIDATION_ERROR: (400, "invalid_request_error", None),
+    ErrorCode.MODEL_NOT_FOUND: (404, "invalid_request_error", "model_not_found"),
+    ErrorCode.NOT_FOUND: (404, "invalid_request_error", None),
+    ErrorCode.METHOD_NOT_ALLOWED: (405, "invalid_request_error", None),
+    ErrorCode.INSUFFICIENT_CREDITS: (402, "insufficient_quota", "insufficient_quota"),
+    ErrorCode.GOVERNOR_REJECTED: (403, "permission_error", "governor_rejected"),
+    ErrorCode.RATE_LIMITED: (429, "requests", "rate_limit_exceeded"),
+    ErrorCode.LLM_CONNECTION_ERROR: (502, "api_error", "upstream_connection_error"),
+    ErrorCode.LLM_TIMEOUT: (504, "api_error", "upstream_timeout"),
+    ErrorCode.LLM_PROVIDER_ERROR: (502, "api_error", "upstream_error"),
+    ErrorCode.STREAM_ERROR: (500, "server_error", None),
+}
+FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls", "function_call")
+
+
+def openai_error(error: ApiError) -> dict[str, Any]:
+    _, error_type, code = _ERRORS.get(error.code, (error.status, "api_error", None))
+    param = None
+    if error.details:
+        param = next(iter(error.details))
+    if error.code == ErrorCode.MODEL_NOT_FOUND:
+        param = "model"
+    return {
+        "error": {
+            "message": error.message,
+            "type": error_type,
+            "param": param,
+            "code": code or error.code.value.lower(),
+        }
+    }
+
+
+def error_response(error: ApiError) -> HttpResponse:
+    status = _ERRORS.get(error.code, (error.status, "", None))[0]
+    response = JsonResponse(openai_error(error), status=status)
+    for name, value in error.headers.items():
+        response[name] = value
+    return response
+
+
+def _finish_reason(reason: str) -> str:
+    return reason if reason in FINISH_REASONS else "stop"
+
+
+# --- POST /v1/chat/completions -----------------------------------------------------------------
+
+
+def _chunk(
+    generation: Generation, created: int, include_usage: bool, **fields: Any
+) -> dict[str, Any]:
+    data = {
+        "id": f"chatcmpl-{generation.message_id.hex}",
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": generation.model_name,
+        "system_fingerprint": None,
+        **fields,
+    }
+    if include_usage:
+        data.setdefault("usage", None)  # OpenAI: null on every chunk but the usage one
+    return data
+
+
+def _choice(delta: dict[str, Any], finish_reason: str | None = None) -> list[dict[str, Any]]:
+    return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+
+
+async def _encode_stream(generation: Generation, include_usage: bool) -> AsyncIterator[bytes]:
+    created = int(time.time())
+    yield sse(
+        _chunk(
+            generation,
+            created,
+            include_usage,
+            choices=_choice({"role": "assistant", "content": "", "refusal": None}),
+        )
+    )
+    async with events_of(generation) as events:
+        async for event in events:
+            if isinstance(event, TokenEvent):
+                choices = _choice({"content": event.text})
+                yield sse(_chunk(generation, created, include_usage, choices=choices))
+            elif isinstance(event, FinishedEvent):
+                choices = _choice({}, _finish_reason(event.finish_reason))
+                yield sse(_chunk(generation, created, include_usage, choices=choices))
+                if include_usage:
+                    usage = event.usage.to_dict()
+                    yield sse(_chunk(generation, created, include_usage, choices=[], usage=usage))
+                yield DONE
+            else:
+                # As OpenAI does: an error object as a data event, and the stream ends.
+                yield sse(openai_error(event.error))
+
+
+@endpoint(on_error=error_response)
+async def chat_completions(request: HttpRequest) -> HttpResponse:
+    tenant = await authenticate(request)
+    body = schemas.parse_openai_chat(read_json(request))
+    quality, model = model_choice(body.model)
+    generation = await start_generation(
+        generation_request(
+            request,
+            tenant,
+            body.messages,
+            quality=quality,
+            model=model,
+            temperature=body.temperature,
+            max_tokens=body.max_tokens,
+        )
+    )
+    headers = generation_headers(generation)
+    if body.stream:
+        return event_stream(_encode_stream(generation, body.include_usage), headers=headers)
+
+    end: FinishedEvent | ErrorEvent | None = None
+    async with events_of(generation) as events:
+        async for event in events:
+            if not isinstance(event, TokenEvent):
+                end = event
+    assert end is not None
+    if isinstance(end, ErrorEvent):
+        response = error_response(end.error)
+    else:
+        response = JsonResponse(
+            {
+                "id": f"chatcmpl-{end.message_id.hex}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": generation.model_name,
+                "system_fingerprint": None,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": end.content, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": _finish_reason(end.finish_reason),
+                    }
+                ],
+                "usage": end.usage.to_dict(),
+            }
+        )
+    headers["x-credits-charged"] = credits_text(end.credits_charged)
+    headers["x-credits-remaining"] = credits_text(end.credits_remaining)
+    for name, value in headers.items():
+        response[name] = value
+    return response
+
+
+# --- GET /v1/models --------------------------------------------------------------------------
+
+
+async def _model_list() -> list[dict[str, Any]]:
+    rows = await db_call(catalog.available_models)
+    models = [
+        {"id": row.name, "object": "model", "created": 0, "owned_by": row.provider} for row in rows
+    ]
+    served = {row.tier for row in rows if row.tier}
+    models += [
+        {"id": tier, "object": "model", "created": 0, "owned_by": "router"}
+        for tier in catalog.QUALITY_TIERS
+        if tier in served
+    ]
+    return models
+
+
+@endpoint(methods=("GET",), on_error=error_response)
+async def models(request: HttpRequest) -> HttpResponse:
+    await authenticate(request)
+    return JsonResponse({"object": "list", "data": await _model_list()})
+
+
+@endpoint(methods=("GET",), on_error=error_response)
+async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
+    await authenticate(request)
+    for model in await _model_list():
+        if model["id"] == model_id:
+            return JsonResponse(model)
+    raise ApiError(ErrorCode.MODEL_NOT_FOUND, f"The model {model_id!r} does not exist.")

@@ -1,0 +1,149 @@
+"""Seed 000: ``POST /api/ai/chat`` (SSE) and ``POST /api/ai/chat/complete`` (JSON).
+
+Stream: ``data: {"content": ...}`` per token, then ``event: usage`` with the settled
+figures, then ``data: [DONE]``. A failure after the first token is ``event: error``
+(code, message, retryable), then the usage event, then ``[DONE]``. Not stored in a
+chat: the seed has no chat id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from billing.models import Tenant
+from chatproject.errors import error_response
+from chats.engine import ErrorEvent, FinishedEvent, Generation, TokenEvent, start_generation
+from chats.transports import schemas
+from chats.transports.sse import (
+    DONE,
+    authenticate,
+    credits_number,
+    credits_remaining,
+    credits_text,
+    endpoint,
+    event_stream,
+    events_of,
+    generation_headers,
+    generation_request,
+    read_json,
+    sse,
+)
+
+
+async def _start(request: HttpRequest) -> tuple[Tenant, Generation]:
+    tenant = await authenticate(request)
+    body = schemas.parse_regpilot(read_json(request))
+    generation = await start_generation(
+        generation_request(
+            request,
+            tenant,
+            body.messages,
+            quality=body.quality,
+            model=body.model,
+            temperature=body.temperature,
+            governor_metadata=body.governor_metadata,
+        )
+    )
+    return tenant, generation
+
+
+def _headers(generation: Generation, tenant: Tenant) -> dict[str, str]:
+    """What is known before the first token; on a cache hit that is every figure."""
+    cached = generation.cached
+    headers = {
+        "x-regpilot-model": generation.model_name,
+        "x-cache-status": generation.cache_status,
+        "x-regpilot-prompt-tokens": str(
+            cached.prompt_tokens if cached else generation.prompt_tokens
+        ),
+        "x-credits-remaining": credits_text(credits_remaining(generation, tenant)),
+    }
+    if cached:
+        headers["x-credits-charged"] = "0"
+        headers["x-regpilot-completion-tokens"] = str(cached.completion_tokens)
+    headers.update(generation_headers(generation))
+    return headers
+
+
+def _usage(generation: Generation, end: FinishedEvent | ErrorEvent) -> dict[str, Any]:
+    return {
+        **end.usage.to_dict(),
+        "credits_charged": credits_number(end.credits_charged),
+        "credits_remaining": credits_number(end.credits_remaining),
+        "model": generation.model_name,
+        "cache_status": generation.cache_status,
+        "finish_reason": end.finish_reason if isinstance(end, FinishedEvent) else "error",
+    }
+
+
+def _error_event(end: ErrorEvent, request_id: str) -> dict[str, Any]:
+    return {**end.error.event(), "request_id": request_id}
+
+
+async def _encode(generation: Generation):
+    request_id = generation.request.request_id
+    async with events_of(generation) as events:
+        async for event in events:
+            if isinstance(event, TokenEvent):
+                yield sse({"content": event.text})
+            elif isinstance(event, FinishedEvent):
+                yield sse(_usage(generation, event), event="usage")
+            else:
+                yield sse(_error_event(event, request_id), event="error")
+                yield sse(_usage(generation, event), event="usage")
+    yield DONE
+
+
+@endpoint()
+async def chat_stream(request: HttpRequest) -> HttpResponse:
+    tenant, generation = await _start(request)
+    return event_stream(_encode(generation), headers=_headers(generation, tenant))
+
+
+@endpoint()
+async def chat_complete(request: HttpRequest) -> HttpResponse:
+    """The whole answer as JSON, every figure also as a header."""
+    _, generation = await _start(request)
+    end: FinishedEvent | ErrorEvent | None = None
+    async with events_of(generation) as events:
+        async for event in events:
+            if not isinstance(event, TokenEvent):
+                end = event
+    assert end is not None
+    headers = {
+        "x-regpilot-model": generation.model_name,
+        "x-cache-status": generation.cache_status,
+        "x-regpilot-prompt-tokens": str(end.usage.prompt_tokens),
+        "x-regpilot-completion-tokens": str(end.usage.completion_tokens),
+        "x-credits-charged": credits_text(end.credits_charged),
+        "x-credits-remaining": credits_text(end.credits_remaining),
+        **generation_headers(generation),
+    }
+    if isinstance(end, ErrorEvent):
+        response: HttpResponse = error_response(end.error)
+    else:
+        usage = _usage(generation, end)
+        response = JsonResponse(
+            {
+                "id": str(end.message_id),
+                "content": end.content,
+                "model": generation.model_name,
+                "cache_status": generation.cache_status,
+                "finish_reason": end.finish_reason,
+                "usage": {
+                    key: usage[key]
+                    for key in (
+                        "prompt_tokens",
+                        "completion_tokens",
+                        "total_tokens",
+                        "credits_charged",
+                        "credits_remaining",
+                    )
+                },
+            }
+        )
+    for name, value in headers.items():
+        response[name] = value
+    return response

@@ -1,0 +1,473 @@
+"""Request bodies of the HTTP streaming transports, validated strictly.
+
+No coercion: a string must be a JSON string, a number a JSON number (``true`` is not 1),
+an object a JSON object. Every problem is collected, and the request is refused once
+with ``VALIDATION_ERROR`` whose ``details`` name each field (``messages[2].role``).
+``null`` counts as absent, as most JSON clients send it for unset options.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from chatproject.errors import ApiError, ErrorCode
+from chats.catalog import QUALITY_TIERS
+
+ROLES = ("user", "assistant", "system")
+HISTORY_ROLES = ("user", "assistant")
+DOCUMENT_TYPE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_ID_LENGTH = 255
+
+
+class Errors:
+    """Field errors collected while validating one body."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, list[str]] = {}
+
+    def add(self, name: str, message: str) -> None:
+        self.fields.setdefault(name, []).append(message)
+
+    def raise_if_any(self) -> None:
+        if self.fields:
+            first = next(iter(self.fields))
+            raise ApiError(
+                ErrorCode.VALIDATION_ERROR,
+                f"Invalid request: {first}: {self.fields[first][0]}",
+                details=self.fields,
+            )
+
+
+# --- Typed field readers (each returns None when the value is absent or invalid) ---------
+
+
+def string(
+    body: dict[str, Any],
+    key: str,
+    errors: Errors,
+    *,
+    name: str | None = None,
+    required: bool = False,
+    blank: bool = True,
+    max_length: int | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> str | None:
+    name = name or key
+    value = body.get(key)
+    if value is None:
+        if required:
+            errors.add(name, "This field is required.")
+        return None
+    if not isinstance(value, str):
+        errors.add(name, "Must be a string.")
+        return None
+    if not blank and not value.strip():
+        errors.add(name, "This field may not be blank.")
+        return None
+    if max_length is not None and len(value) > max_length:
+        errors.add(name, f"Ensure this field has no more than {max_length} characters.")
+        return None
+    if choices is not None and value not in choices:
+        errors.add(name, f"Must be one of: {', '.join(choices)}.")
+        return None
+    return value
+
+
+def number(
+    body: dict[str, Any], key: str, errors: Errors, *, minimum: float, maximum: float
+) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        errors.add(key, "Must be a number.")
+        return None
+    if not minimum <= value <= maximum:
+        errors.add(key, f"Must be between {minimum:g} and {maximum:g}.")
+        return None
+    return float(value)
+
+
+def integer(body: dict[str, Any], key: str, errors: Errors, *, minimum: int) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        errors.add(key, "Must be an integer.")
+        return None
+    if value < minimum:
+        errors.add(key, f"Must be at least {minimum}.")
+        return None
+    return value
+
+
+def boolean(body: dict[str, Any], key: str, errors: Errors, *, name: str | None = None) -> bool:
+    value = body.get(key)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        errors.add(name or key, "Must be a boolean.")
+        return False
+    return value
+
+
+def json_object(body: dict[str, Any], key: str, errors: Errors) -> dict[str, Any] | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        errors.add(key, "Must be an object.")
+        return None
+    return value
+
+
+def array(
+    body: dict[str, Any], key: str, errors: Errors, *, max_items: int | None = None
+) -> list[Any] | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        errors.add(key, "Must be an array.")
+        return None
+    if max_items is not None and len(value) > max_items:
+        errors.add(key, f"Ensure this list has no more than {max_items} items.")
+        return None
+    return value
+
+
+def role_content_messages(
+    items: list[Any], key: str, errors: Errors, *, roles: tuple[str, ...]
+) -> list[dict[str, str]]:
+    """``[{role, content}]`` with string content, as seeds 000 and 001 send them."""
+    messages = []
+    for index, item in enumerate(items):
+        name = f"{key}[{index}]"
+        if not isinstance(item, dict):
+            errors.add(name, "Must be an object with role and content.")
+            continue
+        role = string(item, "role", errors, name=f"{name}.role", required=True, choices=roles)
+        content = string(item, "content", errors, name=f"{name}.content", required=True)
+        if role is not None and content is not None:
+            messages.append({"role": role, "content": content})
+    return messages
+
+
+def _check_last_message(
+    messages: list[dict[str, str]], key: str, errors: Errors, *, must_be_user: bool
+) -> None:
+    if not messages:
+        return
+    last = messages[-1]
+    limit = settings.CHAT_MAX_MESSAGE_LENGTH
+    name = f"{key}[{len(messages) - 1}]"
+    if must_be_user and last["role"] != "user":
+        errors.add(f"{name}.role", "The last message must be the user's.")
+    if len(last["content"]) > limit:
+        errors.add(f"{name}.content", f"Ensure this field has no more than {limit} characters.")
+
+
+# --- Seed 000: POST /api/ai/chat -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegPilotRequest:
+    messages: list[dict[str, str]]
+    quality: str | None
+    temperature: float
+    model: str | None
+    governor_metadata: dict[str, Any] | None
+
+
+def parse_regpilot(body: dict[str, Any]) -> RegPilotRequest:
+    errors = Errors()
+    items = array(body, "messages", errors)
+    if items is None and "messages" not in errors.fields:
+        errors.add("messages", "This field is required.")
+    elif items == []:
+        errors.add("messages", "This list may not be empty.")
+    messages = role_content_messages(items or [], "messages", errors, roles=ROLES)
+    _check_last_message(messages, "messages", errors, must_be_user=False)
+    quality = string(body, "quality", errors, choices=QUALITY_TIERS)
+    temperature = number(body, "temperature", errors, minimum=0, maximum=2)
+    model = string(body, "model", errors, blank=False, max_length=100)
+    governor_metadata = json_object(body, "governorMetadata", errors)
+    errors.raise_if_any()
+    return RegPilotRequest(
+        messages=messages,
+        quality=quality,
+        temperature=0.7 if temperature is None else temperature,
+        model=model,
+        governor_metadata=governor_metadata,
+    )
+
+
+# --- Seed 001: POST /api/v1/chat/stream and the legacy /api/v1/chat/generate -------------
+
+
+@dataclass(frozen=True)
+class DocChatRequest:
+    message: str
+    conversation_id: str | None
+    project_id: str | None
+    user_name: str | None
+    document_type: str
+    history: list[dict[str, str]]
+    existing_documents: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _doc_common(body: dict[str, Any], errors: Errors) -> tuple[str | None, str, list]:
+    message = string(
+        body,
+        "message",
+        errors,
+        required=True,
+        blank=False,
+        max_length=settings.CHAT_MAX_MESSAGE_LENGTH,
+    )
+    document_type = string(body, "document_type", errors, blank=False)
+    if document_type is not None and not DOCUMENT_TYPE.match(document_type):
+        errors.add("document_type", "Use 1 to 64 letters, digits, '_', '.' or '-'.")
+    items = array(body, "history", errors, max_items=settings.CHAT_MAX_HISTORY_MESSAGES)
+    history = role_content_messages(items or [], "history", errors, roles=HISTORY_ROLES)
+    return message, document_type or "UNSORTED", history
+
+
+def parse_doc_chat(body: dict[str, Any]) -> DocChatRequest:
+    errors = Errors()
+    message, document_type, history = _doc_common(body, errors)
+    conversation_id = string(body, "conversation_id", errors, blank=False, max_length=MAX_ID_LENGTH)
+    project_id = string(body, "project_id", errors, blank=False, max_length=MAX_ID_LENGTH)
+    user_name = string(body, "user_name", errors, max_length=100)
+    documents = json_object(body, "existing_documents", errors) or {}
+    for path, content in documents.items():
+        if not isinstance(content, str):
+            errors.add(f"existing_documents.{path}", "Must be a string (the file's content).")
+    metadata = json_object(body, "metadata", errors) or {}
+    errors.raise_if_any()
+    assert message is not None
+    return DocChatRequest(
+        message=message,
+        conversation_id=conversation_id,
+        project_id=project_id,
+        user_name=user_name or None,
+        document_type=document_type,
+        history=history,
+        existing_documents=documents,
+        metadata=metadata,
+    )
+
+
+@dataclass(frozen=True)
+class DocGenerateRequest:
+    message: str
+    document_type: str
+    history: list[dict[str, str]]
+    metadata: dict[str, Any]
+
+    @property
+    def project_id(self) -> str | None:
+        value = self.metadata.get("project_id")
+        return value if isinstance(value, str) and value else None
+
+
+def parse_doc_generate(body: dict[str, Any]) -> DocGenerateRequest:
+    errors = Errors()
+    message, document_type, history = _doc_common(body, errors)
+    metadata = json_object(body, "metadata", errors) or {}
+    errors.raise_if_any()
+    assert message is not None
+    return DocGenerateRequest(
+        message=message, document_type=document_type, history=history, metadata=metadata
+    )
+
+
+# --- Seed 003: POST /api/chat (AI SDK) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AiSdkRequest:
+    messages: list[dict[str, str]]
+    room_id: uuid.UUID | None  # the seed's roomId: a chat id
+    chat_key: str | None  # DefaultChatTransport's chat id (any string the client made up)
+    model: str | None
+    artist_id: str | None
+    exclude_tools: list[str]
+
+
+def _ui_message_text(item: dict[str, Any], name: str, errors: Errors) -> str | None:
+    """The text of a UIMessage (its text parts joined), or of a ``content`` string."""
+    parts = item.get("parts")
+    if parts is None:
+        parts = item.get("content")
+        if isinstance(parts, str):
+            return parts
+        name_of_parts = f"{name}.content"
+        if parts is None:
+            errors.add(f"{name}.parts", "This field is required.")
+            return None
+    else:
+        name_of_parts = f"{name}.parts"
+    if not isinstance(parts, list):
+        errors.add(name_of_parts, "Must be an array of parts.")
+        return None
+    texts = []
+    for index, part in enumerate(parts):
+        part_name = f"{name_of_parts}[{index}]"
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            errors.add(part_name, "Must be an object with a string type.")
+            continue
+        if part["type"] == "text":
+            text = string(part, "text", errors, name=f"{part_name}.text", required=True)
+            if text is not None:
+                texts.append(text)
+        # Other part types (step-start, reasoning, tool-*, file, source-*, data-*) carry
+        # no text for the model here and are skipped.
+    return "".join(texts)
+
+
+def parse_aisdk(body: dict[str, Any]) -> AiSdkRequest:
+    errors = Errors()
+    has_prompt = body.get("prompt") is not None
+    has_messages = body.get("messages") is not None
+    messages: list[dict[str, str]] = []
+    if has_prompt == has_messages:
+        errors.add("prompt", "Provide exactly one of prompt or messages.")
+    elif has_prompt:
+        prompt = string(body, "prompt", errors, blank=False)
+        if prompt is not None:
+            messages = [{"role": "user", "content": prompt}]
+    else:
+        items = array(body, "messages", errors) or []
+        if not items and "messages" not in errors.fields:
+            errors.add("messages", "This list may not be empty.")
+        for index, item in enumerate(items):
+            name = f"messages[{index}]"
+            if not isinstance(item, dict):
+                errors.add(name, "Must be a UIMessage object.")
+                continue
+            role = string(item, "role", errors, name=f"{name}.role", required=True, choices=ROLES)
+            text = _ui_message_text(item, name, errors)
+            if role is not None and text:
+                messages.append({"role": role, "content": text})
+        if items and not errors.fields and not messages:
+            errors.add("messages", "No message has any text.")
+    _check_last_message(messages, "messages", errors, must_be_user=True)
+
+    room_id = None
+    raw_room = string(body, "roomId", errors, blank=False)
+    if raw_room is not None:
+        try:
+            room_id = uuid.UUID(raw_room)
+        except ValueError:
+            errors.add("roomId", "Must be a UUID.")
+    chat_key = string(body, "id", errors, blank=False, max_length=MAX_ID_LENGTH)
+    string(body, "trigger", errors, choices=("submit-message", "regenerate-message"))
+    model = string(body, "model", errors, blank=False, max_length=100)
+    artist_id = string(body, "artistId", errors, max_length=MAX_ID_LENGTH)
+    tools = array(body, "excludeTools", errors) or []
+    if not all(isinstance(tool, str) for tool in tools):
+        errors.add("excludeTools", "Must be an array of strings.")
+    errors.raise_if_any()
+    return AiSdkRequest(
+        messages=messages,
+        room_id=room_id,
+        chat_key=chat_key,
+        model=model,
+        artist_id=artist_id or None,
+        exclude_tools=tools,
+    )
+
+
+# --- POST /v1/chat/completions (OpenAI) ----------------------------------------------------
+
+OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+@dataclass(frozen=True)
+class OpenAIChatRequest:
+    messages: list[dict[str, str]]
+    model: str
+    temperature: float
+    max_tokens: int | None
+    stream: bool
+    include_usage: bool
+
+
+def _openai_content(message: dict[str, Any], name: str, errors: Errors) -> str | None:
+    content = message.get("content")
+    if content is None:
+        if message.get("role") == "assistant":
+            return ""
+        errors.add(f"{name}.content", "This field is required.")
+        return None
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        errors.add(f"{name}.content", "Must be a string or an array of content parts.")
+        return None
+    texts = []
+    for index, part in enumerate(content):
+        part_name = f"{name}.content[{index}]"
+        if not isinstance(part, dict) or part.get("type") != "text":
+            errors.add(part_name, "Only text content parts are supported.")
+            continue
+        text = string(part, "text", errors, name=f"{part_name}.text", required=True)
+        if text is not None:
+            texts.append(text)
+    return "".join(texts)
+
+
+def parse_openai_chat(body: dict[str, Any]) -> OpenAIChatRequest:
+    errors = Errors()
+    model = string(body, "model", errors, required=True, blank=False, max_length=100)
+    items = array(body, "messages", errors)
+    if items is None and "messages" not in errors.fields:
+        errors.add("messages", "This field is required.")
+    elif items == []:
+        errors.add("messages", "This list may not be empty.")
+    messages = []
+    for index, item in enumerate(items or []):
+        name = f"messages[{index}]"
+        if not isinstance(item, dict):
+            errors.add(name, "Must be a message object.")
+            continue
+        role = string(item, "role", errors, name=f"{name}.role", required=True)
+        if role is not None and role not in OPENAI_ROLES:
+            errors.add(f"{name}.role", "Only system, developer, user and assistant are supported.")
+            role = None
+        content = _openai_content(item, name, errors)
+        if role is not None and content is not None:
+            messages.append({"role": OPENAI_ROLES[role], "content": content})
+    _check_last_message(messages, "messages", errors, must_be_user=False)
+
+    temperature = number(body, "temperature", errors, minimum=0, maximum=2)
+    max_completion = integer(body, "max_completion_tokens", errors, minimum=1)
+    max_tokens = integer(body, "max_tokens", errors, minimum=1)
+    n = integer(body, "n", errors, minimum=1)
+    if n is not None and n != 1:
+        errors.add("n", "Only n=1 is supported.")
+    stream = boolean(body, "stream", errors)
+    options = json_object(body, "stream_options", errors) or {}
+    include_usage = boolean(options, "include_usage", errors, name="stream_options.include_usage")
+    string(body, "user", errors, max_length=MAX_ID_LENGTH)
+    tools = body.get("tools")
+    if tools:
+        errors.add("tools", "Tools are not supported by this server.")
+    errors.raise_if_any()
+    assert model is not None
+    return OpenAIChatRequest(
+        messages=messages,
+        model=model,
+        temperature=1.0 if temperature is None else temperature,
+        max_tokens=max_completion or max_tokens,
+        stream=stream,
+        include_usage=include_usage,
+    )

@@ -1,0 +1,20 @@
+from django.urls import path
+
+from chats.transports import aisdk, docgen, openai_api, regpilot
+
+urlpatterns = [
+    # seed 000
+    path("api/ai/chat", regpilot.chat_stream, name="regpilot-chat"),
+    path("api/ai/chat/complete", regpilot.chat_complete, name="regpilot-chat-complete"),
+    # seed 001
+    path("api/v1/chat/stream", docgen.chat_stream, name="docgen-stream"),
+    path("api/v1/chat/generate", docgen.generate, name="docgen-generate"),
+    path("api/v1/chat/message", docgen.message, name="docgen-message"),
+    # seed 003
+    path("api/chat", aisdk.chat, name="aisdk-chat"),
+    path("api/chat/<str:chat_id>/stream", aisdk.resume, name="aisdk-resume"),
+    # OpenAI-compatible
+    path("v1/chat/completions", openai_api.chat_completions, name="openai-chat-completions"),
+    path("v1/models", openai_api.models, name="openai-models"),
+    path("v1/models/<path:model_id>", openai_api.model_detail, name="openai-model"),
+]

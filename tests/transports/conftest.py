@@ -1,0 +1,117 @@
+"""Fixtures and helpers for the HTTP streaming transports, tested over the wire against
+the live daphne server (``server`` fixture)."""
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from httpx_sse import EventSource
+
+from billing.models import LedgerEntry, Tenant
+from tests.factories import make_key, make_tenant
+
+T = TypeVar("T")
+
+
+@dataclass
+class Account:
+    tenant: Tenant
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.key}
+
+    def balance(self) -> Decimal:
+        return Tenant.objects.values_list("credit_balance", flat=True).get(pk=self.tenant.pk)
+
+
+@pytest.fixture
+def account(server) -> Account:
+    tenant = make_tenant(credits=1000)
+    return Account(tenant, make_key(tenant))
+
+
+@pytest.fixture(scope="session")
+def keepalive_process(live_server_process, tmp_path_factory):
+    """A second server whose SSE keep-alive interval is 0.2 s (same test database)."""
+    from tests.live import start_server
+
+    server = start_server(tmp_path_factory.mktemp("keepalive"), SSE_KEEPALIVE_SECONDS="0.2")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def keepalive_server(keepalive_process, server):
+    return keepalive_process
+
+
+def unique(text: str = "hello") -> str:
+    """A message no earlier run has sent (the response cache outlives test databases)."""
+    return f"{text} #{uuid.uuid4().hex[:8]}"
+
+
+def demo_reply(said: str) -> str:
+    return f"This is the offline demo model. You said: {said}"
+
+
+def events(response: httpx.Response) -> list[Any]:
+    """Every server-sent event of a (streamed) response, via httpx-sse."""
+    return list(EventSource(response).iter_sse())
+
+
+def post_events(url: str, body: dict, headers: dict[str, str]) -> tuple[httpx.Response, list]:
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as response:
+        assert response.status_code == 200, response.read()
+        return response, events(response)
+
+
+def poll(check: Callable[[], T], *, timeout: float = 15, interval: float = 0.05) -> T:
+    """``check()``'s first truthy value, waiting up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(interval)
+
+
+def read_then_disconnect(url: str, body: dict, headers: dict[str, str], *, lines: int) -> None:
+    """Start a stream, read ``lines`` non-empty lines of it, then close the connection."""
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as response:
+        assert response.status_code == 200, response.read()
+        seen = 0
+        for line in response.iter_lines():
+            if line.strip():
+                seen += 1
+            if seen >= lines:
+                break
+    # Leaving the block closes the connection: the server sees http.disconnect.
+
+
+def assert_hold_settled(account: Account, request_id: str, before: Decimal) -> None:
+    """The request's credit hold was closed, and the balance fell by less than the hold."""
+
+    def closed():
+        kinds = set(LedgerEntry.objects.filter(reference=request_id).values_list("kind", flat=True))
+        return kinds if LedgerEntry.Kind.HOLD in kinds and len(kinds) > 1 else None
+
+    kinds = poll(closed)
+    assert kinds & {LedgerEntry.Kind.SETTLE, LedgerEntry.Kind.RELEASE}
+    hold = -LedgerEntry.objects.get(reference=request_id, kind=LedgerEntry.Kind.HOLD).amount
+    spent = before - account.balance()
+    assert Decimal(0) <= spent < hold
+
+
+def error_body(response: httpx.Response) -> dict:
+    assert response.headers["content-type"].startswith("application/json")
+    return json.loads(response.content)["error"]

@@ -1,0 +1,301 @@
+"""Seed 003: POST /api/chat, the Vercel AI SDK UI message stream, over the wire; the real
+`ai` client runs in tests/js (Node)."""
+
+import json
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from chats.models import Chat, Message
+from chats.transports.sse import conversation_chat_id
+from tests.factories import make_chat, make_tenant
+from tests.transports.conftest import (
+    demo_reply,
+    error_body,
+    poll,
+    post_events,
+    read_then_disconnect,
+    unique,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+JS_DIR = Path(__file__).resolve().parents[1] / "js"
+CHUNK_ORDER = ["start", "start-step", "text-start"]
+CLOSING = ["text-end", "finish-step", "message-metadata", "finish"]
+
+
+def chat_url(server) -> str:
+    return f"{server.url}/api/chat"
+
+
+def chunks_of(stream) -> list[dict]:
+    assert stream[-1].data == "[DONE]"
+    return [event.json() for event in stream[:-1]]
+
+
+def ui_message(text: str, role: str = "user") -> dict:
+    return {"id": uuid.uuid4().hex, "role": role, "parts": [{"type": "text", "text": text}]}
+
+
+def stored(chat_id) -> list[tuple[str, str, str]]:
+    return list(Message.objects.filter(chat_id=chat_id).values_list("role", "status", "content"))
+
+
+# --- The real client ---------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_the_ai_package_parses_every_chunk_and_yields_the_answer(server, keepalive_server, account):
+    assert (JS_DIR / "node_modules" / "ai").is_dir(), (
+        "tests/js has no node_modules: run `npm ci --prefix tests/js` (make test does)"
+    )
+    nonce = uuid.uuid4().hex[:8]
+    result = subprocess.run(
+        ["node", "--test", str(JS_DIR)],
+        env={
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "CHAT_URL": chat_url(server),
+            "KEEPALIVE_CHAT_URL": chat_url(keepalive_server),
+            "API_KEY": account.key,
+            "NONCE": nonce,
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "# fail 0" in result.stdout and "# skipped 0" in result.stdout, result.stdout
+    results = {}
+    for line in result.stdout.splitlines():
+        if "RESULT " in line:
+            value = json.loads(line.split("RESULT ", 1)[1])
+            results[value["name"]] = value
+
+    # The transport's chat id (not a UUID) is a stable chat of the tenant: two turns.
+    transport = results["transport"]
+    assert transport["chatId"] == str(conversation_chat_id(account.tenant, transport["chatKey"]))
+    assert [(role, status) for role, status, _ in stored(transport["chatId"])] == [
+        ("user", "complete"),
+        ("assistant", "complete"),
+    ] * 2
+    # The seed's prompt request got a new chat of the tenant, with the exchange in it.
+    prompt_chat = Chat.objects.get(pk=results["prompt"]["chatId"])
+    assert prompt_chat.tenant_id == account.tenant.pk
+    assert stored(prompt_chat.pk)[1][1] == "complete"
+    # The failed stream was stored as failed with its partial content.
+    assert stored(results["failure"]["chatId"])[1][1:] == ("failed", "This is")
+
+
+# --- Wire details --------------------------------------------------------------------------
+
+
+def test_stream_headers_chunk_order_and_metadata(server, account):
+    said = unique("Draft a tweet")
+    response, stream = post_events(chat_url(server), {"prompt": said}, account.headers)
+    headers = response.headers
+    assert headers["content-type"] == "text/event-stream"
+    assert headers["cache-control"] == "no-cache"
+    assert headers["connection"] == "keep-alive"
+    assert headers["x-vercel-ai-ui-message-stream"] == "v1"
+    assert headers["x-accel-buffering"] == "no"
+    assert headers["access-control-allow-origin"] == "*"
+
+    chunks = chunks_of(stream)
+    types = [chunk["type"] for chunk in chunks]
+    assert types[:3] == CHUNK_ORDER
+    assert types[-4:] == CLOSING
+    assert set(types[3:-4]) == {"text-delta"}
+    text_id = chunks[2]["id"]
+    assert all(chunk["id"] == text_id for chunk in chunks if chunk["type"].startswith("text-"))
+    assert "".join(c["delta"] for c in chunks if c["type"] == "text-delta") == demo_reply(said)
+
+    start = chunks[0]
+    chat_id = start["messageMetadata"]["chatId"]
+    assert headers["x-chat-id"] == chat_id
+    metadata = chunks[-2]["messageMetadata"]
+    assert metadata["chatId"] == chat_id
+    assert metadata["model"] == "demo/balanced"
+    assert metadata["usage"]["outputTokens"] == types.count("text-delta")
+    assert metadata["creditsRemaining"] == float(account.balance())
+    assert chunks[-1] == {"type": "finish", "finishReason": "stop"}
+    assistant = Message.objects.get(chat_id=chat_id, role="assistant")
+    assert str(assistant.pk) == start["messageId"]
+    assert assistant.content == demo_reply(said)
+
+
+def test_room_id_of_an_existing_chat_is_used(server, account):
+    chat = make_chat(account.tenant)
+    _, stream = post_events(
+        chat_url(server), {"prompt": unique(), "roomId": str(chat.pk)}, account.headers
+    )
+    assert chunks_of(stream)[0]["messageMetadata"]["chatId"] == str(chat.pk)
+    assert len(stored(chat.pk)) == 2
+
+
+def test_a_new_room_id_creates_that_chat(server, account):
+    room = uuid.uuid4()
+    post_events(chat_url(server), {"prompt": unique(), "roomId": str(room)}, account.headers)
+    assert Chat.objects.get(pk=room).tenant_id == account.tenant.pk
+
+
+def test_another_tenants_room_is_never_written_to(server, account):
+    other = make_chat(make_tenant())
+    _, stream = post_events(
+        chat_url(server), {"prompt": unique(), "roomId": str(other.pk)}, account.headers
+    )
+    chat_id = chunks_of(stream)[0]["messageMetadata"]["chatId"]
+    assert chat_id != str(other.pk)
+    assert not Message.objects.filter(chat=other).exists()
+
+
+def test_ui_messages_with_history_and_content_strings(server, account):
+    said = unique("second question")
+    messages = [
+        {"id": "s", "role": "system", "content": "Be brief."},
+        ui_message("first question"),
+        {
+            "id": "a1",
+            "role": "assistant",
+            "parts": [{"type": "step-start"}, {"type": "text", "text": "first answer"}],
+        },
+        ui_message(said),
+    ]
+    _, stream = post_events(
+        chat_url(server),
+        {"id": "web-chat-1", "messages": messages, "trigger": "submit-message"},
+        account.headers,
+    )
+    chunks = chunks_of(stream)
+    assert "".join(c["delta"] for c in chunks if c["type"] == "text-delta") == demo_reply(said)
+    assert chunks[0]["messageMetadata"]["chatId"] == str(
+        conversation_chat_id(account.tenant, "web-chat-1")
+    )
+
+
+def test_model_may_be_a_tier_or_a_catalog_name(server, account):
+    _, stream = post_events(
+        chat_url(server), {"prompt": unique(), "model": "cheap"}, account.headers
+    )
+    assert chunks_of(stream)[0]["messageMetadata"]["model"] == "demo/cheap"
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({}, "prompt"),
+        ({"prompt": "a", "messages": [ui_message("b")]}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": 3}, "prompt"),
+        ({"messages": []}, "messages"),
+        ({"messages": "hi"}, "messages"),
+        ({"messages": [1]}, "messages[0]"),
+        ({"messages": [{"role": "user"}]}, "messages[0].parts"),
+        ({"messages": [{"role": "user", "parts": "hi"}]}, "messages[0].parts"),
+        (
+            {"messages": [{"role": "user", "parts": [{"type": "text"}]}]},
+            "messages[0].parts[0].text",
+        ),
+        ({"messages": [{"role": "robot", "parts": []}]}, "messages[0].role"),
+        ({"messages": [ui_message("hi", "assistant")]}, "messages[0].role"),
+        ({"prompt": "hi", "roomId": "room-1"}, "roomId"),
+        ({"prompt": "hi", "model": 5}, "model"),
+        ({"prompt": "hi", "excludeTools": [1]}, "excludeTools"),
+        ({"prompt": "hi", "trigger": "other"}, "trigger"),
+    ],
+)
+def test_validation_errors_are_400_with_cors(server, account, payload, field):
+    response = httpx.post(chat_url(server), json=payload, headers=account.headers)
+    assert response.status_code == 400
+    assert response.headers["access-control-allow-origin"] == "*"
+    error = error_body(response)
+    assert error["code"] == "VALIDATION_ERROR"
+    assert field in error["details"], error
+
+
+def test_bad_key_is_401_with_cors(server, account):
+    response = httpx.post(
+        chat_url(server), json={"prompt": "hi"}, headers={"x-api-key": "sk_live_bad"}
+    )
+    assert response.status_code == 401
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert error_body(response)["code"] == "UNAUTHORIZED"
+
+
+def test_preflight_is_200_and_allows_the_key_header(server):
+    response = httpx.request(
+        "OPTIONS",
+        chat_url(server),
+        headers={
+            "Origin": "https://app.example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, x-api-key",
+        },
+    )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "*"
+    allowed = {h.strip() for h in response.headers["access-control-allow-headers"].split(",")}
+    assert {"x-api-key", "content-type"} <= allowed
+    assert "POST" in response.headers["access-control-allow-methods"]
+
+
+def test_upstream_failure_mid_stream_is_an_error_chunk_and_stored_failed(server, account):
+    _, stream = post_events(
+        chat_url(server), {"prompt": unique("[demo:fail-after=3] x")}, account.headers
+    )
+    chunks = chunks_of(stream)
+    types = [chunk["type"] for chunk in chunks]
+    assert types[-5:] == ["text-end", "finish-step", "error", "message-metadata", "finish"]
+    assert types.count("text-delta") == 3
+    error = next(chunk for chunk in chunks if chunk["type"] == "error")
+    assert "LLM_CONNECTION_ERROR" in error["errorText"]
+    assert chunks[-1]["finishReason"] == "error"
+    chat_id = chunks[0]["messageMetadata"]["chatId"]
+    assistant = Message.objects.get(chat_id=chat_id, role="assistant")
+    assert assistant.status == "failed"
+    assert assistant.content == "".join(c["delta"] for c in chunks if c["type"] == "text-delta")
+
+
+def test_client_disconnect_stores_a_cancelled_partial_answer(server, account):
+    room = uuid.uuid4()
+    read_then_disconnect(
+        chat_url(server),
+        {"prompt": "[demo:tokens=400][demo:delay=20] long", "roomId": str(room)},
+        account.headers,
+        lines=8,
+    )
+    assistant = poll(lambda: Message.objects.filter(chat_id=room, role="assistant").first())
+    assert assistant.status == "cancelled"
+    assert 0 < assistant.completion_tokens < 400
+    assert assistant.content.startswith("lorem")
+
+
+def test_resume_answers_204(server, account):
+    url = f"{chat_url(server)}/{uuid.uuid4()}/stream"
+    response = httpx.get(url, headers=account.headers)
+    assert response.status_code == 204
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert httpx.get(url, headers={"x-api-key": "sk_live_bad"}).status_code == 401
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_seed_curl_example_works_as_printed(server, account):
+    command = f"""curl -N -X POST "{chat_url(server)}" \\
+  -H "Content-Type: application/json" \\
+  -H "x-api-key: {account.key}" \\
+  -d '{{
+    "prompt": "Draft a tweet announcing our new single."
+  }}'"""
+    result = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, timeout=30, check=True
+    )
+    lines = [line[6:] for line in result.stdout.splitlines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    chunks = [json.loads(line) for line in lines[:-1]]
+    text = "".join(c["delta"] for c in chunks if c["type"] == "text-delta")
+    assert text == demo_reply("Draft a tweet announcing our new single.")

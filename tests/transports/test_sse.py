@@ -1,0 +1,153 @@
+"""The shared plumbing of the streaming transports, without a server."""
+
+import asyncio
+import contextlib
+from decimal import Decimal
+
+import pytest
+
+from chats.transports.sse import (
+    KEEPALIVE,
+    conversation_chat,
+    conversation_chat_id,
+    credits_text,
+    sse,
+    with_keepalive,
+)
+from tests.factories import make_chat, make_tenant
+
+
+def test_sse_frames_json_and_event_names():
+    assert sse({"content": "hé"}) == 'data: {"content":"hé"}\n\n'.encode()
+    assert sse({"a": 1}, event="usage") == b'event: usage\ndata: {"a":1}\n\n'
+    assert sse("[DONE]") == b"data: [DONE]\n\n"
+
+
+def test_sse_splits_multiline_text_into_data_lines():
+    assert sse("one\ntwo", event="x") == b"event: x\ndata: one\ndata: two\n\n"
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (Decimal("1.500000"), "1.5"),
+        (Decimal("0.000000"), "0"),
+        (Decimal("1000.000000"), "1000"),
+        (Decimal("999.000123"), "999.000123"),
+    ],
+)
+def test_credits_text_is_plain_decimal(value, text):
+    assert credits_text(value) == text
+
+
+async def _collect(stream, limit=100):
+    items = []
+    async for item in stream:
+        items.append(item)
+        if len(items) >= limit:
+            break
+    return items
+
+
+@pytest.mark.asyncio
+async def test_keepalive_fills_silences_and_passes_chunks_through():
+    async def slow():
+        yield b"a"
+        await asyncio.sleep(0.25)
+        yield b"b"
+
+    items = await _collect(with_keepalive(slow(), 0.1))
+    assert items[0] == b""  # headers go out at once
+    assert items[1] == b"a"
+    assert items[-1] == b"b"
+    assert 1 <= items.count(KEEPALIVE) <= 3
+
+
+@pytest.mark.asyncio
+async def test_cancelling_the_consumer_cancels_the_source_and_waits_for_its_cleanup():
+    cleaned = asyncio.Event()
+
+    async def forever():
+        try:
+            yield b"first"
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.05)  # like the engine storing the cancelled exchange
+            cleaned.set()
+
+    async def consume():
+        async for _ in with_keepalive(forever(), 10):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned.is_set()  # done before the consumer's cancellation completed
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_stopped_reading_still_gets_its_stream_finalised():
+    """The producer is blocked on the full queue when the client goes: closing the
+    encoder closes the engine's generator too (events_of), before the request ends."""
+    cleaned = asyncio.Event()
+
+    async def engine():
+        try:
+            for index in range(100):
+                yield index
+        finally:
+            await asyncio.sleep(0.05)
+            cleaned.set()
+
+    async def encoder():
+        async with contextlib.aclosing(engine()) as events:
+            async for event in events:
+                yield str(event).encode()
+
+    async def consume():
+        stream = with_keepalive(encoder(), 10)
+        async with contextlib.aclosing(stream):  # as Django's ASGI handler does
+            async for item in stream:
+                if item:
+                    await asyncio.Event().wait()  # stuck sending to a gone client
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cleaned.is_set()
+
+
+@pytest.mark.asyncio
+async def test_a_failing_source_fails_the_stream():
+    async def broken():
+        yield b"x"
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await _collect(with_keepalive(broken(), 10))
+
+
+@pytest.mark.django_db
+def test_conversation_keys_map_to_one_chat_per_tenant():
+    tenant, other = make_tenant(), make_tenant()
+    first = conversation_chat(tenant=tenant, key="conv-1", end_user_id="docgen")
+    again = conversation_chat(tenant=tenant, key="conv-1", end_user_id="docgen")
+    elsewhere = conversation_chat(tenant=other, key="conv-1", end_user_id="docgen")
+    assert first.pk == again.pk == conversation_chat_id(tenant, "conv-1")
+    assert elsewhere.pk != first.pk
+    assert elsewhere.tenant_id == other.pk
+
+
+@pytest.mark.django_db
+def test_a_uuid_key_is_the_chat_id_unless_another_tenant_has_it():
+    tenant = make_tenant()
+    own = make_chat(tenant)
+    assert conversation_chat(tenant=tenant, key=str(own.pk), end_user_id="x").pk == own.pk
+    foreign = make_chat(make_tenant())
+    chat = conversation_chat(tenant=tenant, key=str(foreign.pk), end_user_id="x")
+    assert chat.pk == conversation_chat_id(tenant, str(foreign.pk))
+    assert chat.tenant_id == tenant.pk
