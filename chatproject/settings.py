@@ -122,10 +122,15 @@ else:
 API_KEY_ENV = env.str("API_KEY_ENV", default="live")  # the <env> in sk_<env>_<random>
 CHAT_MAX_MESSAGE_LENGTH = env.int("CHAT_MAX_MESSAGE_LENGTH", default=20000)
 CHAT_MAX_HISTORY_MESSAGES = env.int("CHAT_MAX_HISTORY_MESSAGES", default=100)
+KNOWLEDGE_MAX_DOCUMENT_BYTES = env.int("KNOWLEDGE_MAX_DOCUMENT_BYTES", default=1024 * 1024)
+# The largest request body accepted (a 1 MiB document grows when escaped into JSON).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BYTES", default=4 * 1024 * 1024)
 
 # --- Billing: rate limits, credit holds, response cache (owned by billing/) -------------
 RESPONSE_CACHE_TTL_SECONDS = env.int("RESPONSE_CACHE_TTL_SECONDS", default=3600)  # 0: off
 HOLD_STALE_AFTER_SECONDS = env.int("HOLD_STALE_AFTER_SECONDS", default=900)
+# How long an answer is kept for retries that send the same Idempotency-Key.
+IDEMPOTENCY_TTL_SECONDS = env.int("IDEMPOTENCY_TTL_SECONDS", default=86400)
 # A WebSocket connection slot lapses unless refreshed within this time (crashed processes).
 WS_CONNECTION_SLOT_TTL_SECONDS = env.float("WS_CONNECTION_SLOT_TTL_SECONDS", default=90.0)
 # --- End of billing block -----------------------------------------------------------------
@@ -150,7 +155,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["billing.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["billing.authentication.IsTenant"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["chatproject.parsers.BoundedJSONParser"],
     "EXCEPTION_HANDLER": "chatproject.errors.drf_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["billing.throttling.PlanRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

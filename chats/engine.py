@@ -71,6 +71,7 @@ class GenerationRequest:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     client_message_id: str = ""
     use_cache: bool = True  # False when the client sent Cache-Control: no-cache
+    idempotency_key: str = ""  # a retry with the same key replays the stored answer
 
 
 # --- What transports get out ------------------------------------------------------------
@@ -155,6 +156,7 @@ class Generation:
         cache_key: str | None,
         user_message: StoredMessage | None,
         rate_limit: ratelimit.RateLimitState | None,
+        replayed: bool = False,
     ) -> None:
         self.request = request
         self.model = model
@@ -167,6 +169,7 @@ class Generation:
         self.cache_key = cache_key
         self.user_message = user_message
         self.rate_limit = rate_limit
+        self.replayed = replayed  # an Idempotency-Key retry: answered, charged, stored once
         self.message_id = uuid.uuid4()  # the assistant message's id, known up front
         self._finished = False
         # Set when finalised: what was charged, the balance after, the usage, the status.
@@ -279,7 +282,7 @@ class Generation:
             usage = Usage(self.prompt_tokens, estimate_tokens(content) if content else 0)
         charged, remaining = await db_call(self._finish_in_db, status, content, usage, end)
         self.outcome = Outcome(status, content, usage, charged, remaining)
-        if status == Message.Status.COMPLETE and self.cached is None and self.cache_key:
+        if status == Message.Status.COMPLETE and self.cached is None:
             answer = response_cache.CachedAnswer(
                 content=content,
                 tokens=parts,
@@ -287,18 +290,30 @@ class Generation:
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
             )
-            try:
-                await response_cache.cache_put(self.cache_key, answer)
-            except Exception:  # a cache outage must not fail a delivered answer
-                logger.exception("response cache write failed")
+            await self._remember(answer)
         return charged, remaining, usage
+
+    async def _remember(self, answer: response_cache.CachedAnswer) -> None:
+        """Keep a complete answer for the cache and for retries with the same key."""
+        try:
+            if self.cache_key:
+                await response_cache.cache_put(self.cache_key, answer)
+            if self.request.idempotency_key:
+                await response_cache.idempotency_put(
+                    self.request.tenant.pk,
+                    self.request.idempotency_key,
+                    answer,
+                    settings.IDEMPOTENCY_TTL_SECONDS,
+                )
+        except Exception:  # a cache outage must not fail a delivered answer
+            logger.exception("response cache write failed")
 
     def _finish_in_db(
         self, status: str, content: str, usage: Usage, end: StreamEnd | None
     ) -> tuple[Decimal, Decimal]:
         """One transaction, one commit; the balance row is locked last and briefly."""
         with transaction.atomic():
-            if self.request.chat is not None:
+            if self.request.chat is not None and not self.replayed:
                 Message.objects.create(
                     id=self.message_id,
                     chat=self.request.chat,
@@ -365,11 +380,17 @@ async def start_generation(request: GenerationRequest) -> Generation:
         tenant_cache_enabled=request.tenant.response_cache_enabled,
     )
     cached = None
-    if cache_key:
-        try:
+    replayed = False
+    try:
+        if request.idempotency_key:
+            cached = await response_cache.idempotency_get(
+                request.tenant.pk, request.idempotency_key
+            )
+            replayed = cached is not None
+        if cached is None and cache_key:
             cached = await response_cache.cache_get(cache_key)
-        except Exception:  # a cache outage degrades to a miss
-            logger.exception("response cache read failed")
+    except Exception:  # a cache outage degrades to a miss
+        logger.exception("response cache read failed")
     reservation = (
         ZERO
         if cached
@@ -380,9 +401,16 @@ async def start_generation(request: GenerationRequest) -> Generation:
             completion_tokens=max_tokens,
         )
     )
-    decision, hold, user_message = await db_call(
-        _admit, request, metadata, model.name, reservation, cached is None
+    admission = asyncio.ensure_future(
+        db_call(_admit, request, metadata, model.name, reservation, cached is None, not replayed)
     )
+    try:
+        decision, hold, user_message = await asyncio.shield(admission)
+    except asyncio.CancelledError:
+        # The caller left while the database admitted the request: once it has, give
+        # the hold back (the user's message stays stored, like any cancelled exchange).
+        admission.add_done_callback(_release_abandoned_hold)
+        raise
     return Generation(
         request=request,
         model=model,
@@ -395,7 +423,21 @@ async def start_generation(request: GenerationRequest) -> Generation:
         cache_key=cache_key,
         user_message=user_message,
         rate_limit=rate,
+        replayed=replayed,
     )
+
+
+def _release_abandoned_hold(admission: asyncio.Future) -> None:
+    if admission.cancelled() or admission.exception() is not None:
+        return
+    hold = admission.result()[1]
+    if hold is not None:
+        task = asyncio.ensure_future(db_call(credits.credits_release, hold=hold))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Future] = set()  # keeps fire-and-forget tasks referenced
 
 
 def _last_user_text(messages: list[dict[str, str]]) -> str:
@@ -413,6 +455,7 @@ def _admit(
     model_name: str,
     reservation: Decimal,
     needs_hold: bool,
+    store_message: bool,
 ) -> tuple[gate.GateDecision, credits.Hold | None, StoredMessage | None]:
     """Governor, the user's message and the credit hold, in one transaction.
 
@@ -436,7 +479,7 @@ def _admit(
         else:
             try:
                 with transaction.atomic():
-                    if request.chat is not None:
+                    if request.chat is not None and store_message:
                         stored = Message.objects.create(
                             chat=request.chat,
                             role=Message.Role.USER,

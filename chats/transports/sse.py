@@ -210,8 +210,9 @@ def model_choice(name: str | None) -> tuple[str | None, str | None]:
 def generation_request(
     request: HttpRequest, tenant: Tenant, messages: list[dict[str, str]], **options: Any
 ) -> GenerationRequest:
-    """A GenerationRequest carrying the request's id and cache preference."""
+    """A GenerationRequest carrying the request's id, cache preference and idempotency key."""
     options.setdefault("use_cache", wants_cache(request))
+    options.setdefault("idempotency_key", request.headers.get("Idempotency-Key", "")[:255])
     return GenerationRequest(
         tenant=tenant,
         messages=messages,
@@ -228,6 +229,8 @@ def generation_headers(generation: Generation) -> dict[str, str]:
     headers = dict(generation.decision.headers())
     if generation.rate_limit is not None:
         headers.update(generation.rate_limit.headers())
+    if generation.replayed:
+        headers["Idempotent-Replayed"] = "true"
     return headers
 
 

@@ -1,0 +1,76 @@
+"""Idempotency-Key: a retried request replays the stored answer and is charged once."""
+
+import uuid
+
+import httpx
+import pytest
+
+from chats.models import Message
+from tests.transports.conftest import unique
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def complete(server, account, content: str, key: str) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/api/ai/chat/complete",
+        headers={**account.headers, "Idempotency-Key": key, "Cache-Control": "no-cache"},
+        json={"messages": [{"role": "user", "content": content}]},
+        timeout=30,
+    )
+
+
+def test_a_retry_with_the_same_key_is_replayed_and_charged_once(server, account):
+    key = uuid.uuid4().hex
+    content = unique()
+    first = complete(server, account, content, key)
+    balance_after_first = account.balance()
+    second = complete(server, account, content, key)
+    assert first.status_code == second.status_code == 200
+    assert "Idempotent-Replayed" not in first.headers
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert second.json()["content"] == first.json()["content"]
+    assert second.headers["x-credits-charged"] == "0"
+    assert account.balance() == balance_after_first
+
+
+def test_another_key_is_a_new_request(server, account):
+    content = unique()
+    complete(server, account, content, uuid.uuid4().hex)
+    before = account.balance()
+    again = complete(server, account, content, uuid.uuid4().hex)
+    assert "Idempotent-Replayed" not in again.headers
+    assert account.balance() < before
+
+
+def test_a_failed_answer_is_not_kept_for_retries(server, account):
+    key = uuid.uuid4().hex
+    failing = complete(server, account, unique("[demo:fail-after=2] a b c d"), key)
+    assert failing.status_code == 502
+    retried = complete(server, account, unique("a fresh answer"), key)
+    assert retried.status_code == 200
+    assert "Idempotent-Replayed" not in retried.headers
+
+
+def test_keys_are_per_tenant(server, account):
+    from tests.factories import make_key, make_tenant
+    from tests.transports.conftest import Account
+
+    other_tenant = make_tenant(credits=100)
+    other = Account(other_tenant, make_key(other_tenant))
+    key = uuid.uuid4().hex
+    complete(server, account, unique(), key)
+    theirs = complete(server, other, unique(), key)
+    assert "Idempotent-Replayed" not in theirs.headers
+
+
+def test_replays_store_the_exchange_once(server, account):
+    key = uuid.uuid4().hex
+    body = {"prompt": unique("store me once"), "roomId": str(uuid.uuid4())}
+    headers = {**account.headers, "Idempotency-Key": key, "Cache-Control": "no-cache"}
+    for _ in range(2):
+        with httpx.stream(
+            "POST", f"{server.url}/api/chat", headers=headers, json=body, timeout=30
+        ) as response:
+            response.read()
+    assert Message.objects.filter(chat_id=body["roomId"]).count() == 2  # user + assistant
