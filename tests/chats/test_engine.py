@@ -1,5 +1,6 @@
 """The streaming engine: routing, context, endings, settlement, real upstreams."""
 
+import time
 from decimal import Decimal
 
 import pytest
@@ -248,3 +249,41 @@ async def test_openai_compatible_upstream_over_http(tenant_chat, fresh_catalog):
     assert finished.usage.completion_tokens == 7
     expected = (Decimal(finished.usage.prompt_tokens) * 1 + Decimal(7) * 2) / 1000
     assert finished.credits_charged == expected.quantize(Decimal("0.000001"))
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_caller_leaving_during_admission_gets_its_hold_back(tenant_chat, monkeypatch):
+    """Cancelled while the database admits the request: the hold is released."""
+    import asyncio
+
+    from chats import engine
+
+    tenant, chat = tenant_chat
+    before = await balance(tenant)
+    admitted = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    real_admit = engine._admit
+
+    def slow_admit(*args):
+        result = real_admit(*args)
+        loop.call_soon_threadsafe(admitted.set)
+        time.sleep(0.3)  # the caller gives up meanwhile
+        return result
+
+    monkeypatch.setattr(engine, "_admit", slow_admit)
+    task = asyncio.ensure_future(
+        start_generation(
+            GenerationRequest(tenant=tenant, chat=chat, messages=[{"role": "user", "content": "x"}])
+        )
+    )
+    await admitted.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(50):
+        if await balance(tenant) == before:
+            break
+        await asyncio.sleep(0.05)
+    assert await balance(tenant) == before
+    assert await ledger_sum(tenant) == before
