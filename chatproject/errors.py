@@ -8,6 +8,8 @@ elsewhere) using the same code, message and ``retryable`` flag.
 from enum import StrEnum
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
@@ -87,6 +89,16 @@ class ApiError(Exception):
         return data
 
 
+class PayloadTooLarge(ApiError):
+    """A body over a size limit: answered with HTTP 413."""
+
+    def __init__(self, message: str, *, limit: int, field: str = "body") -> None:
+        super().__init__(
+            ErrorCode.VALIDATION_ERROR, message, details={field: [f"At most {limit} bytes."]}
+        )
+        self.status = 413
+
+
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict:
     error: dict[str, Any] = {"code": str(code), "message": message}
     if details:
@@ -149,6 +161,20 @@ def drf_exception_handler(exc: Exception, context: dict) -> Response | None:
         if getattr(exc, "wait", None):
             headers["Retry-After"] = str(int(exc.wait))
     return Response(error.body(), status=status, headers=headers)
+
+
+def handler400(request, exception=None):
+    """Django's own refusals (e.g. a body over DATA_UPLOAD_MAX_MEMORY_SIZE), as JSON."""
+    if isinstance(exception, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return error_response(
+            PayloadTooLarge(f"The request body is larger than {limit} bytes.", limit=limit)
+        )
+    return JsonResponse(error_body(ErrorCode.VALIDATION_ERROR, "Bad request."), status=400)
+
+
+def handler403(request, exception=None):
+    return JsonResponse(error_body(ErrorCode.UNAUTHORIZED, "Forbidden."), status=403)
 
 
 def handler404(request, exception=None):

@@ -19,5 +19,7 @@ urlpatterns = [
     path("", include("knowledge.urls")),
 ]
 
+handler400 = "chatproject.errors.handler400"
+handler403 = "chatproject.errors.handler403"
 handler404 = "chatproject.errors.handler404"
 handler500 = "chatproject.errors.handler500"

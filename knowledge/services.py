@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from billing.models import Tenant
-from chatproject.errors import ApiError, ErrorCode
+from chatproject.errors import ApiError, ErrorCode, PayloadTooLarge
 from knowledge import search, selectors
 from knowledge.chunking import chunk_document
 from knowledge.models import DEFAULT_LANGUAGE, LANGUAGES, Document, DocumentChunk, Project
@@ -16,16 +16,15 @@ DEFAULT_MAX_DOCUMENT_BYTES = 1024 * 1024
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-class DocumentTooLarge(ApiError):
+class DocumentTooLarge(PayloadTooLarge):
     """A document over ``KNOWLEDGE_MAX_DOCUMENT_BYTES``: answered with HTTP 413."""
 
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(
-            ErrorCode.VALIDATION_ERROR,
             f"The document is {size} bytes; documents may be at most {limit} bytes.",
-            details={"content": [f"At most {limit} bytes (UTF-8)."]},
+            limit=limit,
+            field="content",
         )
-        self.status = 413
 
 
 def max_document_bytes() -> int:

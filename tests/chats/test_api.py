@@ -228,3 +228,12 @@ def test_messages_bad_query_is_400(api, chat_with_messages, query, field):
 
 def test_messages_of_non_uuid_chat_is_400(api):
     error_of(api.get("/api/v1/chats/123/messages"), 400, "VALIDATION_ERROR")
+
+
+def test_oversized_body_is_413_in_the_envelope(api, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    body = {"user_id": "u1", "metadata": {"blob": "x" * 2000}}
+    response = api.post("/api/v1/chats/", body, format="json")
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "VALIDATION_ERROR"
+    assert not Chat.objects.exists()
