@@ -71,23 +71,28 @@ def credits_reserve(*, tenant_id: int, amount: Decimal, reference: str) -> Hold:
         raise ValueError("A hold cannot be negative.")
     if amount == 0:
         return Hold(tenant_id, amount, reference, _balance(tenant_id))
-    with transaction.atomic():
+    # No savepoint (the engine calls this inside its own transaction) and no raising
+    # inside the block: a refusal has changed nothing, so it leaves the block cleanly.
+    with transaction.atomic(savepoint=False):
         balance = _balance_add(tenant_id=tenant_id, delta=-amount, cover=amount)
-        if balance is None:
-            current = _balance(tenant_id)  # raises Tenant.DoesNotExist for a missing tenant
-            raise ApiError(
-                ErrorCode.INSUFFICIENT_CREDITS,
-                "The credit balance cannot cover this request.",
-                details={"required": str(amount), "balance": str(current)},
+        if balance is not None:
+            LedgerEntry.objects.create(
+                tenant_id=tenant_id,
+                kind=LedgerEntry.Kind.HOLD,
+                amount=-amount,
+                balance_after=balance,
+                reference=reference,
             )
-        LedgerEntry.objects.create(
-            tenant_id=tenant_id,
-            kind=LedgerEntry.Kind.HOLD,
-            amount=-amount,
-            balance_after=balance,
-            reference=reference,
+            hold = CreditHold.objects.create(
+                tenant_id=tenant_id, reference=reference, amount=amount
+            )
+    if balance is None:
+        current = _balance(tenant_id)  # raises Tenant.DoesNotExist for a missing tenant
+        raise ApiError(
+            ErrorCode.INSUFFICIENT_CREDITS,
+            "The credit balance cannot cover this request.",
+            details={"required": str(amount), "balance": str(current)},
         )
-        hold = CreditHold.objects.create(tenant_id=tenant_id, reference=reference, amount=amount)
     return Hold(tenant_id, amount, reference, balance, hold_id=hold.pk)
 
 

@@ -86,6 +86,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
     task: asyncio.Task | None = None
     generation: Generation | None = None
     streaming = False  # a reply is under way (until its final event is sent)
+    # The chat's answered turns, loaded once per socket and kept up to date from this
+    # socket's exchanges and the other sockets' fanned-out events (best effort, like the
+    # channel layer: a lost event costs the model one turn of context, nothing stored).
+    history: list[dict[str, str]] | None = None
+    _fanning_out: asyncio.Future | None = None
 
     # --- connection lifecycle -------------------------------------------------------
 
@@ -162,6 +167,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         await self._stop_generation()
+        if self._fanning_out is not None:
+            with contextlib.suppress(Exception):
+                await self._fanning_out
         if self.chat is not None and self.slot_held:
             await self.channel_layer.group_discard(_group(self.chat.id), self.channel_name)
         if self.slot_held:
@@ -262,15 +270,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         request_id = uuid.uuid4().hex
         self.generation = None
         try:
-            history = await db_call(
-                selectors.chat_history,
-                chat=self.chat,
-                limit=settings.CHAT_MAX_HISTORY_MESSAGES,
-            )
+            if self.history is None:
+                self.history = await db_call(
+                    selectors.chat_history,
+                    chat=self.chat,
+                    limit=settings.CHAT_MAX_HISTORY_MESSAGES,
+                )
             request = GenerationRequest(
                 tenant=self.tenant,
                 chat=self.chat,
-                messages=[*history, {"role": "user", "content": content}],
+                messages=[*self.history, {"role": "user", "content": content}],
                 quality=options["quality"],
                 model=options["model"],
                 temperature=0.7 if options["temperature"] is None else options["temperature"],
@@ -301,7 +310,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if request.client_message_id:
             received["client_message_id"] = request.client_message_id
         await self._send(received)
-        await self._fan_out(received)
+        self._remember("user", stored.content)
+        self._fan_out(received)
         message_id = str(generation.message_id)
         await self._send(
             {
@@ -338,12 +348,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
                         partial_content=event.content,
                     )
                 )
-                await self._fan_out(_ended(self.chat, generation, event.content, "error", event))
+                self._fan_out(_ended(self.chat, generation, event.content, "error", event))
 
     async def _send_ended(self, generation: Generation, content: str, reason: str, figures):
         ended = _ended(self.chat, generation, content, reason, figures)
         await self._send(ended)
-        await self._fan_out(ended)
+        if ended["status"] == "complete":
+            self._remember("assistant", content)
+        self._fan_out(ended)
+
+    def _remember(self, role: str, content: str) -> None:
+        if self.history is not None:
+            self.history.append({"role": role, "content": content})
+            del self.history[: -settings.CHAT_MAX_HISTORY_MESSAGES]
 
     # --- sending ------------------------------------------------------------------------
 
@@ -353,19 +370,33 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _error(self, code: ErrorCode, message: str, **kwargs) -> None:
         await self._send(ws_events.error_event(ApiError(code, message, **kwargs)))
 
-    async def _fan_out(self, event: dict[str, Any]) -> None:
-        """Tell the chat's other sockets (any process) about a whole event."""
-        try:
-            await self.channel_layer.group_send(
-                _group(self.chat.id),
-                {"type": "chat.event", "event": event, "sender": self.channel_name},
-            )
-        except Exception:  # fan-out is best effort; the asking socket has its answer
-            logger.exception("channel layer fan-out failed")
+    def _fan_out(self, event: dict[str, Any]) -> None:
+        """Tell the chat's other sockets (any process) about a whole event, in the
+        background and in order: the asking socket's stream does not wait for Redis."""
+        previous = self._fanning_out
+
+        async def publish() -> None:
+            if previous is not None:
+                await previous
+            try:
+                await self.channel_layer.group_send(
+                    _group(self.chat.id),
+                    {"type": "chat.event", "event": event, "sender": self.channel_name},
+                )
+            except Exception:  # best effort; the asking socket has its answer
+                logger.exception("channel layer fan-out failed")
+
+        self._fanning_out = asyncio.ensure_future(publish())
 
     async def chat_event(self, message: dict[str, Any]) -> None:
-        if message["sender"] != self.channel_name:
-            await self._send(message["event"])
+        if message["sender"] == self.channel_name:
+            return
+        event = message["event"]
+        if event["type"] == "message_received":
+            self._remember("user", event["content"])
+        elif event["type"] == "message_stream_ended" and event["status"] == "complete":
+            self._remember("assistant", event["content"])
+        await self._send(event)
 
 
 def _ended(chat: Chat, generation: Generation, content: str, reason: str, figures) -> dict:

@@ -4,17 +4,17 @@ Every transport (WebSocket, the SSE formats, the OpenAI-compatible API) builds a
 :class:`GenerationRequest`, calls :func:`start_generation` and encodes the events of the
 returned :class:`Generation`. The steps, in order:
 
-1. rate limit (in Redis or memory; before any database work, so floods stay cheap)
-2. resolve the model (quality tier or explicit name) and fit the prompt to its context
-3. response cache lookup
-4. admission, in one database call: governor input check (writes the audit record),
+1. resolve the model (quality tier or explicit name) and fit the prompt to its context
+2. rate limit and response cache lookup, together (Redis or memory; before any database
+   work, so floods stay cheap)
+3. admission, in one database call: governor input check (writes the audit record),
    credit hold (skipped on a cache hit), the user's message stored
-5. the provider stream (or the cached answer replayed), token by token
-6. finalisation, in one database call, whatever the ending (complete, upstream failure,
+4. the provider stream (or the cached answer replayed), token by token
+5. finalisation, in one database call, whatever the ending (complete, upstream failure,
    cancel or disconnect): the assistant message written once, the hold settled at the
    real usage, the governor's output check; then the cache filled with complete answers
 
-Refusals before the stream (steps 1 to 4) raise :class:`ApiError`, so HTTP transports can
+Refusals before the stream (steps 1 to 3) raise :class:`ApiError`, so HTTP transports can
 answer with a status code; failures during the stream become an :class:`ErrorEvent`.
 """
 
@@ -363,7 +363,6 @@ async def start_generation(request: GenerationRequest) -> Generation:
             "At least one message is required.",
             details={"messages": ["This list may not be empty."]},
         )
-    rate = await ratelimit.rate_limit_consume(request.tenant)
     model = await catalog.aresolve_model(quality=request.quality, model=request.model)
 
     max_tokens = min(request.max_tokens or model.max_output_tokens, model.max_output_tokens)
@@ -379,18 +378,10 @@ async def start_generation(request: GenerationRequest) -> Generation:
         no_cache=not request.use_cache,
         tenant_cache_enabled=request.tenant.response_cache_enabled,
     )
-    cached = None
-    replayed = False
-    try:
-        if request.idempotency_key:
-            cached = await response_cache.idempotency_get(
-                request.tenant.pk, request.idempotency_key
-            )
-            replayed = cached is not None
-        if cached is None and cache_key:
-            cached = await response_cache.cache_get(cache_key)
-    except Exception:  # a cache outage degrades to a miss
-        logger.exception("response cache read failed")
+    # The rate limit and the stored-answer lookups are independent round trips to Redis.
+    rate, (cached, replayed) = await asyncio.gather(
+        ratelimit.rate_limit_consume(request.tenant), _stored_answer(request, cache_key)
+    )
     reservation = (
         ZERO
         if cached
@@ -427,6 +418,24 @@ async def start_generation(request: GenerationRequest) -> Generation:
     )
 
 
+async def _stored_answer(
+    request: GenerationRequest, cache_key: str | None
+) -> tuple[response_cache.CachedAnswer | None, bool]:
+    """The answer to replay, if any: an Idempotency-Key retry's (True) or a cache hit's."""
+    try:
+        if request.idempotency_key:
+            answer = await response_cache.idempotency_get(
+                request.tenant.pk, request.idempotency_key
+            )
+            if answer is not None:
+                return answer, True
+        if cache_key:
+            return await response_cache.cache_get(cache_key), False
+    except Exception:  # a cache outage degrades to a miss
+        logger.exception("response cache read failed")
+    return None, False
+
+
 def _release_abandoned_hold(admission: asyncio.Future) -> None:
     if admission.cancelled() or admission.exception() is not None:
         return
@@ -459,9 +468,8 @@ def _admit(
 ) -> tuple[gate.GateDecision, credits.Hold | None, StoredMessage | None]:
     """Governor, the user's message and the credit hold, in one transaction.
 
-    A refused request stores nothing but its audit record: the governor's refusal is
-    committed with it, and a refused hold rolls back to a savepoint after the audit.
-    The balance row is locked last, so concurrent requests of a tenant wait the least.
+    A refused request stores nothing but its audit record: the governor's refusal and a
+    refused hold both raise before writing anything, so the audit record commits alone.
     """
     refusal: ApiError | None = None
     hold = user_message = None
@@ -474,28 +482,24 @@ def _admit(
                 metadata=metadata,
                 model_name=model_name,
             )
+            if needs_hold:  # refuses before writing anything
+                hold = credits.credits_reserve(
+                    tenant_id=request.tenant.pk,
+                    amount=reservation,
+                    reference=request.request_id,
+                )
         except ApiError as error:
             refusal = error
         else:
-            try:
-                with transaction.atomic():
-                    if request.chat is not None and store_message:
-                        stored = Message.objects.create(
-                            chat=request.chat,
-                            role=Message.Role.USER,
-                            content=request.messages[-1].get("content", ""),
-                            client_message_id=request.client_message_id,
-                            created_at=timezone.now(),
-                        )
-                        user_message = StoredMessage(stored.id, stored.content, stored.created_at)
-                    if needs_hold:
-                        hold = credits.credits_reserve(
-                            tenant_id=request.tenant.pk,
-                            amount=reservation,
-                            reference=request.request_id,
-                        )
-            except ApiError as error:
-                refusal, user_message = error, None
+            if request.chat is not None and store_message:
+                stored = Message.objects.create(
+                    chat=request.chat,
+                    role=Message.Role.USER,
+                    content=request.messages[-1].get("content", ""),
+                    client_message_id=request.client_message_id,
+                    created_at=timezone.now(),
+                )
+                user_message = StoredMessage(stored.id, stored.content, stored.created_at)
     if refusal is not None:
         raise refusal
     return decision, hold, user_message
