@@ -41,6 +41,7 @@ CLOSE_UNAUTHORIZED = 4001
 CLOSE_BAD_REQUEST = 4400
 CLOSE_CHAT_NOT_FOUND = 4004
 CLOSE_CONNECTION_LIMIT = 4029
+CLOSE_INTERNAL_ERROR = 1011
 
 CLIENT_OPTIONS = ("quality", "model", "temperature", "governorMetadata", "client_message_id")
 
@@ -95,9 +96,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- connection lifecycle -------------------------------------------------------
 
     async def connect(self) -> None:
+        self.connection_id = uuid.uuid4().hex
+        try:
+            await self._connect()
+        except Exception:
+            logger.exception("could not open a chat connection")
+            if not self.slot_held:
+                await self._refuse(
+                    ApiError(ErrorCode.STREAM_ERROR, "Could not open the connection; retry."),
+                    CLOSE_INTERNAL_ERROR,
+                )
+
+    async def _connect(self) -> None:
         # Everything is checked before accepting; the handshake is then accepted only to
         # deliver the product's close code (a rejected handshake would be a bare 403).
-        self.connection_id = uuid.uuid4().hex
         query = _query(self.scope)
         raw_key = query.get("api_key") or _header(self.scope, b"x-api-key")
         try:

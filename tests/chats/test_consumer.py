@@ -362,3 +362,17 @@ async def test_live_connections_keep_their_slots(tenant_key, settings):
     await first.disconnect()
     assert not ws_slots._held
     assert await ratelimit.connection_slot_acquire(tenant, "after-release")
+
+
+async def test_an_unexpected_failure_while_connecting_closes_1011(tenant_key, monkeypatch):
+    from chats import consumers
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database went away")
+
+    monkeypatch.setattr(consumers.services, "chat_create", broken)
+    _, key = tenant_key
+    ws, _, _ = await connect(key)
+    error = await expect_close(ws, 1011)
+    assert error["code"] == "STREAM_ERROR"
+    assert "database" not in error["message"]
