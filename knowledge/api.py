@@ -10,6 +10,7 @@ from rest_framework import status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from chatproject.pagination import offset_page
 from knowledge import selectors, services
 from knowledge import serializers as s
 
@@ -26,16 +27,13 @@ _JSON_OVERHEAD = 6
 def _page(queryset: QuerySet, request: Request, key: str, serializer_class) -> dict:
     query = s.PageQuerySerializer(data=request.query_params)
     query.is_valid(raise_exception=True)
-    offset, limit = query.validated_data["offset"], query.validated_data["limit"]
-    total = queryset.count()
-    items = list(queryset[offset : offset + limit])
-    return {
-        key: serializer_class(items, many=True).data,
-        "total": total,
-        "offset": offset,
-        "limit": limit,
-        "has_more": offset + len(items) < total,
-    }
+    return offset_page(
+        queryset,
+        offset=query.validated_data["offset"],
+        limit=query.validated_data["limit"],
+        key=key,
+        serializer_class=serializer_class,
+    )
 
 
 def _content_length(request: Request) -> int:

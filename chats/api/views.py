@@ -6,21 +6,19 @@ from rest_framework import status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from chatproject.pagination import offset_page
 from chats import selectors, services
 from chats.api import serializers as s
 
 
 def _page(queryset: QuerySet, query: dict, key: str, serializer_class) -> dict:
-    offset, limit = query["offset"], query["limit"]
-    total = queryset.count()
-    items = list(queryset[offset : offset + limit])
-    return {
-        key: serializer_class(items, many=True).data,
-        "total": total,
-        "offset": offset,
-        "limit": limit,
-        "has_more": offset + len(items) < total,
-    }
+    return offset_page(
+        queryset,
+        offset=query["offset"],
+        limit=query["limit"],
+        key=key,
+        serializer_class=serializer_class,
+    )
 
 
 def _query(serializer_class, request: Request) -> dict:
