@@ -20,6 +20,7 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -120,13 +121,13 @@ def setup_database(upstream_url: str) -> str:
     return api_key_create(tenant=tenant)[1]
 
 
-def start(cmd: list[str], port: int, env=None) -> subprocess.Popen:
+def start(cmd: list[str], port: int, env=None, log=subprocess.DEVNULL) -> subprocess.Popen:
     process = subprocess.Popen(
         cmd,
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000)),
     )
     deadline = time.monotonic() + 30
@@ -173,6 +174,17 @@ async def open_socket(ws_url: str, key: str):
     while json.loads(await ws.recv())["type"] != "connection_established":
         pass
     return ws
+
+
+async def open_sockets(ws_url: str, key: str, count: int, batch: int = 100) -> list:
+    """Connect in batches: daphne drops handshakes not accepted within 5 s, and every
+    connect authenticates and creates a chat."""
+    sockets = []
+    for start in range(0, count, batch):
+        sockets += await asyncio.gather(
+            *(open_socket(ws_url, key) for _ in range(min(batch, count - start)))
+        )
+    return sockets
 
 
 async def exchange(ws, content: str) -> tuple[float, int]:
@@ -223,7 +235,7 @@ async def throughput(ws_url: str, key: str, concurrency: int, seconds: float) ->
 
 async def held_conversations(ws_url: str, key: str, count: int) -> float:
     """``count`` conversations streaming at once; returns the slowest one's duration."""
-    sockets = await asyncio.gather(*(open_socket(ws_url, key) for _ in range(count)))
+    sockets = await open_sockets(ws_url, key, count)
 
     async def converse(ws):
         start = time.perf_counter()
@@ -241,11 +253,7 @@ async def held_conversations(ws_url: str, key: str, count: int) -> float:
 async def idle_memory(ws_url: str, key: str, pid: int, count: int) -> float:
     await asyncio.sleep(1)
     before = rss_kb(pid)
-    sockets = []
-    for start in range(0, count, 250):
-        sockets += await asyncio.gather(
-            *(open_socket(ws_url, key) for _ in range(min(250, count - start)))
-        )
+    sockets = await open_sockets(ws_url, key, count)
     await asyncio.sleep(2)
     after = rss_kb(pid)
     await asyncio.gather(*(ws.close() for ws in sockets))
@@ -270,6 +278,7 @@ async def main(args) -> None:
     )
     upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
     key = await asyncio.to_thread(setup_database, upstream_url)
+    server_log = open(args.server_log, "w")  # noqa: SIM115 (kept open for the whole run)
     server = start(
         [
             sys.executable,
@@ -285,6 +294,7 @@ async def main(args) -> None:
         ],
         server_port,
         env=server_env(),
+        log=server_log,
     )
     ws_url = f"ws://127.0.0.1:{server_port}"
     db = os.environ.get("DATABASE_URL", "sqlite").split(":")[0]
@@ -326,4 +336,9 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=15.0, help="throughput duration")
     parser.add_argument("--held", type=int, nargs="*", default=[250, 500, 1000])
     parser.add_argument("--idle", type=int, default=5000, help="idle connections to open")
+    parser.add_argument(
+        "--server-log",
+        default=os.path.join(tempfile.gettempdir(), "bench-server.log"),
+        help="where the server's output goes",
+    )
     asyncio.run(main(parser.parse_args()))

@@ -21,7 +21,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_database_url() -> str:
+def database_url_for_tests() -> str:
     """The URL of the database the tests run on (the test database, once created)."""
     db = connection.settings_dict
     if db["ENGINE"] == "django.db.backends.sqlite3":
@@ -58,7 +58,7 @@ def start_server(tmp_dir: Path, **extra_env: str) -> LiveServer:
     log_path = tmp_dir / f"daphne-{port}.log"
     env = {
         **os.environ,
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": database_url_for_tests(),
         "DEBUG": "true",
         "DEMO_TOKEN_DELAY_MS": "0",
         "MODEL_CATALOG_TTL_SECONDS": "0",
