@@ -172,6 +172,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "chatproject.openapi.seed_path_spelling",
+        "chatproject.openapi.plain_view_paths",
     ],
 }
 

@@ -18,7 +18,7 @@ from django.http import HttpRequest, HttpResponse
 
 from chatproject.db import db_call
 from chatproject.errors import ApiError
-from chats.engine import ErrorEvent, FinishedEvent, Generation, TokenEvent, start_generation
+from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
 from chats.transports import schemas
 from chats.transports.sse import (
     DONE,
@@ -27,10 +27,9 @@ from chats.transports.sse import (
     cors,
     credits_number,
     endpoint,
-    event_stream,
-    events_of,
     generation_headers,
     generation_request,
+    generation_response,
     model_choice,
     read_json,
     sse,
@@ -71,29 +70,28 @@ def _metadata(generation: Generation, end: FinishedEvent | ErrorEvent) -> dict[s
     }
 
 
-async def _encode(generation: Generation) -> AsyncIterator[bytes]:
+async def _encode(generation: Generation, events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
     chat = generation.request.chat
     text_id = f"text-{generation.message_id}"
     start_metadata = {"chatId": str(chat.pk) if chat else None, "model": generation.model_name}
     yield _chunk("start", messageId=str(generation.message_id), messageMetadata=start_metadata)
     yield _chunk("start-step")
     yield _chunk("text-start", id=text_id)
-    async with events_of(generation) as events:
-        async for event in events:
-            if isinstance(event, TokenEvent):
-                yield _chunk("text-delta", id=text_id, delta=event.text)
-                continue
-            yield _chunk("text-end", id=text_id)
-            yield _chunk("finish-step")
-            if isinstance(event, ErrorEvent):
-                error_text = _error_text(event.error, generation.request.request_id)
-                yield _chunk("error", errorText=error_text)
-            yield _chunk("message-metadata", messageMetadata=_metadata(generation, event))
-            if isinstance(event, FinishedEvent):
-                reason = FINISH_REASONS.get(event.finish_reason, "other")
-            else:
-                reason = "error"
-            yield _chunk("finish", finishReason=reason)
+    async for event in events:
+        if isinstance(event, TokenEvent):
+            yield _chunk("text-delta", id=text_id, delta=event.text)
+            continue
+        yield _chunk("text-end", id=text_id)
+        yield _chunk("finish-step")
+        if isinstance(event, ErrorEvent):
+            error_text = _error_text(event.error, generation.request.request_id)
+            yield _chunk("error", errorText=error_text)
+        yield _chunk("message-metadata", messageMetadata=_metadata(generation, event))
+        if isinstance(event, FinishedEvent):
+            reason = FINISH_REASONS.get(event.finish_reason, "other")
+        else:
+            reason = "error"
+        yield _chunk("finish", finishReason=reason)
     yield DONE
 
 
@@ -118,7 +116,9 @@ async def chat(request: HttpRequest) -> HttpResponse:
         )
     )
     headers = {**STREAM_HEADERS, "x-chat-id": str(chat_row.pk), **generation_headers(generation)}
-    return event_stream(_encode(generation), headers=headers)
+    return await generation_response(
+        generation, lambda events: _encode(generation, events), headers=headers
+    )
 
 
 @cors
@@ -126,5 +126,5 @@ async def chat(request: HttpRequest) -> HttpResponse:
 async def resume(request: HttpRequest, chat_id: str) -> HttpResponse:
     """Resuming a stream (``GET /api/chat/<id>/stream``): streams are not kept, so there
     is never one to resume."""
-    await authenticate(request)
+    await authenticate(request, rate_limit=True)
     return HttpResponse(status=204)

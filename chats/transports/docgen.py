@@ -9,7 +9,8 @@ failed search is an ``event: error`` with ``RAG_RETRIEVAL_ERROR`` in a 200 strea
 
 ``POST /api/v1/chat/generate`` (legacy): ``event: token`` ``{"token", "index"}``, then
 ``event: done`` ``{"total_tokens", "duration_ms"}`` or ``event: error`` ``{"code",
-"message"}``; not stored. ``POST /api/v1/chat/message`` is retired: 400.
+"message"}``; not stored. ``POST /api/v1/chat/message`` is retired: 400 (after the key
+and the rate limit are checked, like any request).
 
 Errors before the stream use the product's envelope with the seed's statuses on these
 paths: 422 for validation, 403 for a bad key.
@@ -28,7 +29,7 @@ from billing.models import Tenant
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, error_response
 from chats import catalog
-from chats.engine import FinishedEvent, Generation, TokenEvent, start_generation
+from chats.engine import Event, FinishedEvent, Generation, TokenEvent, start_generation
 from chats.providers import estimate_prompt_tokens
 from chats.transports import schemas
 from chats.transports.sse import (
@@ -37,9 +38,9 @@ from chats.transports.sse import (
     credits_number,
     endpoint,
     event_stream,
-    events_of,
     generation_headers,
     generation_request,
+    generation_response,
     read_json,
     sse,
 )
@@ -118,38 +119,38 @@ async def _only_error(error: ApiError, request_id: str) -> AsyncIterator[bytes]:
 
 async def _encode_stream(
     generation: Generation,
+    events: AsyncIterator[Event],
     context: RetrievedContext,
     conversation_id: str,
     started: float,
 ) -> AsyncIterator[bytes]:
     request = generation.request
-    async with events_of(generation) as events:
-        async for event in events:
-            if isinstance(event, TokenEvent):
-                yield sse({"token": event.text, "done": False}, event="message")
-            elif isinstance(event, FinishedEvent):
-                metadata: dict[str, Any] = {
-                    "conversation_id": conversation_id,
-                    "chat_id": str(request.chat.pk) if request.chat else None,
-                    "message_id": str(event.message_id),
-                    "model": generation.model_name,
-                    "finish_reason": event.finish_reason,
-                    "usage": event.usage.to_dict(),
-                    "credits_charged": credits_number(event.credits_charged),
-                    "credits_remaining": credits_number(event.credits_remaining),
-                    "sources": sorted({chunk.source for chunk in context.chunks}),
-                    "duration_ms": _duration_ms(started),
-                    "request_id": request.request_id,
-                }
-                done = {
-                    "full_response": event.content,
-                    "document_types_used": context.document_types_used,
-                    "metadata": metadata,
-                    "done": True,
-                }
-                yield sse(done, event="done")
-            else:
-                yield _error_event(event.error, request.request_id)
+    async for event in events:
+        if isinstance(event, TokenEvent):
+            yield sse({"token": event.text, "done": False}, event="message")
+        elif isinstance(event, FinishedEvent):
+            metadata: dict[str, Any] = {
+                "conversation_id": conversation_id,
+                "chat_id": str(request.chat.pk) if request.chat else None,
+                "message_id": str(event.message_id),
+                "model": generation.model_name,
+                "finish_reason": event.finish_reason,
+                "usage": event.usage.to_dict(),
+                "credits_charged": credits_number(event.credits_charged),
+                "credits_remaining": credits_number(event.credits_remaining),
+                "sources": sorted({chunk.source for chunk in context.chunks}),
+                "duration_ms": _duration_ms(started),
+                "request_id": request.request_id,
+            }
+            done = {
+                "full_response": event.content,
+                "document_types_used": context.document_types_used,
+                "metadata": metadata,
+                "done": True,
+            }
+            yield sse(done, event="done")
+        else:
+            yield _error_event(event.error, request.request_id)
 
 
 @endpoint(on_error=_http_error)
@@ -193,8 +194,9 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
         user_message,
     ]
     generation = await start_generation(generation_request(request, tenant, messages, chat=chat))
-    return event_stream(
-        _encode_stream(generation, context, conversation_id, started),
+    return await generation_response(
+        generation,
+        lambda events: _encode_stream(generation, events, context, conversation_id, started),
         headers={"x-chat-id": str(chat.pk), **generation_headers(generation)},
     )
 
@@ -211,19 +213,18 @@ async def _legacy_only_error(error: ApiError) -> AsyncIterator[bytes]:
     yield _legacy_error_event(error)
 
 
-async def _encode_legacy(generation: Generation, started: float) -> AsyncIterator[bytes]:
-    async with events_of(generation) as events:
-        async for event in events:
-            if isinstance(event, TokenEvent):
-                yield sse({"token": event.text, "index": event.index}, event="token")
-            elif isinstance(event, FinishedEvent):
-                done = {
-                    "total_tokens": event.usage.completion_tokens,
-                    "duration_ms": _duration_ms(started),
-                }
-                yield sse(done, event="done")
-            else:
-                yield _legacy_error_event(event.error)
+async def _encode_legacy(events: AsyncIterator[Event], started: float) -> AsyncIterator[bytes]:
+    async for event in events:
+        if isinstance(event, TokenEvent):
+            yield sse({"token": event.text, "index": event.index}, event="token")
+        elif isinstance(event, FinishedEvent):
+            done = {
+                "total_tokens": event.usage.completion_tokens,
+                "duration_ms": _duration_ms(started),
+            }
+            yield sse(done, event="done")
+        else:
+            yield _legacy_error_event(event.error)
 
 
 @endpoint(on_error=_http_error)
@@ -250,7 +251,11 @@ async def generate(request: HttpRequest) -> HttpResponse:
         user_message,
     ]
     generation = await start_generation(generation_request(request, tenant, messages))
-    return event_stream(_encode_legacy(generation, started), headers=generation_headers(generation))
+    return await generation_response(
+        generation,
+        lambda events: _encode_legacy(events, started),
+        headers=generation_headers(generation),
+    )
 
 
 # --- POST /api/v1/chat/message (retired) ------------------------------------------------------
@@ -258,6 +263,7 @@ async def generate(request: HttpRequest) -> HttpResponse:
 
 @endpoint(on_error=_http_error)
 async def message(request: HttpRequest) -> HttpResponse:
+    await authenticate(request, rate_limit=True)
     error = ApiError(
         ErrorCode.VALIDATION_ERROR,
         "POST /api/v1/chat/message is retired: use POST /api/v1/chat/stream (text/event-stream).",

@@ -2,12 +2,16 @@
 
 The request and response shapes are OpenAI's, so the official SDKs work unchanged with a
 tenant key (``Authorization: Bearer`` or ``X-API-Key``). Errors use OpenAI's shape,
-``{"error": {"message", "type", "param", "code"}}``. ``model`` is a catalog name or a
-quality tier (``cheap``, ``balanced``, ``frontier``). Nothing is stored in a chat.
+``{"error": {"message", "type", "param", "code"}}``, with ``x-should-retry`` for the SDKs.
+A provider failure before the first token is an HTTP error too, streaming or not (the
+SDKs raise ``RateLimitError``, ``InternalServerError``... at the call and retry it); one
+after it ends the stream with an error object. ``model`` is a catalog name or a quality
+tier (``cheap``, ``balanced``, ``frontier``). Nothing is stored in a chat.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,17 +21,17 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode
 from chats import catalog
-from chats.engine import ErrorEvent, FinishedEvent, Generation, TokenEvent, start_generation
+from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
 from chats.transports import schemas
 from chats.transports.sse import (
     DONE,
     authenticate,
     credits_text,
     endpoint,
-    event_stream,
     events_of,
     generation_headers,
     generation_request,
+    generation_response,
     model_choice,
     read_json,
     sse,
@@ -68,11 +72,37 @@ def openai_error(error: ApiError) -> dict[str, Any]:
     }
 
 
+# The engine's ApiError does not carry the provider's HTTP status; every provider writes
+# it into the message ("... answered HTTP 429: ...", "(HTTP 429)").
+_UPSTREAM_STATUS = re.compile(r"\bHTTP (\d{3})\b")
+
+
+def upstream_status(error: ApiError) -> int | None:
+    """The HTTP status the provider answered an LLM_PROVIDER_ERROR with, if known."""
+    if error.code != ErrorCode.LLM_PROVIDER_ERROR:
+        return None
+    known = (error.details or {}).get("upstream_status")
+    if isinstance(known, int):
+        return known
+    match = _UPSTREAM_STATUS.search(error.message)
+    return int(match.group(1)) if match else None
+
+
+def error_status(error: ApiError) -> int:
+    """SPEC §6's status, except that the provider's own 429 stays a 429, so clients back
+    off (the OpenAI SDKs raise RateLimitError and retry)."""
+    if upstream_status(error) == 429:
+        return 429
+    return _ERRORS.get(error.code, (error.status, "", None))[0]
+
+
 def error_response(error: ApiError) -> HttpResponse:
-    status = _ERRORS.get(error.code, (error.status, "", None))[0]
-    response = JsonResponse(openai_error(error), status=status)
+    response = JsonResponse(openai_error(error), status=error_status(error))
     for name, value in error.headers.items():
         response[name] = value
+    # The OpenAI SDKs obey this over their own guess from the status (they would retry
+    # any 5xx, STREAM_ERROR and a provider's 4xx included).
+    response.setdefault("x-should-retry", "true" if error.retryable else "false")
     return response
 
 
@@ -103,7 +133,9 @@ def _choice(delta: dict[str, Any], finish_reason: str | None = None) -> list[dic
     return [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
 
 
-async def _encode_stream(generation: Generation, include_usage: bool) -> AsyncIterator[bytes]:
+async def _encode_stream(
+    generation: Generation, events: AsyncIterator[Event], include_usage: bool
+) -> AsyncIterator[bytes]:
     created = int(time.time())
     yield sse(
         _chunk(
@@ -113,21 +145,35 @@ async def _encode_stream(generation: Generation, include_usage: bool) -> AsyncIt
             choices=_choice({"role": "assistant", "content": "", "refusal": None}),
         )
     )
-    async with events_of(generation) as events:
-        async for event in events:
-            if isinstance(event, TokenEvent):
-                choices = _choice({"content": event.text})
-                yield sse(_chunk(generation, created, include_usage, choices=choices))
-            elif isinstance(event, FinishedEvent):
-                choices = _choice({}, _finish_reason(event.finish_reason))
-                yield sse(_chunk(generation, created, include_usage, choices=choices))
-                if include_usage:
-                    usage = event.usage.to_dict()
-                    yield sse(_chunk(generation, created, include_usage, choices=[], usage=usage))
-                yield DONE
-            else:
-                # As OpenAI does: an error object as a data event, and the stream ends.
-                yield sse(openai_error(event.error))
+    async for event in events:
+        if isinstance(event, TokenEvent):
+            choices = _choice({"content": event.text})
+            yield sse(_chunk(generation, created, include_usage, choices=choices))
+        elif isinstance(event, FinishedEvent):
+            choices = _choice({}, _finish_reason(event.finish_reason))
+            yield sse(_chunk(generation, created, include_usage, choices=choices))
+            if include_usage:
+                usage = event.usage.to_dict()
+                yield sse(_chunk(generation, created, include_usage, choices=[], usage=usage))
+            yield DONE
+        else:
+            # As OpenAI does once a stream has begun: an error object as a data event, and
+            # the stream ends. (An error before the first token is an HTTP error instead.)
+            yield sse(openai_error(event.error))
+
+
+def _end_headers(end: FinishedEvent | ErrorEvent) -> dict[str, str]:
+    return {
+        "x-credits-charged": credits_text(end.credits_charged),
+        "x-credits-remaining": credits_text(end.credits_remaining),
+    }
+
+
+def _error_first(end: ErrorEvent) -> HttpResponse:
+    response = error_response(end.error)
+    for name, value in _end_headers(end).items():
+        response[name] = value
+    return response
 
 
 @endpoint(on_error=error_response)
@@ -148,7 +194,12 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     )
     headers = generation_headers(generation)
     if body.stream:
-        return event_stream(_encode_stream(generation, body.include_usage), headers=headers)
+        return await generation_response(
+            generation,
+            lambda events: _encode_stream(generation, events, body.include_usage),
+            headers=headers,
+            error_first=_error_first,
+        )
 
     end: FinishedEvent | ErrorEvent | None = None
     async with events_of(generation) as events:
@@ -177,8 +228,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
                 "usage": end.usage.to_dict(),
             }
         )
-    headers["x-credits-charged"] = credits_text(end.credits_charged)
-    headers["x-credits-remaining"] = credits_text(end.credits_remaining)
+    headers.update(_end_headers(end))
     for name, value in headers.items():
         response[name] = value
     return response
@@ -203,13 +253,13 @@ async def _model_list() -> list[dict[str, Any]]:
 
 @endpoint(methods=("GET",), on_error=error_response)
 async def models(request: HttpRequest) -> HttpResponse:
-    await authenticate(request)
+    await authenticate(request, rate_limit=True)
     return JsonResponse({"object": "list", "data": await _model_list()})
 
 
 @endpoint(methods=("GET",), on_error=error_response)
 async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
-    await authenticate(request)
+    await authenticate(request, rate_limit=True)
     for model in await _model_list():
         if model["id"] == model_id:
             return JsonResponse(model)

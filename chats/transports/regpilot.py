@@ -1,20 +1,23 @@
 """Seed 000: ``POST /api/ai/chat`` (SSE) and ``POST /api/ai/chat/complete`` (JSON).
 
 Stream: ``data: {"content": ...}`` per token, then ``event: usage`` with the settled
-figures, then ``data: [DONE]``. A failure after the first token is ``event: error``
-(code, message, retryable), then the usage event, then ``[DONE]``. Not stored in a
-chat: the seed has no chat id.
+figures, then ``data: [DONE]``. A failure before the first token is an HTTP error (the
+seed's 5xx), unless the first token was awaited longer than the keep-alive interval and
+the stream had begun; a failure after it is ``event: error`` (code, message,
+retryable), then the usage event, then ``[DONE]``. Not stored in a chat: the seed has no
+chat id.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from billing.models import Tenant
 from chatproject.errors import error_response
-from chats.engine import ErrorEvent, FinishedEvent, Generation, TokenEvent, start_generation
+from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
 from chats.transports import schemas
 from chats.transports.sse import (
     DONE,
@@ -23,10 +26,10 @@ from chats.transports.sse import (
     credits_remaining,
     credits_text,
     endpoint,
-    event_stream,
     events_of,
     generation_headers,
     generation_request,
+    generation_response,
     read_json,
     sse,
 )
@@ -82,24 +85,50 @@ def _error_event(end: ErrorEvent, request_id: str) -> dict[str, Any]:
     return {**end.error.event(), "request_id": request_id}
 
 
-async def _encode(generation: Generation):
+async def _encode(generation: Generation, events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
     request_id = generation.request.request_id
-    async with events_of(generation) as events:
-        async for event in events:
-            if isinstance(event, TokenEvent):
-                yield sse({"content": event.text})
-            elif isinstance(event, FinishedEvent):
-                yield sse(_usage(generation, event), event="usage")
-            else:
-                yield sse(_error_event(event, request_id), event="error")
-                yield sse(_usage(generation, event), event="usage")
+    async for event in events:
+        if isinstance(event, TokenEvent):
+            yield sse({"content": event.text})
+        elif isinstance(event, FinishedEvent):
+            yield sse(_usage(generation, event), event="usage")
+        else:
+            yield sse(_error_event(event, request_id), event="error")
+            yield sse(_usage(generation, event), event="usage")
     yield DONE
+
+
+def _end_headers(generation: Generation, end: FinishedEvent | ErrorEvent) -> dict[str, str]:
+    """Every figure, once the generation has ended."""
+    return {
+        "x-regpilot-model": generation.model_name,
+        "x-cache-status": generation.cache_status,
+        "x-regpilot-prompt-tokens": str(end.usage.prompt_tokens),
+        "x-regpilot-completion-tokens": str(end.usage.completion_tokens),
+        "x-credits-charged": credits_text(end.credits_charged),
+        "x-credits-remaining": credits_text(end.credits_remaining),
+        **generation_headers(generation),
+    }
+
+
+def _failed(generation: Generation, end: ErrorEvent) -> HttpResponse:
+    """A failed generation as an HTTP error (5xx for the provider's), every figure in
+    its headers."""
+    response = error_response(end.error)
+    for name, value in _end_headers(generation, end).items():
+        response[name] = value
+    return response
 
 
 @endpoint()
 async def chat_stream(request: HttpRequest) -> HttpResponse:
     tenant, generation = await _start(request)
-    return event_stream(_encode(generation), headers=_headers(generation, tenant))
+    return await generation_response(
+        generation,
+        lambda events: _encode(generation, events),
+        headers=_headers(generation, tenant),
+        error_first=lambda end: _failed(generation, end),
+    )
 
 
 @endpoint()
@@ -112,38 +141,28 @@ async def chat_complete(request: HttpRequest) -> HttpResponse:
             if not isinstance(event, TokenEvent):
                 end = event
     assert end is not None
-    headers = {
-        "x-regpilot-model": generation.model_name,
-        "x-cache-status": generation.cache_status,
-        "x-regpilot-prompt-tokens": str(end.usage.prompt_tokens),
-        "x-regpilot-completion-tokens": str(end.usage.completion_tokens),
-        "x-credits-charged": credits_text(end.credits_charged),
-        "x-credits-remaining": credits_text(end.credits_remaining),
-        **generation_headers(generation),
-    }
     if isinstance(end, ErrorEvent):
-        response: HttpResponse = error_response(end.error)
-    else:
-        usage = _usage(generation, end)
-        response = JsonResponse(
-            {
-                "id": str(end.message_id),
-                "content": end.content,
-                "model": generation.model_name,
-                "cache_status": generation.cache_status,
-                "finish_reason": end.finish_reason,
-                "usage": {
-                    key: usage[key]
-                    for key in (
-                        "prompt_tokens",
-                        "completion_tokens",
-                        "total_tokens",
-                        "credits_charged",
-                        "credits_remaining",
-                    )
-                },
-            }
-        )
-    for name, value in headers.items():
+        return _failed(generation, end)
+    usage = _usage(generation, end)
+    response = JsonResponse(
+        {
+            "id": str(end.message_id),
+            "content": end.content,
+            "model": generation.model_name,
+            "cache_status": generation.cache_status,
+            "finish_reason": end.finish_reason,
+            "usage": {
+                key: usage[key]
+                for key in (
+                    "prompt_tokens",
+                    "completion_tokens",
+                    "total_tokens",
+                    "credits_charged",
+                    "credits_remaining",
+                )
+            },
+        }
+    )
+    for name, value in _end_headers(generation, end).items():
         response[name] = value
     return response

@@ -4,8 +4,8 @@ error handling around a view, the response headers of a generation, and chat loo
 
 A transport view is: parse the body (``schemas``), build a ``GenerationRequest``
 (:func:`generation_request`), ``await start_generation(...)`` (refusals raise
-``ApiError`` → an HTTP status), then return :func:`event_stream` over an async generator
-that encodes the engine's events in the transport's own format.
+``ApiError`` → an HTTP status), then return :func:`generation_response` with an encoder:
+an async generator from the engine's events to the transport's own format.
 """
 
 from __future__ import annotations
@@ -28,11 +28,12 @@ from django.views.decorators.csrf import csrf_exempt
 
 from billing.authentication import presented_key
 from billing.models import Tenant
+from billing.ratelimit import rate_limit_consume
 from billing.services import api_key_authenticate
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, error_response
 from chats.catalog import QUALITY_TIERS
-from chats.engine import Generation, GenerationRequest
+from chats.engine import ErrorEvent, Event, Generation, GenerationRequest
 from chats.models import Chat
 from chats.services import end_user_get_or_create
 
@@ -99,24 +100,49 @@ async def _produce(chunks: AsyncIterator[bytes], queue: asyncio.Queue) -> None:
     await queue.put(_END)
 
 
-async def with_keepalive(chunks: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
+class Producer:
+    """``chunks``, produced in a task of their own and handed over one at a time.
+
+    The engine's generator (and the idle timeout it keeps with ``asyncio.timeout``) must
+    stay in one task while the response waits with a timeout of its own, for keep-alives.
+    :meth:`aclose` cancels the producer and awaits it, so the engine stores a cancelled
+    exchange and settles its credits before the request is over. A producer nobody
+    consumes (the client left between the view and the response) is cancelled when the
+    task that started it ends, rather than left waiting with a credit hold.
+    """
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=1)  # no token piles up here
+        self.task = asyncio.create_task(_produce(chunks, self.queue))
+        owner = asyncio.current_task()
+        if owner is not None:
+            owner.add_done_callback(lambda _: self.task.cancel())
+
+    async def aclose(self) -> None:
+        if not self.task.done():
+            self.task.cancel()
+        # asyncio.wait never cancels what it waits for: a second cancellation of this task
+        # cannot interrupt the engine's finalisation (which is shielded as well).
+        await asyncio.wait({self.task})
+        if not self.task.cancelled():
+            self.task.exception()  # retrieved: errors were delivered through the queue
+
+
+async def with_keepalive(
+    chunks: AsyncIterator[bytes] | Producer, interval: float
+) -> AsyncIterator[bytes]:
     """``chunks``, plus a keep-alive comment whenever none came for ``interval`` seconds.
 
-    The chunks are produced in a task of their own: the engine's generator (and the idle
-    timeout it keeps with ``asyncio.timeout``) must stay in one task while this one waits
-    with a timeout of its own. When the client disconnects, Django cancels the task
-    iterating this generator; the producer is cancelled in turn and awaited, so the
-    engine stores the exchange as ``cancelled`` and settles its credits before the
-    request is over.
+    When the client disconnects, Django cancels the task iterating this generator; the
+    producer is cancelled in turn and awaited (:meth:`Producer.aclose`).
     """
-    queue: asyncio.Queue = asyncio.Queue(maxsize=1)  # backpressure: no token piles up here
-    producer = asyncio.create_task(_produce(chunks, queue))
+    producer = chunks if isinstance(chunks, Producer) else Producer(chunks)
     try:
-        yield b""  # sends the response headers now, not with the first token
+        yield b""  # sends the response headers now, not with the next chunk
         while True:
             try:
                 async with asyncio.timeout(interval if interval > 0 else None):
-                    item = await queue.get()
+                    item = await producer.queue.get()
             except TimeoutError:
                 yield KEEPALIVE
                 continue
@@ -126,17 +152,11 @@ async def with_keepalive(chunks: AsyncIterator[bytes], interval: float) -> Async
                 raise item.error
             yield item
     finally:
-        if not producer.done():
-            producer.cancel()
-        # asyncio.wait never cancels what it waits for: a second cancellation of this task
-        # cannot interrupt the engine's finalisation (which is shielded as well).
-        await asyncio.wait({producer})
-        if not producer.cancelled():
-            producer.exception()  # retrieved: errors were delivered through the queue
+        await producer.aclose()
 
 
 def event_stream(
-    chunks: AsyncIterator[bytes],
+    chunks: AsyncIterator[bytes] | Producer,
     *,
     headers: Mapping[str, str] | None = None,
     content_type: str = "text/event-stream",
@@ -152,12 +172,101 @@ def event_stream(
     return response
 
 
+Encoder = Callable[[AsyncIterator[Event]], AsyncIterator[bytes]]
+
+
+class GenerationStream(Producer):
+    """A generation's events, encoded for the wire by ``encode``, produced from the start.
+
+    The engine's generator runs in the producer's task from the first event to the last
+    and is closed there (so the exchange is finalised however the stream ends). The first
+    event is published on :attr:`first` before ``encode`` sees it, so a view can wait for
+    it and still choose the status line (:func:`generation_response`).
+    """
+
+    def __init__(self, generation: Generation, encode: Encoder) -> None:
+        self.first: asyncio.Future[Event | None] = asyncio.get_running_loop().create_future()
+        super().__init__(self._encoded(generation, encode))
+
+    async def _encoded(self, generation: Generation, encode: Encoder) -> AsyncIterator[bytes]:
+        try:
+            async with events_of(generation) as events:
+                rest = aiter(events)
+                first = await anext(rest, None)
+                self.first.set_result(first)
+                if first is None:
+                    return
+                async with contextlib.aclosing(encode(_prepend(first, rest))) as chunks:
+                    async for chunk in chunks:
+                        yield chunk
+        finally:
+            if not self.first.done():
+                self.first.set_result(None)
+
+    async def first_event(self, timeout: float) -> Event | None:
+        """The engine's first event, if it comes within ``timeout`` seconds (no limit if
+        ``timeout`` is 0); None otherwise. The stream is closed if the caller is cancelled."""
+        try:
+            await asyncio.wait({self.first}, timeout=timeout if timeout > 0 else None)
+        except BaseException:
+            await self.aclose()
+            raise
+        return self.first.result() if self.first.done() else None
+
+
+async def _prepend(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    yield first
+    async for event in rest:
+        yield event
+
+
+async def generation_response(
+    generation: Generation,
+    encode: Encoder,
+    *,
+    headers: Mapping[str, str] | None = None,
+    content_type: str = "text/event-stream",
+    error_first: Callable[[ErrorEvent], HttpResponse] | None = None,
+) -> HttpResponse:
+    """The streaming response of a generation, its events encoded by ``encode``.
+
+    With ``error_first``, the status line waits for the engine's first event (at most
+    ``SSE_KEEPALIVE_SECONDS``; after that the stream starts with keep-alives): when that
+    event is an error (the provider failed before any token), the answer is
+    ``error_first(event)`` (an HTTP error, which clients can tell and retry) instead of a
+    200 stream carrying an error event. Its ``headers`` are set on either answer.
+    """
+    stream = GenerationStream(generation, encode)
+    if error_first is not None:
+        first = await stream.first_event(settings.SSE_KEEPALIVE_SECONDS)
+        if isinstance(first, ErrorEvent):
+            await stream.aclose()  # the engine has finalised the exchange already
+            response = error_first(first)
+            for name, value in (headers or {}).items():
+                response.setdefault(name, value)
+            return response
+    return event_stream(stream, headers=headers, content_type=content_type)
+
+
 # --- Request side --------------------------------------------------------------------------
 
 
-async def authenticate(request: HttpRequest) -> Tenant:
-    """The tenant of the request's key (``X-API-Key`` or Bearer); raises UNAUTHORIZED."""
+_RATE_LIMIT = "_plan_rate_limit"  # the request attribute endpoint() takes headers from
+
+
+async def authenticate(request: HttpRequest, *, rate_limit: bool = False) -> Tenant:
+    """The tenant of the request's key (``X-API-Key`` or Bearer); raises UNAUTHORIZED.
+
+    With ``rate_limit``, the request also takes one from the tenant's plan allowance:
+    for views that do not run the engine (``start_generation`` counts its own requests).
+    A spent allowance raises RATE_LIMITED (429, ``Retry-After``, ``X-RateLimit-*``);
+    otherwise :func:`endpoint` puts the ``X-RateLimit-*`` headers on the answer.
+    """
     api_key = await db_call(api_key_authenticate, presented_key(request))
+    if rate_limit:
+        state = await rate_limit_consume(api_key.tenant)
+        if state is not None:
+            setattr(request, _RATE_LIMIT, state)
     return api_key.tenant
 
 
@@ -271,15 +380,20 @@ def endpoint(
                         f"Method {request.method} is not allowed here.",
                         headers={"Allow": ", ".join(allowed)},
                     )
-                return await view(request, *args, **kwargs)
+                response = await view(request, *args, **kwargs)
             except ApiError as error:
-                return on_error(error)
+                response = on_error(error)
             except Exception:
                 request_id = getattr(request, "request_id", "-")
                 logger.exception("unexpected error before streaming")
-                return on_error(
+                response = on_error(
                     ApiError(ErrorCode.STREAM_ERROR, f"Internal error (request id {request_id}).")
                 )
+            state = getattr(request, _RATE_LIMIT, None)
+            if state is not None:
+                for name, value in state.headers().items():
+                    response.setdefault(name, value)
+            return response
 
         return csrf_exempt(wrapper)
 
@@ -303,7 +417,7 @@ def cors_headers(request: HttpRequest) -> dict[str, str]:
             "content-type, x-api-key, authorization, x-request-id, cache-control"
         ),
         "Access-Control-Expose-Headers": "x-request-id, x-vercel-ai-ui-message-stream, "
-        "x-chat-id, retry-after",
+        "x-chat-id, retry-after, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset",
         "Access-Control-Max-Age": "86400",
     }
     if allow_origin != "*":

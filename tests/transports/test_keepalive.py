@@ -62,6 +62,35 @@ def test_openai_sdk_ignores_keepalives(keepalive_server, account):
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "lorem ipsum"
 
 
+def test_openai_stream_starts_with_keepalives_when_the_first_token_is_late(
+    keepalive_server, account
+):
+    """The status line waits for the first event only for one keep-alive interval."""
+    before = account.balance()
+    request_id = f"ka-{uuid.uuid4().hex}"
+    comments = 0
+    with httpx.stream(
+        "POST",
+        f"{keepalive_server.url}/v1/chat/completions",
+        json={
+            "model": "balanced",
+            "messages": [{"role": "user", "content": unique("[demo:stall] wait")}],
+            "stream": True,
+        },
+        headers={**account.headers, "X-Request-ID": request_id},
+        timeout=10,
+    ) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            assert not line.startswith("data:")
+            if line == ": keep-alive":
+                comments += 1
+            if comments == 2:
+                break
+    assert comments == 2
+    assert_hold_settled(account, request_id, before)
+
+
 class _Recording:
     """A response whose text is also kept in ``raw`` (httpx-sse reads iter_text)."""
 

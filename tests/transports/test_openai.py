@@ -1,5 +1,6 @@
 """POST /v1/chat/completions and GET /v1/models with the official `openai` SDK."""
 
+import time
 import uuid
 
 import httpx
@@ -180,6 +181,71 @@ def test_rate_limited_is_rate_limit_error(server):
             sdk.chat.completions.create(model="balanced", messages=user("hi"))
     assert info.value.code == "rate_limit_exceeded"
     assert int(info.value.response.headers["retry-after"]) >= 1
+
+
+def _create(server, account, text: str, stream: bool, **extra):
+    """One completion, read to its end (a stream too)."""
+    result = client(server, account.key).chat.completions.create(
+        model="balanced", messages=user(unique(text)), stream=stream, **extra
+    )
+    return list(result) if stream else result
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_upstream_429_before_the_first_token_is_rate_limit_error(server, account, stream):
+    before = account.balance()
+    request_id = f"oai-{uuid.uuid4().hex}"
+    with pytest.raises(openai.RateLimitError) as info:
+        _create(
+            server,
+            account,
+            "[demo:error=429] x",
+            stream,
+            extra_headers={"X-Request-ID": request_id},
+        )
+    assert info.value.status_code == 429
+    assert info.value.code == "upstream_error"
+    assert "HTTP 429" in info.value.message
+    assert info.value.response.headers["x-should-retry"] == "true"
+    assert info.value.response.headers["x-request-id"] == request_id
+    assert_hold_settled(account, request_id, before)  # the exchange was finalised
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_upstream_500_before_the_first_token_is_internal_server_error(server, account, stream):
+    with pytest.raises(openai.InternalServerError) as info:
+        _create(server, account, "[demo:error=500] x", stream)
+    assert info.value.status_code == 502
+    assert info.value.type == "api_error"
+    assert info.value.code == "upstream_error"
+
+
+def test_a_non_retryable_upstream_error_tells_the_sdk_not_to_retry(server, account):
+    response = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={"model": "balanced", "messages": user(unique("[demo:error=400] x")), "stream": True},
+        headers=account.headers,
+    )
+    assert response.status_code == 502
+    assert response.headers["x-should-retry"] == "false"
+    assert response.json()["error"]["code"] == "upstream_error"
+
+
+def test_a_stream_starts_with_the_engines_first_token(server, account):
+    """Waiting for the first event before the status line delays nothing: the first token
+    goes out when the engine has it, the others as they come."""
+    started = time.monotonic()
+    stream = client(server, account.key).chat.completions.create(
+        model="balanced", messages=user(unique("[demo:tokens=4][demo:delay=400] x")), stream=True
+    )
+    arrivals = [
+        time.monotonic() - started
+        for chunk in stream
+        if chunk.choices and chunk.choices[0].delta.content
+    ]
+    assert len(arrivals) == 4
+    assert arrivals[0] < 1.2  # the engine's first token comes after ~0.4 s
+    assert arrivals[-1] - arrivals[0] > 0.8  # three more, ~0.4 s apart: streamed
 
 
 def test_upstream_failure_mid_stream_raises_api_error(server, account):

@@ -237,6 +237,26 @@ def test_upstream_failure_mid_stream_is_an_error_event_then_done(server, account
     assert before - account.balance() == Decimal(str(stream[4].json()["credits_charged"]))
 
 
+@pytest.mark.parametrize("status", [503, 429])
+def test_upstream_error_before_the_first_token_is_502(server, account, status):
+    before = account.balance()
+    request_id = unique("upstream").replace(" #", "-")
+    response = httpx.post(
+        f"{server.url}/api/ai/chat",
+        json=body(unique(f"[demo:error={status}] go")),
+        headers={**account.headers, "X-Request-ID": request_id},
+        timeout=30,
+    )
+    assert response.status_code == 502  # SPEC §6: the provider's failure, whatever it said
+    error = error_body(response)
+    assert error["code"] == "LLM_PROVIDER_ERROR"
+    assert f"HTTP {status}" in error["message"]
+    assert response.headers["x-regpilot-model"] == "demo/balanced"
+    assert response.headers["x-regpilot-completion-tokens"] == "0"
+    assert Decimal(response.headers["x-credits-remaining"]) == account.balance()
+    assert_hold_settled(account, request_id, before)
+
+
 def test_client_disconnect_cancels_and_settles_the_hold(server, account):
     before = account.balance()
     request_id = unique("disconnect").replace(" #", "-")

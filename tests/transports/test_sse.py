@@ -2,15 +2,22 @@
 
 import asyncio
 import contextlib
+import uuid
 from decimal import Decimal
 
 import pytest
+from django.http import JsonResponse
 
+from chatproject.errors import ApiError, ErrorCode
+from chats.engine import ErrorEvent, TokenEvent, Usage
 from chats.transports.sse import (
     KEEPALIVE,
+    GenerationStream,
+    Producer,
     conversation_chat,
     conversation_chat_id,
     credits_text,
+    generation_response,
     sse,
     with_keepalive,
 )
@@ -129,6 +136,127 @@ async def test_a_failing_source_fails_the_stream():
 
     with pytest.raises(RuntimeError, match="boom"):
         await _collect(with_keepalive(broken(), 10))
+
+
+@pytest.mark.asyncio
+async def test_a_producer_nobody_consumes_is_stopped_when_its_task_ends():
+    """A client gone between the view and the response: the engine is not left waiting."""
+    cleaned = asyncio.Event()
+
+    async def engine():
+        try:
+            yield b"first"
+            yield b"second"  # waits for a consumer that never comes
+        finally:
+            cleaned.set()
+
+    responses = []  # what a response never iterated keeps referenced
+
+    async def view():
+        responses.append(Producer(engine()))
+
+    await asyncio.create_task(view())
+    await asyncio.wait_for(cleaned.wait(), 1)
+    assert responses[0].task.cancelled()
+
+
+class FakeGeneration:
+    """What GenerationStream needs of a Generation: its events, and whether they were
+    closed (the engine finalises the exchange then)."""
+
+    def __init__(self, *events, delay: float = 0) -> None:
+        self._events = events
+        self.delay = delay
+        self.closed = False
+
+    async def events(self):
+        try:
+            for event in self._events:
+                await asyncio.sleep(self.delay)
+                yield event
+        finally:
+            self.closed = True
+
+
+def token(index: int) -> TokenEvent:
+    return TokenEvent(f"t{index}", index)
+
+
+async def encode(events):
+    yield b"head"
+    async for event in events:
+        yield event.text.encode()
+
+
+def upstream_error() -> ErrorEvent:
+    error = ApiError(ErrorCode.LLM_PROVIDER_ERROR, "demo: HTTP 500")
+    zero = Decimal(0)
+    return ErrorEvent(error, uuid.uuid4(), "", Usage(3, 0), zero, zero)
+
+
+@pytest.mark.asyncio
+async def test_the_first_event_is_published_and_the_stream_goes_on_from_it():
+    generation = FakeGeneration(token(0), token(1), delay=0.05)
+    stream = GenerationStream(generation, encode)
+    assert await stream.first_event(5) == token(0)
+    items = await _collect(with_keepalive(stream, 10))
+    assert items == [b"", b"head", b"t0", b"t1"]
+    assert generation.closed
+
+
+@pytest.mark.asyncio
+async def test_a_late_first_event_is_not_waited_for_and_not_lost():
+    generation = FakeGeneration(token(0), delay=0.3)
+    stream = GenerationStream(generation, encode)
+    assert await stream.first_event(0.05) is None
+    items = await _collect(with_keepalive(stream, 0.1))
+    assert items[0] == b""
+    assert KEEPALIVE in items
+    assert [item for item in items if item not in (b"", KEEPALIVE)] == [b"head", b"t0"]
+
+
+@pytest.mark.asyncio
+async def test_an_error_first_is_answered_by_error_first_and_the_events_closed(settings):
+    settings.SSE_KEEPALIVE_SECONDS = 5
+    generation = FakeGeneration(upstream_error())
+
+    def failed(end):
+        return JsonResponse({"code": end.error.code}, status=502)
+
+    response = await generation_response(
+        generation, encode, headers={"x-model": "m"}, error_first=failed
+    )
+    assert response.status_code == 502
+    assert response["x-model"] == "m"
+    assert generation.closed
+
+
+@pytest.mark.asyncio
+async def test_an_error_after_the_first_token_stays_in_the_stream(settings):
+    settings.SSE_KEEPALIVE_SECONDS = 5
+    generation = FakeGeneration(token(0), upstream_error())
+
+    async def encode_errors(events):
+        async for event in events:
+            yield b"error" if isinstance(event, ErrorEvent) else event.text.encode()
+
+    response = await generation_response(
+        generation, encode_errors, error_first=lambda end: JsonResponse({}, status=502)
+    )
+    assert response.status_code == 200
+    assert [chunk async for chunk in response] == [b"", b"t0", b"error"]
+
+
+@pytest.mark.asyncio
+async def test_a_view_cancelled_while_waiting_for_the_first_event_closes_the_events():
+    generation = FakeGeneration(token(0), delay=10)
+    stream = GenerationStream(generation, encode)
+    waiting = asyncio.create_task(stream.first_event(30))
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert generation.closed
 
 
 @pytest.mark.django_db
