@@ -278,8 +278,10 @@ class Generation:
         content = "".join(parts)
         if end is not None:
             usage = Usage(end.prompt_tokens, end.completion_tokens)
-        else:
-            usage = Usage(self.prompt_tokens, estimate_tokens(content) if content else 0)
+        elif content:  # ended early: the prompt was read, and this much was generated
+            usage = Usage(self.prompt_tokens, estimate_tokens(content))
+        else:  # nothing came back (refused upstream, or left before the first token)
+            usage = Usage(0, 0)
         charged, remaining = await db_call(self._finish_in_db, status, content, usage, end)
         self.outcome = Outcome(status, content, usage, charged, remaining)
         if status == Message.Status.COMPLETE and self.cached is None:
@@ -348,7 +350,8 @@ class Generation:
 
 
 def _provider_error(exc: ProviderError) -> ApiError:
-    return ApiError(ErrorCode(exc.code), exc.message, retryable=exc.retryable)
+    details = {"upstream_status": exc.status} if exc.status else None
+    return ApiError(ErrorCode(exc.code), exc.message, retryable=exc.retryable, details=details)
 
 
 # --- Admission --------------------------------------------------------------------------

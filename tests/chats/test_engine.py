@@ -287,3 +287,24 @@ async def test_a_caller_leaving_during_admission_gets_its_hold_back(tenant_chat,
         await asyncio.sleep(0.05)
     assert await balance(tenant) == before
     assert await ledger_sum(tenant) == before
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_an_upstream_refusal_before_any_token_is_not_charged(tenant_chat):
+    tenant, chat = tenant_chat
+    before = await balance(tenant)
+    _, events = await run(
+        GenerationRequest(
+            tenant=tenant,
+            chat=chat,
+            messages=[{"role": "user", "content": "[demo:error=429] hello"}],
+        )
+    )
+    (failed,) = events
+    assert isinstance(failed, ErrorEvent)
+    assert (failed.error.code, failed.error.retryable) == ("LLM_PROVIDER_ERROR", True)
+    assert failed.error.details == {"upstream_status": 429}
+    assert failed.credits_charged == 0
+    assert await balance(tenant) == before
+    assert await ledger_sum(tenant) == before
