@@ -11,7 +11,6 @@ tier (``cheap``, ``balanced``, ``frontier``). Nothing is stored in a chat.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -74,7 +73,6 @@ def openai_error(error: ApiError) -> dict[str, Any]:
 
 # The engine's ApiError does not carry the provider's HTTP status; every provider writes
 # it into the message ("... answered HTTP 429: ...", "(HTTP 429)").
-_UPSTREAM_STATUS = re.compile(r"\bHTTP (\d{3})\b")
 
 
 def upstream_status(error: ApiError) -> int | None:
@@ -82,10 +80,7 @@ def upstream_status(error: ApiError) -> int | None:
     if error.code != ErrorCode.LLM_PROVIDER_ERROR:
         return None
     known = (error.details or {}).get("upstream_status")
-    if isinstance(known, int):
-        return known
-    match = _UPSTREAM_STATUS.search(error.message)
-    return int(match.group(1)) if match else None
+    return known if isinstance(known, int) else None
 
 
 def error_status(error: ApiError) -> int:
