@@ -215,6 +215,16 @@ async def service_ttft(ws_url: str, key: str, runs: int) -> list[float]:
     return times
 
 
+async def cache_hit_ttft(ws_url: str, key: str, runs: int) -> list[float]:
+    """The same question again and again: every answer after the first is a cache HIT."""
+    ws = await open_socket(ws_url, key)
+    question = f"cached {uuid.uuid4().hex}"
+    await exchange(ws, question)  # the MISS that fills the cache
+    times = [(await exchange(ws, question))[0] for _ in range(runs)]
+    await ws.close()
+    return times
+
+
 async def throughput(ws_url: str, key: str, concurrency: int, seconds: float) -> tuple[int, int]:
     sockets = [await open_socket(ws_url, key) for _ in range(concurrency)]
     done = tokens = 0
@@ -312,6 +322,11 @@ async def main(args) -> None:
             f"  added by the service: p50 "
             f"{(percentile(service, 50) - percentile(direct, 50)) * 1000:.2f} ms, p99 "
             f"{(percentile(service, 99) - percentile(direct, 99)) * 1000:.2f} ms"
+        )
+        hits = await cache_hit_ttft(ws_url, key, args.runs)
+        print(
+            f"cache HIT, time to first token through the service: p50 "
+            f"{percentile(hits, 50) * 1000:.2f} ms p99 {percentile(hits, 99) * 1000:.2f} ms"
         )
         done, tokens = await throughput(ws_url, key, 32, args.seconds)
         print(
