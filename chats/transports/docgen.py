@@ -45,6 +45,7 @@ from chats.transports.sse import (
     sse,
 )
 from knowledge.retrieval import RetrievalError, RetrievedContext, build_context
+from knowledge.services import document_save_generated
 
 END_USER_ID = "docgen"  # the end user that owns conversations started over this API
 _STATUS = {ErrorCode.UNAUTHORIZED: 403, ErrorCode.VALIDATION_ERROR: 422}
@@ -117,12 +118,45 @@ async def _only_error(error: ApiError, request_id: str) -> AsyncIterator[bytes]:
     yield _error_event(error, request_id)
 
 
+def _save_target(body) -> str | None:
+    """The path the client asked the answer to be saved at (``metadata.save_as``)."""
+    save_as = body.metadata.get("save_as")
+    if save_as is None:
+        return None
+    problem = None
+    if not isinstance(save_as, str) or not save_as.strip():
+        problem = "Must be a non-empty document path."
+    elif not body.project_id:
+        problem = "Saving a generated document needs a project_id."
+    if problem:
+        raise ApiError(ErrorCode.VALIDATION_ERROR, problem, details={"metadata.save_as": [problem]})
+    return save_as.strip()
+
+
+async def _save_document(tenant, body, path: str, content: str) -> dict[str, Any]:
+    """Store the answer in the project's knowledge base, so later generations see it.
+    The answer is delivered either way; a refusal is reported in the metadata."""
+    try:
+        document, created = await db_call(
+            document_save_generated,
+            tenant=tenant,
+            project_external_id=body.project_id,
+            path=path,
+            document_type=body.document_type,
+            content=content,
+        )
+    except ApiError as error:
+        return {"path": path, "saved": False, "error": error.message}
+    return {"path": path, "saved": True, "id": str(document.pk), "created": created}
+
+
 async def _encode_stream(
     generation: Generation,
     events: AsyncIterator[Event],
     context: RetrievedContext,
     conversation_id: str,
     started: float,
+    save=None,
 ) -> AsyncIterator[bytes]:
     request = generation.request
     async for event in events:
@@ -142,6 +176,8 @@ async def _encode_stream(
                 "duration_ms": _duration_ms(started),
                 "request_id": request.request_id,
             }
+            if save is not None:
+                metadata["saved_document"] = await save(event.content)
             done = {
                 "full_response": event.content,
                 "document_types_used": context.document_types_used,
@@ -158,6 +194,7 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
     started = time.monotonic()
     tenant = await authenticate(request)
     body = schemas.parse_doc_chat(read_json(request))
+    save_as = _save_target(body)
     user_message = {"role": "user", "content": body.message}
     try:
         context = await _context(
@@ -196,7 +233,16 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
     generation = await start_generation(generation_request(request, tenant, messages, chat=chat))
     return await generation_response(
         generation,
-        lambda events: _encode_stream(generation, events, context, conversation_id, started),
+        lambda events: _encode_stream(
+            generation,
+            events,
+            context,
+            conversation_id,
+            started,
+            save=(lambda content: _save_document(tenant, body, save_as, content))
+            if save_as
+            else None,
+        ),
         headers={"x-chat-id": str(chat.pk), **generation_headers(generation)},
     )
 
