@@ -67,3 +67,21 @@ def _end_database_sessions(django_db_setup, django_db_blocker):
             " WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
     connection.close_pool()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _forget_earlier_runs_in_redis():
+    """Test databases number tenants from 1 again, so the limits, slots and cached answers
+    an earlier run left in Redis under those ids would leak into this one: clear the
+    product's keys (``billing:*``) in the configured Redis database first."""
+    import redis
+    from django.conf import settings
+
+    if not settings.REDIS_URL:
+        return
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        for key in client.scan_iter(match="billing:*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
