@@ -8,6 +8,8 @@ from contextvars import ContextVar
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
+from chatproject.metrics import HTTP_RESPONSES
+
 current_request_id: ContextVar[str] = ContextVar("request_id", default="-")
 
 # A client's id is echoed only when it is short and harmless in a header or a log line.
@@ -37,14 +39,15 @@ class RequestIdMiddleware:
         if iscoroutinefunction(self):
             return self.__acall__(request)
         self._start(request)
-        response = self.get_response(request)
-        response["x-request-id"] = request.request_id
-        return response
+        return self._finish(request, self.get_response(request))
 
     async def __acall__(self, request):
         self._start(request)
-        response = await self.get_response(request)
+        return self._finish(request, await self.get_response(request))
+
+    def _finish(self, request, response):
         response["x-request-id"] = request.request_id
+        HTTP_RESPONSES.labels(status=str(response.status_code)).inc()
         return response
 
 

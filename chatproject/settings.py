@@ -135,6 +135,9 @@ IDEMPOTENCY_TTL_SECONDS = env.int("IDEMPOTENCY_TTL_SECONDS", default=86400)
 WS_CONNECTION_SLOT_TTL_SECONDS = env.float("WS_CONNECTION_SLOT_TTL_SECONDS", default=90.0)
 # --- End of billing block -----------------------------------------------------------------
 
+# Bearer token required by /metrics; empty: open (keep it on an internal network then).
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
 # --- Auth, i18n, static -----------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

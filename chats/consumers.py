@@ -21,8 +21,10 @@ from django.conf import settings
 
 from billing import ratelimit
 from billing.services import api_key_authenticate
+from chatproject import metrics
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode
+from chatproject.request_id import current_request_id
 from chats import selectors, services, ws_events, ws_slots
 from chats.engine import (
     ErrorEvent,
@@ -147,6 +149,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
             return
         self.slot_held = True
+        metrics.WEBSOCKETS.inc()
         ws_slots.keep(self.connection_id, self.tenant, self._slot_lost)
         self.user_id = user_id
         self.rate = MessageRate(self.tenant.plan.ws_messages_per_second)
@@ -186,6 +189,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_discard(_group(self.chat.id), self.channel_name)
         if self.slot_held:
             self.slot_held = False
+            metrics.WEBSOCKETS.dec()
             ws_slots.drop(self.connection_id)
             await ratelimit.connection_slot_release(self.tenant, self.connection_id)
 
@@ -280,6 +284,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _run_generation(self, content: str, options: dict[str, Any]) -> None:
         request_id = uuid.uuid4().hex
+        current_request_id.set(request_id)  # this task's log lines carry it
         self.generation = None
         try:
             if self.history is None:

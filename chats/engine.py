@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from django.utils import timezone
 
 from billing import credits, pricing, ratelimit, response_cache
 from billing.models import Tenant
+from chatproject import metrics
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode
 from chats import catalog
@@ -171,6 +173,7 @@ class Generation:
         self.rate_limit = rate_limit
         self.replayed = replayed  # an Idempotency-Key retry: answered, charged, stored once
         self.message_id = uuid.uuid4()  # the assistant message's id, known up front
+        self.started = time.monotonic()  # when admission began (set by start_generation)
         self._finished = False
         # Set when finalised: what was charged, the balance after, the usage, the status.
         self.outcome: Outcome | None = None
@@ -200,6 +203,8 @@ class Generation:
             async with contextlib.aclosing(source) as stream:
                 async for item in stream:
                     if isinstance(item, TokenDelta):
+                        if not parts:
+                            metrics.FIRST_TOKEN.observe(time.monotonic() - self.started)
                         parts.append(item.text)
                         yield TokenEvent(item.text, len(parts) - 1)
                     else:
@@ -284,6 +289,9 @@ class Generation:
             usage = Usage(0, 0)
         charged, remaining = await db_call(self._finish_in_db, status, content, usage, end)
         self.outcome = Outcome(status, content, usage, charged, remaining)
+        metrics.GENERATIONS.labels(status=status, cache=self.cache_status).inc()
+        metrics.TOKENS.inc(len(parts))
+        metrics.CREDITS.inc(float(charged))
         if status == Message.Status.COMPLETE and self.cached is None:
             answer = response_cache.CachedAnswer(
                 content=content,
@@ -359,6 +367,17 @@ def _provider_error(exc: ProviderError) -> ApiError:
 
 async def start_generation(request: GenerationRequest) -> Generation:
     """Admit a request; raises ApiError when it is refused before any token."""
+    started = time.monotonic()
+    try:
+        generation = await _start_generation(request)
+    except ApiError as error:
+        metrics.REFUSALS.labels(code=error.code.value).inc()
+        raise
+    generation.started = started
+    return generation
+
+
+async def _start_generation(request: GenerationRequest) -> Generation:
     metadata = gate.governor_parse_metadata(request.governor_metadata)
     if not request.messages:
         raise ApiError(

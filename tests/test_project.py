@@ -125,3 +125,25 @@ def test_admin_chat_page_shows_messages_read_only(staff_client, tenant):
     assert response.status_code == 200
     assert b"message 1" in response.content
     assert b'name="_save"' not in response.content
+
+
+def test_metrics_are_exposed_for_prometheus(client):
+    client.get("/healthz")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/plain")
+    text = response.content.decode()
+    for name in (
+        "http_responses_total",
+        "chat_generations_total",
+        "chat_time_to_first_token_seconds",
+        "chat_websocket_connections",
+    ):
+        assert name in text
+
+
+def test_metrics_token_when_configured(client, settings):
+    settings.METRICS_TOKEN = "scrape-secret"
+    assert client.get("/metrics").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret").status_code == 200

@@ -308,3 +308,17 @@ async def test_an_upstream_refusal_before_any_token_is_not_charged(tenant_chat):
     assert failed.credits_charged == 0
     assert await balance(tenant) == before
     assert await ledger_sum(tenant) == before
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_generations_are_counted_in_the_metrics(tenant_chat):
+    from chatproject import metrics
+
+    tenant, chat = tenant_chat
+    counter = metrics.GENERATIONS.labels(status="complete", cache="MISS")
+    before = counter._value.get()
+    await run(
+        GenerationRequest(tenant=tenant, chat=chat, messages=[{"role": "user", "content": "m"}])
+    )
+    assert counter._value.get() == before + 1
