@@ -22,7 +22,6 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from decimal import Decimal
@@ -41,6 +40,7 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 
+from bench.support import database_version, with_throwaway_database  # noqa: E402
 from billing import ratelimit  # noqa: E402
 from billing.credits import credits_reserve, credits_settle  # noqa: E402
 from billing.models import Plan, Tenant  # noqa: E402
@@ -115,21 +115,6 @@ async def bench(tenant: Tenant, iterations: int, warmup: int, concurrency: int) 
     return results
 
 
-def with_throwaway_database(run):
-    settings_dict = connection.settings_dict
-    if connection.vendor == "sqlite":
-        directory = tempfile.mkdtemp(prefix="bench-billing-")
-        settings_dict.setdefault("TEST", {})["NAME"] = str(Path(directory) / "bench.sqlite3")
-    else:
-        settings_dict.setdefault("TEST", {})["NAME"] = f"bench_billing_{settings_dict['NAME']}"
-    old_name = settings_dict["NAME"]
-    connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
-    try:
-        return run()
-    finally:
-        connection.creation.destroy_test_db(old_name, verbosity=0, keepdb=False)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=2000)
@@ -149,9 +134,9 @@ def main() -> None:
         tenant.refresh_from_db()
         ledger = sum(tenant.ledger.values_list("amount", flat=True))
         assert ledger == tenant.credit_balance, "the ledger does not match the balance"
-        return results, _version()
+        return results, database_version()
 
-    results, version = with_throwaway_database(run)
+    results, version = with_throwaway_database(run, prefix="billing")
     print(
         f"database: {connection.vendor} {version}; "
         f"limits and cache: {'Redis' if settings.REDIS_URL else 'in process'}; "
@@ -165,15 +150,6 @@ def main() -> None:
             f"{step:<14}{percentile(values, 0.5):>10.3f}{percentile(values, 0.99):>10.3f}"
             f"{statistics.fmean(values):>10.3f}"
         )
-
-
-def _version() -> str:
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute("select sqlite_version()")
-        else:
-            cursor.execute("show server_version")
-        return cursor.fetchone()[0]
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import random
 import re
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +32,7 @@ django.setup()
 
 from django.db import connection  # noqa: E402
 
+from bench.support import database_version, with_throwaway_database  # noqa: E402
 from billing.models import Plan, Tenant  # noqa: E402
 from billing.plans import create_default_plans  # noqa: E402
 from knowledge import retrieval, search, selectors, services  # noqa: E402
@@ -146,21 +146,6 @@ def latency(tenant, chunks: int, queries: int, rng: random.Random) -> dict[str, 
     }
 
 
-def with_throwaway_database(run):
-    settings_dict = connection.settings_dict
-    if connection.vendor == "sqlite":
-        directory = tempfile.mkdtemp(prefix="bench-retrieval-")
-        settings_dict.setdefault("TEST", {})["NAME"] = str(Path(directory) / "bench.sqlite3")
-    else:
-        settings_dict.setdefault("TEST", {})["NAME"] = f"bench_{settings_dict['NAME']}"
-    old_name = settings_dict["NAME"]
-    connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
-    try:
-        return run()
-    finally:
-        connection.creation.destroy_test_db(old_name, verbosity=0, keepdb=False)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=10_000)
@@ -173,9 +158,9 @@ def main() -> None:
         tenant = Tenant.objects.create(name="bench", plan=Plan.objects.get(name="enterprise"))
         noise = Tenant.objects.create(name="noise", plan=Plan.objects.get(name="enterprise"))
         rng = random.Random(42)
-        return _version(), quality(tenant), latency(noise, args.chunks, args.queries, rng)
+        return database_version(), quality(tenant), latency(noise, args.chunks, args.queries, rng)
 
-    version, scores, timing = with_throwaway_database(run)
+    version, scores, timing = with_throwaway_database(run, prefix="retrieval")
     print(f"database: {connection.vendor} {version}")
     print(
         f"quality ({len(corpus.documents())} documents, {len(corpus.queries())} queries): "
@@ -192,15 +177,6 @@ def main() -> None:
         f"search p50 {timing['search_p50']:.1f} ms, p99 {timing['search_p99']:.1f} ms; "
         f"build_context p50 {timing['build_p50']:.1f} ms, p99 {timing['build_p99']:.1f} ms"
     )
-
-
-def _version() -> str:
-    with connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            cursor.execute("select sqlite_version()")
-        else:
-            cursor.execute("show server_version")
-        return cursor.fetchone()[0]
 
 
 if __name__ == "__main__":

@@ -1,0 +1,32 @@
+"""What the benchmarks share: a throwaway database and the server's version."""
+
+import tempfile
+from pathlib import Path
+
+from django.db import connection
+
+
+def with_throwaway_database(run, *, prefix: str):
+    """``run()`` in a database made from the migrations next to the configured one (a
+    temporary file on SQLite), dropped afterwards."""
+    settings_dict = connection.settings_dict
+    if connection.vendor == "sqlite":
+        directory = tempfile.mkdtemp(prefix=f"bench-{prefix}-")
+        settings_dict.setdefault("TEST", {})["NAME"] = str(Path(directory) / "bench.sqlite3")
+    else:
+        settings_dict.setdefault("TEST", {})["NAME"] = f"bench_{prefix}_{settings_dict['NAME']}"
+    old_name = settings_dict["NAME"]
+    connection.creation.create_test_db(verbosity=0, autoclobber=True, keepdb=False)
+    try:
+        return run()
+    finally:
+        connection.creation.destroy_test_db(old_name, verbosity=0, keepdb=False)
+
+
+def database_version() -> str:
+    with connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            cursor.execute("select sqlite_version()")
+        else:
+            cursor.execute("show server_version")
+        return cursor.fetchone()[0]
