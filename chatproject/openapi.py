@@ -520,3 +520,21 @@ def plain_view_paths(result, generator, request, public):
     }
     result["paths"] = dict(sorted({**result["paths"], **_paths()}.items()))
     return result
+
+
+def rest_error_responses(result, generator, request, public):
+    """Document the error envelope on the REST (DRF) operations: every one can answer
+    400, 401 and 429; those with ids in the path 404; those that take a body 413."""
+    for path, item in result["paths"].items():
+        for method, operation in item.items():
+            if method not in ("get", "post", "put", "patch", "delete"):
+                continue
+            statuses: dict[int, str | None] = {400: None, 401: None, 429: None}
+            if "{" in path:
+                statuses[404] = "Not found for this tenant (another tenant's answers the same)."
+            if "requestBody" in operation:
+                statuses[413] = "The request body is over its size limit."
+            responses = operation.setdefault("responses", {})
+            for status, response in _errors("Error", statuses).items():
+                responses.setdefault(status, response)
+    return result

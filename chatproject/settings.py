@@ -176,6 +176,7 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "chatproject.openapi.seed_path_spelling",
         "chatproject.openapi.plain_view_paths",
+        "chatproject.openapi.rest_error_responses",
     ],
 }
 

@@ -52,8 +52,10 @@ class ProjectViewSet(viewsets.ViewSet):
         project.document_count = 0
         return Response(s.ProjectSerializer(project).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(parameters=PAGE_PARAMS, responses=s.ProjectPageSerializer)
-    def list(self, request: Request) -> Response:
+    @extend_schema(
+        operation_id="v1_projects_list", parameters=PAGE_PARAMS, responses=s.ProjectPageSerializer
+    )
+    def page(self, request: Request) -> Response:
         projects = selectors.project_list(tenant=request.tenant)
         return Response(_page(projects, request, "projects", s.ProjectSerializer))
 
@@ -93,8 +95,12 @@ class DocumentViewSet(viewsets.ViewSet):
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
 
-    @extend_schema(parameters=PAGE_PARAMS, responses=s.DocumentPageSerializer)
-    def list(self, request: Request, project_id: str) -> Response:
+    @extend_schema(
+        operation_id="v1_projects_documents_list",
+        parameters=PAGE_PARAMS,
+        responses=s.DocumentPageSerializer,
+    )
+    def page(self, request: Request, project_id: str) -> Response:
         project = selectors.project_get(tenant=request.tenant, project_id=project_id)
         documents = selectors.document_list(project=project)
         return Response(_page(documents, request, "documents", s.DocumentSummarySerializer))
