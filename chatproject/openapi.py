@@ -524,10 +524,13 @@ def plain_view_paths(result, generator, request, public):
 
 def rest_error_responses(result, generator, request, public):
     """Document the error envelope on the REST (DRF) operations: every one can answer
-    400, 401 and 429; those with ids in the path 404; those that take a body 413."""
+    400, 401 and 429; those with ids in the path 404; those that take a body 413. The
+    hand-written operations of the plain views declare their own errors already."""
     for path, item in result["paths"].items():
         for method, operation in item.items():
             if method not in ("get", "post", "put", "patch", "delete"):
+                continue
+            if any(code.startswith("4") for code in operation.get("responses", {})):
                 continue
             statuses: dict[int, str | None] = {400: None, 401: None, 429: None}
             if "{" in path:
