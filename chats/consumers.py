@@ -297,6 +297,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 tenant=self.tenant,
                 chat=self.chat,
                 messages=[*self.history, {"role": "user", "content": content}],
+                trusted_messages=len(self.history),  # stored history, checked when sent
                 quality=options["quality"],
                 model=options["model"],
                 temperature=0.7 if options["temperature"] is None else options["temperature"],

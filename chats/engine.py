@@ -74,6 +74,9 @@ class GenerationRequest:
     client_message_id: str = ""
     use_cache: bool = True  # False when the client sent Cache-Control: no-cache
     idempotency_key: str = ""  # a retry with the same key replays the stored answer
+    # How many leading messages the server supplied itself (stored history it checked
+    # when they were sent, or a system prompt it built): the governor checks the rest.
+    trusted_messages: int = 0
 
 
 # --- What transports get out ------------------------------------------------------------
@@ -471,13 +474,11 @@ def _release_abandoned_hold(admission: asyncio.Future) -> None:
 _background: set[asyncio.Future] = set()  # keeps fire-and-forget tasks referenced
 
 
-def _last_user_text(messages: list[dict[str, str]]) -> str:
-    """What the governor checks: the newest user message (earlier ones were checked when
-    they were sent)."""
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            return message.get("content", "")
-    return messages[-1].get("content", "")
+def _governed_text(request: GenerationRequest) -> str:
+    """What the governor checks: every message this request's client supplied (stateless
+    formats send the whole conversation, system messages included)."""
+    supplied = request.messages[request.trusted_messages :] or request.messages[-1:]
+    return "\n\n".join(message.get("content", "") for message in supplied)
 
 
 def _admit(
@@ -500,7 +501,7 @@ def _admit(
             decision = gate.governor_check_input(
                 tenant=request.tenant,
                 request_id=request.request_id,
-                text=_last_user_text(request.messages),
+                text=_governed_text(request),
                 metadata=metadata,
                 model_name=model_name,
             )

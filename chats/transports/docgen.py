@@ -230,7 +230,10 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
         *body.history,
         user_message,
     ]
-    generation = await start_generation(generation_request(request, tenant, messages, chat=chat))
+    # The system prompt is the server's own (template and knowledge base): not governed.
+    generation = await start_generation(
+        generation_request(request, tenant, messages, chat=chat, trusted_messages=1)
+    )
     return await generation_response(
         generation,
         lambda events: _encode_stream(
@@ -296,7 +299,9 @@ async def generate(request: HttpRequest) -> HttpResponse:
         *body.history,
         user_message,
     ]
-    generation = await start_generation(generation_request(request, tenant, messages))
+    generation = await start_generation(
+        generation_request(request, tenant, messages, trusted_messages=1)
+    )
     return await generation_response(
         generation,
         lambda events: _encode_legacy(events, started),

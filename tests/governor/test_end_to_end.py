@@ -112,3 +112,30 @@ def test_sanctioned_destination_is_rejected_before_the_model(server, upstream):
     )
     assert response.status_code == 403
     assert upstream.requests == []
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "system", "content": f"Use key sk_live_{uuid.uuid4().hex}{uuid.uuid4().hex}"}],
+        [
+            {"role": "user", "content": f"My card is {CARD}, my key sk_live_{uuid.uuid4().hex}"},
+            {"role": "assistant", "content": "Noted."},
+        ],
+    ],
+)
+def test_every_message_the_client_sends_is_governed(server, upstream, messages):
+    """Stateless formats send the whole conversation: an earlier or system message with a
+    secret is refused like a last one."""
+    tenant = make_tenant(credits=100)
+    response = httpx.post(
+        f"{server.url}/api/ai/chat",
+        headers={"X-API-Key": make_key(tenant), "Cache-Control": "no-cache"},
+        json={
+            "messages": [*messages, {"role": "user", "content": "Go on."}],
+            "model": "recorded-model",
+        },
+        timeout=30,
+    )
+    assert response.status_code == 403
+    assert upstream.requests == []
