@@ -65,6 +65,14 @@ def api_key_authenticate(raw_key: str | None) -> ApiKey:
     return api_key
 
 
+def api_key_recheck(api_key_id: int) -> ApiKey:
+    """A key seen before, checked again (revoked, expired, tenant deactivated since)."""
+    api_key = ApiKey.objects.select_related("tenant__plan").filter(pk=api_key_id).first()
+    if api_key is None or not api_key.is_usable() or not api_key.tenant.is_active:
+        raise ApiError(ErrorCode.UNAUTHORIZED, "Invalid, revoked or expired API key.")
+    return api_key
+
+
 def credits_top_up(*, tenant: Tenant, amount: Decimal, note: str = "") -> LedgerEntry:
     if amount <= 0:
         raise ValueError("A top-up must be positive.")

@@ -20,7 +20,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from billing import ratelimit
-from billing.services import api_key_authenticate
+from billing.services import api_key_authenticate, api_key_recheck
 from chatproject import metrics
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode
@@ -44,6 +44,8 @@ CLOSE_BAD_REQUEST = 4400
 CLOSE_CHAT_NOT_FOUND = 4004
 CLOSE_CONNECTION_LIMIT = 4029
 CLOSE_INTERNAL_ERROR = 1011
+
+KEY_RECHECK_SECONDS = 5.0
 
 CLIENT_OPTIONS = ("quality", "model", "temperature", "governorMetadata", "client_message_id")
 
@@ -88,6 +90,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     slot_held = False
     task: asyncio.Task | None = None
     generation: Generation | None = None
+    accepted = False
     streaming = False  # a reply is under way (until its final event is sent)
     # The chat's answered turns, loaded once per socket and kept up to date from this
     # socket's exchanges and the other sockets' fanned-out events (best effort, like the
@@ -103,11 +106,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._connect()
         except Exception:
             logger.exception("could not open a chat connection")
-            if not self.slot_held:
-                await self._refuse(
-                    ApiError(ErrorCode.STREAM_ERROR, "Could not open the connection; retry."),
-                    CLOSE_INTERNAL_ERROR,
-                )
+            await self.disconnect(CLOSE_INTERNAL_ERROR)  # gives a taken slot back
+            await self._refuse(
+                ApiError(ErrorCode.STREAM_ERROR, "Could not open the connection; retry."),
+                CLOSE_INTERNAL_ERROR,
+            )
+
+    async def accept(self, subprotocol=None, headers=None) -> None:
+        await super().accept(subprotocol, headers)
+        self.accepted = True
 
     async def _connect(self) -> None:
         # Everything is checked before accepting; the handshake is then accepted only to
@@ -120,6 +127,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._refuse(error, CLOSE_UNAUTHORIZED)
             return
         self.tenant = api_key.tenant
+        self.api_key_id, self.key_checked_at = api_key.pk, time.monotonic()
         user_id = (query.get("user_id") or "").strip()
         if not user_id or len(user_id) > 255:
             await self._refuse(
@@ -176,7 +184,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return services.chat_create(tenant=self.tenant, user_id=user_id)
 
     async def _refuse(self, error: ApiError, close_code: int) -> None:
-        await self.accept()
+        if not self.accepted:
+            await self.accept()
         await self._send(ws_events.error_event(error))
         await self.close(code=close_code)
 
@@ -192,6 +201,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
             metrics.WEBSOCKETS.dec()
             ws_slots.drop(self.connection_id)
             await ratelimit.connection_slot_release(self.tenant, self.connection_id)
+
+    async def _key_still_valid(self) -> bool:
+        """Keys are revoked, expire and tenants are deactivated while a socket stays open:
+        check again (at most every KEY_RECHECK_SECONDS), picking up plan changes too."""
+        now = time.monotonic()
+        if now - self.key_checked_at < KEY_RECHECK_SECONDS:
+            return True
+        try:
+            api_key = await db_call(api_key_recheck, self.api_key_id)
+        except ApiError as error:
+            self.streaming = False
+            await self._send(ws_events.error_event(error))
+            await self.close(code=CLOSE_UNAUTHORIZED)
+            return False
+        self.tenant, self.key_checked_at = api_key.tenant, now
+        return True
 
     async def _slot_lost(self) -> None:
         """The tenant's cap was reached while this connection's slot had lapsed."""
@@ -257,12 +282,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.task = asyncio.create_task(self._generate(content, options))
 
     async def _cancel(self) -> None:
-        generation = self.generation
-        if not self.streaming or generation is None:
+        if not self.streaming:
             await self._error(ErrorCode.VALIDATION_ERROR, "Nothing is streaming.")
             return
+        generation = self.generation  # None while the request is still being admitted
         await self._stop_generation()
-        outcome = generation.outcome
+        if generation is None:
+            return  # nothing started: the engine gives an admitted hold back itself
+        outcome = await generation.finished()
         if outcome is not None:
             await self._send_ended(generation, outcome.content, "cancelled", outcome)
 
@@ -279,6 +306,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _generate(self, content: str, options: dict[str, Any]) -> None:
         try:
             await self._run_generation(content, options)
+        except Exception:  # the engine ended the exchange; tell the client, never go quiet
+            logger.exception("generation failed")
+            await self._error(
+                ErrorCode.STREAM_ERROR, f"Unexpected error (request id {current_request_id.get()})."
+            )
         finally:
             self.streaming = False
 
@@ -286,6 +318,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         request_id = uuid.uuid4().hex
         current_request_id.set(request_id)  # this task's log lines carry it
         self.generation = None
+        if not await self._key_still_valid():
+            return
         try:
             if self.history is None:
                 self.history = await db_call(
@@ -341,7 +375,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "governor": generation.decision.result,
             }
         )
-        async for event in generation.events():
+        async with contextlib.aclosing(generation.events()) as events:
+            await self._stream(generation, events, request_id)
+
+    async def _stream(self, generation: Generation, events, request_id: str) -> None:
+        message_id = str(generation.message_id)
+        async for event in events:
             if isinstance(event, TokenEvent):
                 await self.send(
                     text_data=json.dumps(

@@ -31,7 +31,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from billing import credits, pricing, ratelimit, response_cache
@@ -180,6 +180,7 @@ class Generation:
         self._finished = False
         # Set when finalised: what was charged, the balance after, the usage, the status.
         self.outcome: Outcome | None = None
+        self._finishing: asyncio.Future | None = None
 
     @property
     def model_name(self) -> str:
@@ -230,10 +231,10 @@ class Generation:
             if status == Message.Status.CANCELLED:
                 # Cancelled or closed by the consumer: settle and store, then let the
                 # cancellation go on. Shielded so a second cancel cannot skip it.
-                await asyncio.shield(self._finish(status, parts, end))
+                await asyncio.shield(self._start_finishing(status, parts, end))
         if status == Message.Status.CANCELLED:
             return
-        charged, remaining, usage = await asyncio.shield(self._finish(status, parts, end))
+        charged, remaining, usage = await asyncio.shield(self._start_finishing(status, parts, end))
         content = "".join(parts)
         if error is None:
             yield FinishedEvent(
@@ -276,6 +277,16 @@ class Generation:
         for token in cached.tokens:
             yield TokenDelta(token)
         yield StreamEnd(cached.finish_reason, cached.prompt_tokens, cached.completion_tokens)
+
+    def _start_finishing(self, status: str, parts: list[str], end: StreamEnd | None):
+        self._finishing = asyncio.ensure_future(self._finish(status, parts, end))
+        return self._finishing
+
+    async def finished(self) -> Outcome | None:
+        """The outcome, once finalisation (which a cancel does not interrupt) is done."""
+        if self._finishing is not None:
+            await asyncio.shield(self._finishing)
+        return self.outcome
 
     async def _finish(
         self, status: str, parts: list[str], end: StreamEnd | None
@@ -321,12 +332,16 @@ class Generation:
         except Exception:  # a cache outage must not fail a delivered answer
             logger.exception("response cache write failed")
 
-    def _finish_in_db(
-        self, status: str, content: str, usage: Usage, end: StreamEnd | None
-    ) -> tuple[Decimal, Decimal]:
-        """One transaction, one commit; the balance row is locked last and briefly."""
-        with transaction.atomic():
-            if self.request.chat is not None and not self.replayed:
+    def _store_answer(self, status: str, content: str, usage: Usage, end: StreamEnd | None) -> None:
+        """The assistant message, unless its chat was deleted meanwhile; either way the
+        settlement in the same transaction commits. The chat row is locked against a
+        concurrent delete (foreign keys are only checked at commit, too late to catch)."""
+        chat = Chat.objects.select_for_update(no_key=True).filter(pk=self.request.chat.pk)
+        if chat.values_list("pk", flat=True).first() is None:
+            logger.info("chat of answer %s was deleted; answer not stored", self.message_id)
+            return
+        try:
+            with transaction.atomic():
                 Message.objects.create(
                     id=self.message_id,
                     chat=self.request.chat,
@@ -338,6 +353,16 @@ class Generation:
                     completion_tokens=usage.completion_tokens,
                     finish_reason=(end.finish_reason if end else "") or "",
                 )
+        except DatabaseError:
+            logger.exception("could not store the answer %s", self.message_id)
+
+    def _finish_in_db(
+        self, status: str, content: str, usage: Usage, end: StreamEnd | None
+    ) -> tuple[Decimal, Decimal]:
+        """One transaction, one commit; the balance row is locked last and briefly."""
+        with transaction.atomic():
+            if self.request.chat is not None and not self.replayed:
+                self._store_answer(status, content, usage, end)
             try:  # also for empty answers: it completes the audit record
                 with transaction.atomic():
                     gate.governor_check_output(decision=self.decision, text=content)

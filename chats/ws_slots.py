@@ -44,7 +44,10 @@ async def refresh_all() -> None:
             continue
         if not kept and connection_id in _held:
             drop(connection_id)
-            await on_lost()
+            try:
+                await on_lost()
+            except Exception:  # one closing socket must not stop the others' refresh
+                logger.exception("closing a connection that lost its slot failed")
 
 
 async def _refresh_forever() -> None:

@@ -7,6 +7,7 @@ import uuid
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.utils import timezone
 
 from billing.models import Plan
 from chatproject.asgi import application
@@ -376,3 +377,45 @@ async def test_an_unexpected_failure_while_connecting_closes_1011(tenant_key, mo
     error = await expect_close(ws, 1011)
     assert error["code"] == "STREAM_ERROR"
     assert "database" not in error["message"]
+
+
+async def test_cancel_while_the_request_is_admitted(tenant_key, monkeypatch):
+    """A cancel that arrives before the first token stops the answer from starting."""
+    import time
+
+    from chats import engine
+
+    tenant, key = tenant_key
+    chat = await sync_to_async(make_chat)(tenant)
+    real_admit = engine._admit
+
+    def slow_admit(*args):
+        time.sleep(0.3)
+        return real_admit(*args)
+
+    monkeypatch.setattr(engine, "_admit", slow_admit)
+    ws, _, _ = await connect(key, chat_id=chat.id)
+    await receive(ws)
+    await ws.send_json_to({"content": "hello"})
+    await asyncio.sleep(0.05)
+    await ws.send_json_to({"type": "cancel"})
+    await asyncio.sleep(0.6)
+    await ws.send_json_to({"type": "ping"})
+    assert await receive(ws) == {"type": "pong"}  # no stream events came before it
+    assert not await Message.objects.filter(chat=chat, role="assistant").aexists()
+    await ws.disconnect()
+
+
+async def test_a_key_revoked_while_connected_closes_4001(tenant_key, monkeypatch):
+    from billing.models import ApiKey
+    from chats import consumers
+
+    monkeypatch.setattr(consumers, "KEY_RECHECK_SECONDS", 0)
+    _, key = tenant_key
+    ws, _, _ = await connect(key)
+    await receive(ws)
+    await receive(ws)
+    await ApiKey.objects.all().aupdate(revoked_at=timezone.now())
+    await ws.send_json_to({"content": "still there?"})
+    error = await expect_close(ws, 4001)
+    assert error["code"] == "UNAUTHORIZED"

@@ -322,3 +322,28 @@ async def test_generations_are_counted_in_the_metrics(tenant_chat):
         GenerationRequest(tenant=tenant, chat=chat, messages=[{"role": "user", "content": "m"}])
     )
     assert counter._value.get() == before + 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_chat_deleted_mid_stream_still_settles_the_hold(tenant_chat):
+    from chats.models import Chat
+
+    tenant, chat = tenant_chat
+    before = await balance(tenant)
+    generation = await start_generation(
+        GenerationRequest(
+            tenant=tenant,
+            chat=chat,
+            messages=[{"role": "user", "content": "[demo:tokens=20][demo:delay=10] go"}],
+        )
+    )
+    events = generation.events()
+    await anext(events)
+    await Chat.objects.filter(pk=chat.pk).adelete()
+    rest = [event async for event in events]
+    assert isinstance(rest[-1], FinishedEvent)
+    assert generation.outcome.status == "complete"
+    assert await balance(tenant) == before - rest[-1].credits_charged
+    assert await ledger_sum(tenant) == await balance(tenant)
+    assert not await Message.objects.filter(pk=generation.message_id).aexists()
