@@ -140,6 +140,10 @@ def _from_drf(exc: drf_exceptions.APIException) -> ApiError:
         return ApiError(ErrorCode.RATE_LIMITED, "Rate limit exceeded.")
     if isinstance(exc, drf_exceptions.PermissionDenied):
         return ApiError(ErrorCode.UNAUTHORIZED, str(exc.detail))
+    if 400 <= exc.status_code < 500:  # e.g. 406 Not Acceptable: the client's to fix
+        error = ApiError(ErrorCode.VALIDATION_ERROR, str(exc.detail))
+        error.status = exc.status_code
+        return error
     return ApiError(ErrorCode.STREAM_ERROR, str(exc.detail))
 
 

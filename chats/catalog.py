@@ -116,17 +116,15 @@ async def aresolve_model(*, quality: str | None = None, model: str | None = None
 def _resolve(models: list[LLMModel], quality: str | None, model: str | None) -> ResolvedModel:
     if model:
         found = next((m for m in models if m.name == model), None)
-        if found is None:
+        if found is None or not is_configured(found):
+            # Only the usable models are named: which credentials the operator lacks is
+            # not the tenant's business.
+            usable = ", ".join(m.name for m in models if is_configured(m))
+            problem = "Unknown model" if found is None else "Model not available on this server"
             raise ApiError(
                 ErrorCode.MODEL_NOT_FOUND,
-                f"Unknown model {model!r}.",
-                details={"model": [f"Choose one of: {', '.join(m.name for m in models)}."]},
-            )
-        if not is_configured(found):
-            raise ApiError(
-                ErrorCode.MODEL_NOT_FOUND,
-                f"Model {model!r} has no configured provider on this server.",
-                details={"model": [f"Set {found.api_key_env} to enable it."]},
+                f"{problem}: {model!r}.",
+                details={"model": [f"Choose one of: {usable}."]},
             )
         return _resolved(found)
     tier = quality or DEFAULT_QUALITY

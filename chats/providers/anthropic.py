@@ -94,9 +94,11 @@ class AnthropicProvider(Provider):
         )
         turns: list[dict[str, str]] = []
         for message in request.messages:
-            if message["role"] == "system":
-                continue
+            if message["role"] == "system" or not message["content"]:
+                continue  # Anthropic refuses empty turns
             role = "assistant" if message["role"] == "assistant" else "user"
+            if not turns and role == "assistant":
+                continue  # and a conversation that starts with the assistant (trimmed)
             if turns and turns[-1]["role"] == role:
                 # Anthropic wants alternating turns; merge a run of same-role messages.
                 merged = f"{turns[-1]['content']}\n\n{message['content']}"

@@ -52,6 +52,8 @@ _STATUS = {ErrorCode.UNAUTHORIZED: 403, ErrorCode.VALIDATION_ERROR: 422}
 
 
 def _http_error(error: ApiError) -> HttpResponse:
+    if error.status == 413:  # a body over the size limit keeps its own status
+        return error_response(error)
     return error_response(error, status=_STATUS.get(error.code))
 
 

@@ -71,10 +71,6 @@ def openai_error(error: ApiError) -> dict[str, Any]:
     }
 
 
-# The engine's ApiError does not carry the provider's HTTP status; every provider writes
-# it into the message ("... answered HTTP 429: ...", "(HTTP 429)").
-
-
 def upstream_status(error: ApiError) -> int | None:
     """The HTTP status the provider answered an LLM_PROVIDER_ERROR with, if known."""
     if error.code != ErrorCode.LLM_PROVIDER_ERROR:
@@ -85,7 +81,10 @@ def upstream_status(error: ApiError) -> int | None:
 
 def error_status(error: ApiError) -> int:
     """SPEC §6's status, except that the provider's own 429 stays a 429, so clients back
-    off (the OpenAI SDKs raise RateLimitError and retry)."""
+    off (the OpenAI SDKs raise RateLimitError and retry), and a body over the size limit
+    keeps its 413."""
+    if error.status == 413:
+        return 413
     if upstream_status(error) == 429:
         return 429
     return _ERRORS.get(error.code, (error.status, "", None))[0]

@@ -31,7 +31,7 @@ from billing.models import Tenant
 from billing.ratelimit import rate_limit_consume
 from billing.services import api_key_authenticate
 from chatproject.db import db_call
-from chatproject.errors import ApiError, ErrorCode, error_response
+from chatproject.errors import ApiError, ErrorCode, PayloadTooLarge, error_response
 from chats.catalog import QUALITY_TIERS
 from chats.engine import ErrorEvent, Event, Generation, GenerationRequest
 from chats.models import Chat
@@ -275,10 +275,9 @@ def read_json(request: HttpRequest) -> dict[str, Any]:
     try:
         raw = request.body
     except RequestDataTooBig:
-        raise ApiError(
-            ErrorCode.VALIDATION_ERROR,
-            "The request body is too large.",
-            details={"body": [f"At most {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."]},
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        raise PayloadTooLarge(
+            f"The request body is larger than {limit} bytes.", limit=limit
         ) from None
     if not raw.strip():
         raise ApiError(

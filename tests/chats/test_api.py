@@ -237,3 +237,10 @@ def test_oversized_body_is_413_in_the_envelope(api, settings):
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "VALIDATION_ERROR"
     assert not Chat.objects.exists()
+
+
+def test_an_unacceptable_accept_header_is_406_not_500(api, tenant):
+    chat = make_chat(tenant)
+    response = api.get(f"/api/v1/chats/{chat.id}", HTTP_ACCEPT="text/html")
+    assert response.status_code == 406
+    assert response.json()["error"]["code"] == "VALIDATION_ERROR"

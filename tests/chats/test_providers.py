@@ -727,3 +727,24 @@ def test_fake_upstream_lists_and_clears_recorded_requests_over_http() -> None:
     assert listed["requests"] == [{"model": "m", "messages": []}]
     assert cleared["requests"] == []
     assert up.requests == []
+
+
+def test_anthropic_body_drops_what_anthropic_refuses():
+    """A trimmed conversation may start with an assistant turn, and OpenAI clients send
+    empty assistant messages; Anthropic answers 400 to both."""
+    from chats.providers import AnthropicProvider, CompletionRequest
+
+    body = AnthropicProvider("key").build_body(
+        CompletionRequest(
+            model="claude",
+            messages=[
+                {"role": "system", "content": "be brief"},
+                {"role": "assistant", "content": "an old answer"},
+                {"role": "user", "content": "first"},
+                {"role": "assistant", "content": ""},
+                {"role": "user", "content": "second"},
+            ],
+        )
+    )
+    assert body["system"] == "be brief"
+    assert body["messages"] == [{"role": "user", "content": "first\n\nsecond"}]

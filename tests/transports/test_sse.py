@@ -279,3 +279,26 @@ def test_a_uuid_key_is_the_chat_id_unless_another_tenant_has_it():
     chat = conversation_chat(tenant=tenant, key=str(foreign.pk), end_user_id="x")
     assert chat.pk == conversation_chat_id(tenant, str(foreign.pk))
     assert chat.tenant_id == tenant.pk
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("path", "format_key"),
+    [
+        ("/api/ai/chat", "error"),
+        ("/v1/chat/completions", "error"),
+        ("/api/v1/chat/stream", "error"),
+    ],
+)
+def test_oversized_bodies_are_413_on_the_streaming_endpoints(server, account, path, format_key):
+    import httpx
+
+    too_big = "x" * (4 * 1024 * 1024 + 10)
+    response = httpx.post(
+        f"{server.url}{path}",
+        content=too_big.encode(),
+        headers={**account.headers, "Authorization": f"Bearer {account.key}"},
+        timeout=30,
+    )
+    assert response.status_code == 413
+    assert format_key in response.json()
