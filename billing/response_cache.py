@@ -172,15 +172,3 @@ async def cache_put(key: str | None, answer: CachedAnswer) -> None:
     if key is None or _ttl() <= 0:
         return
     await _store(key, answer, _ttl())
-
-
-async def idempotency_get(tenant_id: int, key: str) -> CachedAnswer | None:
-    """The answer stored for this tenant's ``Idempotency-Key``, if any."""
-    return await _load(idempotency_key(tenant_id, key))
-
-
-async def idempotency_put(tenant_id: int, key: str, answer: CachedAnswer, ttl: float) -> None:
-    """Keep the answer for this tenant's ``Idempotency-Key`` for ``ttl`` seconds."""
-    if ttl <= 0:
-        return
-    await _store(idempotency_key(tenant_id, key), answer, ttl)

@@ -34,7 +34,7 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from billing import credits, pricing, ratelimit, response_cache
+from billing import credits, idempotency, pricing, ratelimit, response_cache
 from billing.models import Tenant
 from chatproject import metrics
 from chatproject.db import db_call
@@ -162,6 +162,7 @@ class Generation:
         user_message: StoredMessage | None,
         rate_limit: ratelimit.RateLimitState | None,
         replayed: bool = False,
+        idempotency_claim: str | None = None,
     ) -> None:
         self.request = request
         self.model = model
@@ -175,6 +176,7 @@ class Generation:
         self.user_message = user_message
         self.rate_limit = rate_limit
         self.replayed = replayed  # an Idempotency-Key retry: answered, charged, stored once
+        self.idempotency_claim = idempotency_claim  # fingerprint of a key this request holds
         self.message_id = uuid.uuid4()  # the assistant message's id, known up front
         self.started = time.monotonic()  # when admission began (set by start_generation)
         self._finished = False
@@ -306,7 +308,8 @@ class Generation:
         metrics.GENERATIONS.labels(status=status, cache=self.cache_status).inc()
         metrics.TOKENS.inc(len(parts))
         metrics.CREDITS.inc(float(charged))
-        if status == Message.Status.COMPLETE and self.cached is None:
+        answer = None
+        if status == Message.Status.COMPLETE:
             answer = response_cache.CachedAnswer(
                 content=content,
                 tokens=parts,
@@ -314,21 +317,23 @@ class Generation:
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
             )
-            await self._remember(answer)
+        await self._remember(answer)
         return charged, remaining, usage
 
-    async def _remember(self, answer: response_cache.CachedAnswer) -> None:
-        """Keep a complete answer for the cache and for retries with the same key."""
+    async def _remember(self, answer: response_cache.CachedAnswer | None) -> None:
+        """Keep a complete answer for the cache and for retries with the same key; give
+        the key up for an answer that failed or was cancelled."""
+        tenant_id, key = self.request.tenant.pk, self.request.idempotency_key
         try:
-            if self.cache_key:
+            if answer is not None and self.cached is None and self.cache_key:
                 await response_cache.cache_put(self.cache_key, answer)
-            if self.request.idempotency_key:
-                await response_cache.idempotency_put(
-                    self.request.tenant.pk,
-                    self.request.idempotency_key,
-                    answer,
-                    settings.IDEMPOTENCY_TTL_SECONDS,
-                )
+            if self.idempotency_claim is not None:
+                if answer is None:
+                    await idempotency.idempotency_abandon(tenant_id, key)
+                else:
+                    await idempotency.idempotency_complete(
+                        tenant_id, key, self.idempotency_claim, answer
+                    )
         except Exception:  # a cache outage must not fail a delivered answer
             logger.exception("response cache write failed")
 
@@ -428,10 +433,57 @@ async def _start_generation(request: GenerationRequest) -> Generation:
         no_cache=not request.use_cache,
         tenant_cache_enabled=request.tenant.response_cache_enabled,
     )
-    # The rate limit and the stored-answer lookups are independent round trips to Redis.
-    rate, (cached, replayed) = await asyncio.gather(
-        ratelimit.rate_limit_consume(request.tenant), _stored_answer(request, cache_key)
+    # The rate limit and the cache lookup are independent round trips to Redis.
+    rate, cached = await asyncio.gather(
+        ratelimit.rate_limit_consume(request.tenant), _cached_answer(cache_key)
     )
+    fingerprint = None
+    replayed = False
+    if request.idempotency_key:
+        fingerprint = idempotency.request_fingerprint(
+            model=model.name,
+            messages=messages,
+            temperature=request.temperature,
+            max_tokens=max_tokens,
+        )
+        replay = await _claim_key(request, fingerprint)
+        if replay is not None:
+            cached, replayed, fingerprint = replay, True, None
+    try:
+        return await _admit_generation(
+            request,
+            metadata,
+            model,
+            messages,
+            prompt_tokens,
+            max_tokens,
+            cached,
+            cache_key,
+            rate,
+            replayed,
+            fingerprint,
+        )
+    except BaseException:
+        if fingerprint is not None:  # refused or abandoned: a retry may run
+            _in_background(
+                idempotency.idempotency_abandon(request.tenant.pk, request.idempotency_key)
+            )
+        raise
+
+
+async def _admit_generation(
+    request,
+    metadata,
+    model,
+    messages,
+    prompt_tokens,
+    max_tokens,
+    cached,
+    cache_key,
+    rate,
+    replayed,
+    fingerprint,
+) -> Generation:
     reservation = (
         ZERO
         if cached
@@ -465,25 +517,45 @@ async def _start_generation(request: GenerationRequest) -> Generation:
         user_message=user_message,
         rate_limit=rate,
         replayed=replayed,
+        idempotency_claim=fingerprint,
     )
 
 
-async def _stored_answer(
-    request: GenerationRequest, cache_key: str | None
-) -> tuple[response_cache.CachedAnswer | None, bool]:
-    """The answer to replay, if any: an Idempotency-Key retry's (True) or a cache hit's."""
+async def _cached_answer(cache_key: str | None) -> response_cache.CachedAnswer | None:
+    if not cache_key:
+        return None
     try:
-        if request.idempotency_key:
-            answer = await response_cache.idempotency_get(
-                request.tenant.pk, request.idempotency_key
-            )
-            if answer is not None:
-                return answer, True
-        if cache_key:
-            return await response_cache.cache_get(cache_key), False
+        return await response_cache.cache_get(cache_key)
     except Exception:  # a cache outage degrades to a miss
         logger.exception("response cache read failed")
-    return None, False
+        return None
+
+
+async def _claim_key(
+    request: GenerationRequest, fingerprint: str
+) -> response_cache.CachedAnswer | None:
+    """Claim the request's Idempotency-Key; the answer to replay when a retry finds one."""
+    claim = await idempotency.idempotency_claim(
+        request.tenant.pk, request.idempotency_key, fingerprint
+    )
+    if claim.state == "in_progress":
+        raise ApiError(
+            ErrorCode.IDEMPOTENCY_CONFLICT,
+            "A request with this Idempotency-Key is still running; retry when it is done.",
+        )
+    if claim.state == "mismatch":
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR,
+            "This Idempotency-Key was used for a different request.",
+            details={"Idempotency-Key": ["Use a new key for a new request."]},
+        )
+    return claim.answer  # None when this request claimed the key
+
+
+def _in_background(coroutine) -> None:
+    task = asyncio.ensure_future(coroutine)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 def _release_abandoned_hold(admission: asyncio.Future) -> None:
@@ -491,9 +563,7 @@ def _release_abandoned_hold(admission: asyncio.Future) -> None:
         return
     hold = admission.result()[1]
     if hold is not None:
-        task = asyncio.ensure_future(db_call(credits.credits_release, hold=hold))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        _in_background(db_call(credits.credits_release, hold=hold))
 
 
 _background: set[asyncio.Future] = set()  # keeps fire-and-forget tasks referenced

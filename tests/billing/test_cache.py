@@ -19,8 +19,6 @@ from billing.response_cache import (
     cache_put,
     decode_answer,
     encode_answer,
-    idempotency_get,
-    idempotency_put,
 )
 
 BASE = {
@@ -229,12 +227,23 @@ async def test_redis_outage_is_a_miss(settings):
 
 
 @pytest.mark.asyncio
-async def test_idempotent_reply_round_trips_per_tenant(backend):
+async def test_idempotency_claims_replay_and_refuse(backend):
+    from billing.idempotency import (
+        idempotency_abandon,
+        idempotency_claim,
+        idempotency_complete,
+    )
+
     client_key = f"order-{uuid.uuid4()}"
-    assert await idempotency_get(1, client_key) is None
-    await idempotency_put(1, client_key, ANSWER, ttl=60)
-    assert await idempotency_get(1, client_key) == ANSWER
-    assert await idempotency_get(2, client_key) is None
+    assert (await idempotency_claim(1, client_key, "fp")).state == "claimed"
+    assert (await idempotency_claim(1, client_key, "fp")).state == "in_progress"
+    assert (await idempotency_claim(1, client_key, "other")).state == "mismatch"
+    assert (await idempotency_claim(2, client_key, "fp")).state == "claimed"  # per tenant
+    await idempotency_complete(1, client_key, "fp", ANSWER)
+    replay = await idempotency_claim(1, client_key, "fp")
+    assert (replay.state, replay.answer) == ("replay", ANSWER)
+    await idempotency_abandon(2, client_key)
+    assert (await idempotency_claim(2, client_key, "fp")).state == "claimed"
 
 
 def test_idempotency_keys_are_tenant_scoped_and_bounded():

@@ -1,6 +1,8 @@
 """Idempotency-Key: a retried request replays the stored answer and is charged once."""
 
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -74,3 +76,23 @@ def test_replays_store_the_exchange_once(server, account):
         ) as response:
             response.read()
     assert Message.objects.filter(chat_id=body["roomId"]).count() == 2  # user + assistant
+
+
+def test_a_concurrent_duplicate_is_refused_not_charged_twice(server, account):
+    """The second of two simultaneous requests with one key gets 409, not a second run."""
+    key = uuid.uuid4().hex
+    content = unique("[demo:tokens=20][demo:delay=50] slow")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        first = pool.submit(complete, server, account, content, key)
+        time.sleep(0.3)  # the first holds the key by now
+        second = pool.submit(complete, server, account, content, key)
+        statuses = sorted([first.result().status_code, second.result().status_code])
+    assert statuses == [200, 409]
+
+
+def test_the_same_key_with_another_request_is_refused(server, account):
+    key = uuid.uuid4().hex
+    complete(server, account, unique("one question"), key)
+    other = complete(server, account, unique("another question"), key)
+    assert other.status_code == 400
+    assert "Idempotency-Key" in other.json()["error"]["details"]

@@ -1,0 +1,99 @@
+"""Idempotency-Key: one request per key, its answer replayed to retries.
+
+A request claims its key atomically (``SET NX`` in Redis, ``cache.add`` in process) with a
+fingerprint of what it asks. A retry then finds the claim: while the first is still
+running it is refused (409, retry later); once the first completed, the stored answer is
+replayed; with a different request under the same key it is refused (400). A request
+that fails or is cancelled gives its claim up, so a retry runs afresh.
+"""
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis
+from django.conf import settings
+from django.core.cache import caches
+
+from billing.response_cache import CachedAnswer, decode_answer, encode_answer, idempotency_key
+from chatproject.redis import get_redis
+
+logger = logging.getLogger(__name__)
+
+# How long a claim lasts without an answer: past the longest a generation can take.
+PENDING_SECONDS = 900
+
+
+@dataclass(frozen=True)
+class Claim:
+    state: Literal["claimed", "replay", "in_progress", "mismatch"]
+    answer: CachedAnswer | None = None
+
+
+def request_fingerprint(**parts: Any) -> str:
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _value(fingerprint: str, answer: CachedAnswer | None) -> str:
+    return json.dumps({"fp": fingerprint, "a": encode_answer(answer) if answer else None})
+
+
+async def idempotency_claim(tenant_id: int, key: str, fingerprint: str) -> Claim:
+    """Claim ``key`` for this request, or say what an earlier one left there."""
+    storage_key = idempotency_key(tenant_id, key)
+    pending = _value(fingerprint, None)
+    try:
+        if settings.REDIS_URL:
+            client = get_redis()
+            if await client.set(storage_key, pending, nx=True, ex=PENDING_SECONDS):
+                return Claim("claimed")
+            raw = await client.get(storage_key)
+        else:
+            backend = caches["default"]
+            if backend.add(storage_key, pending, PENDING_SECONDS):
+                return Claim("claimed")
+            raw = backend.get(storage_key)
+    except redis.RedisError:  # without the store, behave as if no key had been sent
+        logger.warning("idempotency store unavailable; request runs unclaimed", exc_info=True)
+        return Claim("claimed")
+    if raw is None:  # expired between the two calls: claim again
+        return await idempotency_claim(tenant_id, key, fingerprint)
+    stored = json.loads(raw)
+    if stored["fp"] != fingerprint:
+        return Claim("mismatch")
+    if stored["a"] is None:
+        return Claim("in_progress")
+    answer = decode_answer(stored["a"])
+    return Claim("replay", answer) if answer else Claim("in_progress")
+
+
+async def idempotency_complete(
+    tenant_id: int, key: str, fingerprint: str, answer: CachedAnswer
+) -> None:
+    """Keep the claimed request's complete answer for retries."""
+    await _write(tenant_id, key, _value(fingerprint, answer), settings.IDEMPOTENCY_TTL_SECONDS)
+
+
+async def idempotency_abandon(tenant_id: int, key: str) -> None:
+    """Give the claim up (the request failed or was cancelled): a retry runs afresh."""
+    await _write(tenant_id, key, None, 0)
+
+
+async def _write(tenant_id: int, key: str, value: str | None, ttl: float) -> None:
+    storage_key = idempotency_key(tenant_id, key)
+    try:
+        if settings.REDIS_URL:
+            client = get_redis()
+            if value is None or ttl <= 0:
+                await client.delete(storage_key)
+            else:
+                await client.set(storage_key, value, ex=max(1, round(ttl)))
+        elif value is None or ttl <= 0:
+            caches["default"].delete(storage_key)
+        else:
+            caches["default"].set(storage_key, value, ttl)
+    except redis.RedisError:
+        logger.warning("idempotency store unavailable; claim not updated", exc_info=True)
