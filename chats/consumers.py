@@ -164,15 +164,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.channel_layer.group_add(_group(self.chat.id), self.channel_name)
         await self.accept()
         await self._send(
-            {
-                "type": "connection_established",
-                "chat_id": str(self.chat.id),
-                "user_id": user_id,
-                "connection_id": self.connection_id,
-            }
+            ws_events.connection_established(self.chat.id, user_id, self.connection_id)
         )
         if user_created:
-            await self._send({"type": "user_created", "user_id": user_id})
+            await self._send(ws_events.user_created(user_id))
 
     def _resolve_chat(self, user_id: str, chat_id: str | None) -> tuple[Chat, bool]:
         """The requested chat of this end user, or a new chat when none is named."""
@@ -244,7 +239,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         kind = payload.get("type", "message")
         if kind == "ping":
-            await self._send({"type": "pong"})
+            await self._send(ws_events.PONG)
         elif kind == "cancel":
             await self._cancel()
         elif kind == "message":
@@ -291,7 +286,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return  # nothing started: the engine gives an admitted hold back itself
         outcome = await generation.finished()
         if outcome is not None:
-            await self._send_ended(generation, outcome.content, "cancelled", outcome)
+            await self._send_ended(generation, "cancelled", outcome.content, "cancelled", outcome)
 
     async def _stop_generation(self) -> None:
         self.streaming = False
@@ -352,29 +347,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
             return
         stored = generation.user_message
-        received = {
-            "type": "message_received",
-            "message_id": str(stored.id),
-            "chat_id": str(self.chat.id),
-            "content": stored.content,
-            "created_at": stored.created_at.isoformat(),
-        }
-        if request.client_message_id:
-            received["client_message_id"] = request.client_message_id
+        received = ws_events.message_received(self.chat.id, stored, request.client_message_id)
         await self._send(received)
         self._remember("user", stored.content)
         self._fan_out(received)
-        message_id = str(generation.message_id)
-        await self._send(
-            {
-                "type": "message_stream_started",
-                "message_id": message_id,
-                "chat_id": str(self.chat.id),
-                "model": generation.model_name,
-                "cache_status": generation.cache_status,
-                "governor": generation.decision.result,
-            }
-        )
+        await self._send(ws_events.message_stream_started(self.chat.id, generation))
         async with contextlib.aclosing(generation.events()) as events:
             await self._stream(generation, events, request_id)
 
@@ -382,19 +359,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         message_id = str(generation.message_id)
         async for event in events:
             if isinstance(event, TokenEvent):
-                await self.send(
-                    text_data=json.dumps(
-                        {
-                            "type": "message_stream_token",
-                            "message_id": message_id,
-                            "token": event.text,
-                            "index": event.index,
-                        }
-                    )
+                await self._send(
+                    ws_events.message_stream_token(message_id, event.text, event.index)
                 )
             elif isinstance(event, FinishedEvent):
                 self.streaming = False
-                await self._send_ended(generation, event.content, event.finish_reason, event)
+                await self._send_ended(
+                    generation, "complete", event.content, event.finish_reason, event
+                )
             elif isinstance(event, ErrorEvent):
                 self.streaming = False
                 await self._send(
@@ -405,12 +377,25 @@ class ChatConsumer(AsyncWebsocketConsumer):
                         partial_content=event.content,
                     )
                 )
-                self._fan_out(_ended(self.chat, generation, event.content, "error", event))
+                self._fan_out(
+                    ws_events.message_stream_ended(
+                        self.chat.id,
+                        generation,
+                        status="failed",
+                        content=event.content,
+                        reason="error",
+                        figures=event,
+                    )
+                )
 
-    async def _send_ended(self, generation: Generation, content: str, reason: str, figures):
-        ended = _ended(self.chat, generation, content, reason, figures)
+    async def _send_ended(
+        self, generation: Generation, status: str, content: str, reason: str, figures
+    ) -> None:
+        ended = ws_events.message_stream_ended(
+            self.chat.id, generation, status=status, content=content, reason=reason, figures=figures
+        )
         await self._send(ended)
-        if ended["status"] == "complete":
+        if status == "complete":
             self._remember("assistant", content)
         self._fan_out(ended)
 
@@ -454,27 +439,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         elif event["type"] == "message_stream_ended" and event["status"] == "complete":
             self._remember("assistant", event["content"])
         await self._send(event)
-
-
-def _ended(chat: Chat, generation: Generation, content: str, reason: str, figures) -> dict:
-    usage = figures.usage.to_dict() if figures.usage else None
-    return {
-        "type": "message_stream_ended",
-        "message_id": str(generation.message_id),
-        "chat_id": str(chat.id),
-        "content": content,
-        "status": getattr(figures, "status", None) or _status_for(reason),
-        "usage": usage,
-        "finish_reason": reason,
-        "model": generation.model_name,
-        # Decimal figures leave as strings, so JSON clients keep their precision.
-        "credits_charged": str(figures.credits_charged),
-        "credits_remaining": str(figures.credits_remaining),
-    }
-
-
-def _status_for(reason: str) -> str:
-    return {"cancelled": "cancelled", "error": "failed"}.get(reason, "complete")
 
 
 def _option_error(options: dict[str, Any]) -> ApiError | None:

@@ -1,8 +1,10 @@
-"""The server → client events of ``/ws/chat``, typed (seed 002, SPEC §4.2)."""
+"""The server → client events of ``/ws/chat`` (seed 002, SPEC §4.2): their types, and
+the functions that build them, so the consumer only decides when to send which."""
 
 from typing import Any, Literal, NotRequired, TypedDict
 
 from chatproject.errors import ApiError
+from chats.engine import Generation, StoredMessage
 
 
 class ConnectionEstablished(TypedDict):
@@ -47,10 +49,11 @@ class MessageStreamEnded(TypedDict):
     message_id: str
     chat_id: str
     content: str
-    status: str
+    status: Literal["complete", "failed", "cancelled"]
     usage: dict[str, int]
     finish_reason: str
-    credits_charged: str
+    model: str
+    credits_charged: str  # decimals as strings, so JSON clients keep their precision
     credits_remaining: str
 
 
@@ -62,11 +65,79 @@ class Error(TypedDict):
     details: NotRequired[dict[str, Any]]
     message_id: NotRequired[str]
     request_id: NotRequired[str]
+    partial_content: NotRequired[str]
 
 
 class Pong(TypedDict):
     type: Literal["pong"]
 
 
+def connection_established(chat_id, user_id: str, connection_id: str) -> ConnectionEstablished:
+    return {
+        "type": "connection_established",
+        "chat_id": str(chat_id),
+        "user_id": user_id,
+        "connection_id": connection_id,
+    }
+
+
+def user_created(user_id: str) -> UserCreated:
+    return {"type": "user_created", "user_id": user_id}
+
+
+def message_received(chat_id, stored: StoredMessage, client_message_id: str) -> MessageReceived:
+    event: MessageReceived = {
+        "type": "message_received",
+        "message_id": str(stored.id),
+        "chat_id": str(chat_id),
+        "content": stored.content,
+        "created_at": stored.created_at.isoformat(),
+    }
+    if client_message_id:
+        event["client_message_id"] = client_message_id
+    return event
+
+
+def message_stream_started(chat_id, generation: Generation) -> MessageStreamStarted:
+    return {
+        "type": "message_stream_started",
+        "message_id": str(generation.message_id),
+        "chat_id": str(chat_id),
+        "model": generation.model_name,
+        "cache_status": generation.cache_status,
+        "governor": generation.decision.result,
+    }
+
+
+def message_stream_token(message_id: str, token: str, index: int) -> MessageStreamToken:
+    return {
+        "type": "message_stream_token",
+        "message_id": message_id,
+        "token": token,
+        "index": index,
+    }
+
+
+def message_stream_ended(
+    chat_id, generation: Generation, *, status, content: str, reason: str, figures
+) -> MessageStreamEnded:
+    """``figures``: the engine's FinishedEvent, ErrorEvent or Outcome (usage and credits)."""
+    return {
+        "type": "message_stream_ended",
+        "message_id": str(generation.message_id),
+        "chat_id": str(chat_id),
+        "content": content,
+        "status": status,
+        "usage": figures.usage.to_dict(),
+        "finish_reason": reason,
+        "model": generation.model_name,
+        "credits_charged": str(figures.credits_charged),
+        "credits_remaining": str(figures.credits_remaining),
+    }
+
+
 def error_event(error: ApiError, **extra: Any) -> Error:
     return {"type": "error", **error.event(), **extra}  # type: ignore[typeddict-item]
+
+
+PONG: Pong = {"type": "pong"}
