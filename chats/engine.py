@@ -449,41 +449,6 @@ async def _start_generation(request: GenerationRequest) -> Generation:
         replay = await _claim_key(request, fingerprint)
         if replay is not None:
             cached, replayed, fingerprint = replay, True, None
-    try:
-        return await _admit_generation(
-            request,
-            metadata,
-            model,
-            messages,
-            prompt_tokens,
-            max_tokens,
-            cached,
-            cache_key,
-            rate,
-            replayed,
-            fingerprint,
-        )
-    except BaseException:
-        if fingerprint is not None:  # refused or abandoned: a retry may run
-            _in_background(
-                idempotency.idempotency_abandon(request.tenant.pk, request.idempotency_key)
-            )
-        raise
-
-
-async def _admit_generation(
-    request,
-    metadata,
-    model,
-    messages,
-    prompt_tokens,
-    max_tokens,
-    cached,
-    cache_key,
-    rate,
-    replayed,
-    fingerprint,
-) -> Generation:
     reservation = (
         ZERO
         if cached
@@ -499,10 +464,15 @@ async def _admit_generation(
     )
     try:
         decision, hold, user_message = await asyncio.shield(admission)
-    except asyncio.CancelledError:
-        # The caller left while the database admitted the request: once it has, give
-        # the hold back (the user's message stays stored, like any cancelled exchange).
-        admission.add_done_callback(_release_abandoned_hold)
+    except BaseException as error:
+        if isinstance(error, asyncio.CancelledError):
+            # The caller left while the database admitted the request: once it has,
+            # give the hold back (the user's message stays stored, like any cancel).
+            admission.add_done_callback(_release_abandoned_hold)
+        if fingerprint is not None:  # refused or abandoned: a retry may run
+            _in_background(
+                idempotency.idempotency_abandon(request.tenant.pk, request.idempotency_key)
+            )
         raise
     return Generation(
         request=request,
