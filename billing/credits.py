@@ -71,6 +71,8 @@ def credits_reserve(*, tenant_id: int, amount: Decimal, reference: str) -> Hold:
         raise ValueError("A hold cannot be negative.")
     if amount == 0:
         return Hold(tenant_id, amount, reference, _balance(tenant_id))
+    if connection.vendor == "postgresql":
+        return _reserve_in_one_statement(tenant_id=tenant_id, amount=amount, reference=reference)
     # No savepoint (the engine calls this inside its own transaction) and no raising
     # inside the block: a refusal has changed nothing, so it leaves the block cleanly.
     with transaction.atomic(savepoint=False):
@@ -87,13 +89,104 @@ def credits_reserve(*, tenant_id: int, amount: Decimal, reference: str) -> Hold:
                 tenant_id=tenant_id, reference=reference, amount=amount
             )
     if balance is None:
-        current = _balance(tenant_id)  # raises Tenant.DoesNotExist for a missing tenant
-        raise ApiError(
-            ErrorCode.INSUFFICIENT_CREDITS,
-            "The credit balance cannot cover this request.",
-            details={"required": str(amount), "balance": str(current)},
-        )
+        _refuse(tenant_id, amount)
     return Hold(tenant_id, amount, reference, balance, hold_id=hold.pk)
+
+
+def _refuse(tenant_id: int, amount: Decimal):
+    current = _balance(tenant_id)  # raises Tenant.DoesNotExist for a missing tenant
+    raise ApiError(
+        ErrorCode.INSUFFICIENT_CREDITS,
+        "The credit balance cannot cover this request.",
+        details={"required": str(amount), "balance": str(current)},
+    )
+
+
+# --- PostgreSQL: each operation in one round trip ---------------------------------------
+# The same writes as the portable code above, as data-modifying CTEs: the conditional
+# balance update feeds the ledger entry and the hold row, so nothing is written unless
+# the update happened. Requests pay these on their hot path.
+
+_TABLES = {
+    "tenant": Tenant._meta.db_table,
+    "ledger": LedgerEntry._meta.db_table,
+    "hold": CreditHold._meta.db_table,
+}
+
+_RESERVE_SQL = """
+WITH debit AS (
+    UPDATE {tenant} SET credit_balance = credit_balance - %(amount)s
+    WHERE id = %(tenant_id)s AND credit_balance >= %(amount)s
+    RETURNING credit_balance
+), entry AS (
+    INSERT INTO {ledger} (tenant_id, kind, amount, balance_after, reference, note, created_at)
+    SELECT %(tenant_id)s, %(kind)s, -%(amount)s, credit_balance, %(reference)s, '', %(now)s
+    FROM debit
+), hold AS (
+    INSERT INTO {hold} (tenant_id, reference, amount, status, created_at)
+    SELECT %(tenant_id)s, %(reference)s, %(amount)s, %(open)s, %(now)s FROM debit
+    RETURNING id
+)
+SELECT debit.credit_balance, hold.id FROM debit, hold
+""".format(**_TABLES)  # noqa: S608 (only the models' own table names are formatted in)
+
+_SETTLE_SQL = """
+WITH claim AS (
+    UPDATE {hold} SET status = %(settled)s, charged = %(charged)s, closed_at = %(now)s
+    WHERE id = %(hold_id)s AND status = %(open)s
+    RETURNING id
+), refund AS (
+    UPDATE {tenant} SET credit_balance = credit_balance + %(refund)s
+    WHERE id = %(tenant_id)s AND EXISTS (SELECT 1 FROM claim)
+    RETURNING credit_balance
+), entry AS (
+    INSERT INTO {ledger} (tenant_id, kind, amount, balance_after, reference, note, created_at)
+    SELECT %(tenant_id)s, %(kind)s, %(refund)s, credit_balance, %(reference)s, %(note)s, %(now)s
+    FROM refund
+)
+SELECT credit_balance FROM refund
+""".format(**_TABLES)  # noqa: S608 (only the models' own table names are formatted in)
+
+
+def _reserve_in_one_statement(*, tenant_id: int, amount: Decimal, reference: str) -> Hold:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _RESERVE_SQL,
+            {
+                "tenant_id": tenant_id,
+                "amount": amount,
+                "reference": reference,
+                "kind": LedgerEntry.Kind.HOLD,
+                "open": CreditHold.Status.OPEN,
+                "now": timezone.now(),
+            },
+        )
+        row = cursor.fetchone()
+    if row is None:
+        _refuse(tenant_id, amount)
+    return Hold(tenant_id, amount, reference, _as_credits(row[0]), hold_id=row[1])
+
+
+def _settle_in_one_statement(*, hold: Hold, charged: Decimal) -> Decimal | None:
+    """The balance after, or None when the hold was closed already (nothing written)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _SETTLE_SQL,
+            {
+                "hold_id": hold.hold_id,
+                "tenant_id": hold.tenant_id,
+                "charged": charged,
+                "refund": hold.amount - charged,
+                "reference": hold.reference,
+                "note": f"charged {charged} of {hold.amount}",
+                "kind": LedgerEntry.Kind.SETTLE,
+                "open": CreditHold.Status.OPEN,
+                "settled": CreditHold.Status.SETTLED,
+                "now": timezone.now(),
+            },
+        )
+        row = cursor.fetchone()
+    return None if row is None else _as_credits(row[0])
 
 
 def credits_settle(*, hold: Hold, charged: Decimal) -> Decimal:
@@ -106,6 +199,12 @@ def credits_settle(*, hold: Hold, charged: Decimal) -> Decimal:
     charged = min(max(Decimal(charged), Decimal(0)), hold.amount).quantize(QUANTUM)
     if hold.hold_id is None:
         return _balance(hold.tenant_id)
+    if connection.vendor == "postgresql":
+        balance = _settle_in_one_statement(hold=hold, charged=charged)
+        if balance is not None:
+            return balance
+        with transaction.atomic(savepoint=False):
+            return _settle_closed(hold=hold, charged=charged)
     # No savepoint when the caller's transaction wraps this (the engine writes the
     # assistant message in the same one): nothing here is meant to fail and be caught.
     with transaction.atomic(savepoint=False):
