@@ -103,9 +103,20 @@ REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", default=100)  # per pro
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # redis-py 8 times idle reads out after 5 s unless told otherwise.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
+            "BACKEND": "chatproject.channel_layer.BlockingRedisChannelLayer",
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        # redis-py 8 times idle reads out after 5 s unless told otherwise.
+                        "socket_timeout": None,
+                        # Every socket's group messages arrive through this pool: under
+                        # overload, waiting for a connection beats failing the socket.
+                        "max_connections": env.int("CHANNEL_LAYER_MAX_CONNECTIONS", 1000),
+                        "timeout": None,
+                    }
+                ]
+            },
         }
     }
     CACHES = {
