@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chatproject.errors import ApiError, ErrorCode
-from chats.api.fields import StrictCharField
+from chatproject.fields import StrictCharField
 from governor import gate, services
 from governor.rules import ACTION_TYPES, RISK_LEVELS
 

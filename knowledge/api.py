@@ -10,7 +10,7 @@ from rest_framework import status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from chatproject.pagination import offset_page
+from chatproject.pagination import PageQuerySerializer, offset_page
 from knowledge import selectors, services
 from knowledge import serializers as s
 
@@ -25,7 +25,7 @@ _JSON_OVERHEAD = 6
 
 
 def _page(queryset: QuerySet, request: Request, key: str, serializer_class) -> dict:
-    query = s.PageQuerySerializer(data=request.query_params)
+    query = PageQuerySerializer(data=request.query_params)
     query.is_valid(raise_exception=True)
     return offset_page(
         queryset,

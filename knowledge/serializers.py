@@ -1,15 +1,8 @@
 from rest_framework import serializers
 
-from chats.api.fields import StrictCharField, StrictIntegerField
+from chatproject.fields import StrictCharField
+from chatproject.pagination import page_serializer
 from knowledge.models import LANGUAGES, Document, Project
-
-MAX_PAGE_SIZE = 200
-DEFAULT_PAGE_SIZE = 50
-
-
-class PageQuerySerializer(serializers.Serializer):
-    offset = StrictIntegerField(min_value=0, default=0)
-    limit = StrictIntegerField(min_value=1, max_value=MAX_PAGE_SIZE, default=DEFAULT_PAGE_SIZE)
 
 
 class ProjectCreateSerializer(serializers.Serializer):
@@ -56,17 +49,7 @@ class DocumentSerializer(DocumentSummarySerializer):
         fields = [*DocumentSummarySerializer.Meta.fields, "content"]
 
 
-class ProjectPageSerializer(serializers.Serializer):
-    projects = ProjectSerializer(many=True)
-    total = serializers.IntegerField()
-    offset = serializers.IntegerField()
-    limit = serializers.IntegerField()
-    has_more = serializers.BooleanField()
+ProjectPageSerializer = page_serializer("ProjectPage", "projects", ProjectSerializer)
 
 
-class DocumentPageSerializer(serializers.Serializer):
-    documents = DocumentSummarySerializer(many=True)
-    total = serializers.IntegerField()
-    offset = serializers.IntegerField()
-    limit = serializers.IntegerField()
-    has_more = serializers.BooleanField()
+DocumentPageSerializer = page_serializer("DocumentPage", "documents", DocumentSummarySerializer)

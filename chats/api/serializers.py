@@ -1,21 +1,14 @@
 from rest_framework import serializers
 
-from chats.api.fields import StrictCharField, StrictIntegerField
+from chatproject.fields import StrictCharField
+from chatproject.pagination import PageQuerySerializer, page_serializer
 from chats.models import Chat, Message
-
-MAX_PAGE_SIZE = 200
-DEFAULT_PAGE_SIZE = 50
 
 
 class ChatCreateSerializer(serializers.Serializer):
     user_id = StrictCharField(max_length=255)
     title = StrictCharField(max_length=255, required=False, allow_blank=True, allow_null=True)
     metadata = serializers.DictField(required=False, allow_null=True)
-
-
-class PageQuerySerializer(serializers.Serializer):
-    offset = StrictIntegerField(min_value=0, default=0)
-    limit = StrictIntegerField(min_value=1, max_value=MAX_PAGE_SIZE, default=DEFAULT_PAGE_SIZE)
 
 
 class MessagePageQuerySerializer(PageQuerySerializer):
@@ -60,17 +53,7 @@ class MessageSerializer(serializers.ModelSerializer):
         }
 
 
-class ChatPageSerializer(serializers.Serializer):
-    chats = ChatSerializer(many=True)
-    total = serializers.IntegerField()
-    offset = serializers.IntegerField()
-    limit = serializers.IntegerField()
-    has_more = serializers.BooleanField()
+ChatPageSerializer = page_serializer("ChatPage", "chats", ChatSerializer)
 
 
-class MessagePageSerializer(serializers.Serializer):
-    messages = MessageSerializer(many=True)
-    total = serializers.IntegerField()
-    offset = serializers.IntegerField()
-    limit = serializers.IntegerField()
-    has_more = serializers.BooleanField()
+MessagePageSerializer = page_serializer("MessagePage", "messages", MessageSerializer)

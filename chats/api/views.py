@@ -6,7 +6,7 @@ from rest_framework import status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from chatproject.pagination import offset_page
+from chatproject.pagination import PageQuerySerializer, offset_page
 from chats import selectors, services
 from chats.api import serializers as s
 
@@ -67,6 +67,6 @@ class ChatViewSet(viewsets.ViewSet):
 
     @extend_schema(parameters=PAGE_PARAMS, responses=s.ChatPageSerializer)
     def user(self, request: Request, user_id: str) -> Response:
-        query = _query(s.PageQuerySerializer, request)
+        query = _query(PageQuerySerializer, request)
         chats = selectors.chat_list_for_user(tenant=request.tenant, user_id=user_id)
         return Response(_page(chats, query, "chats", s.ChatSerializer))
