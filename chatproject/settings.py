@@ -83,11 +83,20 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A psycopg 3 pool: async views reach the ORM from worker threads, and opening a
     # connection per request would cost more than the request itself.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+    options = DATABASES["default"].setdefault("OPTIONS", {})
+    options["pool"] = {
         "min_size": env.int("DATABASE_POOL_MIN", default=2),
         "max_size": DATABASE_POOL_MAX,
         "timeout": 10,
     }
+    # Parameters travel apart from the SQL (the server binds them), and a statement run
+    # a few times on a connection is prepared, so the server stops re-planning it: quoting
+    # every value into the SQL in Python, and planning each time, cost more than running
+    # the hot statements. Behind a pooler that cannot keep prepared statements (PgBouncer
+    # in transaction mode without max_prepared_statements), set the threshold to 0.
+    options["server_side_binding"] = env.bool("DATABASE_SERVER_SIDE_BINDING", default=True)
+    prepare_threshold = env.int("DATABASE_PREPARE_THRESHOLD", default=5)
+    options["prepare_threshold"] = prepare_threshold if prepare_threshold > 0 else None
 else:
     # Tests run a live server in another process, so the test database is a file (one per
     # test run, so concurrent runs in one checkout do not share it).

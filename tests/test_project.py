@@ -1,5 +1,6 @@
 """Whole-project checks: health probes, API docs, deploy settings, admin."""
 
+import json
 import os
 import subprocess
 import sys
@@ -147,3 +148,46 @@ def test_metrics_token_when_configured(client, settings):
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret").status_code == 200
+
+
+def _database_options(**env) -> dict:
+    """The OPTIONS the settings build for a PostgreSQL URL (no server is contacted)."""
+    code = (
+        "import django, json; django.setup(); from django.conf import settings; "
+        "options = settings.DATABASES['default']['OPTIONS']; "
+        "print(json.dumps({k: options[k] for k in ('server_side_binding', 'prepare_threshold')}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=os.environ
+        | {"DJANGO_SETTINGS_MODULE": "chatproject.settings", "DEBUG": "true"}
+        | {"DATABASE_URL": "postgres://nobody@127.0.0.1:1/none"}
+        | env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_postgresql_binds_on_the_server_and_prepares_hot_statements():
+    assert _database_options() == {"server_side_binding": True, "prepare_threshold": 5}
+    assert _database_options(DATABASE_PREPARE_THRESHOLD="0")["prepare_threshold"] is None
+
+
+@pytest.mark.django_db
+def test_a_repeated_statement_is_prepared_on_postgresql():
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only")
+    for _ in range(6):
+        ApiKey.objects.filter(prefix="never").exists()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+            ["%billing_apikey%"],
+        )
+        assert cursor.fetchone()[0] >= 1
