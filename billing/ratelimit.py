@@ -97,6 +97,8 @@ def gcra(*, tat_us: int | None, now_us: int, rate: Rate) -> tuple[Decision, int 
 
 
 # KEYS[1]: the tenant's arrival-time key. ARGV: interval (µs), burst.
+# KEYS[2], optional: a key to read for an admitted request (its response cache entry),
+# returned fifth, so the request's two lookups cost one round trip.
 _GCRA_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -110,7 +112,9 @@ if now < allow_at then
 end
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat),
            'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
-return {1, math.floor((now - allow_at) / interval), 0, new_tat - now}
+local read = false
+if KEYS[2] then read = redis.call('GET', KEYS[2]) end
+return {1, math.floor((now - allow_at) / interval), 0, new_tat - now, read}
 """
 
 # KEYS[1]: the tenant's slot set. ARGV: connection id, max connections, ttl (ms).
@@ -242,7 +246,7 @@ def _sync_scripts() -> tuple:
 
 
 def _decision(reply) -> Decision:
-    allowed, remaining, retry_after, reset_after = (int(x) for x in reply)
+    allowed, remaining, retry_after, reset_after = (int(x) for x in reply[:4])
     return Decision(bool(allowed), remaining, retry_after, reset_after)
 
 
@@ -279,20 +283,47 @@ async def rate_limit_consume(tenant: Tenant) -> RateLimitState | None:
     if rate is None:
         return None
     if settings.REDIS_URL:
-        client = get_redis()
-        gcra_script, _ = _scripts_for_async(client)
-        try:
-            async with redis_gate():
-                reply = await gcra_script(
-                    keys=[rate_key(tenant.pk)], args=[rate.interval_us, rate.burst]
-                )
-        except redis.RedisError:
-            logger.warning("rate limit: Redis unavailable, request admitted", exc_info=True)
+        decision, _ = await _redis_consume(tenant.pk, rate)
+        if decision is None:
             return None
-        decision = _decision(reply)
     else:
         decision = _memory.consume(tenant.pk, rate)
     return _state_or_raise(decision, rate)
+
+
+async def rate_limit_consume_and_read(
+    tenant: Tenant, key: str
+) -> tuple[RateLimitState | None, bytes | None]:
+    """:func:`rate_limit_consume`, and the value at ``key`` read in the same Redis call
+    (None when absent or when Redis fails). Only with ``REDIS_URL`` set."""
+    rate = Rate.of(await _plan_of(tenant))
+    if rate is None:
+        try:
+            async with redis_gate():
+                return None, await get_redis().get(key)
+        except redis.RedisError:
+            logger.warning("Redis unavailable, %s not read", key, exc_info=True)
+            return None, None
+    decision, value = await _redis_consume(tenant.pk, rate, read_key=key)
+    if decision is None:
+        return None, None
+    return _state_or_raise(decision, rate), value
+
+
+async def _redis_consume(
+    tenant_id: int, rate: Rate, read_key: str | None = None
+) -> tuple[Decision | None, bytes | None]:
+    """The GCRA script's decision (None when Redis fails: the request is admitted) and,
+    for an admitted request, the value at ``read_key``."""
+    gcra_script, _ = _scripts_for_async(get_redis())
+    keys = [rate_key(tenant_id)] if read_key is None else [rate_key(tenant_id), read_key]
+    try:
+        async with redis_gate():
+            reply = await gcra_script(keys=keys, args=[rate.interval_us, rate.burst])
+    except redis.RedisError:
+        logger.warning("rate limit: Redis unavailable, request admitted", exc_info=True)
+        return None, None
+    return _decision(reply), (reply[4] if len(reply) > 4 else None)
 
 
 def rate_limit_consume_sync(tenant: Tenant) -> RateLimitState | None:

@@ -23,7 +23,9 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 
-from billing.ratelimit import redis_gate
+from billing import ratelimit
+from billing.models import Tenant
+from billing.ratelimit import RateLimitState, redis_gate
 from chatproject.redis import get_redis
 
 logger = logging.getLogger(__name__)
@@ -162,6 +164,23 @@ async def cache_get(key: str | None) -> CachedAnswer | None:
     if key is None or _ttl() <= 0:
         return None
     return await _load(key)
+
+
+async def rate_limit_and_cache_get(
+    tenant: Tenant, key: str | None
+) -> tuple[RateLimitState | None, CachedAnswer | None]:
+    """A request's first two checks: its rate limit (raises when spent, see
+    :func:`~billing.ratelimit.rate_limit_consume`) and its stored answer (None: a miss).
+
+    With Redis holding both they are one call, so billing costs a request one round trip
+    to Redis, not two.
+    """
+    if key is None or _ttl() <= 0:
+        return await ratelimit.rate_limit_consume(tenant), None
+    if not settings.REDIS_URL:
+        return await ratelimit.rate_limit_consume(tenant), await _load(key)
+    state, raw = await ratelimit.rate_limit_consume_and_read(tenant, key)
+    return state, None if raw is None else decode_answer(raw)
 
 
 async def cache_put(key: str | None, answer: CachedAnswer) -> None:

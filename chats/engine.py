@@ -5,8 +5,8 @@ Every transport (WebSocket, the SSE formats, the OpenAI-compatible API) builds a
 returned :class:`Generation`. The steps, in order:
 
 1. resolve the model (quality tier or explicit name) and fit the prompt to its context
-2. rate limit and response cache lookup, together (Redis or memory; before any database
-   work, so floods stay cheap)
+2. rate limit and response cache lookup, in one Redis call (or in memory; before any
+   database work, so floods stay cheap)
 3. admission, in one database call: governor input check (writes the audit record),
    credit hold (skipped on a cache hit), the user's message stored
 4. the provider stream (or the cached answer replayed), token by token
@@ -303,11 +303,6 @@ class Generation:
             usage = Usage(self.prompt_tokens, estimate_tokens(content))
         else:  # nothing came back (refused upstream, or left before the first token)
             usage = Usage(0, 0)
-        charged, remaining = await db_call(self._finish_in_db, status, content, usage, end)
-        self.outcome = Outcome(status, content, usage, charged, remaining)
-        metrics.GENERATIONS.labels(status=status, cache=self.cache_status).inc()
-        metrics.TOKENS.inc(len(parts))
-        metrics.CREDITS.inc(float(charged))
         answer = None
         if status == Message.Status.COMPLETE:
             answer = response_cache.CachedAnswer(
@@ -317,25 +312,42 @@ class Generation:
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
             )
-        await self._remember(answer)
+        # The cache fill needs nothing from the database: it runs while the database
+        # settles, rather than after it.
+        (charged, remaining), _ = await asyncio.gather(
+            db_call(self._finish_in_db, status, content, usage, end), self._fill_cache(answer)
+        )
+        self.outcome = Outcome(status, content, usage, charged, remaining)
+        metrics.GENERATIONS.labels(status=status, cache=self.cache_status).inc()
+        metrics.TOKENS.inc(len(parts))
+        metrics.CREDITS.inc(float(charged))
+        await self._close_idempotency_claim(answer)
         return charged, remaining, usage
 
-    async def _remember(self, answer: response_cache.CachedAnswer | None) -> None:
-        """Keep a complete answer for the cache and for retries with the same key; give
-        the key up for an answer that failed or was cancelled."""
-        tenant_id, key = self.request.tenant.pk, self.request.idempotency_key
+    async def _fill_cache(self, answer: response_cache.CachedAnswer | None) -> None:
+        """Keep a complete answer (not a replayed one) for the next identical request."""
+        if answer is None or self.cached is not None or not self.cache_key:
+            return
         try:
-            if answer is not None and self.cached is None and self.cache_key:
-                await response_cache.cache_put(self.cache_key, answer)
-            if self.idempotency_claim is not None:
-                if answer is None:
-                    await idempotency.idempotency_abandon(tenant_id, key)
-                else:
-                    await idempotency.idempotency_complete(
-                        tenant_id, key, self.idempotency_claim, answer
-                    )
+            await response_cache.cache_put(self.cache_key, answer)
         except Exception:  # a cache outage must not fail a delivered answer
             logger.exception("response cache write failed")
+
+    async def _close_idempotency_claim(self, answer: response_cache.CachedAnswer | None) -> None:
+        """Keep the answer for retries with the same key once it is settled; give the key
+        up for an answer that failed or was cancelled."""
+        if self.idempotency_claim is None:
+            return
+        tenant_id, key = self.request.tenant.pk, self.request.idempotency_key
+        try:
+            if answer is None:
+                await idempotency.idempotency_abandon(tenant_id, key)
+            else:
+                await idempotency.idempotency_complete(
+                    tenant_id, key, self.idempotency_claim, answer
+                )
+        except Exception:  # an outage must not fail a delivered answer
+            logger.exception("idempotency record write failed")
 
     def _store_answer(self, status: str, content: str, usage: Usage, end: StreamEnd | None) -> None:
         """The assistant message, unless its chat was deleted meanwhile; either way the
@@ -433,10 +445,7 @@ async def _start_generation(request: GenerationRequest) -> Generation:
         no_cache=not request.use_cache,
         tenant_cache_enabled=request.tenant.response_cache_enabled,
     )
-    # The rate limit and the cache lookup are independent round trips to Redis.
-    rate, cached = await asyncio.gather(
-        ratelimit.rate_limit_consume(request.tenant), _cached_answer(cache_key)
-    )
+    rate, cached = await response_cache.rate_limit_and_cache_get(request.tenant, cache_key)
     fingerprint = None
     replayed = False
     if request.idempotency_key:
@@ -489,16 +498,6 @@ async def _start_generation(request: GenerationRequest) -> Generation:
         replayed=replayed,
         idempotency_claim=fingerprint,
     )
-
-
-async def _cached_answer(cache_key: str | None) -> response_cache.CachedAnswer | None:
-    if not cache_key:
-        return None
-    try:
-        return await response_cache.cache_get(cache_key)
-    except Exception:  # a cache outage degrades to a miss
-        logger.exception("response cache read failed")
-        return None
 
 
 async def _claim_key(

@@ -19,7 +19,9 @@ from billing.response_cache import (
     cache_put,
     decode_answer,
     encode_answer,
+    rate_limit_and_cache_get,
 )
+from chatproject.errors import ApiError, ErrorCode
 
 BASE = {
     "tenant_id": 7,
@@ -221,6 +223,84 @@ async def test_redis_outage_is_a_miss(settings):
     key = cache_key(**fresh_parts())
     await cache_put(key, ANSWER)
     assert await cache_get(key) is None
+
+
+# --- the rate limit and the lookup in one call ----------------------------------------
+
+
+def limited_tenant(requests_per_minute=1, burst=3):
+    """An unsaved tenant with its plan loaded, under an id no other run used."""
+    from billing.models import Plan, Tenant
+
+    plan = Plan(name="p", requests_per_minute=requests_per_minute, burst=burst)
+    return Tenant(pk=uuid.uuid4().int % 2**31, name="t", plan=plan)
+
+
+@pytest.mark.asyncio
+async def test_rate_limit_and_lookup_answer_together(backend):
+    tenant = limited_tenant(burst=3)
+    key = cache_key(**fresh_parts(tenant_id=tenant.pk))
+    state, cached = await rate_limit_and_cache_get(tenant, key)
+    assert (state.remaining, cached) == (2, None)
+    await cache_put(key, ANSWER)
+    state, cached = await rate_limit_and_cache_get(tenant, key)
+    assert (state.remaining, cached) == (1, ANSWER)
+    await rate_limit_and_cache_get(tenant, None)  # no key: the limit still counts
+    with pytest.raises(ApiError) as raised:  # a stored answer does not get past the limit
+        await rate_limit_and_cache_get(tenant, key)
+    assert raised.value.code == ErrorCode.RATE_LIMITED
+
+
+@pytest.mark.asyncio
+async def test_unlimited_plan_still_reads_the_cache(backend):
+    tenant = limited_tenant(requests_per_minute=None, burst=None)
+    key = cache_key(**fresh_parts(tenant_id=tenant.pk))
+    await cache_put(key, ANSWER)
+    assert await rate_limit_and_cache_get(tenant, key) == (None, ANSWER)
+
+
+@pytest.mark.asyncio
+async def test_the_combined_call_is_one_redis_command(monkeypatch):
+    if not django_settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL")
+    from chatproject.redis import get_redis
+
+    tenant = limited_tenant()
+    key = cache_key(**fresh_parts(tenant_id=tenant.pk))
+    await cache_put(key, ANSWER)
+    client = get_redis()
+    commands = []
+    execute = type(client).execute_command
+
+    async def counting(self, *args, **options):
+        commands.append(args[0])
+        return await execute(self, *args, **options)
+
+    monkeypatch.setattr(type(client), "execute_command", counting)
+    assert (await rate_limit_and_cache_get(tenant, key))[1] == ANSWER
+    assert commands == ["EVALSHA"]
+
+
+@pytest.mark.asyncio
+async def test_the_combined_call_survives_a_flushed_script_cache():
+    if not django_settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL")
+    tenant = limited_tenant()
+    key = cache_key(**fresh_parts(tenant_id=tenant.pk))
+    await cache_put(key, ANSWER)
+    client = redis.Redis.from_url(django_settings.REDIS_URL)
+    client.script_flush()  # as after a Redis restart
+    client.close()
+    state, cached = await rate_limit_and_cache_get(tenant, key)
+    assert (state.remaining, cached) == (2, ANSWER)
+
+
+@pytest.mark.asyncio
+async def test_the_combined_call_fails_open_as_a_miss(settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    tenant = limited_tenant()
+    key = cache_key(**fresh_parts(tenant_id=tenant.pk))
+    assert await rate_limit_and_cache_get(tenant, key) == (None, None)
 
 
 # --- idempotent replies ---------------------------------------------------------------
