@@ -101,7 +101,8 @@ class TenantAdmin(admin.ModelAdmin):
         return [path("usage/", usage, name="billing_tenant_usage"), *super().get_urls()]
 
     def usage_view(self, request):
-        """Tokens per tenant, model and day: a stacked bar chart and the table behind it."""
+        """Billed requests per tenant, model and day, from the settled credit holds: a
+        stacked bar chart of tokens and the table behind it."""
         if not self.has_view_permission(request):
             raise PermissionDenied
         tenant_id = _int_param(request.GET.get("tenant"))
@@ -124,7 +125,7 @@ class TenantAdmin(admin.ModelAdmin):
                     "requests": sum(r.requests for r in rows),
                     "prompt_tokens": sum(r.prompt_tokens for r in rows),
                     "completion_tokens": sum(r.completion_tokens for r in rows),
-                    "credits": sum((r.credits for r in rows if r.credits), Decimal(0)),
+                    "credits": sum((r.credits for r in rows), Decimal(0)),
                 },
             },
         )
@@ -226,8 +227,19 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 
 @admin.register(CreditHold)
 class CreditHoldAdmin(ReadOnlyAdmin):
-    list_display = ["created_at", "tenant", "status", "amount", "charged", "reference", "closed_at"]
+    list_display = [
+        "created_at",
+        "tenant",
+        "model",
+        "status",
+        "amount",
+        "charged",
+        "prompt_tokens",
+        "completion_tokens",
+        "reference",
+        "closed_at",
+    ]
     list_filter = ["status", "tenant"]
     list_select_related = ["tenant"]
-    search_fields = ["reference", "tenant__name"]
+    search_fields = ["reference", "model", "tenant__name"]
     date_hierarchy = "created_at"

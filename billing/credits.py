@@ -6,11 +6,14 @@ amount RETURNING balance`` (atomic on PostgreSQL and SQLite alike), and the tabl
 constraint backs it up. Every change of a balance writes a ledger entry in the same
 transaction, so the ledger's amounts always sum to the balance:
 
-- reserve: ``hold`` entry of ``-amount``, and an open :class:`~billing.models.CreditHold`;
+- reserve: ``hold`` entry of ``-amount``, and an open :class:`~billing.models.CreditHold`
+  naming the model;
 - settle:  ``settle`` entry of ``+(amount - charged)`` (the unused part comes back; the
-  note says what was charged), and the hold is marked settled;
-- release: ``release`` entry of ``+amount`` (nothing charged: failures before any output,
-  or the sweeper closing a hold nobody settled).
+  note says what was charged), and the hold is marked settled with the usage charged for
+  (its tokens), which makes the closed holds the usage record;
+- release: ``release`` entry of ``+amount`` (nothing used, nothing charged: a caller that
+  left during admission, or the sweeper closing a hold nobody settled; the engine settles
+  a request that failed before any output at 0 instead).
 
 Closing a hold is claimed with a conditional UPDATE on its status, so a settle racing the
 sweeper (or a second settle) closes it once.
@@ -61,8 +64,9 @@ def _balance(tenant_id: int) -> Decimal:
     return Tenant.objects.values_list("credit_balance", flat=True).get(pk=tenant_id)
 
 
-def credits_reserve(*, tenant_id: int, amount: Decimal, reference: str) -> Hold:
-    """Hold ``amount`` of the tenant's credits, or raise INSUFFICIENT_CREDITS.
+def credits_reserve(*, tenant_id: int, amount: Decimal, reference: str, model: str = "") -> Hold:
+    """Hold ``amount`` of the tenant's credits for a request on ``model``, or raise
+    INSUFFICIENT_CREDITS.
 
     A zero amount holds nothing and writes nothing (it still reports the balance).
     """
@@ -72,7 +76,9 @@ def credits_reserve(*, tenant_id: int, amount: Decimal, reference: str) -> Hold:
     if amount == 0:
         return Hold(tenant_id, amount, reference, _balance(tenant_id))
     if connection.vendor == "postgresql":
-        return _reserve_in_one_statement(tenant_id=tenant_id, amount=amount, reference=reference)
+        return _reserve_in_one_statement(
+            tenant_id=tenant_id, amount=amount, reference=reference, model=model
+        )
     # No savepoint (the engine calls this inside its own transaction) and no raising
     # inside the block: a refusal has changed nothing, so it leaves the block cleanly.
     with transaction.atomic(savepoint=False):
@@ -86,7 +92,7 @@ def credits_reserve(*, tenant_id: int, amount: Decimal, reference: str) -> Hold:
                 reference=reference,
             )
             hold = CreditHold.objects.create(
-                tenant_id=tenant_id, reference=reference, amount=amount
+                tenant_id=tenant_id, reference=reference, model=model, amount=amount
             )
     if balance is None:
         _refuse(tenant_id, amount)
@@ -123,8 +129,10 @@ WITH debit AS (
     SELECT %(tenant_id)s, %(kind)s, -%(amount)s, credit_balance, %(reference)s, '', %(now)s
     FROM debit
 ), hold AS (
-    INSERT INTO {hold} (tenant_id, reference, amount, status, created_at)
-    SELECT %(tenant_id)s, %(reference)s, %(amount)s, %(open)s, %(now)s FROM debit
+    INSERT INTO {hold}
+        (tenant_id, reference, model, amount, status, created_at, prompt_tokens, completion_tokens)
+    SELECT %(tenant_id)s, %(reference)s, %(model)s, %(amount)s, %(open)s, %(now)s, 0, 0
+    FROM debit
     RETURNING id
 )
 SELECT debit.credit_balance, hold.id FROM debit, hold
@@ -132,7 +140,8 @@ SELECT debit.credit_balance, hold.id FROM debit, hold
 
 _SETTLE_SQL = """
 WITH claim AS (
-    UPDATE {hold} SET status = %(settled)s, charged = %(charged)s, closed_at = %(now)s
+    UPDATE {hold} SET status = %(settled)s, charged = %(charged)s, closed_at = %(now)s,
+        prompt_tokens = %(prompt_tokens)s, completion_tokens = %(completion_tokens)s
     WHERE id = %(hold_id)s AND status = %(open)s
     RETURNING id
 ), refund AS (
@@ -148,7 +157,9 @@ SELECT credit_balance FROM refund
 """.format(**_TABLES)  # noqa: S608 (only the models' own table names are formatted in)
 
 
-def _reserve_in_one_statement(*, tenant_id: int, amount: Decimal, reference: str) -> Hold:
+def _reserve_in_one_statement(
+    *, tenant_id: int, amount: Decimal, reference: str, model: str
+) -> Hold:
     with connection.cursor() as cursor:
         cursor.execute(
             _RESERVE_SQL,
@@ -156,6 +167,7 @@ def _reserve_in_one_statement(*, tenant_id: int, amount: Decimal, reference: str
                 "tenant_id": tenant_id,
                 "amount": amount,
                 "reference": reference,
+                "model": model,
                 "kind": LedgerEntry.Kind.HOLD,
                 "open": CreditHold.Status.OPEN,
                 "now": timezone.now(),
@@ -167,7 +179,9 @@ def _reserve_in_one_statement(*, tenant_id: int, amount: Decimal, reference: str
     return Hold(tenant_id, amount, reference, _as_credits(row[0]), hold_id=row[1])
 
 
-def _settle_in_one_statement(*, hold: Hold, charged: Decimal) -> Decimal | None:
+def _settle_in_one_statement(
+    *, hold: Hold, charged: Decimal, prompt_tokens: int, completion_tokens: int
+) -> Decimal | None:
     """The balance after, or None when the hold was closed already (nothing written)."""
     with connection.cursor() as cursor:
         cursor.execute(
@@ -176,6 +190,8 @@ def _settle_in_one_statement(*, hold: Hold, charged: Decimal) -> Decimal | None:
                 "hold_id": hold.hold_id,
                 "tenant_id": hold.tenant_id,
                 "charged": charged,
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
                 "refund": hold.amount - charged,
                 "reference": hold.reference,
                 "note": f"charged {charged} of {hold.amount}",
@@ -189,9 +205,11 @@ def _settle_in_one_statement(*, hold: Hold, charged: Decimal) -> Decimal | None:
     return None if row is None else _as_credits(row[0])
 
 
-def credits_settle(*, hold: Hold, charged: Decimal) -> Decimal:
-    """Close a hold at ``charged`` (capped at the hold; the rest goes back) and return the
-    balance after.
+def credits_settle(
+    *, hold: Hold, charged: Decimal, prompt_tokens: int = 0, completion_tokens: int = 0
+) -> Decimal:
+    """Close a hold at ``charged`` (capped at the hold; the rest goes back), recording the
+    tokens it was charged for, and return the balance after.
 
     Settling twice changes nothing. Settling a hold the sweeper released already charges
     what the balance can still cover (never below zero) and says so in the ledger.
@@ -199,20 +217,21 @@ def credits_settle(*, hold: Hold, charged: Decimal) -> Decimal:
     charged = min(max(Decimal(charged), Decimal(0)), hold.amount).quantize(QUANTUM)
     if hold.hold_id is None:
         return _balance(hold.tenant_id)
+    tokens = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
     if connection.vendor == "postgresql":
-        balance = _settle_in_one_statement(hold=hold, charged=charged)
+        balance = _settle_in_one_statement(hold=hold, charged=charged, **tokens)
         if balance is not None:
             return balance
         with transaction.atomic(savepoint=False):
-            return _settle_closed(hold=hold, charged=charged)
+            return _settle_closed(hold=hold, charged=charged, **tokens)
     # No savepoint when the caller's transaction wraps this (the engine writes the
     # assistant message in the same one): nothing here is meant to fail and be caught.
     with transaction.atomic(savepoint=False):
         claimed = CreditHold.objects.filter(pk=hold.hold_id, status=CreditHold.Status.OPEN).update(
-            status=CreditHold.Status.SETTLED, charged=charged, closed_at=timezone.now()
+            status=CreditHold.Status.SETTLED, charged=charged, closed_at=timezone.now(), **tokens
         )
         if not claimed:
-            return _settle_closed(hold=hold, charged=charged)
+            return _settle_closed(hold=hold, charged=charged, **tokens)
         refund = hold.amount - charged
         balance = _balance_add(tenant_id=hold.tenant_id, delta=refund)
         LedgerEntry.objects.create(
@@ -226,14 +245,21 @@ def credits_settle(*, hold: Hold, charged: Decimal) -> Decimal:
     return balance
 
 
-def _settle_closed(*, hold: Hold, charged: Decimal) -> Decimal:
+def _settle_closed(
+    *, hold: Hold, charged: Decimal, prompt_tokens: int, completion_tokens: int
+) -> Decimal:
     """Settle for a hold that is closed already (inside the caller's transaction)."""
     # Released by the sweeper while the request was still running (it ran past
     # HOLD_STALE_AFTER_SECONDS): charge now, once, as far as the balance goes. A hold
     # settled before is left alone.
     claimed = charged and CreditHold.objects.filter(
         pk=hold.hold_id, status=CreditHold.Status.RELEASED
-    ).update(status=CreditHold.Status.SETTLED, closed_at=timezone.now())
+    ).update(
+        status=CreditHold.Status.SETTLED,
+        closed_at=timezone.now(),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+    )
     current = (
         Tenant.objects.select_for_update()
         .values_list("credit_balance", flat=True)

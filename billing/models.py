@@ -116,7 +116,8 @@ class CreditHold(models.Model):
     """Credits reserved for one request until it is settled (or released by the sweeper).
 
     The hold's amount left the balance when it was taken (a ``hold`` ledger entry);
-    closing it returns what was not charged.
+    closing it returns what was not charged. Every billed request of every transport has
+    one, so closed holds are also the usage record (:mod:`billing.usage`).
     """
 
     class Status(models.TextChoices):
@@ -126,8 +127,13 @@ class CreditHold(models.Model):
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="holds")
     reference = models.CharField(max_length=100, blank=True, db_index=True)
+    # The resolved model the request ran on; "" for holds taken before it was recorded.
+    model = models.CharField(max_length=100, blank=True)
     amount = models.DecimalField(**CREDIT_DIGITS)
     charged = models.DecimalField(null=True, blank=True, **CREDIT_DIGITS)
+    # The usage charged for, written when settled (a release leaves them at 0).
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     created_at = models.DateTimeField(default=timezone.now)
     closed_at = models.DateTimeField(null=True, blank=True)
@@ -140,7 +146,15 @@ class CreditHold(models.Model):
                 fields=["created_at"],
                 condition=Q(status="open"),
                 name="credithold_open_created_idx",
-            )
+            ),
+            # The usage report's range of days, which otherwise scans every hold ever
+            # taken. Partial, so a reserve writes no entry to it; a settle writes one (it
+            # changes indexed columns already, so it was no HOT update before either).
+            models.Index(
+                fields=["closed_at"],
+                condition=Q(closed_at__isnull=False),
+                name="credithold_closed_idx",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -1,22 +1,35 @@
-"""Usage per tenant, model and day, read from the assistant messages (selectors only).
+"""Usage per tenant, model and day, read from the credit holds (selectors only).
 
-Messages go with their chat when it is deleted, so this is the usage of the chats that
-still exist; the ledger remains the record of what was charged.
+Every billed request of every transport (chats, the stateless endpoints, the
+OpenAI-compatible API) takes a hold naming its model and settles it with the tokens it
+used and the credits it was charged, so the holds are the billing record: chats deleted
+since, and traffic that stores no messages, are in it, and credits are what was charged
+then, not a recomputation at today's prices.
+
+What is counted: settled holds, by the day they were settled. That is every request that
+ran to an ending, complete, failed or cancelled, including a failure before any token
+(settled at 0 tokens and 0 credits). Released holds are not requests here: nothing was
+used or charged (the caller left during admission, or the sweeper closed a hold nobody
+settled; a late settle after that turns it into a settled one). Requests without a hold
+row are not in it either: answers from the response cache and idempotent replays (no
+hold), and models priced at zero (a zero hold writes no row).
 """
 
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 
 from django.db.models import Count, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from billing.pricing import cost
-from chats.models import LLMModel, Message
+from billing.models import CreditHold
 
 # Bar colours for the chart, one per model, in order of first appearance.
 PALETTE = ["#417690", "#e08e0b", "#5b9e4d", "#a05195", "#d45087", "#2f4b7c", "#79aec8", "#888"]
+
+# Holds taken before holds recorded their model.
+UNKNOWN_MODEL = "(unknown)"
 
 
 @dataclass(frozen=True)
@@ -28,61 +41,59 @@ class UsageRow:
     requests: int
     prompt_tokens: int
     completion_tokens: int
-    credits: Decimal | None  # at the model's current prices; None for a model no longer known
+    credits: Decimal  # what was charged
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
 
+def _start_of(day: date) -> datetime:
+    return datetime.combine(day, time.min, tzinfo=timezone.get_current_timezone())
+
+
 def usage_by_day(
     *, tenant_id: int | None = None, days: int = 30, today: date | None = None
 ) -> list[UsageRow]:
-    """Assistant messages of the last ``days`` days (today included) grouped by day, tenant
-    and model, oldest day first."""
+    """Settled holds of the last ``days`` days (today included) grouped by day, tenant and
+    model, oldest day first."""
     today = today or timezone.localdate()
     since = today - timedelta(days=days - 1)
-    messages = Message.objects.filter(role=Message.Role.ASSISTANT, created_at__date__gte=since)
+    # A range on the column itself (not closed_at__date), so an index on it can serve.
+    holds = CreditHold.objects.filter(
+        status=CreditHold.Status.SETTLED,
+        closed_at__gte=_start_of(since),
+        closed_at__lt=_start_of(today + timedelta(days=1)),
+    )
     if tenant_id is not None:
-        messages = messages.filter(chat__tenant_id=tenant_id)
+        holds = holds.filter(tenant_id=tenant_id)
+    # Grouped by plain columns and the selected day only (which PostgreSQL groups by its
+    # position), and the unknown-model label set in Python: under server-side binding a
+    # parameter repeated in SELECT and GROUP BY is not the same expression (Django #34255).
     groups = (
-        messages.annotate(day=TruncDate("created_at"))
-        .values("day", "chat__tenant_id", "chat__tenant__name", "model")
+        holds.annotate(day=TruncDate("closed_at"))
+        .values("day", "tenant_id", "tenant__name", "model")
         .annotate(
             requests=Count("id"),
             prompt=Sum("prompt_tokens"),
             completion=Sum("completion_tokens"),
+            charged=Sum("charged"),
         )
-        .order_by("day", "chat__tenant__name", "model")
+        .order_by("day", "tenant__name", "model")
     )
-    prices = {
-        m.name: (m.input_price_per_1k, m.output_price_per_1k)
-        for m in LLMModel.objects.only("name", "input_price_per_1k", "output_price_per_1k")
-    }
-    rows = []
-    for group in groups:
-        price = prices.get(group["model"])
-        prompt, completion = group["prompt"] or 0, group["completion"] or 0
-        rows.append(
-            UsageRow(
-                day=group["day"],
-                tenant_id=group["chat__tenant_id"],
-                tenant_name=group["chat__tenant__name"],
-                model=group["model"] or "(unknown)",
-                requests=group["requests"],
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                credits=cost(
-                    input_price_per_1k=price[0],
-                    output_price_per_1k=price[1],
-                    prompt_tokens=prompt,
-                    completion_tokens=completion,
-                )
-                if price
-                else None,
-            )
+    return [
+        UsageRow(
+            day=group["day"],
+            tenant_id=group["tenant_id"],
+            tenant_name=group["tenant__name"],
+            model=group["model"] or UNKNOWN_MODEL,
+            requests=group["requests"],
+            prompt_tokens=group["prompt"] or 0,
+            completion_tokens=group["completion"] or 0,
+            credits=group["charged"] or Decimal(0),
         )
-    return rows
+        for group in groups
+    ]
 
 
 @dataclass

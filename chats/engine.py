@@ -399,7 +399,12 @@ class Generation:
                 ),
                 self.hold.amount,
             )
-            return charged, credits.credits_settle(hold=self.hold, charged=charged)
+            return charged, credits.credits_settle(
+                hold=self.hold,
+                charged=charged,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+            )
 
 
 def _provider_error(exc: ProviderError) -> ApiError:
@@ -574,6 +579,7 @@ def _admit(
                     tenant_id=request.tenant.pk,
                     amount=reservation,
                     reference=request.request_id,
+                    model=model_name,
                 )
         except ApiError as error:
             refusal = error

@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -160,6 +161,61 @@ def test_holds_of_many_requests_add_up(funded):
         credits_settle(hold=hold, charged=D("0.5"))
     assert balance(funded) == D("7.5")
     assert_books_balance(funded)
+
+
+# --- the usage record: model and tokens on the hold ------------------------------------
+# SQLite runs the portable ORM code, PostgreSQL the single statements.
+
+
+def stored(hold: Hold) -> tuple:
+    row = CreditHold.objects.get(pk=hold.hold_id)
+    return row.status, row.model, row.charged, row.prompt_tokens, row.completion_tokens
+
+
+def test_reserve_records_the_model(funded):
+    hold = credits_reserve(tenant_id=funded.pk, amount=D(2), reference="r", model="demo/cheap")
+    assert stored(hold) == ("open", "demo/cheap", None, 0, 0)
+    unnamed = credits_reserve(tenant_id=funded.pk, amount=D(2), reference="r")
+    assert stored(unnamed)[1] == ""
+
+
+def test_settle_records_the_tokens(funded):
+    hold = credits_reserve(tenant_id=funded.pk, amount=D(2), reference="r", model="demo/cheap")
+    credits_settle(hold=hold, charged=D("0.5"), prompt_tokens=12, completion_tokens=34)
+    assert stored(hold) == ("settled", "demo/cheap", D("0.5"), 12, 34)
+    assert_books_balance(funded)
+
+
+def test_a_second_settle_keeps_the_first_tokens(funded):
+    hold = credits_reserve(tenant_id=funded.pk, amount=D(2), reference="r", model="m")
+    credits_settle(hold=hold, charged=D(1), prompt_tokens=5, completion_tokens=6)
+    credits_settle(hold=hold, charged=D(2), prompt_tokens=50, completion_tokens=60)
+    assert stored(hold) == ("settled", "m", D(1), 5, 6)
+
+
+def test_a_release_records_no_tokens(funded):
+    hold = credits_reserve(tenant_id=funded.pk, amount=D(2), reference="r", model="m")
+    credits_release(hold=hold)
+    assert stored(hold) == ("released", "m", D(0), 0, 0)
+
+
+def test_a_late_settle_records_the_tokens(funded):
+    hold = credits_reserve(tenant_id=funded.pk, amount=D(6), reference="slow", model="m")
+    credits_release(hold=hold)  # as the sweeper does
+    credits_settle(hold=hold, charged=D(5), prompt_tokens=70, completion_tokens=80)
+    assert stored(hold) == ("settled", "m", D(5), 70, 80)
+    assert_books_balance(funded)
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="the single statements are PostgreSQL's"
+)
+def test_reserve_and_settle_stay_one_statement_each(funded, django_assert_num_queries):
+    with django_assert_num_queries(1):
+        hold = credits_reserve(tenant_id=funded.pk, amount=D(2), reference="r", model="m")
+    with django_assert_num_queries(1):
+        credits_settle(hold=hold, charged=D(1), prompt_tokens=3, completion_tokens=4)
+    assert stored(hold) == ("settled", "m", D(1), 3, 4)
 
 
 # --- the invariant, over random histories ---------------------------------------------
