@@ -19,8 +19,10 @@ Closing a hold is claimed with a conditional UPDATE on its status, so a settle r
 sweeper (or a second settle) closes it once.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Generic, TypeVar
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -28,6 +30,8 @@ from django.utils import timezone
 from billing.models import CreditHold, LedgerEntry, Tenant
 from billing.pricing import QUANTUM
 from chatproject.errors import ApiError, ErrorCode
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -76,9 +80,9 @@ def credits_reserve(*, tenant_id: int, amount: Decimal, reference: str, model: s
     if amount == 0:
         return Hold(tenant_id, amount, reference, _balance(tenant_id))
     if connection.vendor == "postgresql":
-        return _reserve_in_one_statement(
+        return credits_reserve_pending(
             tenant_id=tenant_id, amount=amount, reference=reference, model=model
-        )
+        ).result()
     # No savepoint (the engine calls this inside its own transaction) and no raising
     # inside the block: a refusal has changed nothing, so it leaves the block cleanly.
     with transaction.atomic(savepoint=False):
@@ -157,52 +161,80 @@ SELECT credit_balance FROM refund
 """.format(**_TABLES)  # noqa: S608 (only the models' own table names are formatted in)
 
 
-def _reserve_in_one_statement(
-    *, tenant_id: int, amount: Decimal, reference: str, model: str
-) -> Hold:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _RESERVE_SQL,
-            {
-                "tenant_id": tenant_id,
-                "amount": amount,
-                "reference": reference,
-                "model": model,
-                "kind": LedgerEntry.Kind.HOLD,
-                "open": CreditHold.Status.OPEN,
-                "now": timezone.now(),
-            },
-        )
-        row = cursor.fetchone()
-    if row is None:
-        _refuse(tenant_id, amount)
-    return Hold(tenant_id, amount, reference, _as_credits(row[0]), hold_id=row[1])
+class Pending(Generic[T]):
+    """A billing write whose answer is read later: :meth:`result` is the answer, or raises
+    the write's refusal. Inside :func:`chatproject.db.pipelined` the write then travels
+    with the statements sent after it instead of costing a round trip of its own."""
+
+    def __init__(
+        self,
+        *,
+        cursor=None,
+        read: Callable[[tuple | None], T] | None = None,
+        value: T | None = None,
+        refusal: ApiError | None = None,
+    ) -> None:
+        self._cursor, self._read = cursor, read
+        self._value, self._refusal = value, refusal
+
+    @classmethod
+    def now(cls, compute: Callable[[], T]) -> "Pending[T]":
+        """A write taken at once (not on PostgreSQL, or nothing to send)."""
+        try:
+            return cls(value=compute())
+        except ApiError as refusal:
+            return cls(refusal=refusal)
+
+    def result(self) -> T:
+        if self._cursor is not None:
+            with self._cursor as cursor:
+                row = cursor.fetchone()
+            self._cursor = None
+            try:
+                self._value = self._read(row)
+            except ApiError as refusal:
+                self._refusal = refusal
+        if self._refusal is not None:
+            raise self._refusal
+        return self._value
 
 
-def _settle_in_one_statement(
-    *, hold: Hold, charged: Decimal, prompt_tokens: int, completion_tokens: int
-) -> Decimal | None:
-    """The balance after, or None when the hold was closed already (nothing written)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _SETTLE_SQL,
-            {
-                "hold_id": hold.hold_id,
-                "tenant_id": hold.tenant_id,
-                "charged": charged,
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "refund": hold.amount - charged,
-                "reference": hold.reference,
-                "note": f"charged {charged} of {hold.amount}",
-                "kind": LedgerEntry.Kind.SETTLE,
-                "open": CreditHold.Status.OPEN,
-                "settled": CreditHold.Status.SETTLED,
-                "now": timezone.now(),
-            },
+def _send(sql: str, params: dict, read: Callable[[tuple | None], T]) -> Pending[T]:
+    cursor = connection.cursor()
+    cursor.execute(sql, params)
+    return Pending(cursor=cursor, read=read)
+
+
+def credits_reserve_pending(
+    *, tenant_id: int, amount: Decimal, reference: str, model: str = ""
+) -> Pending[Hold]:
+    """:func:`credits_reserve`, its answer read later (see :class:`Pending`).
+
+    On PostgreSQL the hold's one statement is sent now; elsewhere the hold is taken now.
+    """
+    amount = Decimal(amount).quantize(QUANTUM)
+    if amount <= 0 or connection.vendor != "postgresql":
+        return Pending.now(
+            lambda: credits_reserve(
+                tenant_id=tenant_id, amount=amount, reference=reference, model=model
+            )
         )
-        row = cursor.fetchone()
-    return None if row is None else _as_credits(row[0])
+
+    def read(row: tuple | None) -> Hold:
+        if row is None:
+            _refuse(tenant_id, amount)
+        return Hold(tenant_id, amount, reference, _as_credits(row[0]), hold_id=row[1])
+
+    params = {
+        "tenant_id": tenant_id,
+        "amount": amount,
+        "reference": reference,
+        "model": model,
+        "kind": LedgerEntry.Kind.HOLD,
+        "open": CreditHold.Status.OPEN,
+        "now": timezone.now(),
+    }
+    return _send(_RESERVE_SQL, params, read)
 
 
 def credits_settle(
@@ -214,16 +246,51 @@ def credits_settle(
     Settling twice changes nothing. Settling a hold the sweeper released already charges
     what the balance can still cover (never below zero) and says so in the ledger.
     """
+    return credits_settle_pending(
+        hold=hold, charged=charged, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+    ).result()
+
+
+def credits_settle_pending(
+    *, hold: Hold, charged: Decimal, prompt_tokens: int = 0, completion_tokens: int = 0
+) -> Pending[Decimal]:
+    """:func:`credits_settle`, its answer read later (see :class:`Pending`).
+
+    On PostgreSQL the settlement's one statement is sent now; elsewhere it is made now.
+    """
     charged = min(max(Decimal(charged), Decimal(0)), hold.amount).quantize(QUANTUM)
-    if hold.hold_id is None:
-        return _balance(hold.tenant_id)
     tokens = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
-    if connection.vendor == "postgresql":
-        balance = _settle_in_one_statement(hold=hold, charged=charged, **tokens)
-        if balance is not None:
-            return balance
-        with transaction.atomic(savepoint=False):
+    if hold.hold_id is None:
+        return Pending.now(lambda: _balance(hold.tenant_id))
+    if connection.vendor != "postgresql":
+        return Pending.now(lambda: _settle_portably(hold=hold, charged=charged, **tokens))
+
+    def read(row: tuple | None) -> Decimal:
+        if row is not None:
+            return _as_credits(row[0])
+        with transaction.atomic(savepoint=False):  # the hold was closed already
             return _settle_closed(hold=hold, charged=charged, **tokens)
+
+    params = {
+        "hold_id": hold.hold_id,
+        "tenant_id": hold.tenant_id,
+        "charged": charged,
+        **tokens,
+        "refund": hold.amount - charged,
+        "reference": hold.reference,
+        "note": f"charged {charged} of {hold.amount}",
+        "kind": LedgerEntry.Kind.SETTLE,
+        "open": CreditHold.Status.OPEN,
+        "settled": CreditHold.Status.SETTLED,
+        "now": timezone.now(),
+    }
+    return _send(_SETTLE_SQL, params, read)
+
+
+def _settle_portably(
+    *, hold: Hold, charged: Decimal, prompt_tokens: int, completion_tokens: int
+) -> Decimal:
+    tokens = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
     # No savepoint when the caller's transaction wraps this (the engine writes the
     # assistant message in the same one): nothing here is meant to fail and be caught.
     with transaction.atomic(savepoint=False):

@@ -12,7 +12,8 @@ returned :class:`Generation`. The steps, in order:
 4. the provider stream (or the cached answer replayed), token by token
 5. finalisation, in one database call, whatever the ending (complete, upstream failure,
    cancel or disconnect): the assistant message written once, the hold settled at the
-   real usage, the governor's output check; then the cache filled with complete answers
+   real usage, the governor's output check; then the last event, while the cache is
+   filled with a complete answer (the stream ends once it is)
 
 Refusals before the stream (steps 1 to 3) raise :class:`ApiError`, so HTTP transports can
 answer with a status code; failures during the stream become an :class:`ErrorEvent`.
@@ -37,7 +38,7 @@ from django.utils import timezone
 from billing import credits, idempotency, pricing, ratelimit, response_cache
 from billing.models import Tenant
 from chatproject import metrics
-from chatproject.db import db_call
+from chatproject.db import db_call, pipelined
 from chatproject.errors import ApiError, ErrorCode
 from chats import catalog
 from chats.context import trim_to_budget
@@ -183,6 +184,7 @@ class Generation:
         # Set when finalised: what was charged, the balance after, the usage, the status.
         self.outcome: Outcome | None = None
         self._finishing: asyncio.Future | None = None
+        self._cache_fill: asyncio.Future | None = None
 
     @property
     def model_name(self) -> str:
@@ -249,6 +251,7 @@ class Generation:
             )
         else:
             yield ErrorEvent(error, self.message_id, content, usage, charged, remaining)
+        await self._cache_filled()
 
     async def _provider_stream(self) -> AsyncIterator[TokenDelta | StreamEnd]:
         request = CompletionRequest(
@@ -288,7 +291,12 @@ class Generation:
         """The outcome, once finalisation (which a cancel does not interrupt) is done."""
         if self._finishing is not None:
             await asyncio.shield(self._finishing)
+        await self._cache_filled()
         return self.outcome
+
+    async def _cache_filled(self) -> None:
+        if self._cache_fill is not None:
+            await asyncio.shield(self._cache_fill)
 
     async def _finish(
         self, status: str, parts: list[str], end: StreamEnd | None
@@ -312,16 +320,15 @@ class Generation:
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
             )
-        # The cache fill needs nothing from the database: it runs while the database
-        # settles, rather than after it.
-        (charged, remaining), _ = await asyncio.gather(
-            db_call(self._finish_in_db, status, content, usage, end), self._fill_cache(answer)
-        )
+        charged, remaining = await db_call(self._finish_in_db, status, content, usage, end)
         self.outcome = Outcome(status, content, usage, charged, remaining)
         metrics.GENERATIONS.labels(status=status, cache=self.cache_status).inc()
         metrics.TOKENS.inc(len(parts))
         metrics.CREDITS.inc(float(charged))
         await self._close_idempotency_claim(answer)
+        # The answer's last event need not wait for the cache: the fill runs while it goes
+        # out, and the stream ends once the fill is done (see events() and finished()).
+        self._cache_fill = _in_background(self._fill_cache(answer))
         return charged, remaining, usage
 
     async def _fill_cache(self, answer: response_cache.CachedAnswer | None) -> None:
@@ -349,7 +356,72 @@ class Generation:
         except Exception:  # an outage must not fail a delivered answer
             logger.exception("idempotency record write failed")
 
-    def _store_answer(self, status: str, content: str, usage: Usage, end: StreamEnd | None) -> None:
+    def _finish_in_db(
+        self, status: str, content: str, usage: Usage, end: StreamEnd | None
+    ) -> tuple[Decimal, Decimal]:
+        """One transaction, one commit, written in as few round trips as it can be.
+
+        First with the writes sent together (see :func:`pipelined`): a database error then
+        surfaces only once they are all out, and fails the whole transaction. It is rolled
+        back and written again one write at a time, each isolated, so that the settlement
+        commits whatever else fails (an answer the database refuses to store, say).
+        """
+        try:
+            with transaction.atomic():
+                return self._finalise(status, content, usage, end, together=True)
+        except DatabaseError:
+            logger.warning("finalising %s together failed; once more one by one", self.message_id)
+        with transaction.atomic():
+            return self._finalise(status, content, usage, end, together=False)
+
+    def _finalise(
+        self, status: str, content: str, usage: Usage, end: StreamEnd | None, *, together: bool
+    ) -> tuple[Decimal, Decimal]:
+        isolated = contextlib.nullcontext if together else transaction.atomic  # savepoints
+        with pipelined() if together else contextlib.nullcontext():
+            if self.request.chat is not None and not self.replayed:
+                try:
+                    self._store_answer(status, content, usage, end, isolated)
+                except DatabaseError:
+                    if together:
+                        raise
+                    logger.exception("could not store the answer %s", self.message_id)
+            try:  # also for empty answers: it completes the audit record
+                with isolated():
+                    gate.governor_check_output(decision=self.decision, text=content)
+            except DatabaseError:
+                if together:
+                    raise
+                logger.exception("governor output check failed")
+            except Exception:  # the answer is delivered; a failed post-check is logged
+                logger.exception("governor output check failed")
+            settlement = self._settle(usage) if self.hold is not None else None
+        if settlement is None:
+            balances = Tenant.objects.values_list("credit_balance", flat=True)
+            return ZERO, balances.get(pk=self.request.tenant.pk)
+        charged, pending = settlement
+        return charged, pending.result()
+
+    def _settle(self, usage: Usage) -> tuple[Decimal, credits.Pending[Decimal]]:
+        charged = min(
+            pricing.cost(
+                input_price_per_1k=self.model.input_price_per_1k,
+                output_price_per_1k=self.model.output_price_per_1k,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+            ),
+            self.hold.amount,
+        )
+        return charged, credits.credits_settle_pending(
+            hold=self.hold,
+            charged=charged,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+        )
+
+    def _store_answer(
+        self, status: str, content: str, usage: Usage, end: StreamEnd | None, isolated
+    ) -> None:
         """The assistant message, unless its chat was deleted meanwhile; either way the
         settlement in the same transaction commits. The chat row is locked against a
         concurrent delete (foreign keys are only checked at commit, too late to catch)."""
@@ -357,53 +429,17 @@ class Generation:
         if chat.values_list("pk", flat=True).first() is None:
             logger.info("chat of answer %s was deleted; answer not stored", self.message_id)
             return
-        try:
-            with transaction.atomic():
-                Message.objects.create(
-                    id=self.message_id,
-                    chat=self.request.chat,
-                    role=Message.Role.ASSISTANT,
-                    content=content,
-                    status=status,
-                    model=self.model.name,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                    finish_reason=(end.finish_reason if end else "") or "",
-                )
-        except DatabaseError:
-            logger.exception("could not store the answer %s", self.message_id)
-
-    def _finish_in_db(
-        self, status: str, content: str, usage: Usage, end: StreamEnd | None
-    ) -> tuple[Decimal, Decimal]:
-        """One transaction, one commit; the balance row is locked last and briefly."""
-        with transaction.atomic():
-            if self.request.chat is not None and not self.replayed:
-                self._store_answer(status, content, usage, end)
-            try:  # also for empty answers: it completes the audit record
-                with transaction.atomic():
-                    gate.governor_check_output(decision=self.decision, text=content)
-            except Exception:  # the answer is delivered; a failed post-check is logged
-                logger.exception("governor output check failed")
-            if self.hold is None:
-                remaining = Tenant.objects.values_list("credit_balance", flat=True).get(
-                    pk=self.request.tenant.pk
-                )
-                return ZERO, remaining
-            charged = min(
-                pricing.cost(
-                    input_price_per_1k=self.model.input_price_per_1k,
-                    output_price_per_1k=self.model.output_price_per_1k,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                ),
-                self.hold.amount,
-            )
-            return charged, credits.credits_settle(
-                hold=self.hold,
-                charged=charged,
+        with isolated():
+            Message.objects.create(
+                id=self.message_id,
+                chat=self.request.chat,
+                role=Message.Role.ASSISTANT,
+                content=content,
+                status=status,
+                model=self.model.name,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
+                finish_reason=(end.finish_reason if end else "") or "",
             )
 
 
@@ -526,10 +562,11 @@ async def _claim_key(
     return claim.answer  # None when this request claimed the key
 
 
-def _in_background(coroutine) -> None:
+def _in_background(coroutine) -> asyncio.Future:
     task = asyncio.ensure_future(coroutine)
     _background.add(task)
     task.add_done_callback(_background.discard)
+    return task
 
 
 def _release_abandoned_hold(admission: asyncio.Future) -> None:
@@ -560,8 +597,9 @@ def _admit(
 ) -> tuple[gate.GateDecision, credits.Hold | None, StoredMessage | None]:
     """Governor, the user's message and the credit hold, in one transaction.
 
-    A refused request stores nothing but its audit record: the governor's refusal and a
-    refused hold both raise before writing anything, so the audit record commits alone.
+    A refused request stores nothing but its audit record: the governor's refusal raises
+    before the hold and the message are sent, and a refused hold (read back once both are
+    out) takes the message out again in the same transaction.
     """
     refusal: ApiError | None = None
     hold = user_message = None
@@ -574,25 +612,32 @@ def _admit(
                 metadata=metadata,
                 model_name=model_name,
             )
-            if needs_hold:  # refuses before writing anything
-                hold = credits.credits_reserve(
-                    tenant_id=request.tenant.pk,
-                    amount=reservation,
-                    reference=request.request_id,
-                    model=model_name,
+            # The hold and the message go out together: one round trip for both.
+            with pipelined():
+                pending = (
+                    credits.credits_reserve_pending(
+                        tenant_id=request.tenant.pk,
+                        amount=reservation,
+                        reference=request.request_id,
+                        model=model_name,
+                    )
+                    if needs_hold
+                    else None
                 )
+                if request.chat is not None and store_message:
+                    stored = Message.objects.create(
+                        chat=request.chat,
+                        role=Message.Role.USER,
+                        content=request.messages[-1].get("content", ""),
+                        client_message_id=request.client_message_id,
+                        created_at=timezone.now(),
+                    )
+                    user_message = StoredMessage(stored.id, stored.content, stored.created_at)
+            hold = pending.result() if pending else None
         except ApiError as error:
             refusal = error
-        else:
-            if request.chat is not None and store_message:
-                stored = Message.objects.create(
-                    chat=request.chat,
-                    role=Message.Role.USER,
-                    content=request.messages[-1].get("content", ""),
-                    client_message_id=request.client_message_id,
-                    created_at=timezone.now(),
-                )
-                user_message = StoredMessage(stored.id, stored.content, stored.created_at)
+            if user_message is not None:  # sent alongside a hold that was refused
+                Message.objects.filter(pk=user_message.id).delete()
     if refusal is not None:
         raise refusal
     return decision, hold, user_message

@@ -10,10 +10,17 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from billing.credits import Hold, credits_release, credits_reserve, credits_settle
+from billing.credits import (
+    Hold,
+    credits_release,
+    credits_reserve,
+    credits_reserve_pending,
+    credits_settle,
+)
 from billing.models import CreditHold, LedgerEntry, Tenant
 from billing.pricing import cost
 from billing.services import credits_top_up
+from chatproject.db import pipelined
 from chatproject.errors import ApiError, ErrorCode
 from tests.factories import make_tenant
 
@@ -216,6 +223,43 @@ def test_reserve_and_settle_stay_one_statement_each(funded, django_assert_num_qu
     with django_assert_num_queries(1):
         credits_settle(hold=hold, charged=D(1), prompt_tokens=3, completion_tokens=4)
     assert stored(hold) == ("settled", "m", D(1), 3, 4)
+
+
+# --- a hold read back later, sent along with other writes -----------------------------
+
+
+def test_a_pending_hold_reads_back_the_hold_after_other_writes(funded):
+    other = make_tenant()
+    with pipelined():
+        pending = credits_reserve_pending(
+            tenant_id=funded.pk, amount=D(3), reference="p", model="m"
+        )
+        Tenant.objects.filter(pk=other.pk).update(name="renamed")  # sent after the hold
+    hold = pending.result()
+    assert hold == Hold(funded.pk, D(3), "p", D(7), hold_id=hold.hold_id)
+    assert pending.result() == hold  # read once, kept
+    assert stored(hold) == ("open", "m", None, 0, 0)
+    assert Tenant.objects.get(pk=other.pk).name == "renamed"
+    assert_books_balance(funded)
+
+
+def test_a_refused_pending_hold_raises_when_read_and_writes_nothing(funded):
+    with pipelined():
+        pending = credits_reserve_pending(tenant_id=funded.pk, amount=D(11), reference="p")
+    for _ in range(2):
+        with pytest.raises(ApiError) as raised:
+            pending.result()
+        assert raised.value.code == ErrorCode.INSUFFICIENT_CREDITS
+    assert raised.value.details == {"required": "11.000000", "balance": "10.000000"}
+    assert balance(funded) == 10
+    assert not CreditHold.objects.filter(tenant=funded).exists()
+    assert_books_balance(funded)
+
+
+def test_a_pending_zero_hold_writes_nothing(funded):
+    hold = credits_reserve_pending(tenant_id=funded.pk, amount=D(0), reference="p").result()
+    assert (hold.hold_id, hold.balance_after) == (None, D(10))
+    assert not CreditHold.objects.filter(tenant=funded).exists()
 
 
 # --- the invariant, over random histories ---------------------------------------------

@@ -1,17 +1,22 @@
 """The streaming engine: routing, context, endings, settlement, real upstreams."""
 
+import asyncio
 import time
 from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connection
 
+from billing import response_cache
 from billing.models import LedgerEntry, Tenant
 from chatproject.errors import ApiError
 from chats import catalog
 from chats.context import trim_to_budget
 from chats.engine import ErrorEvent, FinishedEvent, GenerationRequest, TokenEvent, start_generation
 from chats.models import LLMModel, Message
+from governor import gate
+from governor.models import AuditRecord
 from tests.factories import make_chat, make_tenant
 from tests.fakes.upstream import FakeUpstream, expected_text
 
@@ -149,6 +154,7 @@ async def test_insufficient_credits_refuses_before_anything_is_stored(db):
     assert raised.value.status == 402
     assert not await Message.objects.filter(chat=chat).aexists()
     assert await balance(tenant) == 0
+    assert await AuditRecord.objects.filter(tenant=tenant).acount() == 1  # it was checked
 
 
 @pytest.mark.asyncio
@@ -347,3 +353,74 @@ async def test_a_chat_deleted_mid_stream_still_settles_the_hold(tenant_chat):
     assert await balance(tenant) == before - rest[-1].credits_charged
     assert await ledger_sum(tenant) == await balance(tenant)
     assert not await Message.objects.filter(pk=generation.message_id).aexists()
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_the_last_event_does_not_wait_for_the_cache_but_the_stream_does(
+    tenant_chat, monkeypatch
+):
+    tenant, chat = tenant_chat
+    filling, release = asyncio.Event(), asyncio.Event()
+    stored: list = []
+
+    async def slow_cache_put(key, answer):
+        filling.set()
+        await release.wait()
+        stored.append(answer)
+
+    monkeypatch.setattr(response_cache, "cache_put", slow_cache_put)
+    request = GenerationRequest(
+        tenant=tenant, chat=chat, messages=[{"role": "user", "content": "cache me"}]
+    )
+    generation = await start_generation(request)
+    events = generation.events()
+
+    async def answer() -> FinishedEvent:
+        async for event in events:
+            if isinstance(event, FinishedEvent):
+                return event
+
+    event = await asyncio.wait_for(answer(), 5)
+    # The answer is out while the fill is still running...
+    await asyncio.wait_for(filling.wait(), 5)
+    assert stored == []
+    ending = asyncio.ensure_future(anext(events, None))
+    await asyncio.sleep(0.05)
+    assert not ending.done()  # ...and the stream ends only once the answer is cached.
+    release.set()
+    assert await asyncio.wait_for(ending, 5) is None
+    assert [answer.content for answer in stored] == [event.content]
+    assert (await generation.finished()).status == "complete"
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_failing_write_in_finalisation_still_stores_and_settles_once(
+    tenant_chat, monkeypatch
+):
+    """The writes go out together first; when one fails, all are written again one by one
+    and the failing one alone is skipped."""
+    tenant, chat = tenant_chat
+    before = await balance(tenant)
+    attempts = []
+
+    def failing_output_check(*, decision, text):
+        attempts.append(text)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT * FROM no_such_table")  # fails in the database
+
+    monkeypatch.setattr(gate, "governor_check_output", failing_output_check)
+    _, events = await run(
+        GenerationRequest(tenant=tenant, chat=chat, messages=[{"role": "user", "content": "hi"}])
+    )
+    finished = events[-1]
+    assert isinstance(finished, FinishedEvent)
+    assert len(attempts) == 2  # together, then one by one
+    stored = await Message.objects.aget(pk=finished.message_id)
+    assert (stored.status, stored.content) == ("complete", finished.content)
+    assert finished.credits_charged > 0
+    assert await balance(tenant) == before - finished.credits_charged
+    assert await ledger_sum(tenant) == await balance(tenant)
+    settles = LedgerEntry.objects.filter(tenant=tenant, kind=LedgerEntry.Kind.SETTLE)
+    assert await settles.acount() == 1
