@@ -598,22 +598,23 @@ def _admit(
     """Governor, the user's message and the credit hold, in one transaction.
 
     A refused request stores nothing but its audit record: the governor's refusal raises
-    before the hold and the message are sent, and a refused hold (read back once both are
-    out) takes the message out again in the same transaction.
+    before the hold and the message are sent, and a refused hold (read back once all three
+    are out) takes the message out again in the same transaction.
     """
     refusal: ApiError | None = None
     hold = user_message = None
     with transaction.atomic():
         try:
-            decision = gate.governor_check_input(
+            check = gate.governor_assess_input(  # reads only: the tenant's policy
                 tenant=request.tenant,
                 request_id=request.request_id,
                 text=_governed_text(request),
                 metadata=metadata,
                 model_name=model_name,
             )
-            # The hold and the message go out together: one round trip for both.
+            # The audit record, the hold and the message go out together: one round trip.
             with pipelined():
+                decision = check.record()  # raises for a rejection, its record sent
                 pending = (
                     credits.credits_reserve_pending(
                         tenant_id=request.tenant.pk,

@@ -80,37 +80,64 @@ def governor_check_input(
     rejected request, so it must not run inside a transaction that the rejection rolls
     back. The tenant's policy comes from a short in-process cache.
     """
+    return governor_assess_input(
+        tenant=tenant, request_id=request_id, text=text, metadata=metadata, model_name=model_name
+    ).record()
+
+
+def governor_assess_input(
+    *, tenant: Tenant, request_id: str, text: str, metadata: Any, model_name: str
+) -> InputCheck:
+    """:func:`governor_check_input` in two steps: this evaluates (and writes nothing but a
+    tenant's first default policy); :meth:`InputCheck.record` writes the audit record, so
+    the caller can send it along with its own writes."""
     if metadata is not None and not isinstance(metadata, GovernorMetadata):
         metadata = governor_parse_metadata(metadata)  # raw governorMetadata
-    evaluated = services.governor_evaluate_input(
+    evaluated = services.governor_assess_input(
         tenant=tenant,
         request_id=request_id,
         text=text,
         metadata=metadata,
         model_name=model_name,
     )
-    result = evaluated.result.to_dict()
-    decision = GateDecision(
-        result=result,
-        audit_id=str(evaluated.record.pk),
-        metadata=metadata,
-        policy=evaluated.policy,
-    )
-    if not evaluated.result.approved:
-        logger.info(
-            "governor rejected request %s: audit %s, %s risk %s",
-            request_id,
-            decision.audit_id,
-            result["risk_level"],
-            result["risk_score"],
+    return InputCheck(evaluated=evaluated, request_id=request_id, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class InputCheck:
+    """An evaluated request whose audit record is not written yet."""
+
+    evaluated: services.Evaluated
+    request_id: str
+    metadata: GovernorMetadata | None
+
+    def record(self) -> GateDecision:
+        """Write the audit record; the decision, or ApiError(GOVERNOR_REJECTED) once the
+        record of the rejection is written."""
+        evaluated = self.evaluated
+        evaluated.record.save(force_insert=True)
+        result = evaluated.result.to_dict()
+        decision = GateDecision(
+            result=result,
+            audit_id=str(evaluated.record.pk),
+            metadata=self.metadata,
+            policy=evaluated.policy,
         )
-        raise ApiError(
-            ErrorCode.GOVERNOR_REJECTED,
-            _rejection_message(result),
-            details={**result, "audit_id": decision.audit_id},
-            headers=decision.headers(),
-        )
-    return decision
+        if not evaluated.result.approved:
+            logger.info(
+                "governor rejected request %s: audit %s, %s risk %s",
+                self.request_id,
+                decision.audit_id,
+                result["risk_level"],
+                result["risk_score"],
+            )
+            raise ApiError(
+                ErrorCode.GOVERNOR_REJECTED,
+                _rejection_message(result),
+                details={**result, "audit_id": decision.audit_id},
+                headers=decision.headers(),
+            )
+        return decision
 
 
 def governor_check_output(*, decision: GateDecision, text: str) -> None:

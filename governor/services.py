@@ -108,9 +108,27 @@ def governor_evaluate_input(
 
     One INSERT (plus, on a tenant's very first request, its default policy).
     """
+    evaluated = governor_assess_input(
+        tenant=tenant, request_id=request_id, text=text, metadata=metadata, model_name=model_name
+    )
+    evaluated.record.save(force_insert=True)
+    return evaluated
+
+
+def governor_assess_input(
+    *,
+    tenant: Tenant,
+    request_id: str,
+    text: str,
+    metadata: GovernorMetadata | None,
+    model_name: str,
+) -> Evaluated:
+    """:func:`governor_evaluate_input` with its audit record built but not yet saved, so the
+    caller can send the INSERT along with its own writes. Writes nothing (but a tenant's
+    default policy, on its very first request)."""
     policy = policy_for_tenant(tenant=tenant)
     result = evaluate(EvaluationInput(text=text, metadata=metadata, phase="input"), policy)
-    record = AuditRecord.objects.create(
+    record = AuditRecord(
         tenant=tenant,
         request_id=storable(request_id[:128]),
         model=storable(model_name[:200]),
