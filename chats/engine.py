@@ -78,6 +78,9 @@ class GenerationRequest:
     # How many leading messages the server supplied itself (stored history it checked
     # when they were sent, or a system prompt it built): the governor checks the rest.
     trusted_messages: int = 0
+    # Client-supplied text the server folded into one of those trusted messages (documents
+    # quoted in a system prompt it built): the governor checks it too.
+    client_context: str = ""
 
 
 # --- What transports get out ------------------------------------------------------------
@@ -581,10 +584,11 @@ _background: set[asyncio.Future] = set()  # keeps fire-and-forget tasks referenc
 
 
 def _governed_text(request: GenerationRequest) -> str:
-    """What the governor checks: every message this request's client supplied (stateless
+    """What the governor checks: everything this request's client supplied (stateless
     formats send the whole conversation, system messages included)."""
     supplied = request.messages[request.trusted_messages :] or request.messages[-1:]
-    return "\n\n".join(message.get("content", "") for message in supplied)
+    texts = [request.client_context] if request.client_context else []
+    return "\n\n".join([*texts, *(message.get("content", "") for message in supplied)])
 
 
 def _admit(

@@ -107,6 +107,13 @@ async def _context(
         ) from None
 
 
+def _client_context(user_name: str | None, documents: dict[str, str] | None) -> str:
+    """What the client supplied for the system prompt, as the governor reads it."""
+    parts = [user_name or ""]
+    parts += [f"{path}\n{content}" for path, content in (documents or {}).items()]
+    return "\n\n".join(part for part in parts if part)
+
+
 # --- POST /api/v1/chat/stream ---------------------------------------------------------------
 
 
@@ -232,9 +239,17 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
         *body.history,
         user_message,
     ]
-    # The system prompt is the server's own (template and knowledge base): not governed.
+    # The system prompt is the server's own (template and knowledge base), but for what the
+    # client put into it: its name and its documents are governed with its messages.
     generation = await start_generation(
-        generation_request(request, tenant, messages, chat=chat, trusted_messages=1)
+        generation_request(
+            request,
+            tenant,
+            messages,
+            chat=chat,
+            trusted_messages=1,
+            client_context=_client_context(body.user_name, body.existing_documents),
+        )
     )
     return await generation_response(
         generation,

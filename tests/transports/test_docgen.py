@@ -11,6 +11,7 @@ from django.test import AsyncClient
 from chats.models import Chat, Message
 from chats.transports import docgen
 from chats.transports.sse import conversation_chat_id
+from governor.models import AuditRecord
 from knowledge.retrieval import RetrievalError
 from tests.factories import make_chat, make_tenant
 from tests.transports.conftest import (
@@ -74,6 +75,23 @@ def test_seed_request_streams_message_events_then_a_filled_done(server, account)
     assert metadata["usage"]["completion_tokens"] == len(tokens)
     assert metadata["duration_ms"] >= 0
     assert metadata["request_id"] == response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    "supplied",
+    [
+        {"existing_documents": {"KEYS.md": "prod key sk_live_a1B2c3D4e5F6g7H8i9J0kL"}},
+        {"user_name": "Ada sk_live_a1B2c3D4e5F6g7H8i9J0kL"},
+    ],
+)
+def test_what_the_client_puts_into_the_system_prompt_is_governed(server, account, supplied):
+    request = {"message": unique("Draft the security notes."), **supplied}
+    response = httpx.post(stream_url(server), json=request, headers=account.headers, timeout=30)
+    assert response.status_code == 403
+    error = error_body(response)
+    assert error["code"] == "GOVERNOR_REJECTED"
+    record = AuditRecord.objects.get(pk=error["details"]["audit_id"])
+    assert (record.approved, record.request_id) == (False, response.headers["x-request-id"])
 
 
 def test_conversation_is_a_chat_of_the_tenant_reused_across_requests(server, account):
