@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -66,6 +66,10 @@ class GenerationRequest:
     tenant: Tenant
     messages: list[dict[str, str]]  # the conversation; the last one is being answered
     chat: Chat | None = None  # where the exchange is stored (None: not stored)
+    # Or: opens the chat during admission, returning it and whether it made it new; a
+    # refused request then leaves no new chat behind. Sync (runs in the admission's
+    # transaction).
+    chat_opener: Callable[[], tuple[Chat, bool]] | None = None
     quality: str | None = None
     model: str | None = None
     temperature: float = 0.7
@@ -607,8 +611,11 @@ def _admit(
     """
     refusal: ApiError | None = None
     hold = user_message = None
+    opened_new = False
     with transaction.atomic():
         try:
+            if request.chat is None and request.chat_opener is not None:
+                request.chat, opened_new = request.chat_opener()
             check = gate.governor_assess_input(  # reads only: the tenant's policy
                 tenant=request.tenant,
                 request_id=request.request_id,
@@ -641,7 +648,9 @@ def _admit(
             hold = pending.result() if pending else None
         except ApiError as error:
             refusal = error
-            if user_message is not None:  # sent alongside a hold that was refused
+            if opened_new:  # with the message sent alongside a refused hold, if any
+                Chat.objects.filter(pk=request.chat.pk).delete()
+            elif user_message is not None:  # sent alongside a hold that was refused
                 Message.objects.filter(pk=user_message.id).delete()
     if refusal is not None:
         raise refusal

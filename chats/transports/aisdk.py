@@ -10,20 +10,20 @@ seed), else DefaultChatTransport's ``id``, else a new chat. CORS on every answer
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
-from chatproject.db import db_call
 from chatproject.errors import ApiError
 from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
 from chats.transports import schemas
 from chats.transports.sse import (
     DONE,
     authenticate,
-    conversation_chat,
+    conversation_chat_made,
     cors,
     credits_number,
     endpoint,
@@ -101,8 +101,8 @@ async def chat(request: HttpRequest) -> HttpResponse:
     tenant = await authenticate(request)
     body = schemas.parse_aisdk(read_json(request))
     key: str | uuid.UUID = body.room_id or body.chat_key or uuid.uuid4()
-    chat_row = await db_call(
-        conversation_chat,
+    opener = functools.partial(
+        conversation_chat_made,
         tenant=tenant,
         key=key,
         end_user_id=END_USER_ID,
@@ -110,12 +110,13 @@ async def chat(request: HttpRequest) -> HttpResponse:
         metadata={"source": "ai-sdk", "chat_key": body.chat_key, "artist_id": body.artist_id},
     )
     quality, model = model_choice(body.model)
-    generation = await start_generation(
+    generation = await start_generation(  # the chat: opened in admission, not kept if refused
         generation_request(
-            request, tenant, body.messages, chat=chat_row, quality=quality, model=model
+            request, tenant, body.messages, chat_opener=opener, quality=quality, model=model
         )
     )
-    headers = {**STREAM_HEADERS, "x-chat-id": str(chat_row.pk), **generation_headers(generation)}
+    chat_id = str(generation.request.chat.pk)
+    headers = {**STREAM_HEADERS, "x-chat-id": chat_id, **generation_headers(generation)}
     return await generation_response(
         generation, lambda events: _encode(generation, events), headers=headers
     )

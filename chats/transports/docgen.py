@@ -18,6 +18,7 @@ paths: 422 for validation, 403 for a bad key.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -34,7 +35,7 @@ from chats.providers import estimate_prompt_tokens
 from chats.transports import schemas
 from chats.transports.sse import (
     authenticate,
-    conversation_chat,
+    conversation_chat_made,
     credits_number,
     endpoint,
     event_stream,
@@ -221,8 +222,8 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
         return event_stream(_only_error(error, request.request_id))
 
     conversation_id = body.conversation_id or str(uuid.uuid4())
-    chat = await db_call(
-        conversation_chat,
+    opener = functools.partial(
+        conversation_chat_made,
         tenant=tenant,
         key=conversation_id,
         end_user_id=END_USER_ID,
@@ -246,11 +247,12 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
             request,
             tenant,
             messages,
-            chat=chat,
+            chat_opener=opener,  # opened in the admission, not kept if refused
             trusted_messages=1,
             client_context=_client_context(body.user_name, body.existing_documents),
         )
     )
+    chat = generation.request.chat
     return await generation_response(
         generation,
         lambda events: _encode_stream(

@@ -466,6 +466,20 @@ def conversation_chat(
     to ``uuid5(tenant, key)``: stable across requests and revealing nothing about other
     tenants' chats.
     """
+    return conversation_chat_made(
+        tenant=tenant, key=key, end_user_id=end_user_id, title=title, metadata=metadata
+    )[0]
+
+
+def conversation_chat_made(
+    *,
+    tenant: Tenant,
+    key: str | uuid.UUID,
+    end_user_id: str,
+    title: str = "",
+    metadata: dict[str, Any] | None = None,
+) -> tuple[Chat, bool]:
+    """:func:`conversation_chat`, and whether this call created the chat."""
     candidates = []
     if isinstance(key, uuid.UUID):
         candidates.append(key)
@@ -474,32 +488,35 @@ def conversation_chat(
             candidates.append(uuid.UUID(key))
     candidates.append(conversation_chat_id(tenant, str(key)))
     for chat_id in candidates:
-        chat = _chat_get_or_create(tenant, chat_id, end_user_id, title, metadata or {})
-        if chat is not None:
-            return chat
+        found = _chat_get_or_create(tenant, chat_id, end_user_id, title, metadata or {})
+        if found is not None:
+            return found
     # Both ids taken by other tenants: only a deliberate collision gets here.
-    return _chat_get_or_create(tenant, uuid.uuid4(), end_user_id, title, metadata or {})
+    found = _chat_get_or_create(tenant, uuid.uuid4(), end_user_id, title, metadata or {})
+    assert found is not None, "a new random chat id is never another tenant's"
+    return found
 
 
 def _chat_get_or_create(
     tenant: Tenant, chat_id: uuid.UUID, end_user_id: str, title: str, metadata: dict
-) -> Chat | None:
-    """The tenant's chat ``chat_id``, created if no chat has that id; None if another
-    tenant's chat has it."""
+) -> tuple[Chat, bool] | None:
+    """The tenant's chat ``chat_id`` and whether it was created now (no chat had that
+    id); None if another tenant's chat has it."""
     for _ in range(2):
         existing = Chat.objects.filter(pk=chat_id).only("id", "tenant_id").first()
         if existing is not None:
-            return existing if existing.tenant_id == tenant.pk else None
+            return (existing, False) if existing.tenant_id == tenant.pk else None
         end_user, _ = end_user_get_or_create(tenant=tenant, external_id=end_user_id)
         try:
             with transaction.atomic():
-                return Chat.objects.create(
+                chat = Chat.objects.create(
                     id=chat_id,
                     tenant=tenant,
                     end_user=end_user,
                     title=title[:255],
                     metadata=metadata,
                 )
+                return chat, True
         except IntegrityError:  # created concurrently: read it again
             continue
     return None

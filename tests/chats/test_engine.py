@@ -14,7 +14,7 @@ from chatproject.errors import ApiError
 from chats import catalog
 from chats.context import trim_to_budget
 from chats.engine import ErrorEvent, FinishedEvent, GenerationRequest, TokenEvent, start_generation
-from chats.models import LLMModel, Message
+from chats.models import Chat, LLMModel, Message
 from governor import gate
 from governor.models import AuditRecord
 from tests.factories import make_chat, make_tenant
@@ -424,3 +424,51 @@ async def test_a_failing_write_in_finalisation_still_stores_and_settles_once(
     assert await ledger_sum(tenant) == await balance(tenant)
     settles = LedgerEntry.objects.filter(tenant=tenant, kind=LedgerEntry.Kind.SETTLE)
     assert await settles.acount() == 1
+
+
+def _opener(tenant: Tenant, key: str):
+    from chats.transports.sse import conversation_chat_made
+
+    return lambda: conversation_chat_made(tenant=tenant, key=key, end_user_id="u")
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_chat_opened_by_a_refused_request_is_not_kept(db):
+    tenant = await sync_to_async(make_tenant)(credits=0)
+    request = GenerationRequest(
+        tenant=tenant,
+        chat_opener=_opener(tenant, "new"),
+        messages=[{"role": "user", "content": "hi"}],
+    )
+    with pytest.raises(ApiError) as raised:
+        await start_generation(request)
+    assert raised.value.code == "INSUFFICIENT_CREDITS"
+    assert not await Chat.objects.filter(tenant=tenant).aexists()
+    assert not await Message.objects.filter(chat__tenant=tenant).aexists()
+    assert await AuditRecord.objects.filter(tenant=tenant).acount() == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_refused_request_keeps_the_chat_it_found(tenant_chat):
+    tenant, _ = tenant_chat
+    first = GenerationRequest(
+        tenant=tenant,
+        chat_opener=_opener(tenant, "kept"),
+        messages=[{"role": "user", "content": "hi"}],
+    )
+    generation = await start_generation(first)
+    [event async for event in generation.events()]
+    chat = generation.request.chat
+    assert await Message.objects.filter(chat=chat).acount() == 2
+    rejected = GenerationRequest(
+        tenant=tenant,
+        chat_opener=_opener(tenant, "kept"),
+        messages=[{"role": "user", "content": "my key sk_live_a1B2c3D4e5F6g7H8i9J0kL"}],
+    )
+    with pytest.raises(ApiError) as raised:
+        await start_generation(rejected)
+    assert raised.value.code == "GOVERNOR_REJECTED"
+    assert rejected.chat.pk == chat.pk
+    assert await Message.objects.filter(chat=chat).acount() == 2  # as it was

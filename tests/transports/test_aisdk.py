@@ -12,7 +12,7 @@ import pytest
 
 from chats.models import Chat, Message
 from chats.transports.sse import conversation_chat_id
-from tests.factories import make_chat, make_tenant
+from tests.factories import make_chat, make_key, make_tenant
 from tests.transports.conftest import (
     demo_reply,
     error_body,
@@ -142,6 +142,20 @@ def test_a_new_room_id_creates_that_chat(server, account):
     room = uuid.uuid4()
     post_events(chat_url(server), {"prompt": unique(), "roomId": str(room)}, account.headers)
     assert Chat.objects.get(pk=room).tenant_id == account.tenant.pk
+
+
+def test_a_refused_request_leaves_no_new_chat(server):
+    broke = make_tenant(credits=0)
+    room = uuid.uuid4()
+    response = httpx.post(
+        chat_url(server),
+        json={"prompt": unique(), "roomId": str(room)},
+        headers={"X-API-Key": make_key(broke)},
+        timeout=30,
+    )
+    assert response.status_code == 402
+    assert error_body(response)["code"] == "INSUFFICIENT_CREDITS"
+    assert not Chat.objects.filter(tenant=broke).exists()
 
 
 def test_another_tenants_room_is_never_written_to(server, account):

@@ -94,6 +94,13 @@ def test_what_the_client_puts_into_the_system_prompt_is_governed(server, account
     assert (record.approved, record.request_id) == (False, response.headers["x-request-id"])
 
 
+def test_a_refused_request_starts_no_conversation(server, account):
+    request = {"message": "my key sk_live_a1B2c3D4e5F6g7H8i9J0kL", "conversation_id": "refused"}
+    response = httpx.post(stream_url(server), json=request, headers=account.headers, timeout=30)
+    assert response.status_code == 403
+    assert not Chat.objects.filter(pk=conversation_chat_id(account.tenant, "refused")).exists()
+
+
 def test_conversation_is_a_chat_of_the_tenant_reused_across_requests(server, account):
     request = {"message": unique("first"), "conversation_id": "conv-a"}
     _, first = post_events(stream_url(server), request, account.headers)
