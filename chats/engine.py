@@ -6,7 +6,7 @@ returned :class:`Generation`. The steps, in order:
 
 1. resolve the model (quality tier or explicit name) and fit the prompt to its context
 2. rate limit and response cache lookup, in one Redis call (or in memory; before any
-   database work, so floods stay cheap)
+   database write, so floods stay cheap), while the governor evaluates the request
 3. admission, in one database call: governor input check (writes the audit record),
    credit hold (skipped on a cache hit), the user's message stored
 4. the provider stream (or the cached answer replayed), token by token
@@ -192,6 +192,7 @@ class Generation:
         self.outcome: Outcome | None = None
         self._finishing: asyncio.Future | None = None
         self._cache_fill: asyncio.Future | None = None
+        self._answer_to_cache: response_cache.CachedAnswer | None = None
 
     @property
     def model_name(self) -> str:
@@ -247,17 +248,20 @@ class Generation:
             return
         charged, remaining, usage = await asyncio.shield(self._start_finishing(status, parts, end))
         content = "".join(parts)
-        if error is None:
-            yield FinishedEvent(
-                self.message_id,
-                content,
-                end.finish_reason if end else "stop",
-                usage,
-                charged,
-                remaining,
-            )
-        else:
-            yield ErrorEvent(error, self.message_id, content, usage, charged, remaining)
+        try:
+            if error is None:
+                yield FinishedEvent(
+                    self.message_id,
+                    content,
+                    end.finish_reason if end else "stop",
+                    usage,
+                    charged,
+                    remaining,
+                )
+            else:
+                yield ErrorEvent(error, self.message_id, content, usage, charged, remaining)
+        finally:  # once the last event is out, or the consumer stopped there
+            self._start_cache_fill()
         await self._cache_filled()
 
     async def _provider_stream(self) -> AsyncIterator[TokenDelta | StreamEnd]:
@@ -298,7 +302,9 @@ class Generation:
         """The outcome, once finalisation (which a cancel does not interrupt) is done."""
         if self._finishing is not None:
             await asyncio.shield(self._finishing)
-        await self._cache_filled()
+        if self.outcome is not None:
+            self._start_cache_fill()
+            await self._cache_filled()
         return self.outcome
 
     async def _cache_filled(self) -> None:
@@ -333,10 +339,14 @@ class Generation:
         metrics.TOKENS.inc(len(parts))
         metrics.CREDITS.inc(float(charged))
         await self._close_idempotency_claim(answer)
-        # The answer's last event need not wait for the cache: the fill runs while it goes
-        # out, and the stream ends once the fill is done (see events() and finished()).
-        self._cache_fill = _in_background(self._fill_cache(answer))
+        # The answer's last event need not wait for the cache: the fill starts once it is
+        # out, and the stream ends when the fill is done (see events() and finished()).
+        self._answer_to_cache = answer
         return charged, remaining, usage
+
+    def _start_cache_fill(self) -> None:
+        if self._cache_fill is None:
+            self._cache_fill = _in_background(self._fill_cache(self._answer_to_cache))
 
     async def _fill_cache(self, answer: response_cache.CachedAnswer | None) -> None:
         """Keep a complete answer (not a replayed one) for the next identical request."""
@@ -493,7 +503,26 @@ async def _start_generation(request: GenerationRequest) -> Generation:
         no_cache=not request.use_cache,
         tenant_cache_enabled=request.tenant.response_cache_enabled,
     )
-    rate, cached = await response_cache.rate_limit_and_cache_get(request.tenant, cache_key)
+    lookup = asyncio.ensure_future(
+        response_cache.rate_limit_and_cache_get(request.tenant, cache_key)
+    )
+    try:
+        await asyncio.sleep(0)  # the lookup's command goes out...
+        # ...and while Redis answers, the governor evaluates the request: CPU only, with
+        # the tenant's policy cached (else admission reads it). Its record is written in
+        # admission, so a rate-limited request still writes nothing.
+        check = gate.governor_assess_input(
+            tenant=request.tenant,
+            request_id=request.request_id,
+            text=_governed_text(request),
+            metadata=metadata,
+            model_name=model.name,
+            cached_policy_only=True,
+        )
+        rate, cached = await lookup
+    except BaseException:
+        lookup.cancel()
+        raise
     fingerprint = None
     replayed = False
     if request.idempotency_key:
@@ -517,7 +546,9 @@ async def _start_generation(request: GenerationRequest) -> Generation:
         )
     )
     admission = asyncio.ensure_future(
-        db_call(_admit, request, metadata, model.name, reservation, cached is None, not replayed)
+        db_call(
+            _admit, request, metadata, model.name, reservation, cached is None, not replayed, check
+        )
     )
     try:
         decision, hold, user_message = await asyncio.shield(admission)
@@ -602,6 +633,7 @@ def _admit(
     reservation: Decimal,
     needs_hold: bool,
     store_message: bool,
+    check: gate.InputCheck | None = None,
 ) -> tuple[gate.GateDecision, credits.Hold | None, StoredMessage | None]:
     """Governor, the user's message and the credit hold, in one transaction.
 
@@ -616,7 +648,7 @@ def _admit(
         try:
             if request.chat is None and request.chat_opener is not None:
                 request.chat, opened_new = request.chat_opener()
-            check = gate.governor_assess_input(  # reads only: the tenant's policy
+            check = check or gate.governor_assess_input(  # reads only: the tenant's policy
                 tenant=request.tenant,
                 request_id=request.request_id,
                 text=_governed_text(request),

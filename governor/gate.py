@@ -14,7 +14,7 @@ from typing import Any
 
 from billing.models import Tenant
 from chatproject.errors import ApiError, ErrorCode
-from governor import services
+from governor import policies, services
 from governor.evaluation import GovernorMetadata, Policy, validate_metadata
 
 logger = logging.getLogger(__name__)
@@ -86,11 +86,26 @@ def governor_check_input(
 
 
 def governor_assess_input(
-    *, tenant: Tenant, request_id: str, text: str, metadata: Any, model_name: str
-) -> InputCheck:
+    *,
+    tenant: Tenant,
+    request_id: str,
+    text: str,
+    metadata: Any,
+    model_name: str,
+    cached_policy_only: bool = False,
+) -> InputCheck | None:
     """:func:`governor_check_input` in two steps: this evaluates (and writes nothing but a
     tenant's first default policy); :meth:`InputCheck.record` writes the audit record, so
-    the caller can send it along with its own writes."""
+    the caller can send it along with its own writes.
+
+    With ``cached_policy_only`` it touches no database (it may run on an event loop):
+    None when this process has no fresh copy of the tenant's policy.
+    """
+    policy = None
+    if cached_policy_only:
+        policy = policies.policy_for_tenant_if_cached(tenant=tenant)
+        if policy is None:
+            return None
     if metadata is not None and not isinstance(metadata, GovernorMetadata):
         metadata = governor_parse_metadata(metadata)  # raw governorMetadata
     evaluated = services.governor_assess_input(
@@ -99,6 +114,7 @@ def governor_assess_input(
         text=text,
         metadata=metadata,
         model_name=model_name,
+        policy=policy,
     )
     return InputCheck(evaluated=evaluated, request_id=request_id, metadata=metadata)
 

@@ -45,6 +45,15 @@ def policy_for_tenant(*, tenant: Tenant) -> Policy:
     return policy
 
 
+def policy_for_tenant_if_cached(*, tenant: Tenant) -> Policy | None:
+    """The tenant's policy when this process has it cached (no database access), else
+    None."""
+    entry = _cache.get((tenant.pk, tenant.created_at))
+    if entry is not None and entry[0] > time.monotonic():
+        return entry[1]
+    return None
+
+
 def policy_cache_invalidate(tenant_id: int | None = None) -> None:
     """Forget the cached policy of one tenant (all tenants when None) in this process."""
     with _lock:

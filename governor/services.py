@@ -122,11 +122,12 @@ def governor_assess_input(
     text: str,
     metadata: GovernorMetadata | None,
     model_name: str,
+    policy: Policy | None = None,
 ) -> Evaluated:
     """:func:`governor_evaluate_input` with its audit record built but not yet saved, so the
     caller can send the INSERT along with its own writes. Writes nothing (but a tenant's
-    default policy, on its very first request)."""
-    policy = policy_for_tenant(tenant=tenant)
+    default policy, on its very first request); with ``policy`` given, reads nothing."""
+    policy = policy or policy_for_tenant(tenant=tenant)
     result = evaluate(EvaluationInput(text=text, metadata=metadata, phase="input"), policy)
     record = AuditRecord(
         tenant=tenant,

@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
 
-from billing import response_cache
+from billing import ratelimit, response_cache
 from billing.models import LedgerEntry, Tenant
 from chatproject.errors import ApiError
 from chats import catalog
@@ -17,6 +17,7 @@ from chats.engine import ErrorEvent, FinishedEvent, GenerationRequest, TokenEven
 from chats.models import Chat, LLMModel, Message
 from governor import gate
 from governor.models import AuditRecord
+from governor.policies import policy_for_tenant
 from tests.factories import make_chat, make_tenant
 from tests.fakes.upstream import FakeUpstream, expected_text
 
@@ -382,12 +383,13 @@ async def test_the_last_event_does_not_wait_for_the_cache_but_the_stream_does(
                 return event
 
     event = await asyncio.wait_for(answer(), 5)
-    # The answer is out while the fill is still running...
-    await asyncio.wait_for(filling.wait(), 5)
-    assert stored == []
+    # The answer is out before the fill begins...
+    assert not filling.is_set()
     ending = asyncio.ensure_future(anext(events, None))
+    await asyncio.wait_for(filling.wait(), 5)
     await asyncio.sleep(0.05)
     assert not ending.done()  # ...and the stream ends only once the answer is cached.
+    assert stored == []
     release.set()
     assert await asyncio.wait_for(ending, 5) is None
     assert [answer.content for answer in stored] == [event.content]
@@ -472,3 +474,28 @@ async def test_a_refused_request_keeps_the_chat_it_found(tenant_chat):
     assert raised.value.code == "GOVERNOR_REJECTED"
     assert rejected.chat.pk == chat.pk
     assert await Message.objects.filter(chat=chat).acount() == 2  # as it was
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_rate_limited_request_writes_nothing(db, settings):
+    settings.REDIS_URL = ""
+    ratelimit.reset_memory_backend()
+    tenant = await sync_to_async(make_tenant)(plan="free", credits=100)
+    chat = await sync_to_async(make_chat)(tenant)
+    await sync_to_async(policy_for_tenant)(tenant=tenant)  # cached: evaluated meanwhile
+    outcomes = []
+    for i in range(25):  # the free plan's burst is 20
+        request = GenerationRequest(
+            tenant=tenant, chat=chat, messages=[{"role": "user", "content": f"hi {i}"}]
+        )
+        try:
+            generation = await start_generation(request)
+            [event async for event in generation.events()]
+            outcomes.append("answered")
+        except ApiError as error:
+            outcomes.append(error.code)
+    assert outcomes.count("answered") == 20
+    assert outcomes.count("RATE_LIMITED") == 5
+    assert await AuditRecord.objects.filter(tenant=tenant).acount() == 20
+    assert await Message.objects.filter(chat=chat, role="user").acount() == 20

@@ -6,7 +6,7 @@ from chatproject.errors import ApiError, ErrorCode
 from governor import gate
 from governor.evaluation import GovernorMetadata
 from governor.models import AuditRecord, GovernorPolicy
-from governor.policies import policy_for_tenant
+from governor.policies import policy_cache_invalidate, policy_for_tenant
 from governor.services import policy_update, recipient_email_hash
 from tests.factories import make_tenant
 
@@ -453,3 +453,24 @@ def test_concurrent_first_requests_share_one_policy():
     assert len(set(audit_ids)) == 16
     assert GovernorPolicy.objects.filter(tenant=tenant).count() == 1
     assert AuditRecord.objects.filter(tenant=tenant).count() == 16
+
+
+def test_assessing_with_the_cached_policy_only_touches_no_database(
+    tenant, django_assert_num_queries
+):
+    arguments = {
+        "tenant": tenant,
+        "request_id": "req-cached",
+        "text": "hello",
+        "metadata": None,
+        "model_name": "demo/balanced",
+    }
+    policy_cache_invalidate(tenant.pk)
+    with django_assert_num_queries(0):
+        assert gate.governor_assess_input(**arguments, cached_policy_only=True) is None
+    policy_for_tenant(tenant=tenant)  # now cached
+    with django_assert_num_queries(0):
+        check = gate.governor_assess_input(**arguments, cached_policy_only=True)
+    assert not AuditRecord.objects.filter(request_id="req-cached").exists()  # not yet
+    decision = check.record()
+    assert AuditRecord.objects.get(pk=decision.audit_id).request_id == "req-cached"
