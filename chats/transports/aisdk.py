@@ -23,7 +23,7 @@ from chats.transports import schemas
 from chats.transports.sse import (
     DONE,
     authenticate,
-    conversation_chat_made,
+    conversation_chat,
     cors,
     credits_number,
     endpoint,
@@ -102,7 +102,7 @@ async def chat(request: HttpRequest) -> HttpResponse:
     body = schemas.parse_aisdk(read_json(request))
     key: str | uuid.UUID = body.room_id or body.chat_key or uuid.uuid4()
     opener = functools.partial(
-        conversation_chat_made,
+        conversation_chat,
         tenant=tenant,
         key=key,
         end_user_id=END_USER_ID,

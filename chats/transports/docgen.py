@@ -35,7 +35,7 @@ from chats.providers import estimate_prompt_tokens
 from chats.transports import schemas
 from chats.transports.sse import (
     authenticate,
-    conversation_chat_made,
+    conversation_chat,
     credits_number,
     endpoint,
     event_stream,
@@ -223,7 +223,7 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
 
     conversation_id = body.conversation_id or str(uuid.uuid4())
     opener = functools.partial(
-        conversation_chat_made,
+        conversation_chat,
         tenant=tenant,
         key=conversation_id,
         end_user_id=END_USER_ID,

@@ -458,28 +458,15 @@ def conversation_chat(
     end_user_id: str,
     title: str = "",
     metadata: dict[str, Any] | None = None,
-) -> Chat:
-    """The tenant's chat for a client-chosen key, created on first use. Sync (database).
+) -> tuple[Chat, bool]:
+    """The tenant's chat for a client-chosen key, created on first use, and whether this
+    call created it. Sync (database).
 
     A key that is a UUID is the chat's own id (one made through the REST API, or a new
     one the client chose). Any other key, or a UUID another tenant already uses, maps
     to ``uuid5(tenant, key)``: stable across requests and revealing nothing about other
     tenants' chats.
     """
-    return conversation_chat_made(
-        tenant=tenant, key=key, end_user_id=end_user_id, title=title, metadata=metadata
-    )[0]
-
-
-def conversation_chat_made(
-    *,
-    tenant: Tenant,
-    key: str | uuid.UUID,
-    end_user_id: str,
-    title: str = "",
-    metadata: dict[str, Any] | None = None,
-) -> tuple[Chat, bool]:
-    """:func:`conversation_chat`, and whether this call created the chat."""
     candidates = []
     if isinstance(key, uuid.UUID):
         candidates.append(key)
