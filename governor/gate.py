@@ -2,8 +2,9 @@
 called, check the output after the stream ends, and leave an audit record of both.
 
 The engine calls :func:`governor_parse_metadata` while building a request,
-:func:`governor_check_input` (in a worker thread) before the provider, and
-:func:`governor_check_output` once after the stream ends.
+:func:`governor_assess_input` and then :meth:`InputCheck.record` (with its own admission
+writes) before the provider, and :func:`governor_check_output` once after the stream
+ends. :func:`governor_check_input` is the first two in one call.
 """
 
 from __future__ import annotations
