@@ -27,7 +27,7 @@ from chats.transports.sse import (
     authenticate,
     credits_text,
     endpoint,
-    events_of,
+    final_event,
     generation_headers,
     generation_request,
     generation_response,
@@ -195,12 +195,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
             error_first=_error_first,
         )
 
-    end: FinishedEvent | ErrorEvent | None = None
-    async with events_of(generation) as events:
-        async for event in events:
-            if not isinstance(event, TokenEvent):
-                end = event
-    assert end is not None
+    end = await final_event(generation)
     if isinstance(end, ErrorEvent):
         response = error_response(end.error)
     else:

@@ -26,7 +26,7 @@ from chats.transports.sse import (
     credits_remaining,
     credits_text,
     endpoint,
-    events_of,
+    final_event,
     generation_headers,
     generation_request,
     generation_response,
@@ -135,12 +135,7 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
 async def chat_complete(request: HttpRequest) -> HttpResponse:
     """The whole answer as JSON, every figure also as a header."""
     _, generation = await _start(request)
-    end: FinishedEvent | ErrorEvent | None = None
-    async with events_of(generation) as events:
-        async for event in events:
-            if not isinstance(event, TokenEvent):
-                end = event
-    assert end is not None
+    end = await final_event(generation)
     if isinstance(end, ErrorEvent):
         return _failed(generation, end)
     usage = _usage(generation, end)

@@ -33,7 +33,14 @@ from billing.services import api_key_authenticate
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, PayloadTooLarge, error_response
 from chats.catalog import QUALITY_TIERS
-from chats.engine import ErrorEvent, Event, Generation, GenerationRequest
+from chats.engine import (
+    ErrorEvent,
+    Event,
+    FinishedEvent,
+    Generation,
+    GenerationRequest,
+    TokenEvent,
+)
 from chats.models import Chat
 from chats.services import end_user_get_or_create
 
@@ -347,6 +354,17 @@ def events_of(generation: Generation) -> contextlib.aclosing:
     consumer stops, so the exchange is finalised in this task (a plain ``async for``
     would leave an abandoned generator to the garbage collector)."""
     return contextlib.aclosing(generation.events())
+
+
+async def final_event(generation: Generation) -> FinishedEvent | ErrorEvent:
+    """The generation run to its end, for answers sent whole: its last event."""
+    end: FinishedEvent | ErrorEvent | None = None
+    async with events_of(generation) as events:
+        async for event in events:
+            if not isinstance(event, TokenEvent):
+                end = event
+    assert end is not None, "a generation always ends with a finished or error event"
+    return end
 
 
 def credits_remaining(generation: Generation, tenant: Tenant) -> Decimal:
