@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,10 @@ def test_openapi_schema_is_public_and_describes_chats(client):
 def test_docs_page_works_offline(client):
     html = client.get("/api/docs/").content.decode()
     assert "swagger-ui" in html
-    assert "cdn" not in html.lower()  # assets come from this server (sidecar)
+    # Assets come from this server (sidecar), never from another host.
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert sources
+    assert all(source.startswith("/") for source in sources), sources
 
 
 def test_check_deploy_is_clean_in_production_mode():
