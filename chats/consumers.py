@@ -194,8 +194,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.slot_held:
             self.slot_held = False
             metrics.WEBSOCKETS.dec()
-            ws_slots.drop(self.connection_id)
-            await ratelimit.connection_slot_release(self.tenant, self.connection_id)
+            await ws_slots.release(self.tenant, self.connection_id)
 
     async def _key_still_valid(self) -> bool:
         """Keys are revoked, expire and tenants are deactivated while a socket stays open:

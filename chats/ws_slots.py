@@ -19,6 +19,7 @@ logger = logging.getLogger(__name__)
 OnLost = Callable[[], Awaitable[None]]
 
 _held: dict[str, tuple[Tenant, OnLost]] = {}
+_refreshing: dict[str, asyncio.Future[bool]] = {}  # refreshes on their way, by connection
 _task: asyncio.Task | None = None
 
 
@@ -35,13 +36,32 @@ def drop(connection_id: str) -> None:
     _held.pop(connection_id, None)
 
 
+async def release(tenant: Tenant, connection_id: str) -> None:
+    """Stop refreshing the connection's slot and give the slot back (on disconnect).
+
+    A refresh already on its way is waited for first: landing after the release, it
+    would take the slot again until it lapsed.
+    """
+    drop(connection_id)
+    refresh = _refreshing.get(connection_id)
+    if refresh is not None:
+        await asyncio.wait([refresh])  # its outcome is the refresher's to handle
+    await ratelimit.connection_slot_release(tenant, connection_id)
+
+
 async def refresh_all() -> None:
     for connection_id, (tenant, on_lost) in list(_held.items()):
+        if connection_id not in _held:  # closed while the ones before were refreshed
+            continue
+        refresh = asyncio.ensure_future(ratelimit.connection_slot_refresh(tenant, connection_id))
+        _refreshing[connection_id] = refresh
         try:
-            kept = await ratelimit.connection_slot_refresh(tenant, connection_id)
+            kept = await refresh
         except Exception:  # the store is down: keep the connection, try again later
             logger.exception("connection slot refresh failed")
             continue
+        finally:
+            del _refreshing[connection_id]
         if not kept and connection_id in _held:
             drop(connection_id)
             try:

@@ -365,6 +365,36 @@ async def test_live_connections_keep_their_slots(tenant_key, settings):
     assert await ratelimit.connection_slot_acquire(tenant, "after-release")
 
 
+async def test_a_refresh_on_its_way_when_a_connection_closes_does_not_keep_its_slot(
+    tenant_key, settings, monkeypatch
+):
+    from billing import ratelimit
+    from chats import ws_slots
+
+    settings.WS_CONNECTION_SLOT_TTL_SECONDS = 30  # the periodic refresh stays out of it
+    tenant, _ = tenant_key
+    await Plan.objects.filter(pk=tenant.plan_id).aupdate(ws_max_connections=1)
+    assert await ratelimit.connection_slot_acquire(tenant, "closing")
+    on_its_way = asyncio.Event()
+    real_refresh = ratelimit.connection_slot_refresh
+
+    async def slow_refresh(tenant, connection_id):
+        on_its_way.set()
+        await asyncio.sleep(0.05)
+        return await real_refresh(tenant, connection_id)
+
+    monkeypatch.setattr(ratelimit, "connection_slot_refresh", slow_refresh)
+    ws_slots.keep("closing", tenant, on_lost=None)
+    try:
+        refreshing = asyncio.ensure_future(ws_slots.refresh_all())
+        await on_its_way.wait()
+        await ws_slots.release(tenant, "closing")  # the connection closes meanwhile
+        await refreshing
+        assert await ratelimit.connection_slot_acquire(tenant, "next")
+    finally:
+        ws_slots._task.cancel()
+
+
 async def test_an_unexpected_failure_while_connecting_closes_1011(tenant_key, monkeypatch):
     from chats import consumers
 
