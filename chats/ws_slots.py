@@ -24,16 +24,12 @@ _task: asyncio.Task | None = None
 
 
 def keep(connection_id: str, tenant: Tenant, on_lost: OnLost) -> None:
-    """Refresh this connection's slot until :func:`drop`; ``on_lost`` if it cannot be."""
+    """Refresh this connection's slot until :func:`release`; ``on_lost`` if it cannot be."""
     global _task
     _held[connection_id] = (tenant, on_lost)
     loop = asyncio.get_running_loop()
     if _task is None or _task.done() or _task.get_loop() is not loop:
         _task = loop.create_task(_refresh_forever())
-
-
-def drop(connection_id: str) -> None:
-    _held.pop(connection_id, None)
 
 
 async def release(tenant: Tenant, connection_id: str) -> None:
@@ -42,7 +38,7 @@ async def release(tenant: Tenant, connection_id: str) -> None:
     A refresh already on its way is waited for first: landing after the release, it
     would take the slot again until it lapsed.
     """
-    drop(connection_id)
+    _held.pop(connection_id, None)
     refresh = _refreshing.get(connection_id)
     if refresh is not None:
         await asyncio.wait([refresh])  # its outcome is the refresher's to handle
@@ -51,7 +47,7 @@ async def release(tenant: Tenant, connection_id: str) -> None:
 
 async def refresh_all() -> None:
     for connection_id, (tenant, on_lost) in list(_held.items()):
-        if connection_id not in _held:  # closed while the ones before were refreshed
+        if connection_id not in _held:  # released meanwhile: a refresh would take it again
             continue
         refresh = asyncio.ensure_future(ratelimit.connection_slot_refresh(tenant, connection_id))
         _refreshing[connection_id] = refresh
@@ -63,7 +59,7 @@ async def refresh_all() -> None:
         finally:
             del _refreshing[connection_id]
         if not kept and connection_id in _held:
-            drop(connection_id)
+            _held.pop(connection_id, None)
             try:
                 await on_lost()
             except Exception:  # one closing socket must not stop the others' refresh
