@@ -66,7 +66,7 @@ def is_configured(model: LLMModel) -> bool:
 
 
 def _provider_for(model: LLMModel) -> Provider:
-    key = (model.provider, model.base_url, model.api_key_env)
+    key = (model.provider, model.base_url, model.api_key_env, model.name)
     provider = _providers.get(key)
     if provider is None:
         provider = _build_provider(model)
@@ -79,14 +79,20 @@ def _build_provider(model: LLMModel) -> Provider:
     if model.provider == LLMModel.Provider.DEMO:
         return DemoProvider(token_delay=settings.DEMO_TOKEN_DELAY_MS / 1000)
     if model.provider == LLMModel.Provider.ANTHROPIC:
+        base_url = model.base_url or "https://api.anthropic.com"
         return AnthropicProvider(
-            _credential(model),
-            base_url=model.base_url or "https://api.anthropic.com",
-            timeout=timeout,
+            _credential(model), base_url=base_url, timeout=timeout, name=_upstream(model, base_url)
         )
+    base_url = model.base_url or "https://api.openai.com/v1"
     return OpenAICompatibleProvider(
-        model.base_url or "https://api.openai.com/v1", _credential(model), timeout=timeout
+        base_url, _credential(model), timeout=timeout, name=_upstream(model, base_url)
     )
+
+
+def _upstream(model: LLMModel, base_url: str) -> str:
+    """How a provider's errors name it: the model and where it is served from, so a
+    registered server that is down is recognisable in the message."""
+    return f"model {model.name!r} at {base_url}"
 
 
 def _resolved(model: LLMModel) -> ResolvedModel:
@@ -117,20 +123,21 @@ def _resolve(models: list[LLMModel], quality: str | None, model: str | None) -> 
     if model:
         found = next((m for m in models if m.name == model), None)
         if found is None or not is_configured(found):
-            # Only the usable models are named: which credentials the operator lacks is
-            # not the tenant's business.
             usable = ", ".join(m.name for m in models if is_configured(m))
-            problem = "Unknown model" if found is None else "Model not available on this server"
+            if found is None:
+                problem = f"Unknown model: {model!r}."
+            else:  # the variable's name, never its value
+                problem = f"Model not available on this server: {model!r}. {_enabled_by(found)}"
             raise ApiError(
                 ErrorCode.MODEL_NOT_FOUND,
-                f"{problem}: {model!r}.",
+                problem,
                 details={"model": [f"Choose one of: {usable}."]},
             )
         return _resolved(found)
     tier = quality or DEFAULT_QUALITY
-    if tier not in QUALITY_TIERS:
+    if tier not in QUALITY_TIERS:  # a bad parameter, as the HTTP bodies' validation says
         raise ApiError(
-            ErrorCode.MODEL_NOT_FOUND,
+            ErrorCode.VALIDATION_ERROR,
             f"Unknown quality tier {tier!r}.",
             details={"quality": [f"Choose one of: {', '.join(QUALITY_TIERS)}."]},
         )
@@ -140,6 +147,12 @@ def _resolve(models: list[LLMModel], quality: str | None, model: str | None) -> 
     if not candidates:
         raise ApiError(ErrorCode.MODEL_NOT_FOUND, f"No configured model serves tier {tier!r}.")
     return _resolved(candidates[0])
+
+
+def _enabled_by(model: LLMModel) -> str:
+    if model.api_key_env:
+        return f"The server enables it once {model.api_key_env} is set in its environment."
+    return "The server enables it once the model has a base URL in the catalog."
 
 
 def available_models() -> list[LLMModel]:

@@ -77,21 +77,33 @@ def test_a_configured_provider_wins_its_tier(fresh_catalog, monkeypatch):
 
 @pytest.mark.django_db
 @pytest.mark.parametrize(
-    ("kwargs", "field"),
-    [
-        ({"model": "no-such-model"}, "model"),
-        ({"quality": "premium"}, "quality"),
-        ({"model": "claude-3-opus-20240229"}, "model"),  # known, but no credential set
-    ],
+    "model",
+    ["no-such-model", "claude-3-opus-20240229"],  # the second known, but no credential set
 )
-def test_unknown_or_unconfigured_model_is_model_not_found(
-    fresh_catalog, monkeypatch, kwargs, field
+def test_unknown_or_unconfigured_model_is_model_not_found(fresh_catalog, monkeypatch, model):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    with pytest.raises(ApiError) as raised:
+        catalog.resolve_model(model=model)
+    assert raised.value.code == "MODEL_NOT_FOUND"
+    assert "model" in raised.value.details
+
+
+@pytest.mark.django_db
+def test_an_unconfigured_catalog_model_names_the_variable_that_enables_it(
+    fresh_catalog, monkeypatch
 ):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     with pytest.raises(ApiError) as raised:
-        catalog.resolve_model(**kwargs)
-    assert raised.value.code == "MODEL_NOT_FOUND"
-    assert field in raised.value.details
+        catalog.resolve_model(model="claude-3-opus-20240229")
+    assert "ANTHROPIC_API_KEY is set" in raised.value.message
+
+
+@pytest.mark.django_db
+def test_an_unknown_quality_is_a_validation_error(fresh_catalog):
+    with pytest.raises(ApiError) as raised:
+        catalog.resolve_model(quality="premium")
+    assert raised.value.code == "VALIDATION_ERROR"
+    assert "quality" in raised.value.details
 
 
 # --- generations ----------------------------------------------------------------------
