@@ -5,6 +5,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 from chatproject.errors import ApiError
 from chats.engine import Generation, StoredMessage
+from chats.transports.sse import credits_number
 
 
 class ConnectionEstablished(TypedDict):
@@ -53,8 +54,8 @@ class MessageStreamEnded(TypedDict):
     usage: dict[str, int]
     finish_reason: str
     model: str
-    credits_charged: str  # decimals as strings, so JSON clients keep their precision
-    credits_remaining: str
+    credits_charged: float  # numbers, as in every other format (6 decimals fit a double)
+    credits_remaining: float
 
 
 class Error(TypedDict):
@@ -131,8 +132,8 @@ def message_stream_ended(
         "usage": figures.usage.to_dict(),
         "finish_reason": reason,
         "model": generation.model_name,
-        "credits_charged": str(figures.credits_charged),
-        "credits_remaining": str(figures.credits_remaining),
+        "credits_charged": credits_number(figures.credits_charged),
+        "credits_remaining": credits_number(figures.credits_remaining),
     }
 
 
