@@ -1,10 +1,14 @@
 import io
+import os
+import subprocess
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from billing.keys import hash_key
 from billing.models import ApiKey, Tenant
+from tests.factories import ensure_defaults
+from tests.live import ROOT, database_url_for_tests
 
 pytestmark = pytest.mark.django_db
 
@@ -58,6 +62,31 @@ def test_setup_demo_prints_key_on_first_run_only():
     call_command("setup_demo", stdout=second)
     assert "sk_live_" not in second.getvalue()
     assert Tenant.objects.filter(name="demo").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_second_setup_demo_prints_a_command_that_works_as_printed(settings):
+    settings.DEBUG = True  # as under make run
+    ensure_defaults()
+    call_command("setup_demo", stdout=io.StringIO())
+    second = io.StringIO()
+    call_command("setup_demo", stdout=second)
+    line = next(line.strip() for line in second.getvalue().splitlines() if "API_KEY" in line)
+
+    # A new shell in the project directory, with none of make's variables set.
+    environment = {"PATH": os.environ["PATH"], "DATABASE_URL": database_url_for_tests()}
+    result = subprocess.run(
+        ["bash", "-c", f'set -e; {line}; echo "$API_KEY"'],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    key = result.stdout.split()[-1]
+    assert ApiKey.objects.get(hashed_key=hash_key(key)).tenant.name == "demo"
 
 
 def test_default_plans_are_seeded():

@@ -1,5 +1,9 @@
+import shlex
+import sys
 from decimal import Decimal
+from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from billing.models import Tenant
@@ -8,13 +12,24 @@ from billing.services import api_key_create, tenant_create
 DEMO_TENANT = "demo"
 
 
+def manage_command(*args: str) -> str:
+    """A ``manage.py`` command line that runs as printed from the project directory: with
+    this process's interpreter (the virtualenv's), and DEBUG when it is on here."""
+    python = Path(sys.executable)
+    if python.is_relative_to(settings.BASE_DIR):
+        python = python.relative_to(settings.BASE_DIR)
+    line = shlex.join([str(python), "manage.py", *args])
+    return f"DEBUG=true {line}" if settings.DEBUG else line
+
+
 class Command(BaseCommand):
     help = "Create the demo tenant and print its API key, once (first run only)."
 
     def handle(self, *args, **options):
         if Tenant.objects.filter(name=DEMO_TENANT).exists():
+            new_key = manage_command("create_api_key", DEMO_TENANT)
             self.stdout.write(
-                f"Demo tenant exists. New key: python manage.py create_api_key {DEMO_TENANT}"
+                f"Demo tenant exists. A new key for it:\n\n    export API_KEY=$({new_key})\n"
             )
             return
         tenant = tenant_create(name=DEMO_TENANT, plan_name="startup", credits=Decimal(1000))
