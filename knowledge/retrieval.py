@@ -9,6 +9,7 @@ from django.db import connection, transaction
 
 from billing.models import Tenant
 from knowledge import prompt, search, selectors
+from knowledge.models import Project
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ class RetrievedContext:
     system_prompt: str
     chunks: list[RetrievedChunk] = field(default_factory=list)
     document_types_used: list[str] = field(default_factory=list)
+    project_found: bool | None = None  # None: no project was asked for
 
 
 def build_context(
@@ -58,7 +60,8 @@ def build_context(
         # Inside a caller's transaction, a savepoint keeps a failed query from breaking it.
         with transaction.atomic() if connection.in_atomic_block else nullcontext():
             doc_type = selectors.document_type_for(requested)
-            candidates = _search(tenant=tenant, project_id=project_id, query=query)
+            project = selectors.project_find(tenant=tenant, project_id=project_id)
+            candidates = _search(project=project, query=query)
     except Exception as exc:
         logger.exception("knowledge-base retrieval failed")
         raise RetrievalError("the project's search index could not be queried") from exc
@@ -74,11 +77,15 @@ def build_context(
     )
     types = list(dict.fromkeys([requested, *(e.document_type for e in used)]))
     chunks = [RetrievedChunk(e.source, e.document_type, e.text, e.score) for e in used]
-    return RetrievedContext(system_prompt=text, chunks=chunks, document_types_used=types)
+    return RetrievedContext(
+        system_prompt=text,
+        chunks=chunks,
+        document_types_used=types,
+        project_found=(project is not None) if project_id else None,
+    )
 
 
-def _search(*, tenant: Tenant, project_id: str | None, query: str) -> list[prompt.Excerpt]:
-    project = selectors.project_find(tenant=tenant, project_id=project_id)
+def _search(*, project: Project | None, query: str) -> list[prompt.Excerpt]:
     if project is None or not query.strip():
         return []
     hits = search.get_backend().search(project=project, query=query, limit=CANDIDATES)

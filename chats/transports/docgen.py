@@ -183,6 +183,7 @@ async def _encode_stream(
                 "credits_charged": credits_number(event.credits_charged),
                 "credits_remaining": credits_number(event.credits_remaining),
                 "sources": sorted({chunk.source for chunk in context.chunks}),
+                **_project_notice(context.project_found),
                 "duration_ms": _duration_ms(started),
                 "request_id": request.request_id,
             }
@@ -197,6 +198,19 @@ async def _encode_stream(
             yield sse(done, event="done")
         else:
             yield _error_event(event.error, request.request_id)
+
+
+def _project_notice(found: bool | None) -> dict[str, Any]:
+    """Whether the ``project_id`` sent named a project of the tenant: an unknown one is
+    answered, without knowledge-base sources, and the client is told why there are none."""
+    if found is None:
+        return {}
+    if found:
+        return {"project_found": True}
+    return {
+        "project_found": False,
+        "warnings": ["No project with this project_id for your key: no sources were used."],
+    }
 
 
 @endpoint(on_error=_http_error)

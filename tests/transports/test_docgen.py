@@ -12,6 +12,7 @@ from chats.models import Chat, Message
 from chats.transports import docgen
 from chats.transports.sse import conversation_chat_id
 from governor.models import AuditRecord
+from knowledge.models import Project
 from knowledge.retrieval import RetrievalError
 from tests.factories import make_chat, make_tenant
 from tests.transports.conftest import (
@@ -354,3 +355,21 @@ def test_message_endpoint_is_retired_with_400(server, account):
     assert response.status_code == 400
     error = error_body(response)
     assert "/api/v1/chat/stream" in error["message"]
+
+
+def test_an_unknown_project_id_is_reported_in_the_done_metadata(server, account):
+    request = {"message": unique("Draft the manifesto."), "project_id": "no-such-project"}
+    _, stream = post_events(stream_url(server), request, account.headers)
+    metadata = stream[-1].json()["metadata"]
+    assert metadata["project_found"] is False
+    assert metadata["sources"] == []
+    assert "project_id" in metadata["warnings"][0]
+
+
+def test_a_known_project_id_is_reported_found(server, account):
+    Project.objects.create(tenant=account.tenant, external_id="bikes")
+    request = {"message": unique("Draft the manifesto."), "project_id": "bikes"}
+    _, stream = post_events(stream_url(server), request, account.headers)
+    metadata = stream[-1].json()["metadata"]
+    assert metadata["project_found"] is True
+    assert "warnings" not in metadata
