@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from django.test import Client
 
 from tests.factories import make_key, make_tenant
 from tests.live import database_url_for_tests
@@ -69,3 +70,29 @@ def test_readme_examples_run_as_printed(server, tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert '{"error"' not in result.stdout, result.stdout[-4000:]
+
+
+def production_paragraph() -> str:
+    text = (ROOT / "README.md").read_text()
+    return re.search(r"^Production: .*?(?=\n\n)", text, flags=re.DOTALL | re.MULTILINE).group(0)
+
+
+def test_the_production_commands_run_from_the_virtualenv_as_printed():
+    commands = [
+        command
+        for command in re.findall(r"`([^`]+)`", production_paragraph())
+        if "manage.py" in command or "daphne" in command
+    ]
+    assert len(commands) >= 4, commands
+    for command in commands:
+        assert command.startswith(".venv/bin/"), command
+
+
+@pytest.mark.django_db
+def test_the_production_paragraph_names_the_https_redirect_and_its_setting(settings):
+    paragraph = production_paragraph()
+    assert "301" in paragraph and "SECURE_SSL_REDIRECT=false" in paragraph
+    settings.SECURE_SSL_REDIRECT = True  # what DEBUG=false defaults to
+    assert Client().get("/v1/models").status_code == 301
+    settings.SECURE_SSL_REDIRECT = False  # what the paragraph tells a plain-HTTP trial
+    assert Client().get("/v1/models").status_code == 401
