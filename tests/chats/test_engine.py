@@ -52,14 +52,6 @@ def test_trim_never_drops_the_last_message_or_system():
 # --- routing ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def fresh_catalog(settings):
-    settings.MODEL_CATALOG_TTL_SECONDS = 0
-    catalog.clear_catalog_cache()
-    yield
-    catalog.clear_catalog_cache()
-
-
 @pytest.mark.django_db
 @pytest.mark.parametrize("tier", ["cheap", "balanced", "frontier"])
 def test_every_tier_routes_to_demo_without_credentials(fresh_catalog, monkeypatch, tier):

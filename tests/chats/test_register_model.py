@@ -53,14 +53,6 @@ def test_bad_arguments_are_clear_errors(args):
 # --- the README's example, a server that is down, removing a model ---------------------
 
 
-@pytest.fixture
-def fresh_catalog(settings):
-    settings.MODEL_CATALOG_TTL_SECONDS = 0
-    catalog.clear_catalog_cache()
-    yield
-    catalog.clear_catalog_cache()
-
-
 def readme_command(name: str) -> list[str]:
     """The arguments of the README's first ``manage.py <name>`` example."""
     text = (ROOT / "README.md").read_text()
