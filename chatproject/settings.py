@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "governor",
     "chats",
     "knowledge",
+    "playground",
 ]
 
 # Every middleware here supports async, so streaming views stay fully asynchronous.

@@ -19,6 +19,7 @@ urlpatterns = [
     path("", include("chats.urls")),
     path("", include("chats.transports.urls")),
     path("", include("knowledge.urls")),
+    path("", include("playground.urls")),
 ]
 
 handler400 = "chatproject.errors.handler400"

@@ -1,0 +1,5 @@
+from django.urls import path
+
+from playground.views import playground
+
+urlpatterns = [path("playground/", playground, name="playground")]
