@@ -15,13 +15,14 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt
 
 install: $(BIN)/.installed
 
-# The Node test of POST /api/chat uses the real `ai` client: its packages, pinned in
-# tests/js/package-lock.json, are installed again only when the lock file changes.
-JS := tests/js
-$(JS)/node_modules/.installed: $(JS)/package.json $(JS)/package-lock.json
+# The Node tests: tests/js runs the real `ai` client against POST /api/chat, tests/browser
+# drives Chromium (playwright-core) through the playground and the admin. Their packages,
+# pinned in each package-lock.json, are installed again only when a lock file changes.
+JS_INSTALLED := tests/js/node_modules/.installed tests/browser/node_modules/.installed
+%/node_modules/.installed: %/package.json %/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then \
-		npm ci --prefix $(JS) --no-audit --no-fund --loglevel=error && touch $@; \
-	else echo "npm not found: tests/js dependencies not installed"; fi
+		npm ci --prefix $* --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: $* dependencies not installed"; fi
 
 # Embedded defaults (SQLite, in-memory layer, demo provider) unless the environment says
 # otherwise. DEBUG is on only when not set, so production environments stay as they are.
@@ -35,7 +36,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint $(JS)/node_modules/.installed
+test: lint $(JS_INSTALLED)
 	$(BIN)/python -m pytest
 
 format: install

@@ -1,0 +1,51 @@
+// The playground in Chromium: for each wire format named in FORMATS, type a message, wait
+// for the streamed answer and the credits, and print one RESULT line per format.
+import { launch, screenshot, VIEWPORT, watchErrors } from "./chromium.mjs";
+
+const { BASE_URL, API_KEY } = process.env;
+const formats = (process.env.FORMATS || "ws,aisdk").split(",");
+
+const browser = await launch();
+const errors = [];
+try {
+  const page = await browser.newPage({ viewport: VIEWPORT });
+  watchErrors(page, errors);
+  await page.goto(`${BASE_URL}/playground/`);
+  await page.waitForSelector("body[data-ready=true]");
+  await page.fill("#api-key", API_KEY);
+  for (const format of formats) {
+    await page.selectOption("#format", format);
+    await page.click("#clear-raw");
+    const said = `Hello from the ${format} playground ${process.env.NONCE || ""}`.trim();
+    await page.fill("#message", said);
+    await page.press("#message", "Enter");
+    await page.waitForSelector("#status.ok, #status.error", { timeout: 30_000 });
+    const status = await page.textContent("#status");
+    const answer = await page.$$eval(".msg.assistant .text", (nodes) => nodes.at(-1).textContent);
+    const tokens = await page.evaluate(
+      () => [...document.querySelectorAll("#raw .src")].filter((s) => /token|delta|message$|data/.test(s.textContent)).length,
+    );
+    const field = (name) => page.textContent(`#summary [data-field="${name}"]`);
+    const result = {
+      format,
+      status,
+      answer,
+      tokens,
+      model: await field("model"),
+      charged: await field("charged"),
+      remaining: await field("remaining"),
+      verdict: await page.textContent("#governor-verdict"),
+      storedKey: await page.evaluate(() => sessionStorage.getItem("playground.apiKey")),
+      localKeys: await page.evaluate(() => localStorage.length),
+      cookies: (await page.context().cookies()).map((c) => c.name),
+    };
+    console.log(`RESULT ${JSON.stringify(result)}`);
+    await screenshot(page, `playground-${format}`);
+  }
+} finally {
+  await browser.close();
+}
+if (errors.length) {
+  console.error(errors.join("\n"));
+  process.exit(1);
+}
