@@ -55,6 +55,7 @@ __all__ = [
     "nhs_number_is_valid",
     "redact",
     "scan",
+    "scan_uncached",
 ]
 
 
@@ -415,8 +416,16 @@ def scan(text: str) -> tuple[Finding, ...]:
 
     Cached because each governor rule asks for the same text's findings.
     """
+    return scan_uncached(text)
+
+
+def scan_uncached(text: str, kinds: Iterable[str] = KIND_PRIORITY) -> tuple[Finding, ...]:
+    """``scan`` without its cache (for texts seen once), limited to ``kinds``."""
+    wanted = frozenset(kinds)
     kept: list[Finding] = []
     for kind in KIND_PRIORITY:
+        if kind not in wanted:
+            continue
         for finding in _DETECTORS[kind](text):
             if not any(_overlaps(finding, other) for other in kept):
                 kept.append(finding)
