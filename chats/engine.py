@@ -83,8 +83,11 @@ class GenerationRequest:
     # when they were sent, or a system prompt it built): the governor checks the rest.
     trusted_messages: int = 0
     # Client-supplied text the server folded into one of those trusted messages (documents
-    # quoted in a system prompt it built): the governor checks it too.
-    client_context: str = ""
+    # quoted in a system prompt it built), as (source, text): the governor checks it too.
+    client_context: list[tuple[str, str]] = field(default_factory=list)
+    # Text the server retrieved into the prompt itself (knowledge-base chunks), as
+    # (source, text): the governor checks it for prompt and markup injection.
+    folded: list[tuple[str, str]] = field(default_factory=list)
 
 
 # --- What transports get out ------------------------------------------------------------
@@ -186,6 +189,7 @@ class Generation:
         self.replayed = replayed  # an Idempotency-Key retry: answered, charged, stored once
         self.idempotency_claim = idempotency_claim  # fingerprint of a key this request holds
         self.message_id = uuid.uuid4()  # the assistant message's id, known up front
+        self.guard = gate.output_guard(decision)  # redacts the answer as it streams, or None
         self.started = time.monotonic()  # when admission began (set by start_generation)
         self._finished = False
         # Set when finalised: what was charged, the balance after, the usage, the status.
@@ -219,12 +223,18 @@ class Generation:
             async with contextlib.aclosing(source) as stream:
                 async for item in stream:
                     if isinstance(item, TokenDelta):
+                        text = self.guard.feed(item.text) if self.guard else item.text
+                        if not text:  # held back until the guard can tell it is safe
+                            continue
                         if not parts:
                             metrics.FIRST_TOKEN.observe(time.monotonic() - self.started)
-                        parts.append(item.text)
-                        yield TokenEvent(item.text, len(parts) - 1)
+                        parts.append(text)
+                        yield TokenEvent(text, len(parts) - 1)
                     else:
                         end = item
+            if self.guard and (text := self.guard.flush()):
+                parts.append(text)
+                yield TokenEvent(text, len(parts) - 1)
             status = Message.Status.COMPLETE
         except ProviderError as exc:
             error = _provider_error(exc)
@@ -405,7 +415,9 @@ class Generation:
                     logger.exception("could not store the answer %s", self.message_id)
             try:  # also for empty answers: it completes the audit record
                 with isolated():
-                    gate.governor_check_output(decision=self.decision, text=content)
+                    gate.governor_check_output(
+                        decision=self.decision, text=content, guard=self.guard
+                    )
             except DatabaseError:
                 if together:
                     raise
@@ -514,7 +526,8 @@ async def _start_generation(request: GenerationRequest) -> Generation:
         check = gate.governor_assess_input(
             tenant=request.tenant,
             request_id=request.request_id,
-            text=_governed_text(request),
+            parts=_governed_parts(request),
+            folded=request.folded,
             metadata=metadata,
             model_name=model.name,
             cached_policy_only=True,
@@ -565,7 +578,7 @@ async def _start_generation(request: GenerationRequest) -> Generation:
     return Generation(
         request=request,
         model=model,
-        messages=messages,
+        messages=decision.clean_messages(messages),  # markup neutralised, if the policy says
         prompt_tokens=prompt_tokens,
         max_tokens=max_tokens,
         decision=decision,
@@ -618,12 +631,13 @@ def _release_abandoned_hold(admission: asyncio.Future) -> None:
 _background: set[asyncio.Future] = set()  # keeps fire-and-forget tasks referenced
 
 
-def _governed_text(request: GenerationRequest) -> str:
-    """What the governor checks: everything this request's client supplied (stateless
-    formats send the whole conversation, system messages included)."""
-    supplied = request.messages[request.trusted_messages :] or request.messages[-1:]
-    texts = [request.client_context] if request.client_context else []
-    return "\n\n".join([*texts, *(message.get("content", "") for message in supplied)])
+def _governed_parts(request: GenerationRequest) -> list[tuple[str, str]]:
+    """What the governor checks, as (source, text): everything this request's client
+    supplied (stateless formats send the whole conversation, system messages included)."""
+    first = request.trusted_messages if len(request.messages) > request.trusted_messages else -1
+    numbered = list(enumerate(request.messages, 1))[first:]
+    labelled = [(f"message {i} ({m.get('role')})", m.get("content", "")) for i, m in numbered]
+    return [*request.client_context, *labelled]
 
 
 def _admit(
@@ -651,7 +665,8 @@ def _admit(
             check = check or gate.governor_assess_input(  # reads only: the tenant's policy
                 tenant=request.tenant,
                 request_id=request.request_id,
-                text=_governed_text(request),
+                parts=_governed_parts(request),
+                folded=request.folded,
                 metadata=metadata,
                 model_name=model_name,
             )
@@ -672,7 +687,7 @@ def _admit(
                     stored = Message.objects.create(
                         chat=request.chat,
                         role=Message.Role.USER,
-                        content=request.messages[-1].get("content", ""),
+                        content=decision.clean(request.messages[-1].get("content", "")),
                         client_message_id=request.client_message_id,
                         created_at=timezone.now(),
                     )

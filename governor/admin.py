@@ -12,9 +12,9 @@ from django.template.response import TemplateResponse
 from django.utils.html import format_html
 
 from governor import services
-from governor.detectors import is_valid_email
+from governor.detectors import KIND_PRIORITY, is_valid_email
 from governor.models import AuditRecord, GovernorPolicy
-from governor.rules import build_rules
+from governor.rules import RULE_IDS, build_rules
 
 
 def _rule_choices() -> list[tuple[str, str]]:
@@ -24,11 +24,19 @@ def _rule_choices() -> list[tuple[str, str]]:
 
 
 class GovernorPolicyForm(forms.ModelForm):
+    # Shown as the rules that run; stored as the ones unchecked (disabled_rules), so a rule
+    # added later runs for this tenant until someone unchecks it.
     enabled_rules = forms.MultipleChoiceField(
         choices=_rule_choices,
         widget=forms.CheckboxSelectMultiple,
         required=False,
         help_text="Rules that run for this tenant; unchecked rules never fire.",
+    )
+    output_redact = forms.MultipleChoiceField(
+        choices=[(kind, kind) for kind in KIND_PRIORITY],
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        help_text="Redacted from answers while they stream, before the client sees them.",
     )
 
     class Meta:
@@ -38,6 +46,8 @@ class GovernorPolicyForm(forms.ModelForm):
             "enabled_rules",
             "block_threshold",
             "review_mode",
+            "markup_action",
+            "output_redact",
             "allowed_roles",
             "sanctioned_countries",
         ]
@@ -46,8 +56,19 @@ class GovernorPolicyForm(forms.ModelForm):
             "sanctioned_countries": forms.Textarea(attrs={"rows": 2, "cols": 60}),
         }
 
-    def clean_enabled_rules(self) -> list[str]:
-        return sorted(self.cleaned_data["enabled_rules"])
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        disabled = set(self.instance.disabled_rules or ())
+        self.fields["enabled_rules"].initial = sorted(RULE_IDS - disabled)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        if "enabled_rules" in cleaned:
+            self.instance.disabled_rules = sorted(RULE_IDS - set(cleaned["enabled_rules"]))
+        return cleaned
+
+    def clean_output_redact(self) -> list[str]:
+        return sorted(self.cleaned_data["output_redact"])
 
 
 @admin.register(GovernorPolicy)

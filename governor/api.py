@@ -86,6 +86,9 @@ class GovernorViolationSerializer(serializers.Serializer):
     action = serializers.CharField()
     explanation = serializers.CharField()
     span = serializers.ListField(child=serializers.IntegerField(), allow_null=True)
+    source = serializers.CharField(
+        allow_null=True, help_text="Where the text came from (a message, a document, a chunk)."
+    )
     points = serializers.IntegerField()
 
 

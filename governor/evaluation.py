@@ -11,7 +11,7 @@ and turns their violations into a ``GovernorResult``:
   reaches ``policy.block_threshold``, or when a ``review`` action fires and
   ``policy.review_mode`` is ``"block"``;
 - decision: ``rejected`` when not approved, else ``review`` when a review
-  action fired, else ``flagged`` when any violation asks to flag or redact,
+  action fired, else ``flagged`` when any violation asks to flag, redact or neutralise,
   else ``approved``.
 
 No Django, no I/O; deterministic, and independent of rule order.
@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from governor.detectors import is_valid_email
+from governor.detectors import KIND_PRIORITY, is_valid_email
 from governor.rules import (
     ACTION_TYPES,
     DEFAULT_SANCTIONED_COUNTRIES,
@@ -41,6 +41,7 @@ __all__ = [
     "ACTION_TYPES",
     "DECISIONS",
     "ISO_3166_ALPHA2",
+    "MARKUP_ACTIONS",
     "RISK_LEVELS",
     "EvaluationInput",
     "GovernorMetadata",
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 DECISIONS = ("approved", "flagged", "review", "rejected")
+MARKUP_ACTIONS = ("neutralise", "block", "flag")
 Decision = Literal["approved", "flagged", "review", "rejected"]
 
 # ISO 3166-1 alpha-2, the 249 officially assigned codes.
@@ -87,30 +89,36 @@ def risk_level_for_score(score: int) -> str:
 class Policy:
     """A tenant's governor policy.
 
-    ``enabled_rules`` None means every rule; ``block_threshold`` is the risk
+    ``disabled_rules`` are the rules the tenant turned off (every other rule runs, rules
+    added later included); ``block_threshold`` is the risk
     level from which approval is refused; ``review_mode`` says whether a
     ``review`` action refuses (``"block"``) or approves and flags for review
     (``"review"``); ``allowed_roles`` maps an action type to the sender roles
-    allowed to send it (absent types are open to any role).
+    allowed to send it (absent types are open to any role); ``output_redact`` names the
+    detector kinds redacted from answers while they stream; ``markup_action`` says what
+    active markup (``markup_injection``) gets: ``neutralise`` (made inert before it is
+    stored, sent to a model or streamed), ``block`` (the request is refused; answers are
+    neutralised) or ``flag`` (reported only).
     """
 
     version: int = 1
-    enabled_rules: frozenset[str] | None = None
+    disabled_rules: frozenset[str] = frozenset()
     block_threshold: str = "critical"
     review_mode: Literal["block", "review"] = "review"
     allowed_roles: Mapping[str, Iterable[str]] = field(default_factory=dict, hash=False)
     sanctioned_countries: frozenset[str] = DEFAULT_SANCTIONED_COUNTRIES
+    output_redact: frozenset[str] = frozenset()
+    markup_action: Literal["neutralise", "block", "flag"] = "neutralise"
 
     def __post_init__(self) -> None:
         if self.block_threshold not in RISK_LEVELS:
             raise ValueError(f"block_threshold must be one of {RISK_LEVELS}")
         if self.review_mode not in ("block", "review"):
             raise ValueError("review_mode must be 'block' or 'review'")
-        if self.enabled_rules is not None:
-            unknown = set(self.enabled_rules) - RULE_IDS
-            if unknown:
-                raise ValueError(f"unknown rule ids: {sorted(unknown)}")
-            object.__setattr__(self, "enabled_rules", frozenset(self.enabled_rules))
+        unknown = set(self.disabled_rules) - RULE_IDS
+        if unknown:
+            raise ValueError(f"unknown rule ids: {sorted(unknown)}")
+        object.__setattr__(self, "disabled_rules", frozenset(self.disabled_rules))
         unknown_types = set(self.allowed_roles) - set(ACTION_TYPES)
         if unknown_types:
             raise ValueError(f"unknown action types in allowed_roles: {sorted(unknown_types)}")
@@ -119,6 +127,17 @@ class Policy:
         object.__setattr__(self, "allowed_roles", roles)
         countries = frozenset(c.upper() for c in self.sanctioned_countries)
         object.__setattr__(self, "sanctioned_countries", countries)
+        if self.markup_action not in MARKUP_ACTIONS:
+            raise ValueError(f"markup_action must be one of {MARKUP_ACTIONS}")
+        unknown_kinds = set(self.output_redact) - set(KIND_PRIORITY)
+        if unknown_kinds:
+            raise ValueError(f"unknown kinds in output_redact: {sorted(unknown_kinds)}")
+        object.__setattr__(self, "output_redact", frozenset(self.output_redact))
+
+    @property
+    def enabled_rules(self) -> frozenset[str]:
+        """The rules that run."""
+        return RULE_IDS - self.disabled_rules
 
     @classmethod
     def default(cls) -> Policy:
@@ -159,14 +178,14 @@ def _canonical_key(v: Violation) -> tuple:
 def evaluate_with_rules(
     inp: EvaluationInput, policy: Policy, rules: Iterable[Rule]
 ) -> GovernorResult:
-    """``evaluate`` with an explicit rule list (the policy's ``enabled_rules`` still apply)."""
+    """``evaluate`` with an explicit rule list (the policy's ``disabled_rules`` still apply)."""
     violations: list[Violation] = []
     seen: set[str] = set()
     for rule in rules:
         if rule.id in seen:
             raise ValueError(f"duplicate rule id {rule.id!r}")
         seen.add(rule.id)
-        if policy.enabled_rules is None or rule.id in policy.enabled_rules:
+        if rule.id not in policy.disabled_rules:
             violations.extend(rule.check(inp))
     violations.sort(key=_canonical_key)
 
@@ -187,7 +206,7 @@ def evaluate_with_rules(
         decision = "rejected"
     elif review:
         decision = "review"
-    elif actions & {"flag", "redact"}:
+    elif actions & {"flag", "redact", "neutralise"}:
         decision = "flagged"
     else:
         decision = "approved"
@@ -208,7 +227,9 @@ def evaluate_with_rules(
 def evaluate(inp: EvaluationInput, policy: Policy) -> GovernorResult:
     """Evaluate one phase's text and metadata against ``policy``."""
     rules = build_rules(
-        allowed_roles=policy.allowed_roles, sanctioned_countries=policy.sanctioned_countries
+        allowed_roles=policy.allowed_roles,
+        sanctioned_countries=policy.sanctioned_countries,
+        markup_action=policy.markup_action,
     )
     return evaluate_with_rules(inp, policy, rules)
 

@@ -4,12 +4,15 @@ called, check the output after the stream ends, and leave an audit record of bot
 The engine calls :func:`governor_parse_metadata` while building a request,
 :func:`governor_assess_input` and then :meth:`InputCheck.record` (with its own admission
 writes) before the provider, and :func:`governor_check_output` once after the stream
-ends. :func:`governor_check_input` is the first two in one call.
+ends. :func:`governor_check_input` is the first two in one call. :func:`output_guard` gives
+the engine the guard its tokens pass through while they stream (None when the policy
+changes nothing in answers).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +20,8 @@ from billing.models import Tenant
 from chatproject.errors import ApiError, ErrorCode
 from governor import policies, services
 from governor.evaluation import GovernorMetadata, Policy, validate_metadata
+from governor.injection import neutralise_markup
+from governor.stream_guard import StreamGuard
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +35,20 @@ class GateDecision:
     # What the output check needs from the input phase; not part of the result.
     metadata: GovernorMetadata | None = field(default=None, kw_only=True, repr=False)
     policy: Policy | None = field(default=None, kw_only=True, repr=False)
+    # The input carried active markup and the policy neutralises it: see clean().
+    neutralise: bool = field(default=False, kw_only=True)
+
+    def clean(self, text: str) -> str:
+        """``text`` as it may be stored and sent to a model: active markup made inert
+        when the policy neutralises it and the input had some, else unchanged."""
+        return neutralise_markup(text) if self.neutralise else text
+
+    def clean_messages(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        """:meth:`clean` applied to each message's content (the same list when it changes
+        nothing)."""
+        if not self.neutralise:
+            return messages
+        return [{**m, "content": self.clean(m.get("content", ""))} for m in messages]
 
     def headers(self) -> dict[str, str]:
         """The seed's ``x-governor-*`` response headers."""
@@ -73,7 +92,14 @@ def _rejection_message(result: dict[str, Any]) -> str:
 
 
 def governor_check_input(
-    *, tenant: Tenant, request_id: str, text: str, metadata: Any, model_name: str
+    *,
+    tenant: Tenant,
+    request_id: str,
+    text: str | None = None,
+    metadata: Any,
+    model_name: str,
+    parts: Sequence[tuple[str, str]] = (),
+    folded: Sequence[tuple[str, str]] = (),
 ) -> GateDecision:
     """Evaluate and audit a request; raises ApiError(GOVERNOR_REJECTED) when not approved.
 
@@ -81,23 +107,38 @@ def governor_check_input(
     rejected request, so it must not run inside a transaction that the rejection rolls
     back. The tenant's policy comes from a short in-process cache.
     """
-    return governor_assess_input(
-        tenant=tenant, request_id=request_id, text=text, metadata=metadata, model_name=model_name
-    ).record()
+    check = governor_assess_input(
+        tenant=tenant,
+        request_id=request_id,
+        text=text,
+        metadata=metadata,
+        model_name=model_name,
+        parts=parts,
+        folded=folded,
+    )
+    assert check is not None
+    return check.record()
 
 
 def governor_assess_input(
     *,
     tenant: Tenant,
     request_id: str,
-    text: str,
+    text: str | None = None,
     metadata: Any,
     model_name: str,
     cached_policy_only: bool = False,
+    parts: Sequence[tuple[str, str]] = (),
+    folded: Sequence[tuple[str, str]] = (),
 ) -> InputCheck | None:
     """:func:`governor_check_input` in two steps: this evaluates (and writes nothing but a
     tenant's first default policy); :meth:`InputCheck.record` writes the audit record, so
     the caller can send it along with its own writes.
+
+    The input is ``text``, or ``parts``: ``(source, text)`` pairs, the source naming where
+    the text came from ("message 2 (user)", "existing_documents: a.md") in the findings.
+    ``folded`` is text the server put into the prompt itself (knowledge-base chunks), as
+    ``(source, text)``: only the injection rules read it.
 
     With ``cached_policy_only`` it touches no database (it may run on an event loop):
     None when this process has no fresh copy of the tenant's policy.
@@ -116,6 +157,8 @@ def governor_assess_input(
         metadata=metadata,
         model_name=model_name,
         policy=policy,
+        parts=parts,
+        folded=folded,
     )
     return InputCheck(evaluated=evaluated, request_id=request_id, metadata=metadata)
 
@@ -139,6 +182,7 @@ class InputCheck:
             audit_id=str(evaluated.record.pk),
             metadata=self.metadata,
             policy=evaluated.policy,
+            neutralise=any(v.action == "neutralise" for v in evaluated.result.violations),
         )
         if not evaluated.result.approved:
             logger.info(
@@ -157,9 +201,24 @@ class InputCheck:
         return decision
 
 
-def governor_check_output(*, decision: GateDecision, text: str) -> None:
+def output_guard(decision: GateDecision) -> StreamGuard | None:
+    """The guard an answer streams through under the request's policy: it redacts the
+    policy's ``output_redact`` kinds and neutralises active markup (unless the policy only
+    flags markup, or has turned ``markup_injection`` off). None when it would change nothing."""
+    policy = decision.policy
+    if policy is None:
+        return None
+    markup = policy.markup_action != "flag" and "markup_injection" not in policy.disabled_rules
+    guard = StreamGuard(redact=policy.output_redact, neutralise_markup=markup)
+    return guard if guard.active else None
+
+
+def governor_check_output(
+    *, decision: GateDecision, text: str, guard: StreamGuard | None = None
+) -> None:
     """Evaluate the answer (phase ``output``) and record its findings on the request's
-    audit record. Post-hoc: the answer has been delivered, nothing is refused here."""
+    audit record, with what ``guard`` changed while it streamed. Post-hoc: the answer has
+    been delivered, nothing is refused here."""
     if decision.audit_id is None:
         return
     result = services.governor_evaluate_output(
@@ -167,6 +226,7 @@ def governor_check_output(*, decision: GateDecision, text: str) -> None:
         text=text,
         metadata=decision.metadata,
         policy=decision.policy,
+        streamed=guard.report() if guard is not None else None,
     )
     if result.violations:
         logger.info(

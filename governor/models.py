@@ -12,7 +12,8 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from billing.models import Tenant
-from governor.evaluation import DECISIONS, ISO_3166_ALPHA2, Policy
+from governor.detectors import KIND_PRIORITY
+from governor.evaluation import DECISIONS, ISO_3166_ALPHA2, MARKUP_ACTIONS, Policy
 from governor.rules import (
     ACTION_TYPES,
     DEFAULT_SANCTIONED_COUNTRIES,
@@ -25,8 +26,12 @@ DECISION_CHOICES = [(decision, decision.capitalize()) for decision in DECISIONS]
 ACTION_TYPE_CHOICES = [(action, action.replace("_", " ").capitalize()) for action in ACTION_TYPES]
 
 
-def default_enabled_rules() -> list[str]:
-    return sorted(RULE_IDS)
+def default_disabled_rules() -> list[str]:
+    return []
+
+
+def default_output_redact() -> list[str]:
+    return []
 
 
 def default_sanctioned_countries() -> list[str]:
@@ -37,12 +42,21 @@ def default_allowed_roles() -> dict[str, list[str]]:
     return {}
 
 
-def _check_enabled_rules(value: Any) -> str | None:
+def _check_rule_ids(value: Any) -> str | None:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         return "Must be a list of rule ids."
     unknown = sorted(set(value) - RULE_IDS)
     if unknown:
         return f"Unknown rule ids: {', '.join(unknown)}. Known: {', '.join(sorted(RULE_IDS))}."
+    return None
+
+
+def _check_kinds(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        return f"Must be a list of kinds; known: {', '.join(KIND_PRIORITY)}."
+    unknown = sorted(set(value) - set(KIND_PRIORITY))
+    if unknown:
+        return f"Unknown kinds: {', '.join(unknown)}. Known: {', '.join(KIND_PRIORITY)}."
     return None
 
 
@@ -71,7 +85,8 @@ class GovernorPolicy(models.Model):
     """A tenant's governor policy; ``version`` goes up by one on every save.
 
     Created with the defaults (every rule on, refuse at critical risk, review
-    actions approve and flag) the first time a tenant's request is checked.
+    actions approve and flag) the first time a tenant's request is checked. It stores the
+    rules the tenant turned off, so a rule added to the code later is on for every tenant.
     """
 
     class ReviewMode(models.TextChoices):
@@ -79,10 +94,10 @@ class GovernorPolicy(models.Model):
         REVIEW = "review", "Review: approve, flag the record for human review"
 
     tenant = models.OneToOneField(Tenant, on_delete=models.CASCADE, related_name="governor_policy")
-    enabled_rules = models.JSONField(
-        default=default_enabled_rules,
+    disabled_rules = models.JSONField(
+        default=default_disabled_rules,
         blank=True,
-        help_text="Rule ids that run for this tenant.",
+        help_text="Rule ids turned off for this tenant; every other rule runs.",
     )
     block_threshold = models.CharField(
         max_length=10,
@@ -105,6 +120,23 @@ class GovernorPolicy(models.Model):
         default=default_sanctioned_countries,
         blank=True,
         help_text='Recipient countries that are always rejected, e.g. ["CU", "IR", "KP", "SY"].',
+    )
+    markup_action = models.CharField(
+        max_length=10,
+        choices=[(a, a.capitalize()) for a in MARKUP_ACTIONS],
+        default="neutralise",
+        help_text=(
+            "Active markup (script tags, event handlers, javascript: URLs): neutralise it "
+            "before it is stored, sent to a model or streamed; block the request; or flag it."
+        ),
+    )
+    output_redact = models.JSONField(
+        default=default_output_redact,
+        blank=True,
+        help_text=(
+            'Kinds redacted from answers while they stream, e.g. ["secret", "card"]; '
+            f"known: {', '.join(KIND_PRIORITY)}."
+        ),
     )
     version = models.PositiveIntegerField(default=1, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -136,7 +168,8 @@ class GovernorPolicy(models.Model):
     def clean(self) -> None:
         errors = {}
         for name, check in (
-            ("enabled_rules", _check_enabled_rules),
+            ("disabled_rules", _check_rule_ids),
+            ("output_redact", _check_kinds),
             ("allowed_roles", _check_allowed_roles),
             ("sanctioned_countries", _check_sanctioned_countries),
         ):
@@ -154,7 +187,7 @@ class GovernorPolicy(models.Model):
         """
         return Policy(
             version=self.version,
-            enabled_rules=frozenset(self.enabled_rules or ()) & RULE_IDS,
+            disabled_rules=frozenset(self.disabled_rules or ()) & RULE_IDS,
             block_threshold=self.block_threshold,
             review_mode=self.review_mode,
             allowed_roles={
@@ -163,6 +196,8 @@ class GovernorPolicy(models.Model):
                 if action_type in ACTION_TYPES
             },
             sanctioned_countries=frozenset(self.sanctioned_countries or ()),
+            output_redact=frozenset(self.output_redact or ()) & frozenset(KIND_PRIORITY),
+            markup_action=self.markup_action,
         )
 
 

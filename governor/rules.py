@@ -5,8 +5,13 @@ request's governor metadata) and returns ``Violation``s. Each violation carries
 the points it adds to the risk score, so that every point of a score can be
 traced to a rule. A rule's points count once however often it fires: the
 first occurrence (lowest span) carries them, further occurrences are listed
-with 0 points. Explanations never quote the detected value, so results can be
-logged and audited safely.
+with 0 points. Explanations say what matched and where (the source of the text: a
+message, a document the client sent, a knowledge-base chunk, a tool result) but never
+quote the detected value, so results can be logged and audited safely.
+
+The injection rules (``prompt_injection``, ``markup_injection``) also read the text the
+server folds into a prompt (``EvaluationInput.folded``): retrieved documents and tool
+results can carry instructions too (indirect injection).
 
 No Django, no I/O: the rules are trivially testable.
 """
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from governor.detectors import Finding, scan
+from governor.injection import Match, find_markup, find_prompt_injection
 
 __all__ = [
     "ACTIONS",
@@ -36,12 +42,15 @@ __all__ = [
     "EvaluationInput",
     "GdprRecipientRule",
     "GovernorMetadata",
+    "MarkupInjectionRule",
     "MedicalIdentifierRule",
     "PersonalDataRule",
+    "PromptInjectionRule",
     "Rule",
     "SanctionedDestinationRule",
     "SecretRule",
     "SenderRoleRule",
+    "Source",
     "Violation",
     "build_rules",
     "severity_rank",
@@ -50,7 +59,7 @@ __all__ = [
 # Risk levels double as severities, lowest first.
 RISK_LEVELS = ("low", "medium", "high", "critical")
 # What a violation asks for, mildest first.
-ACTIONS = ("allow", "flag", "redact", "review", "block")
+ACTIONS = ("allow", "flag", "redact", "neutralise", "review", "block")
 
 # The seed's action types with the risk it states for each.
 ACTION_TYPE_RISK: dict[str, str] = {
@@ -101,20 +110,79 @@ class GovernorMetadata:
 
 
 @dataclass(frozen=True)
+class Source:
+    """Where ``text[start:end]`` of an evaluation came from (e.g. "message 2 (user)")."""
+
+    label: str
+    start: int
+    end: int
+
+
+_PART_SEPARATOR = "\n\n"
+
+
+@dataclass(frozen=True)
 class EvaluationInput:
-    """What one evaluation looks at: one phase's text and the request's metadata."""
+    """What one evaluation looks at: one phase's text and the request's metadata.
+
+    ``sources`` name where each part of ``text`` came from; ``folded`` is text the
+    server put into the prompt itself, as ``(source, text)`` pairs, which only the
+    injection rules read.
+    """
 
     text: str
     metadata: GovernorMetadata | None
     phase: Phase = "input"
+    sources: tuple[Source, ...] = ()
+    folded: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.phase not in ("input", "output"):
             raise ValueError(f"phase must be 'input' or 'output', not {self.phase!r}")
 
+    @classmethod
+    def from_parts(
+        cls,
+        parts: Iterable[tuple[str, str]],
+        metadata: GovernorMetadata | None,
+        phase: Phase = "input",
+        folded: Iterable[tuple[str, str]] = (),
+    ) -> EvaluationInput:
+        """The parts' texts joined by blank lines, each part's span named by its label."""
+        texts: list[str] = []
+        sources: list[Source] = []
+        cursor = 0
+        for label, text in parts:
+            if not text:
+                continue
+            if texts:
+                cursor += len(_PART_SEPARATOR)
+            texts.append(text)
+            sources.append(Source(label, cursor, cursor + len(text)))
+            cursor += len(text)
+        return cls(
+            text=_PART_SEPARATOR.join(texts),
+            metadata=metadata,
+            phase=phase,
+            sources=tuple(sources),
+            folded=tuple((label, text) for label, text in folded if text),
+        )
+
     @property
     def findings(self) -> tuple[Finding, ...]:
         return scan(self.text)
+
+    def where(self, start: int) -> str | None:
+        """The label of the part ``text[start]`` belongs to (None without sources)."""
+        for source in self.sources:
+            if source.start <= start < source.end:
+                return source.label
+        return None
+
+    def where_phrase(self, start: int) -> str:
+        """ " in <source>" for an explanation, or nothing."""
+        label = self.where(start)
+        return f" in {label}" if label else ""
 
 
 @dataclass(frozen=True)
@@ -127,6 +195,10 @@ class Violation:
     span: tuple[int, int] | None
     points: int
     action: str = "flag"
+    # Where the text came from ("message 2 (user)"); the span is within the evaluated text,
+    # or within the source's own text when the server folded it in (a knowledge-base
+    # chunk, a tool result).
+    source: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -136,6 +208,7 @@ class Violation:
             "explanation": self.explanation,
             "span": list(self.span) if self.span is not None else None,
             "points": self.points,
+            "source": self.source,
         }
 
 
@@ -153,10 +226,20 @@ class Rule:
         raise NotImplementedError
 
     def _violations(
-        self, explanations: Iterable[tuple[str, tuple[int, int] | None]]
+        self,
+        explanations: Iterable[tuple[str, tuple[int, int] | None]],
+        sourced: Iterable[tuple[str, tuple[int, int], str]] = (),
+        ctx: EvaluationInput | None = None,
     ) -> list[Violation]:
-        """Violations in span order; only the first carries the rule's points."""
-        ordered = sorted(explanations, key=lambda e: (e[1] or (-1, -1), e[0]))
+        """Violations in span order; only the first carries the rule's points.
+
+        Each names the source its span lies in (``ctx``'s sources); ``sourced`` are
+        ``(explanation, span, source)`` found in folded text, after the others."""
+        ordered = [
+            (explanation, span, ctx.where(span[0]) if ctx and span else None)
+            for explanation, span in sorted(explanations, key=lambda e: (e[1] or (-1, -1), e[0]))
+        ]
+        ordered += sorted(sourced, key=lambda e: (e[2], e[1], e[0]))
         return [
             Violation(
                 rule=self.id,
@@ -165,8 +248,9 @@ class Rule:
                 span=span,
                 points=self.points if i == 0 else 0,
                 action=self.action,
+                source=source,
             )
-            for i, (explanation, span) in enumerate(ordered)
+            for i, (explanation, span, source) in enumerate(ordered)
         ]
 
 
@@ -215,10 +299,11 @@ class PersonalDataRule(Rule):
     label: str
 
     def check(self, ctx: EvaluationInput) -> list[Violation]:
-        return self._violations(
-            (f"The {ctx.phase} contains {self.label}.", (f.start, f.end))
+        found = [
+            (f"The {ctx.phase} contains {self.label}{ctx.where_phrase(f.start)}.", (f.start, f.end))
             for f in _kinds_found(ctx, [self.kind])
-        )
+        ]
+        return self._violations(found, ctx=ctx)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,10 +316,15 @@ class SecretRule(Rule):
     points: int = 60
 
     def check(self, ctx: EvaluationInput) -> list[Violation]:
-        explanation = f"The {ctx.phase} contains a credential (API key, token or private key)."
-        return self._violations(
-            (explanation, (f.start, f.end)) for f in _kinds_found(ctx, ["secret"])
-        )
+        found = [
+            (
+                f"The {ctx.phase} contains a credential (API key, token, password or private "
+                f"key){ctx.where_phrase(f.start)}.",
+                (f.start, f.end),
+            )
+            for f in _kinds_found(ctx, ["secret"])
+        ]
+        return self._violations(found, ctx=ctx)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -293,10 +383,15 @@ class MedicalIdentifierRule(Rule):
     def check(self, ctx: EvaluationInput) -> list[Violation]:
         if ctx.metadata is None or ctx.metadata.action_type != "medical_advice":
             return []
-        return self._violations(
-            (f"Medical advice {ctx.phase} contains a health identifier.", (f.start, f.end))
+        found = [
+            (
+                f"Medical advice {ctx.phase} contains a health identifier"
+                f"{ctx.where_phrase(f.start)}.",
+                (f.start, f.end),
+            )
             for f in _kinds_found(ctx, ["health_id"])
-        )
+        ]
+        return self._violations(found, ctx=ctx)
 
 
 # Wording of a decision about a person's employment.
@@ -361,6 +456,72 @@ class SenderRoleRule(Rule):
         return self._violations([(f"The policy does not allow {who} to send {action_type}.", None)])
 
 
+@dataclass(frozen=True, kw_only=True)
+class _InjectionRule(Rule):
+    """A rule over the text and everything folded into the prompt; ``_find`` detects."""
+
+    def _find(self, text: str) -> list[Match]:
+        raise NotImplementedError
+
+    def _explain(self, ctx: EvaluationInput, match: Match, where: str) -> str:
+        raise NotImplementedError
+
+    def check(self, ctx: EvaluationInput) -> list[Violation]:
+        own = [
+            (self._explain(ctx, m, ctx.where_phrase(m.start)), (m.start, m.end))
+            for m in self._find(ctx.text)
+        ]
+        folded = [
+            (self._explain(ctx, m, f" in {source}"), (m.start, m.end), source)
+            for source, text in ctx.folded
+            for m in self._find(text)
+        ]
+        return self._violations(own, folded, ctx=ctx)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptInjectionRule(_InjectionRule):
+    """Text that tries to override the model's instructions, reveal its system prompt,
+    jailbreak it by role-play, forge role or delimiter tags, or address instructions to
+    the AI from inside quoted material (an e-mail, a document, a tool result)."""
+
+    id: str = "prompt_injection"
+    severity: str = "high"
+    action: str = "flag"
+    points: int = 35
+
+    def _find(self, text: str) -> list[Match]:
+        return find_prompt_injection(text)
+
+    def _explain(self, ctx: EvaluationInput, match: Match, where: str) -> str:
+        return f"Prompt injection{where}: {match.label}."
+
+
+_MARKUP_OUTCOME = {
+    "neutralise": "neutralised before it is stored, sent to a model or streamed",
+    "block": "the policy blocks it",
+    "flag": "flagged only, passed on unchanged",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class MarkupInjectionRule(_InjectionRule):
+    """Markup that would run script in a browser (XSS): script-like tags, event-handler
+    attributes, javascript:/vbscript:/active data: URLs. ``action`` is the policy's
+    ``markup_action``: ``neutralise``, ``block`` or ``flag``."""
+
+    id: str = "markup_injection"
+    severity: str = "high"
+    action: str = "neutralise"
+    points: int = 30
+
+    def _find(self, text: str) -> list[Match]:
+        return find_markup(text)
+
+    def _explain(self, ctx: EvaluationInput, match: Match, where: str) -> str:
+        return f"Active markup{where}: {match.label}; {_MARKUP_OUTCOME[self.action]}."
+
+
 def _personal_data_rules() -> tuple[Rule, ...]:
     return (
         PersonalDataRule(
@@ -390,8 +551,9 @@ def build_rules(
     *,
     allowed_roles: Mapping[str, Iterable[str]] | None = None,
     sanctioned_countries: frozenset[str] = DEFAULT_SANCTIONED_COUNTRIES,
+    markup_action: str = "neutralise",
 ) -> tuple[Rule, ...]:
-    """Every rule, configured with a policy's roles and sanctioned countries."""
+    """Every rule, configured with a policy's roles, sanctioned countries and markup action."""
     return (
         ActionTypeRiskRule(),
         *_personal_data_rules(),
@@ -401,6 +563,8 @@ def build_rules(
         MedicalIdentifierRule(),
         AutomatedDecisionRule(),
         SenderRoleRule(allowed_roles=allowed_roles or {}),
+        PromptInjectionRule(),
+        MarkupInjectionRule(action=markup_action),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,16 +120,26 @@ def governor_assess_input(
     *,
     tenant: Tenant,
     request_id: str,
-    text: str,
+    text: str | None = None,
     metadata: GovernorMetadata | None,
     model_name: str,
     policy: Policy | None = None,
+    parts: Sequence[tuple[str, str]] = (),
+    folded: Sequence[tuple[str, str]] = (),
 ) -> Evaluated:
     """:func:`governor_evaluate_input` with its audit record built but not yet saved, so the
     caller can send the INSERT along with its own writes. Writes nothing (but a tenant's
-    default policy, on its very first request); with ``policy`` given, reads nothing."""
+    default policy, on its very first request); with ``policy`` given, reads nothing.
+
+    The input is ``text``, or ``parts``, ``(source, text)`` pairs naming where each piece
+    came from; ``folded`` is what the server itself put into the prompt (knowledge-base
+    chunks), which only the injection rules read."""
     policy = policy or policy_for_tenant(tenant=tenant)
-    result = evaluate(EvaluationInput(text=text, metadata=metadata, phase="input"), policy)
+    if text is not None:
+        parts = [("", text)]
+    inp = EvaluationInput.from_parts(parts, metadata, "input", folded)
+    text = inp.text
+    result = evaluate(inp, policy)
     record = AuditRecord(
         tenant=tenant,
         request_id=storable(request_id[:128]),
@@ -147,10 +158,15 @@ def governor_assess_input(
     return Evaluated(result=result, record=record, policy=policy)
 
 
-def output_findings(result: GovernorResult) -> dict[str, Any]:
-    """What the output phase stores on the record."""
+def output_findings(
+    result: GovernorResult, streamed: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """What the output phase stores on the record; ``streamed``: spans per kind that the
+    output guard redacted (or, for ``markup``, neutralised) before they were sent."""
     data = result.to_dict()
     data.pop("validated")
+    if streamed:
+        data["changed_while_streaming"] = streamed
     return data
 
 
@@ -160,6 +176,7 @@ def governor_evaluate_output(
     text: str,
     metadata: GovernorMetadata | None = None,
     policy: Policy | None = None,
+    streamed: dict[str, int] | None = None,
 ) -> GovernorResult:
     """Evaluate an answer (phase ``output``) and store the findings on the request's record.
 
@@ -172,7 +189,7 @@ def governor_evaluate_output(
         policy = policy_for_tenant(tenant=record.tenant)
     result = evaluate(EvaluationInput(text=text, metadata=metadata, phase="output"), policy)
     AuditRecord.objects.filter(pk=audit_id).update(
-        output_findings=output_findings(result), completed_at=timezone.now()
+        output_findings=output_findings(result, streamed), completed_at=timezone.now()
     )
     return result
 

@@ -108,11 +108,21 @@ async def _context(
         ) from None
 
 
-def _client_context(user_name: str | None, documents: dict[str, str] | None) -> str:
+def _client_context(
+    user_name: str | None, documents: dict[str, str] | None
+) -> list[tuple[str, str]]:
     """What the client supplied for the system prompt, as the governor reads it."""
-    parts = [user_name or ""]
-    parts += [f"{path}\n{content}" for path, content in (documents or {}).items()]
-    return "\n\n".join(part for part in parts if part)
+    parts = [("user_name", user_name or "")]
+    parts += [
+        (f"existing_documents: {path}", f"{path}\n{content}")
+        for path, content in (documents or {}).items()
+    ]
+    return parts
+
+
+def _folded(context: RetrievedContext) -> list[tuple[str, str]]:
+    """The knowledge-base chunks in the system prompt, as the governor reads them."""
+    return [(f"knowledge base: {chunk.source}", chunk.text) for chunk in context.chunks]
 
 
 # --- POST /api/v1/chat/stream ---------------------------------------------------------------
@@ -264,6 +274,7 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
             chat_opener=opener,  # opened in the admission, not kept if refused
             trusted_messages=1,
             client_context=_client_context(body.user_name, body.existing_documents),
+            folded=_folded(context),
         )
     )
     chat = generation.request.chat
@@ -333,7 +344,7 @@ async def generate(request: HttpRequest) -> HttpResponse:
         user_message,
     ]
     generation = await start_generation(
-        generation_request(request, tenant, messages, trusted_messages=1)
+        generation_request(request, tenant, messages, trusted_messages=1, folded=_folded(context))
     )
     return await generation_response(
         generation,

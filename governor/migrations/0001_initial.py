@@ -22,7 +22,7 @@ class Migration(migrations.Migration):
             name='GovernorPolicy',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('enabled_rules', models.JSONField(blank=True, default=governor.models.default_enabled_rules, help_text='Rule ids that run for this tenant.')),
+                ('enabled_rules', models.JSONField(blank=True, default=list, help_text='Rule ids that run for this tenant.')),
                 ('block_threshold', models.CharField(choices=[('low', 'Low'), ('medium', 'Medium'), ('high', 'High'), ('critical', 'Critical')], default='critical', help_text='Requests at or above this risk level are rejected.', max_length=10)),
                 ('review_mode', models.CharField(choices=[('block', 'Block: a review action rejects the request'), ('review', 'Review: approve, flag the record for human review')], default='review', max_length=10)),
                 ('allowed_roles', models.JSONField(blank=True, default=governor.models.default_allowed_roles, help_text='Sender roles allowed per action type, e.g. {"legal_advice": ["lawyer", "paralegal"]}. Action types not listed are open to any role.')),

@@ -411,7 +411,7 @@ async def test_a_failing_write_in_finalisation_still_stores_and_settles_once(
     before = await balance(tenant)
     attempts = []
 
-    def failing_output_check(*, decision, text):
+    def failing_output_check(*, decision, text, **_):
         attempts.append(text)
         with connection.cursor() as cursor:
             cursor.execute("SELECT * FROM no_such_table")  # fails in the database

@@ -8,6 +8,7 @@ from chatproject.errors import ApiError
 from governor import gate
 from governor.evaluation import GovernorMetadata
 from governor.models import AppendOnlyError, AuditRecord, GovernorPolicy
+from governor.rules import RULE_IDS
 from governor.services import audit_record_review
 from tests.factories import make_tenant
 
@@ -360,6 +361,8 @@ def policy_form(tenant, **overrides) -> dict:
         "enabled_rules": ["pii_card", "secret_credential"],
         "block_threshold": "high",
         "review_mode": "block",
+        "markup_action": "block",
+        "output_redact": ["secret", "card"],
         "allowed_roles": json.dumps({"legal_advice": ["lawyer"]}),
         "sanctioned_countries": json.dumps(["CU", "ir"]),
     }
@@ -375,12 +378,21 @@ def test_policy_admin_pages_render(staff_client, tenant):
     assert 'value="secret_credential"' in page.content.decode()
 
 
+def test_policy_admin_shows_rules_added_later_checked(staff_client, tenant):
+    policy = GovernorPolicy.objects.create(tenant=tenant, disabled_rules=["pii_phone"])
+    form = staff_client.get(f"{POLICIES}{policy.pk}/change/").context["adminform"].form
+    assert set(form["enabled_rules"].initial) == RULE_IDS - {"pii_phone"}
+    assert "prompt_injection" in form["enabled_rules"].initial
+
+
 def test_policy_admin_add(staff_client, tenant):
     response = staff_client.post(f"{POLICIES}add/", policy_form(tenant))
     assert response.status_code == 302, response.content[:3000]
     policy = GovernorPolicy.objects.get(tenant=tenant)
     assert policy.version == 1
-    assert policy.enabled_rules == ["pii_card", "secret_credential"]
+    assert policy.disabled_rules == sorted(RULE_IDS - {"pii_card", "secret_credential"})
+    assert policy.to_policy().enabled_rules == {"pii_card", "secret_credential"}
+    assert (policy.markup_action, policy.output_redact) == ("block", ["card", "secret"])
     assert policy.sanctioned_countries == ["CU", "IR"]
     assert policy.allowed_roles == {"legal_advice": ["lawyer"]}
 
@@ -405,6 +417,8 @@ def test_policy_admin_save_increments_the_version(staff_client, tenant):
         ("sanctioned_countries", json.dumps(["XX"]), "Not ISO 3166-1 alpha-2"),
         ("sanctioned_countries", json.dumps("IR"), "Must be a list of ISO"),
         ("enabled_rules", ["no_such_rule"], "Select a valid choice"),
+        ("output_redact", ["passport"], "Select a valid choice"),
+        ("markup_action", "erase", "Select a valid choice"),
     ],
 )
 def test_policy_admin_explains_bad_values(staff_client, tenant, field, value, message):

@@ -62,7 +62,8 @@ inputs = st.builds(
 policies = st.builds(
     Policy,
     version=st.integers(min_value=1, max_value=1000),
-    enabled_rules=st.none() | st.frozensets(st.sampled_from(sorted(RULE_IDS))),
+    disabled_rules=st.frozensets(st.sampled_from(sorted(RULE_IDS))),
+    markup_action=st.sampled_from(["neutralise", "block", "flag"]),
     block_threshold=st.sampled_from(RISK_LEVELS),
     review_mode=st.sampled_from(["block", "review"]),
     allowed_roles=st.sampled_from(ROLE_POLICIES),
@@ -205,7 +206,7 @@ def test_role_restriction_blocks_legal_advice_from_support():
 
 
 def test_disabled_rules_do_not_fire():
-    policy = Policy(enabled_rules=frozenset(RULE_IDS - {"pii_card"}))
+    policy = Policy(disabled_rules=frozenset({"pii_card"}))
     result = evaluate(EvaluationInput("card 4111 1111 1111 1111", meta()), policy)
     assert result.violations == ()
 
@@ -245,7 +246,9 @@ def test_duplicate_rule_ids_are_refused():
     [
         {"block_threshold": "severe"},
         {"review_mode": "maybe"},
-        {"enabled_rules": frozenset({"no_such_rule"})},
+        {"disabled_rules": frozenset({"no_such_rule"})},
+        {"markup_action": "erase"},
+        {"output_redact": frozenset({"passport"})},
         {"allowed_roles": {"tax_advice": ["accountant"]}},
     ],
 )
@@ -264,11 +267,13 @@ def test_policy_copies_its_roles_so_it_stays_frozen():
 
 def test_policy_default_settings():
     policy = Policy.default()
-    assert (policy.block_threshold, policy.review_mode, policy.enabled_rules) == (
+    assert (policy.block_threshold, policy.review_mode, policy.disabled_rules) == (
         "critical",
         "review",
-        None,
+        frozenset(),
     )
+    assert policy.enabled_rules == RULE_IDS
+    assert (policy.markup_action, policy.output_redact) == ("neutralise", frozenset())
     assert {"KP", "IR", "SY", "CU"} <= policy.sanctioned_countries
 
 

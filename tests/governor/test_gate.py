@@ -246,10 +246,7 @@ def test_policy_change_applies_at_once_and_its_version_is_recorded(tenant):
 
 def test_disabled_rule_no_longer_fires(tenant):
     assert "pii_email" in violated_rules(check(tenant, f"mail {EMAIL}").result)
-    policy = GovernorPolicy.objects.get(tenant=tenant)
-    policy_update(
-        tenant=tenant, enabled_rules=[r for r in policy.enabled_rules if r != "pii_email"]
-    )
+    policy_update(tenant=tenant, disabled_rules=["pii_email"])
     decision = check(tenant, f"mail {EMAIL}")
     assert "pii_email" not in violated_rules(decision.result)
     assert decision.result["decision"] == "approved"
@@ -257,9 +254,7 @@ def test_disabled_rule_no_longer_fires(tenant):
 
 def test_disabling_the_secret_rule_lets_a_secret_pass(tenant):
     rejection(tenant, f"key {SECRET}")
-    policy = GovernorPolicy.objects.get(tenant=tenant)
-    rules = [r for r in policy.enabled_rules if r != "secret_credential"]
-    policy_update(tenant=tenant, enabled_rules=rules)
+    policy_update(tenant=tenant, disabled_rules=["secret_credential"])
     assert check(tenant, f"key {SECRET}").result["approved"] is True
 
 
@@ -315,15 +310,18 @@ def test_policy_cache_expires(tenant, monkeypatch):
 def test_to_policy_maps_every_field(tenant):
     stored = GovernorPolicy.objects.create(
         tenant=tenant,
-        enabled_rules=["pii_card"],
+        disabled_rules=["pii_card"],
         block_threshold="high",
         review_mode="block",
         allowed_roles={"legal_advice": ["lawyer"]},
         sanctioned_countries=["ru"],
+        markup_action="block",
+        output_redact=["email"],
     )
     policy = stored.to_policy()
     assert policy.version == 1
-    assert policy.enabled_rules == frozenset({"pii_card"})
+    assert policy.disabled_rules == frozenset({"pii_card"})
+    assert (policy.markup_action, policy.output_redact) == ("block", frozenset({"email"}))
     assert policy.block_threshold == "high"
     assert policy.review_mode == "block"
     assert dict(policy.allowed_roles) == {"legal_advice": ("lawyer",)}
@@ -333,7 +331,7 @@ def test_to_policy_maps_every_field(tenant):
 def test_a_stored_policy_naming_a_rule_that_no_longer_exists_still_works(tenant):
     GovernorPolicy.objects.create(tenant=tenant)
     GovernorPolicy.objects.filter(tenant=tenant).update(
-        enabled_rules=["secret_credential", "retired_rule"],
+        disabled_rules=["pii_card", "retired_rule"],
         allowed_roles={"retired_type": ["x"]},
     )
     rejection(tenant, f"key {SECRET}")
@@ -343,8 +341,10 @@ def test_a_stored_policy_naming_a_rule_that_no_longer_exists_still_works(tenant)
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("enabled_rules", ["no_such_rule"]),
-        ("enabled_rules", "pii_card"),
+        ("disabled_rules", ["no_such_rule"]),
+        ("disabled_rules", "pii_card"),
+        ("output_redact", ["passport"]),
+        ("markup_action", "erase"),
         ("allowed_roles", {"gossip": ["x"]}),
         ("allowed_roles", {"legal_advice": "lawyer"}),
         ("allowed_roles", ["lawyer"]),
