@@ -13,10 +13,16 @@ Kinds reported (``Finding.kind``):
   serial 0000 are never issued and are rejected.
 - ``iban``: IBANs from countries in ``IBAN_LENGTHS``, spaces allowed, with the
   country's exact length and a valid ISO 7064 mod-97 check.
-- ``email``: addresses with a dot-atom local part and a dotted domain.
+- ``email``: addresses with a dot-atom local part and a dotted domain; not the
+  ``user:password@host`` of a URL, nor an SSH remote ``git@host:path``.
 - ``phone``: international ``+<country><number>`` (8-15 digits, separators
   allowed) and North American ``(555) 123-4567`` / ``555-123-4567`` forms.
-- ``secret``: credentials of known formats (see ``_SECRET_PATTERNS``).
+- ``secret``: credentials of known formats (see ``_SECRET_PATTERNS``): this product's,
+  OpenAI, Anthropic, AWS, GitHub, GitLab, Slack tokens and webhooks, Google, npm,
+  SendGrid, Stripe restricted keys, Twilio API keys, JWTs, PEM private keys, bearer tokens,
+  passwords in URLs (``scheme://user:password@host``) and ``password=``/``secret=``/
+  ``token=`` assignments whose value looks random (two character classes, 3 bits of
+  entropy per character); documentation placeholders are not reported.
 - ``health_id``: US Medicare Beneficiary Identifiers (CMS format), medical
   record numbers after "MRN"/"medical record number", NHS numbers (mod-11
   check, with "NHS" written shortly before) and ICD-10 codes near diagnosis
@@ -32,7 +38,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -230,12 +238,26 @@ def is_valid_email(address: str) -> bool:
     return bool(_EMAIL_FULL_RE.fullmatch(address)) and _email_parts_ok(address)
 
 
+_TOKEN_BREAK_RE = re.compile(r"[\s\"'<>()\[\]`]")
+_HOST_PATH_AFTER_RE = re.compile(r"[:/][\w~./-]")
+
+
+def _is_userinfo_or_ssh(text: str, start: int, end: int) -> bool:
+    """``user:pass@host`` in a URL, or ``git@host:path`` (scp-style SSH): not addresses."""
+    token = _TOKEN_BREAK_RE.split(text[max(0, start - 200) : start])[-1]
+    if "://" in token:
+        return True
+    if _HOST_PATH_AFTER_RE.match(text, end) is None:
+        return False
+    return not token or token.endswith(":")
+
+
 def find_emails(text: str) -> list[Finding]:
-    """E-mail addresses."""
+    """E-mail addresses (not the user and password of a URL, nor an SSH remote)."""
     return [
         Finding("email", m.start(), m.end())
         for m in _EMAIL_RE.finditer(text)
-        if _email_parts_ok(m.group())
+        if _email_parts_ok(m.group()) and not _is_userinfo_or_ssh(text, m.start(), m.end())
     ]
 
 
@@ -268,9 +290,57 @@ _ID_BEFORE = r"(?<![A-Za-z0-9_-])"
 _ID_AFTER = r"(?![A-Za-z0-9_-])"
 
 
+# Words that mark a documentation placeholder ("sk-proj-your-key-here", "<password>").
+_PLACEHOLDER_RE = re.compile(
+    r"your|here|example|placeholder|replace|xxxx|\*\*\*|\.\.\.|dummy|redacted|insert|"
+    r"changeme|sample|secret_?key|api_?key|token_?here|<|>|\$\{|\{\{",
+    re.IGNORECASE,
+)
+
+
 def _not_placeholder(body: str) -> bool:
-    # Documentation placeholders ("sk_live_xxxxxxxx...") are not credentials.
-    return len(set(body)) >= 6
+    # Documentation placeholders ("sk_live_xxxxxxxx...", "sk-your-key-here") are not
+    # credentials.
+    return len(set(body)) >= 6 and not _PLACEHOLDER_RE.search(body)
+
+
+def _entropy(value: str) -> float:
+    """Shannon entropy of ``value`` in bits per character."""
+    counts = Counter(value)
+    return -sum(n / len(value) * math.log2(n / len(value)) for n in counts.values())
+
+
+def _random_enough(body: str) -> bool:
+    """A value of a ``password=``/``token=`` assignment that looks chosen, not a word or a
+    placeholder: 8+ characters of two or more classes, at 3 bits of entropy per character."""
+    classes = sum(
+        bool(re.search(pattern, body)) for pattern in (r"[a-z]", r"[A-Z]", r"\d", r"[^A-Za-z\d]")
+    )
+    return classes >= 2 and _entropy(body) >= 3.0 and _not_placeholder(body)
+
+
+# Placeholder passwords in URLs of documentation ("postgres://user:pass@host/db").
+_URL_PASSWORD_PLACEHOLDERS = frozenset({
+    "pass", "password", "passwd", "pwd", "secret", "changeme", "example", "test", "user",
+    "username", "x", "xx", "xxx", "xxxx", "****", "***", "...",
+})  # fmt: skip
+
+
+def _url_password_ok(userinfo: str) -> bool:
+    user, _, password = userinfo.partition(":")
+    if password.lower() in _URL_PASSWORD_PLACEHOLDERS or len(password) < 4:
+        return False
+    if password == user:  # a well-known default (guest:guest, admin:admin)
+        return False
+    return not _PLACEHOLDER_RE.search(password) and not password.startswith("$")
+
+
+# Keys whose value in an assignment is a credential: password=..., "api_key": "...".
+_ASSIGNED_KEY = (
+    r"(?:password|passwd|pwd|pass|secret|client[_-]?secret|api[_-]?key|"
+    r"apikey|access[_-]?key|access[_-]?token|auth[_-]?token|refresh[_-]?token|token|"
+    r"private[_-]?key|secret[_-]?key|credentials?)"
+)
 
 
 def _jwt_header_ok(token: str) -> bool:
@@ -321,6 +391,65 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], Callable[[str], bool]], ...] = (
         ),
         _jwt_header_ok,
     ),
+    # Credentials in a URL: scheme://user:password@host (the user and password).
+    (
+        re.compile(
+            r"\b[A-Za-z][A-Za-z0-9+.-]{1,20}://(?P<secret>(?P<body>[^\s:/?#@\"'<>]{0,64}:"
+            r"[^\s/?#@\"'<>]{1,128}))@"
+            r"(?=[A-Za-z0-9\[])"
+        ),
+        _url_password_ok,
+    ),
+    # Slack incoming webhooks.
+    (
+        re.compile(
+            r"https://hooks\.slack\.com/(?:services|workflows|triggers)/"
+            r"(?P<body>T[A-Z0-9]{6,}/[A-Z0-9]{6,}/[A-Za-z0-9]{16,})"
+        ),
+        _not_placeholder,
+    ),
+    # npm access tokens.
+    (re.compile(_ID_BEFORE + r"npm_(?P<body>[A-Za-z0-9]{36})" + _ID_AFTER), _not_placeholder),
+    # SendGrid API keys.
+    (
+        re.compile(
+            _ID_BEFORE + r"SG\.(?P<body>[A-Za-z0-9_-]{16,32}\.[A-Za-z0-9_-]{16,64})" + _ID_AFTER
+        ),
+        _not_placeholder,
+    ),
+    # Stripe restricted keys and webhook signing secrets (secret keys are sk_live_...).
+    (
+        re.compile(_ID_BEFORE + r"(?:rk_(?:live|test)|whsec)_(?P<body>[A-Za-z0-9]{24,})"),
+        _not_placeholder,
+    ),
+    # GitLab tokens (personal, deploy, runner, trigger, CI job, feed, OAuth app secrets).
+    (
+        re.compile(
+            _ID_BEFORE
+            + r"(?:glpat|gldt|glrt|glptt|glcbt|glft|glsoat|gloas|glimt|glagent)-"
+            + r"(?P<body>[A-Za-z0-9_-]{20,})"
+            + _ID_AFTER
+        ),
+        _not_placeholder,
+    ),
+    # Twilio API keys (SK + 32 hex) and auth tokens named as such.
+    (re.compile(r"(?<![A-Za-z0-9])SK(?P<body>[0-9a-f]{32})(?![A-Za-z0-9])"), _not_placeholder),
+    # Bearer tokens in an Authorization header.
+    (
+        re.compile(
+            r"\bBearer\s+(?P<secret>(?P<body>[A-Za-z0-9._~+/-]{20,}=*))(?![A-Za-z0-9._~+/=-])"
+        ),
+        _random_enough,
+    ),
+    # Generic assignments: password=..., "client_secret": "...", TOKEN: ...
+    (
+        re.compile(
+            r"(?:(?<![A-Za-z0-9])|(?<=[_-]))" + _ASSIGNED_KEY + r"[\"']?[ \t]*(?:=|:)[ \t]*[\"']?"
+            r"(?P<secret>(?P<body>[^\s\"'`,;<>(){}\[\]]{8,200}))",
+            re.IGNORECASE,
+        ),
+        _random_enough,
+    ),
     # PEM private keys: the whole block when its END line is present, else the header.
     (
         re.compile(
@@ -332,14 +461,27 @@ _SECRET_PATTERNS: tuple[tuple[re.Pattern[str], Callable[[str], bool]], ...] = (
 )
 
 
+# Something every secret pattern needs; most texts have none, and one search is cheaper
+# than running every pattern.
+_SECRET_HINT_RE = re.compile(
+    r"sk[_-]|AKIA|ASIA|gh[pousr]_|github_pat_|xox[abpr]-|AIza|eyJ|://|npm_|SG\.|rk_|whsec_|"
+    r"gl[a-z]{2,6}-|SK[0-9a-f]{8}|Bearer|-----BEGIN|pass|pwd|secret|token|key|credential",
+    re.IGNORECASE,
+)
+
+
 def find_secrets(text: str) -> list[Finding]:
-    """API keys, tokens and private keys of well-known formats."""
-    found = {
-        Finding("secret", m.start(), m.end())
-        for pattern, is_valid in _SECRET_PATTERNS
-        for m in pattern.finditer(text)
-        if is_valid(m.group("body"))
-    }
+    """API keys, tokens, passwords and private keys of well-known formats. The finding is
+    the whole match, or only its ``secret`` group where the pattern has one (the key name
+    of an assignment, the host of a URL are not secret)."""
+    if _SECRET_HINT_RE.search(text) is None:
+        return []
+    found = set()
+    for pattern, is_valid in _SECRET_PATTERNS:
+        part = "secret" if "secret" in pattern.groupindex else 0
+        for m in pattern.finditer(text):
+            if is_valid(m.group("body")):
+                found.add(Finding("secret", *m.span(part)))
     return sorted(found)
 
 

@@ -138,8 +138,8 @@ _INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         "a request to reveal the system prompt",
         re.compile(
             rf"\b(?:reveal|print|dump|leak|expose|disclose|repeat|recite|output)\s+(?:the|all)\s+"
-            rf"(?:(?:full|entire|original|initial|hidden|secret|internal|exact|complete)\s+)"
-            rf"{{0,3}}(?:{_SYSTEM_PROMPT}|instructions)|\brepeat\s+(?:the\s+words|everything|"
+            rf"(?:(?:full|entire|exact|complete)\s+)?(?:{_SYSTEM_PROMPT}|(?:original|initial|"
+            rf"hidden|secret|internal|system)\s+instructions)|\brepeat\s+(?:the\s+words|everything|"
             rf"the\s+text)\s+above\b|\bwhat\s+(?:were|was)\s+you\s+told\s+before\b",
             _I,
         ),
@@ -147,8 +147,8 @@ _INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "a role-play jailbreak",
         re.compile(
-            r"\byou\s+are\s+(?:now\s+)?(?:DAN\b|in\s+(?:developer|god|jailbreak|DAN)\s+mode|"
-            r"jailbroken|unrestricted|unfiltered|uncensored|free\s+(?:of|from)\s+(?:all\s+|any\s+)?"
+            r"\byou\s+are\s+(?:now\s+)?(?:an?\s+)?(?:DAN\b|in\s+(?:developer|god|jailbreak|DAN)\s+"
+            r"mode|jailbroken|unrestricted|unfiltered|uncensored|free\s+(?:of|from)\s+(?:all\s+|any\s+)?"
             r"(?:restrictions|rules|guidelines|limitations))|\bdo\s+anything\s+now\b|"
             r"\b(?:enter|enable|activate|switch\s+to|turn\s+on)\s+(?:DAN|god|jailbreak|"
             r"unrestricted|developer)\s+mode\b|\bjailbreak(?:ed)?\s+mode\b",
@@ -177,7 +177,8 @@ _INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"^[ \t]*#{2,}[ \t]*(?:system|new\s+instructions?|instructions?|admin|developer)"
             r"\b[ \t]*(?:prompt|message|override)?[ \t]*:?[ \t]*$|"
             r"^[ \t]*\[(?:system|admin|developer)(?:[ \t]+(?:message|note|override|prompt))?\]|"
-            r"^[ \t]*(?:system|admin)(?:[ \t]+(?:override|message|prompt|note))?[ \t]*:[ \t]*"
+            r"(?:^|(?<=[\"'(\[]))[ \t]*(?:system|admin)(?:[ \t]+(?:override|message|prompt|note))?"
+            r"[ \t]*:[ \t]*"
             r"(?=(?:ignore|disregard|forget|you\s+are|new\s+instructions|from\s+now))|"
             r"\b(?:BEGIN|END)\s+(?:OF\s+)?(?:SYSTEM\s+PROMPT|USER\s+INPUT|INSTRUCTIONS)\b",
             _IM,
@@ -190,15 +191,32 @@ _INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             rf"(?:the\s+|any\s+|all\s+)?{_AI}s?\b|\bif\s+you\s+are\s+(?:an?\s+)?{_AI}\b|"
             rf"\b{_AI}s?\s+(?:reading|processing|summari[sz]ing|parsing|analy[sz]ing|"
             rf"reviewing)\s+this\b|\b(?:when|while|before)\s+summari[sz]ing\s+this\b[^.\n]"
-            rf"{{0,60}}?\b(?:ignore|instead|do\s+not|don't|also|forward|send|tell|say|include)\b",
-            _I,
+            rf"{{0,60}}?\b(?:ignore|instead|do\s+not|don't|also|forward|send|tell|say|include)\b|"
+            rf"(?:^|(?<=[\"'(\[]))[ \t]*(?:dear\s+|hey\s+)?{_AI}\s*[:,][ \t]*(?=(?:please\s+)?"
+            rf"(?:ignore|disregard|"
+            rf"forget|you\s+must|do\s+not|don't|approve|send|forward|reveal|print|output|always|"
+            rf"never|reply|respond|tell\s+the\s+user)\b)",
+            _IM,
         ),
     ),
 )
 
 
+# A word one of the patterns needs: most texts have none, and one search of these is
+# cheaper than running every pattern.
+_INJECTION_HINT = re.compile(
+    r"ignor|disregard|forget|overrid|bypass|discard|abandon|drop|follow|obey|instruction|"
+    r"prompt|system|rules|reveal|repeat|told|DAN|anything|mode|jailbr|unrestrict|unfilter|"
+    r"uncensor|restrictions|pretend|imagin|act\s+as|behave|role|from\s+now|no\s+rules|"
+    r"[<\[]|###|BEGIN|END|AI\b|A\.I\.|LLM|assistant|bot\b|GPT|copilot|model|automated|summari",
+    re.IGNORECASE,
+)
+
+
 def find_prompt_injection(text: str) -> list[Match]:
     """Spans that try to steer the model away from its instructions."""
+    if _INJECTION_HINT.search(text) is None:
+        return []
     return _find(_INJECTION_PATTERNS, "prompt_injection", text)
 
 
@@ -247,8 +265,13 @@ _MARKUP_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 _SCHEME = re.compile(rf"(?<!unsafe:)(?:{_ACTIVE_SCHEME})", _I)
 
 
+_MARKUP_HINT = re.compile(r"<|script\s*:|data\s*:", re.IGNORECASE)
+
+
 def find_markup(text: str) -> list[Match]:
     """Markup that would run script or navigate away if a browser rendered the text."""
+    if _MARKUP_HINT.search(text) is None:
+        return []
     return _find(_MARKUP_PATTERNS, "markup", text)
 
 

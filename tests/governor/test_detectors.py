@@ -103,7 +103,7 @@ def spans(findings: list[Finding], text: str) -> list[str]:
         (find_secrets, "sk-proj-Ab3dEf6hIj9kLmNoPqRsTuVw", ["sk-proj-Ab3dEf6hIj9kLmNoPqRsTuVw"]),
         (find_secrets, "sk-ant-api03-Ab3dEf6hIj9kLmNoPqRs", ["sk-ant-api03-Ab3dEf6hIj9kLmNoPqRs"]),
         (find_secrets, "sk-Ab3dEf6hIj9kLm", []),  # too short
-        (find_secrets, "AKIAIOSFODNN7EXAMPLE", ["AKIAIOSFODNN7EXAMPLE"]),
+        (find_secrets, "AKIAZ7K3M2Q9W4XR1TBV", ["AKIAZ7K3M2Q9W4XR1TBV"]),
         (find_secrets, "AKIAIOSFODNN7EXAMPL", []),  # 15 characters after AKIA
         (find_secrets, f"ghp_{GH_BODY}", [f"ghp_{GH_BODY}"]),
         (find_secrets, f"gho_{GH_BODY[:33]}", []),  # 33 characters
@@ -209,7 +209,7 @@ def test_scan_keeps_the_more_specific_kind_on_overlap():
 
 
 def test_find_all_reports_every_kind_in_position_order():
-    text = "a@b.io 4111111111111111 123-45-6789 +14155552671 AKIAIOSFODNN7EXAMPLE"
+    text = "a@b.io 4111111111111111 123-45-6789 +14155552671 AKIAZ7K3M2Q9W4XR1TBV"
     assert [f.kind for f in find_all(text)] == ["email", "card", "ssn", "phone", "secret"]
 
 
@@ -233,3 +233,104 @@ def test_detectors_stay_fast_on_adversarial_input():
     started = time.monotonic()
     find_all(text)
     assert time.monotonic() - started < 2.0
+
+
+# --- SEPA IBANs, new secret formats, e-mail look-alikes ----------------------------------
+
+# One valid IBAN per SEPA country (EU/EEA, CH, GB, MC, SM, VA, AD, AL, ME, MD, MK, RS).
+SEPA_IBANS = [
+    "AD1200012030200359100100", "AL47212110090000000235698741", "AT611904300234573201",
+    "BE68539007547034", "BG80BNBG96611020345678", "CH9300762011623852957",
+    "CY17002001280000001200527600", "CZ6508000000192000145399", "DE89370400440532013000",
+    "DK5000400440116243", "EE382200221020145685", "ES9121000418450200051332",
+    "FI2112345600000785", "FR1420041010050500013M02606", "GB29NWBK60161331926819",
+    "GI75NWBK000000007099453", "GR1601101250000000012300695", "HR1210010051863000160",
+    "HU42117730161111101800000000", "IE29AIBK93115212345678", "IS140159260076545510730339",
+    "IT60X0542811101000000123456", "LI21088100002324013AA", "LT121000011101001000",
+    "LU280019400644750000", "LV80BANK0000435195001", "MC5811222000010123456789030",
+    "MD24AG000225100013104168", "ME25505000012345678951", "MK07250120000058984",
+    "MT84MALT011000012345MTLCAST001S", "NL91ABNA0417164300", "NO9386011117947",
+    "PL61109010140000071219812874", "PT50000201231234567890154", "RO49AAAA1B31007593840000",
+    "RS35260005601001611379", "SE4550000000058398257466", "SI56263300012039086",
+    "SK3112000000198742637541", "SM86U0322509800000000270100", "VA59001123000012345678",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("iban", SEPA_IBANS, ids=lambda i: i[:2])
+def test_every_sepa_country_iban_is_found_grouped_or_not(iban):
+    grouped = " ".join(iban[i : i + 4] for i in range(0, len(iban), 4))
+    assert spans(find_ibans(f"pay to {iban} now"), f"pay to {iban} now") == [iban]
+    assert spans(find_ibans(f"IBAN: {grouped}."), f"IBAN: {grouped}.") == [grouped]
+    # One changed digit breaks the mod-97 check.
+    broken = iban[:-1] + str((int(iban[-1], 36) + 1) % 10)
+    assert find_ibans(broken) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("DATABASE_URL=postgres://app:Xk9mQ2vLr7@db.internal:5432/app", "app:Xk9mQ2vLr7"),
+        ("redis://:Qm7vX2pL9sKw@cache:6379/0", ":Qm7vX2pL9sKw"),
+        (
+            "https://hooks.slack.com/services/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",
+            "https://hooks.slack.com/services/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",
+        ),
+        ("npm_aB3dE6gH9jK2mN5pQ8sT1vW4yZ7aB3dE6gH9", "npm_aB3dE6gH9jK2mN5pQ8sT1vW4yZ7aB3dE6gH9"),
+        (
+            "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",
+            "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",
+        ),
+        ("key rk_live_51H8xYzAbCdEfGhIjKlMnOpQr", "rk_live_51H8xYzAbCdEfGhIjKlMnOpQr"),
+        ("glpat-xYz12AbC34dEf56GhI78jK", "glpat-xYz12AbC34dEf56GhI78jK"),
+        ("SK2b7e5f1c9a8d4e3f6b0c1d2e3f4a5b6c", "SK2b7e5f1c9a8d4e3f6b0c1d2e3f4a5b6c"),
+        ("password=Summer2024!", "Summer2024!"),
+        ('"client_secret": "3vN8qL2mX7kP9wR4tY6u"', "3vN8qL2mX7kP9wR4tY6u"),
+        ("DB_PASSWORD='k3#Lq9!vRz'", "k3#Lq9!vRz"),
+        (
+            "Authorization: Bearer 9f8e7d6c5b4a3F2E1D0c9B8a7f6e5d4c",
+            "9f8e7d6c5b4a3F2E1D0c9B8a7f6e5d4c",
+        ),
+    ],
+)
+def test_new_secret_formats_are_found(text, secret):
+    assert spans(find_secrets(text), text) == [secret]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "DATABASE_URL=postgres://user:pass@host:5432/db",
+        "amqp://guest:guest@localhost:5672/",
+        "password=changeme and token=abcdefgh",
+        "secret: mysecretvalue",
+        "api_key = os.environ['API_KEY']",
+        "password: <your password> or ${DB_PASSWORD}",
+        "sk-proj-your-api-key-goes-here",
+        "OPENAI_API_KEY=sk-...",
+        "AKIAIOSFODNN7EXAMPLE",  # AWS's documented example
+        "commit 9fceb02d0ae598e95dc970b74767f19372d61af8",
+    ],
+)
+def test_placeholders_and_look_alikes_are_not_secrets(text):
+    assert find_secrets(text) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "postgres://user:password@db.example.com/app",
+        "git clone git@github.com:acme/api.git",
+        "ssh://git@gitlab.example.com:2222/platform/api.git",
+        "scp me@host.example.com:/tmp/x .",
+    ],
+)
+def test_url_credentials_and_ssh_remotes_are_not_email_addresses(text):
+    assert find_emails(text) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["write to jane@example.com: she knows", "mailto:jane@example.com", "(jane@example.com)"],
+)
+def test_addresses_next_to_a_colon_are_still_addresses(text):
+    assert spans(find_emails(text), text) == ["jane@example.com"]

@@ -28,7 +28,7 @@ FRAGMENTS = [
     "call (555) 123-4567",
     "call +44 20 7946 0958",
     "key sk_live_a1B2c3D4e5F6g7H8i9J0kL",
-    "AKIAIOSFODNN7EXAMPLE",
+    "AKIAZ7K3M2Q9W4XR1TBV",
     "-----BEGIN RSA PRIVATE KEY-----",
     "MRN: 00123456",
     "NHS number 943 476 5919",
