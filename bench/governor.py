@@ -1,0 +1,254 @@
+"""The governor's detectors and output guard: quality on the labelled corpus, speed per KB,
+and what guarding an answer while it streams costs its time to first token. Run by hand
+(it prints figures; it asserts nothing):
+
+    .venv/bin/python bench/governor.py [--before REV] [--requests 200] [--delay-ms 20]
+
+1. **Quality**: precision and recall per kind on tests/governor/corpus.py, for the
+   detectors as they are and as they were at ``--before`` (a git revision; default: the
+   last one before the injection rules and the new secret detectors), side by side.
+2. **Speed**: evaluation time per KB of the corpus's text, before and after, in the same
+   run: the detectors alone, and the whole input evaluation (every rule) now.
+3. **Output guard**: CPU per token of ``StreamGuard.feed``, and time to first token in the
+   real engine (demo model, ``--delay-ms`` between tokens, like a hosted model's pace,
+   and with no delay), with the guard off, neutralising markup only (the default policy),
+   and redacting every kind as well, requests of the three variants interleaved. In a
+   throwaway database (SQLite unless ``DATABASE_URL`` is set), dropped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+import types
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
+os.environ["DEBUG"] = "false"
+os.environ.setdefault("SECRET_KEY", "bench-only-secret")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+
+from bench.support import database_version, with_throwaway_database  # noqa: E402
+from billing.models import Plan, Tenant  # noqa: E402
+from billing.services import credits_top_up  # noqa: E402
+from chatproject.db import db_call  # noqa: E402
+from chats.engine import GenerationRequest, TokenEvent, start_generation  # noqa: E402
+from governor import detectors, injection  # noqa: E402
+from governor.evaluation import EvaluationInput, Policy, evaluate  # noqa: E402
+from governor.services import policy_update  # noqa: E402
+from governor.stream_guard import StreamGuard  # noqa: E402
+from tests.governor.corpus import CORPUS, KINDS  # noqa: E402
+from tests.governor.corpus import evaluate as corpus_evaluate  # noqa: E402
+
+BEFORE = "64f2a9f"  # the last revision before the injection rules and the new detectors
+ALL_KINDS = detectors.KIND_PRIORITY
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def detectors_at(revision: str) -> types.ModuleType:
+    """governor/detectors.py as it was at ``revision``, as a module of its own."""
+    source = subprocess.check_output(
+        ["git", "show", f"{revision}:governor/detectors.py"], cwd=ROOT, text=True
+    )
+    module = types.ModuleType("detectors_before")
+    sys.modules[module.__name__] = module  # dataclasses look their module up
+    exec(compile(source, f"{revision}:governor/detectors.py", "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+def detect_before(module: types.ModuleType):
+    scan = module.scan.__wrapped__  # not its cache
+
+    def detect(text: str):
+        return [(f.kind, f.start, f.end) for f in scan(text)]
+
+    return detect
+
+
+def detect_now(text: str):
+    found = [(f.kind, f.start, f.end) for f in detectors.scan_uncached(text)]
+    found += [(m.kind, m.start, m.end) for m in injection.find_prompt_injection(text)]
+    found += [(m.kind, m.start, m.end) for m in injection.find_markup(text)]
+    return found
+
+
+# --- 1. and 2. ------------------------------------------------------------------------------
+
+
+def quality(before) -> None:
+    old, new = corpus_evaluate(detector=before), corpus_evaluate(detector=detect_now)
+    print(f"Corpus: {len(CORPUS)} messages, {sum(len(s.text) for s in CORPUS):,} characters")
+    print(f"{'kind':18} {'labelled':>8}   {'before P / R':>13}   {'after P / R':>13}")
+    for kind in KINDS:
+        labelled = new[kind].true_positives + new[kind].false_negatives
+        b, a = old[kind], new[kind]
+        print(
+            f"{kind:18} {labelled:8}   {b.precision:5.2f} / {b.recall:4.2f}   "
+            f"{a.precision:5.2f} / {a.recall:4.2f}"
+        )
+
+
+def per_kb(run, texts: list[str], rounds: int) -> float:
+    """Microseconds per KB of ``texts`` for ``run`` over each, best of ``rounds``."""
+    size_kb = sum(len(t.encode()) for t in texts) / 1024
+    best = float("inf")
+    for _ in range(rounds):
+        began = time.perf_counter()
+        for text in texts:
+            run(text)
+        best = min(best, time.perf_counter() - began)
+    return best / size_kb * 1e6
+
+
+def speed(before, rounds: int) -> None:
+    texts = [s.text for s in CORPUS]
+    policy = Policy.default()
+
+    def whole_evaluation(text: str) -> None:
+        detectors.scan.cache_clear()
+        evaluate(EvaluationInput(text, None), policy)
+
+    print(f"\nEvaluation time per KB of the corpus (best of {rounds} rounds):")
+    for name, run in (
+        ("detectors before", before),
+        ("detectors now (the two new kinds too)", detect_now),
+        ("whole input evaluation now (every rule)", whole_evaluation),
+    ):
+        print(f"  {name:42} {per_kb(run, texts, rounds):6.0f} µs/KB")
+
+
+# --- 3. the output guard ----------------------------------------------------------------------
+
+
+def words(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"\s*\S+|\s+", text)
+
+
+def guard_cpu() -> None:
+    answers = [words(s.text) for s in CORPUS]
+    tokens = sum(len(a) for a in answers)
+    variants = {
+        "markup only (default policy)": {"neutralise_markup": True},
+        "every kind and markup": {"redact": ALL_KINDS, "neutralise_markup": True},
+    }
+    print(f"\nOutput guard CPU per token ({tokens} tokens of the corpus, best of 5):")
+    for name, options in variants.items():
+        best = float("inf")
+        for _ in range(5):
+            began = time.perf_counter()
+            for answer in answers:
+                guard = StreamGuard(**options)
+                for token in answer:
+                    guard.feed(token)
+                guard.flush()
+            best = min(best, time.perf_counter() - began)
+        print(f"  {name:30} {best / tokens * 1e6:6.1f} µs/token")
+
+
+VARIANTS = {
+    "guard off": {"markup_action": "flag", "output_redact": []},
+    "markup only (default)": {},
+    "every kind and markup": {"output_redact": list(ALL_KINDS)},
+}
+
+
+def make_tenants() -> dict[str, Tenant]:
+    plan = Plan.objects.get_or_create(
+        name="bench", defaults={"requests_per_minute": None, "burst": None}
+    )[0]
+    tenants = {}
+    for name, policy in VARIANTS.items():
+        tenant = Tenant.objects.create(name=f"bench-{uuid.uuid4().hex[:8]}", plan=plan)
+        credits_top_up(tenant=tenant, amount=Decimal(10**9), note="bench")
+        if policy:
+            policy_update(tenant=tenant, **policy)
+        tenants[name] = tenant
+    return tenants
+
+
+async def first_token(tenant: Tenant, delay_ms: int) -> float:
+    said = f"Please refund order 4411 to jane.doe@example.com, ref {uuid.uuid4().hex[:8]}"
+    request = GenerationRequest(
+        tenant=tenant,
+        messages=[{"role": "user", "content": f"{said} [demo:delay={delay_ms}]"}],
+        model="demo/balanced",
+        use_cache=False,
+    )
+    began = time.perf_counter()
+    generation = await start_generation(request)
+    first = None
+    async for event in generation.events():
+        if first is None and isinstance(event, TokenEvent):
+            first = time.perf_counter() - began
+    assert first is not None
+    return first
+
+
+async def ttft(tenants: dict[str, Tenant], requests: int, delay_ms: int) -> dict[str, list]:
+    times: dict[str, list[float]] = {name: [] for name in tenants}
+    for i in range(requests + 20):
+        order = list(tenants.items())
+        order = order[i % len(order) :] + order[: i % len(order)]
+        for name, tenant in order:
+            value = await first_token(tenant, delay_ms)
+            if i >= 20:  # warm-up
+                times[name].append(value)
+    return times
+
+
+def guard_ttft(requests: int, delay_ms: int) -> None:
+    def run():
+        tenants = asyncio.run(db_call(make_tenants))
+        print(f"\nTime to first token in the engine ({database_version()}, {requests} each):")
+        for delay in (0, delay_ms):
+            times = asyncio.run(ttft(tenants, requests, delay))
+            base = statistics.median(times["guard off"])
+            print(f"  {delay} ms between the model's tokens:")
+            for name, values in times.items():
+                p50, p99 = statistics.median(values), percentile(values, 0.99)
+                print(
+                    f"    {name:24} p50 {p50 * 1000:7.2f} ms  p99 {p99 * 1000:7.2f} ms"
+                    f"  (+{(p50 - base) * 1000:.2f} ms p50 over guard off)"
+                )
+
+    with_throwaway_database(run, prefix="governor")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--before", default=BEFORE, help="git revision to compare with")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--delay-ms", type=int, default=20)
+    args = parser.parse_args()
+    settings.RESPONSE_CACHE_TTL_SECONDS = 0
+    before = detect_before(detectors_at(args.before))
+    quality(before)
+    speed(before, args.rounds)
+    guard_cpu()
+    guard_ttft(args.requests, args.delay_ms)
+
+
+if __name__ == "__main__":
+    main()
