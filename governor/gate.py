@@ -4,9 +4,10 @@ called, check the output after the stream ends, and leave an audit record of bot
 The engine calls :func:`governor_parse_metadata` while building a request,
 :func:`governor_assess_input` and then :meth:`InputCheck.record` (with its own admission
 writes) before the provider, and :func:`governor_check_output` once after the stream
-ends. :func:`governor_check_input` is the first two in one call. :func:`output_guard` gives
-the engine the guard its tokens pass through while they stream (None when the policy
-changes nothing in answers).
+ends. :func:`governor_check_input` is the first two in one call. A tool's result goes
+through :func:`governor_check_tool_result` before it is put into the prompt.
+:func:`output_guard` gives the engine the guard its tokens pass through while they stream
+(None when the policy changes nothing in answers).
 """
 
 from __future__ import annotations
@@ -19,8 +20,15 @@ from typing import Any
 from billing.models import Tenant
 from chatproject.errors import ApiError, ErrorCode
 from governor import policies, services
-from governor.evaluation import GovernorMetadata, Policy, validate_metadata
+from governor.evaluation import (
+    EvaluationInput,
+    GovernorMetadata,
+    Policy,
+    Violation,
+    validate_metadata,
+)
 from governor.injection import neutralise_markup
+from governor.rules import build_rules
 from governor.stream_guard import StreamGuard
 
 logger = logging.getLogger(__name__)
@@ -37,6 +45,9 @@ class GateDecision:
     policy: Policy | None = field(default=None, kw_only=True, repr=False)
     # The input carried active markup and the policy neutralises it: see clean().
     neutralise: bool = field(default=False, kw_only=True)
+    # Findings in what the server folded into the prompt after admission (tool results),
+    # stored with the output findings.
+    folded_findings: list[dict[str, Any]] = field(default_factory=list, kw_only=True, repr=False)
 
     def clean(self, text: str) -> str:
         """``text`` as it may be stored and sent to a model: active markup made inert
@@ -201,6 +212,45 @@ class InputCheck:
         return decision
 
 
+@dataclass(frozen=True)
+class FoldedCheck:
+    """What :func:`governor_check_tool_result` found in a text, and the text to use."""
+
+    text: str  # what may go into the prompt: active markup neutralised, unless only flagged
+    violations: tuple[Violation, ...]
+
+    @property
+    def injection(self) -> bool:
+        """Whether the text tries to instruct the model (the caller may leave it out)."""
+        return any(v.rule == "prompt_injection" for v in self.violations)
+
+
+_FOLDED_RULES = frozenset({"prompt_injection", "markup_injection"})
+
+
+def governor_check_tool_result(*, decision: GateDecision, tool_name: str, text: str) -> FoldedCheck:
+    """Check a tool's result before it goes into the prompt (indirect injection): the
+    prompt-injection and markup rules of the request's policy, each finding naming
+    ``tool result: <tool_name>`` as its source. CPU only, no I/O: the findings are kept
+    with ``decision`` and stored on the audit record with the output findings when the
+    answer is finalised. Markup is neutralised in the returned text unless the policy only
+    flags it (a generation under way cannot be refused, so ``block`` neutralises too)."""
+    policy = decision.policy or Policy.default()
+    source = f"tool result: {tool_name}"
+    rules = [
+        rule
+        for rule in build_rules(markup_action=policy.markup_action)
+        if rule.id in _FOLDED_RULES and rule.id not in policy.disabled_rules
+    ]
+    inp = EvaluationInput(text="", metadata=decision.metadata, folded=((source, text),))
+    violations = tuple(v for rule in rules for v in rule.check(inp))
+    decision.folded_findings.extend(v.to_dict() for v in violations)
+    markup = any(v.rule == "markup_injection" for v in violations)
+    if markup and policy.markup_action != "flag":
+        text = neutralise_markup(text)
+    return FoldedCheck(text=text, violations=violations)
+
+
 def output_guard(decision: GateDecision) -> StreamGuard | None:
     """The guard an answer streams through under the request's policy: it redacts the
     policy's ``output_redact`` kinds and neutralises active markup (unless the policy only
@@ -227,6 +277,7 @@ def governor_check_output(
         metadata=decision.metadata,
         policy=decision.policy,
         streamed=guard.report() if guard is not None else None,
+        folded=decision.folded_findings,
     )
     if result.violations:
         logger.info(

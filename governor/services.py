@@ -159,14 +159,19 @@ def governor_assess_input(
 
 
 def output_findings(
-    result: GovernorResult, streamed: dict[str, int] | None = None
+    result: GovernorResult,
+    streamed: dict[str, int] | None = None,
+    folded: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """What the output phase stores on the record; ``streamed``: spans per kind that the
-    output guard redacted (or, for ``markup``, neutralised) before they were sent."""
+    output guard redacted (or, for ``markup``, neutralised) before they were sent;
+    ``folded``: violations found in tool results put into the prompt meanwhile."""
     data = result.to_dict()
     data.pop("validated")
     if streamed:
         data["changed_while_streaming"] = streamed
+    if folded:
+        data["tool_results"] = folded
     return data
 
 
@@ -177,6 +182,7 @@ def governor_evaluate_output(
     metadata: GovernorMetadata | None = None,
     policy: Policy | None = None,
     streamed: dict[str, int] | None = None,
+    folded: list[dict[str, Any]] | None = None,
 ) -> GovernorResult:
     """Evaluate an answer (phase ``output``) and store the findings on the request's record.
 
@@ -189,7 +195,7 @@ def governor_evaluate_output(
         policy = policy_for_tenant(tenant=record.tenant)
     result = evaluate(EvaluationInput(text=text, metadata=metadata, phase="output"), policy)
     AuditRecord.objects.filter(pk=audit_id).update(
-        output_findings=output_findings(result, streamed), completed_at=timezone.now()
+        output_findings=output_findings(result, streamed, folded), completed_at=timezone.now()
     )
     return result
 
