@@ -222,7 +222,9 @@ def find_prompt_injection(text: str) -> list[Match]:
 
 # --- markup injection ----------------------------------------------------------------
 
-_TAG_BODY = r"[^<>]{0,500}"  # a tag's attributes, bounded
+# A tag starts with "<" and a letter (or "</" and a letter), as browsers read it: "a < b"
+# is text. Its attributes are bounded.
+_TAG_BODY = r"[^<>]{0,500}"
 _ACTIVE_DATA = r"data\s*:\s*(?:text/html|text/javascript|application/(?:x-)?javascript|image/svg)"
 _ACTIVE_SCHEME = rf"(?:java\s*script|vb\s*script|livescript)\s*:|{_ACTIVE_DATA}"
 _URL_ATTR = r"(?:href|src|action|formaction|xlink:href|data|srcdoc|poster|background|lowsrc)"
@@ -231,17 +233,17 @@ _MARKUP_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "a script-like tag",
         re.compile(
-            rf"<\s*/?\s*(?:script|iframe|frame|frameset|object|embed|applet)\b{_TAG_BODY}>?", _I
+            rf"</?(?:script|iframe|frame|frameset|object|embed|applet)\b{_TAG_BODY}>?", _I
         ),
     ),
     (
         "a tag with an event-handler attribute",
-        re.compile(rf"<\s*[a-z][\w:-]*\b[^<>]{{0,500}}?[\s/\"']on[a-z]{{3,}}\s*={_TAG_BODY}>?", _I),
+        re.compile(rf"<[a-z][\w:-]*\b[^<>]{{0,500}}?[\s/\"']on[a-z]{{3,}}\s*={_TAG_BODY}>?", _I),
     ),
     (
         "a tag with an active URL",
         re.compile(
-            rf"<\s*[a-z][\w:-]*\b[^<>]{{0,500}}?\b{_URL_ATTR}\s*=\s*[\"']?\s*(?:{_ACTIVE_SCHEME})"
+            rf"<[a-z][\w:-]*\b[^<>]{{0,500}}?\b{_URL_ATTR}\s*=\s*[\"']?\s*(?:{_ACTIVE_SCHEME})"
             rf"{_TAG_BODY}>?",
             _I,
         ),
@@ -249,7 +251,7 @@ _MARKUP_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "a tag that redirects or rebases the page",
         re.compile(
-            rf"<\s*(?:meta\b[^<>]{{0,500}}?http-equiv|base\b[^<>]{{0,500}}?href){_TAG_BODY}>?", _I
+            rf"<(?:meta\b[^<>]{{0,500}}?http-equiv|base\b[^<>]{{0,500}}?href){_TAG_BODY}>?", _I
         ),
     ),
     (
