@@ -232,9 +232,7 @@ _URL_ATTR = r"(?:href|src|action|formaction|xlink:href|data|srcdoc|poster|backgr
 _MARKUP_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "a script-like tag",
-        re.compile(
-            rf"</?(?:script|iframe|frame|frameset|object|embed|applet)\b{_TAG_BODY}>?", _I
-        ),
+        re.compile(rf"</?(?:script|iframe|frame|frameset|object|embed|applet)\b{_TAG_BODY}>?", _I),
     ),
     (
         "a tag with an event-handler attribute",
