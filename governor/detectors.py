@@ -548,6 +548,10 @@ _DETECTORS: dict[str, Callable[[str], list[Finding]]] = {
 }
 
 
+_DIGIT_RE = re.compile(r"\d")
+_NEED_A_DIGIT = frozenset({"iban", "card", "ssn", "health_id", "phone"})
+
+
 def _overlaps(a: Finding, b: Finding) -> bool:
     return a.start < b.end and b.start < a.end
 
@@ -564,6 +568,11 @@ def scan(text: str) -> tuple[Finding, ...]:
 def scan_uncached(text: str, kinds: Iterable[str] = KIND_PRIORITY) -> tuple[Finding, ...]:
     """``scan`` without its cache (for texts seen once), limited to ``kinds``."""
     wanted = frozenset(kinds)
+    # Every kind but secrets needs a digit, an e-mail address an "@": prose has neither.
+    if _DIGIT_RE.search(text) is None:
+        wanted -= _NEED_A_DIGIT
+    if "@" not in text:
+        wanted -= {"email"}
     kept: list[Finding] = []
     for kind in KIND_PRIORITY:
         if kind not in wanted:
