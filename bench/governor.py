@@ -4,9 +4,10 @@ and what guarding an answer while it streams costs its time to first token. Run 
 
     .venv/bin/python bench/governor.py [--before REV] [--requests 200] [--delay-ms 20]
 
-1. **Quality**: precision and recall per kind on tests/governor/corpus.py, for the
-   detectors as they are and as they were at ``--before`` (a git revision; default: the
-   last one before the injection rules and the new secret detectors), side by side.
+1. **Quality**: precision and recall per kind on tests/governor/corpus.py (the corpus,
+   and the two sets written after the detectors: held out and fresh), for the detectors as
+   they are and as they were at ``--before`` (a git revision; default: the last one before
+   the injection rules and the new secret detectors), side by side.
 2. **Speed**: evaluation time per KB of the corpus's text, before and after, in the same
    run: the detectors alone, and the whole input evaluation (every rule) now.
 3. **Output guard**: CPU per token of ``StreamGuard.feed``, and time to first token in the
@@ -53,7 +54,7 @@ from governor import detectors, injection  # noqa: E402
 from governor.evaluation import EvaluationInput, Policy, evaluate  # noqa: E402
 from governor.services import policy_update  # noqa: E402
 from governor.stream_guard import StreamGuard  # noqa: E402
-from tests.governor.corpus import CORPUS, KINDS  # noqa: E402
+from tests.governor.corpus import CORPUS, FRESH, HELD_OUT, KINDS  # noqa: E402
 from tests.governor.corpus import evaluate as corpus_evaluate  # noqa: E402
 
 BEFORE = "64f2a9f"  # the last revision before the injection rules and the new detectors
@@ -96,16 +97,19 @@ def detect_now(text: str):
 
 
 def quality(before) -> None:
-    old, new = corpus_evaluate(detector=before), corpus_evaluate(detector=detect_now)
-    print(f"Corpus: {len(CORPUS)} messages, {sum(len(s.text) for s in CORPUS):,} characters")
-    print(f"{'kind':18} {'labelled':>8}   {'before P / R':>13}   {'after P / R':>13}")
-    for kind in KINDS:
-        labelled = new[kind].true_positives + new[kind].false_negatives
-        b, a = old[kind], new[kind]
-        print(
-            f"{kind:18} {labelled:8}   {b.precision:5.2f} / {b.recall:4.2f}   "
-            f"{a.precision:5.2f} / {a.recall:4.2f}"
-        )
+    for name, samples in (("Corpus", CORPUS), ("Held out", HELD_OUT), ("Fresh", FRESH)):
+        old = corpus_evaluate(samples, detector=before)
+        new = corpus_evaluate(samples, detector=detect_now)
+        size = sum(len(s.text) for s in samples)
+        print(f"{name}: {len(samples)} messages, {size:,} characters")
+        print(f"  {'kind':18} {'labelled':>8}   {'before P / R':>13}   {'after P / R':>13}")
+        for kind in KINDS:
+            labelled = new[kind].true_positives + new[kind].false_negatives
+            b, a = old[kind], new[kind]
+            print(
+                f"  {kind:18} {labelled:8}   {b.precision:5.2f} / {b.recall:4.2f}   "
+                f"{a.precision:5.2f} / {a.recall:4.2f}"
+            )
 
 
 def per_kb(run, texts: list[str], rounds: int) -> float:

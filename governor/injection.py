@@ -70,15 +70,24 @@ _IM = re.IGNORECASE | re.MULTILINE
 # my previous message" is a user correcting themselves.
 _TARGET = (
     r"(?:instructions?|rules|prompts?|directions|directives|guidelines|guardrails|"
-    r"constraints|restrictions|programming|policies|safeguards|filters|system\s+message)"
+    r"constraints|restrictions|programming|policies|safeguards|filters|system\s+message|"
+    r"disclaimers?|persona|training|ethics|principles|limitations|boundaries|protocols?)"
 )
 _QUALIFIER = (
     r"(?:all|any|every|the|your|these|those|of|previous|prior|above|preceding|earlier|former|"
-    r"initial|original|system|existing|current|safety|developer|given|other|old|content)"
+    r"initial|original|system|existing|current|safety|developer|given|other|old|content|"
+    r"standard|usual|default|ethical|built-in|internal|core|company|legal)"
 )
 _AI = (
-    r"(?:AI|A\.I\.|LLM|large\s+language\s+model|language\s+model|AI\s+assistant|assistant|"
-    r"chat\s?bot|bot|GPT|ChatGPT|copilot|AI\s+model|automated\s+(?:system|assistant|agent))"
+    r"(?:AI|A\.I\.|LLMs?|large\s+language\s+models?|language\s+models?|(?:AI\s+)?assistants?|"
+    r"chat\s?bots?|bots?|GPT|ChatGPT|copilot|AI\s+models?|(?:AI|automated)\s+(?:systems?|"
+    r"assistants?|agents?)|agents?)"
+)
+# What an instruction hidden in material tells the AI to do.
+_ORDER = (
+    r"(?:ignore|disregard|forget|tell|say|state|claim|reveal|print|output|respond|reply|"
+    r"answer|recommend|approve|reject|rank|forward|send|email|e-mail|include|obey|follow|"
+    r"pretend|act|stop|refuse|delete|run|execute|install|visit|click|mark|grant|give|transfer)"
 )
 _SYSTEM_PROMPT = (
     r"(?:system\s+prompt|system\s+message|system\s+instructions|developer\s+(?:message|prompt|"
@@ -117,7 +126,8 @@ _INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         "an instruction override",
         re.compile(
             rf"\byour\s+(?:new|real|actual|updated)\s+(?:instructions|task|role|orders|"
-            rf"objective)\s+(?:is|are)\b|\bnew\s+(?:system\s+)?instructions\s*:|"
+            rf"objective)\s+(?:is|are)\b|\bnew\s+(?:system\s+)?(?:instructions|task|role|"
+            rf"persona|objective|goal|orders|rules)\s*:|"
             rf"\b(?:previous|prior|above|original)\s+{_TARGET}\s+(?:are|is)\s+(?:now\s+)?"
             rf"(?:void|cancelled|canceled|obsolete|revoked|no\s+longer\s+valid)",
             _I,
@@ -164,7 +174,10 @@ _INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"limitations|censorship|ethics|morals|boundaries)|\bact\s+as\s+(?:an?\s+)?"
             r"(?:unrestricted|unfiltered|uncensored|jailbroken|evil|amoral|rogue)\b|"
             r"\byou\s+(?:have|has)\s+no\s+(?:restrictions|rules|limits|filters|guidelines|"
-            r"ethical\s+guidelines)\b",
+            r"ethical\s+guidelines)\b|\b(?:broken|break|breaking|freed?)\s+(?:free\s+)?(?:of|from)\s+"
+            r"(?:\w+\s+){0,3}(?:confines|shackles|chains|restrictions|rules|limitations|filters)\b|"
+            r"\b(?:no\s+longer|not)\s+bound\s+by\s+(?:\w+\s+){0,3}(?:rules|restrictions|"
+            r"guidelines|policies|limitations)\b",
             _I,
         ),
     ),
@@ -179,7 +192,9 @@ _INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"^[ \t]*\[(?:system|admin|developer)(?:[ \t]+(?:message|note|override|prompt))?\]|"
             r"(?:^|(?<=[\"'(\[]))[ \t]*(?:system|admin)(?:[ \t]+(?:override|message|prompt|note))?"
             r"[ \t]*:[ \t]*"
-            r"(?=(?:ignore|disregard|forget|you\s+are|new\s+instructions|from\s+now))|"
+            r"(?=(?:ignore|disregard|forget|you\s+(?:are|must|will|should|have)|new\s+"
+            r"instructions|from\s+now|reveal|print|output|do\s+not|don't))|"
+            r"\b(?:system|admin|developer|security)\s+override\b|"
             r"\b(?:BEGIN|END)\s+(?:OF\s+)?(?:SYSTEM\s+PROMPT|USER\s+INPUT|INSTRUCTIONS)\b",
             _IM,
         ),
@@ -192,8 +207,11 @@ _INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             rf"\b{_AI}s?\s+(?:reading|processing|summari[sz]ing|parsing|analy[sz]ing|"
             rf"reviewing)\s+this\b|\b(?:when|while|before)\s+summari[sz]ing\s+this\b[^.\n]"
             rf"{{0,60}}?\b(?:ignore|instead|do\s+not|don't|also|forward|send|tell|say|include)\b|"
-            rf"(?:^|(?<=[\"'(\[]))[ \t]*(?:dear\s+|hey\s+)?{_AI}\s*[:,][ \t]*(?=(?:please\s+)?"
-            rf"(?:ignore|disregard|"
+            rf"\b(?:the|any|all|every)\s+{_AI}\s+(?:must|should|shall|will|needs?\s+to|has\s+to|"
+            rf"is\s+(?:to|required\s+to))\s+(?:now\s+|always\s+|only\s+|immediately\s+)?"
+            rf"{_ORDER}\b|"
+            rf"(?:^|(?<=[\"'(\[])|(?<=--))[ \t]*(?:dear\s+|hey\s+)?{_AI}\s*[:,][ \t]*"
+            rf"(?=(?:please\s+)?(?:ignore|disregard|"
             rf"forget|you\s+must|do\s+not|don't|approve|send|forward|reveal|print|output|always|"
             rf"never|reply|respond|tell\s+the\s+user)\b)",
             _IM,
@@ -208,7 +226,9 @@ _INJECTION_HINT = re.compile(
     r"ignor|disregard|forget|overrid|bypass|discard|abandon|drop|follow|obey|instruction|"
     r"prompt|system|rules|reveal|repeat|told|DAN|anything|mode|jailbr|unrestrict|unfilter|"
     r"uncensor|restrictions|pretend|imagin|act\s+as|behave|role|from\s+now|no\s+rules|"
-    r"[<\[]|###|BEGIN|END|AI\b|A\.I\.|LLM|assistant|bot\b|GPT|copilot|model|automated|summari",
+    r"[<\[]|###|BEGIN|END|AI\b|A\.I\.|LLM|assistant|bot|GPT|copilot|model|automated|summari|"
+    r"agent|new|task|persona|objective|goal|orders|must|should|shall|will|free|bound|stop|"
+    r"don't|do\s+not|no\s+longer|what",
     re.IGNORECASE,
 )
 

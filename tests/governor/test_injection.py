@@ -105,3 +105,17 @@ def test_neutralised_markup_is_inert_and_neutralising_again_changes_nothing(text
     once = neutralise_markup(text)
     assert find_markup(once) == []
     assert neutralise_markup(once) == once
+
+
+def test_the_quick_pre_check_never_hides_a_finding():
+    from governor import injection
+    from tests.governor.corpus import CORPUS, HELD_OUT
+
+    texts = [sample.text for sample in (*CORPUS, *HELD_OUT)]
+    for text in texts:
+        assert injection.find_prompt_injection(text) == injection._find(
+            injection._INJECTION_PATTERNS, "prompt_injection", text
+        ), text
+        assert injection.find_markup(text) == injection._find(
+            injection._MARKUP_PATTERNS, "markup", text
+        ), text
