@@ -12,6 +12,7 @@ from django.utils.html import format_html
 from billing.models import ApiKey, CreditHold, LedgerEntry, Plan, Tenant
 from billing.services import api_key_create, api_key_revoke, credits_top_up
 from billing.usage import usage_by_day, usage_chart
+from chatproject.overview import tenant_summary
 
 
 @admin.register(Plan)
@@ -95,6 +96,14 @@ class TenantAdmin(admin.ModelAdmin):
                 "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
             },
         )
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """The tenant's balance, plan, usage and latest audit records above its form."""
+        tenant = self.get_object(request, object_id)
+        context = {**(extra_context or {})}
+        if tenant is not None:
+            context["summary"] = tenant_summary(tenant)
+        return super().change_view(request, object_id, form_url, extra_context=context)
 
     def get_urls(self):
         usage = self.admin_site.admin_view(self.usage_view)

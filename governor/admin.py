@@ -9,8 +9,10 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.exceptions import ValidationError
 from django.db.models import Q
 from django.template.response import TemplateResponse
+from django.utils import timezone
 from django.utils.html import format_html
 
+from chatproject.overview import needs_review
 from governor import services
 from governor.detectors import KIND_PRIORITY, is_valid_email
 from governor.models import AuditRecord, GovernorPolicy
@@ -119,25 +121,39 @@ def _pretty_json(value: Any):
     return format_html("<pre>{}</pre>", json.dumps(value, indent=2, ensure_ascii=False))
 
 
+class NeedsReviewFilter(admin.SimpleListFilter):
+    title = "review"
+    parameter_name = "needs_review"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Needs review"), ("no", "Reviewed or not flagged")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(needs_review())
+        if self.value() == "no":
+            return queryset.exclude(needs_review())
+        return queryset
+
+
 @admin.register(AuditRecord)
 class AuditRecordAdmin(admin.ModelAdmin):
     """Read-only: only the review can be recorded (by staff who may change records)."""
 
     form = AuditReviewForm
+    # What staff scan for first; the ids are one click away, on the record.
     list_display = [
-        "created_at",
-        "id",
+        "time",
         "tenant",
-        "request_id",
-        "model",
         "action_type",
-        "risk_level",
-        "risk_score",
-        "decision",
-        "approved",
-        "review_decision",
+        "risk",
+        "decision_display",
+        "violations_summary",
+        "review",
     ]
+    list_display_links = ["time"]
     list_filter = [
+        NeedsReviewFilter,
         "tenant",
         "risk_level",
         "action_type",
@@ -202,6 +218,38 @@ class AuditRecordAdmin(admin.ModelAdmin):
             for name in options["fields"]
             if name not in editable
         ]
+
+    @admin.display(description="time", ordering="created_at")
+    def time(self, obj: AuditRecord):
+        when = timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S")
+        return format_html('<span class="nowrap">{}</span>', when)
+
+    @admin.display(description="review", ordering="review_decision")
+    def review(self, obj: AuditRecord) -> str:
+        if obj.review_decision:
+            return obj.review_decision
+        return "needs review" if obj.decision == "review" else "—"
+
+    @admin.display(description="risk", ordering="risk_score")
+    def risk(self, obj: AuditRecord):
+        return format_html(
+            '<span class="nowrap"><span class="risk risk-{}">{}</span> {}</span>',
+            obj.risk_level,
+            obj.risk_level,
+            obj.risk_score,
+        )
+
+    @admin.display(description="decision", ordering="decision")
+    def decision_display(self, obj: AuditRecord):
+        return format_html(
+            '<span class="decision decision-{}">{}</span>', obj.decision, obj.decision
+        )
+
+    @admin.display(description="violations")
+    def violations_summary(self, obj: AuditRecord) -> str:
+        """The rules that fired, most points first (the record shows each in full)."""
+        ranked = sorted(obj.violations or [], key=lambda v: -(v.get("points") or 0))
+        return ", ".join(dict.fromkeys(v.get("rule", "?") for v in ranked)) or "—"
 
     @admin.display(description="violations")
     def violations_display(self, obj: AuditRecord):

@@ -18,16 +18,43 @@ export async function launch() {
   });
 }
 
-// Fails the run on any error the page itself reports (uncaught exceptions, console errors).
+// Fails the run on any error the page itself reports (uncaught exceptions, console errors)
+// and on any resource it could not load (but the favicon a browser asks for on its own).
 export function watchErrors(page, errors) {
   page.on("pageerror", (error) => errors.push(`pageerror: ${error.message}`));
   page.on("console", (message) => {
-    if (message.type() === "error") errors.push(`console: ${message.text()}`);
+    if (message.type() === "error" && !message.text().startsWith("Failed to load resource")) {
+      errors.push(`console: ${message.text()}`);
+    }
+  });
+  page.on("response", (response) => {
+    const url = new URL(response.url());
+    if (response.status() >= 400 && url.pathname !== "/favicon.ico" && response.request().resourceType() !== "document") {
+      errors.push(`${response.status()} ${url.pathname}`);
+    }
   });
 }
 
 export async function screenshot(page, name) {
   if (process.env.SCREENSHOT_DIR) {
     await page.screenshot({ path: `${process.env.SCREENSHOT_DIR}/${name}.png` });
+  }
+}
+
+// Runs `body(page)` in a fresh 1400x900 page, then closes the browser; exits non-zero if
+// the page reported any error meanwhile.
+export async function withPage(body) {
+  const browser = await launch();
+  const errors = [];
+  try {
+    const page = await browser.newPage({ viewport: VIEWPORT });
+    watchErrors(page, errors);
+    await body(page);
+  } finally {
+    await browser.close();
+  }
+  if (errors.length) {
+    console.error(errors.join("\n"));
+    process.exit(1);
   }
 }

@@ -1,15 +1,11 @@
 // The playground in Chromium: for each wire format named in FORMATS, type a message, wait
 // for the streamed answer and the credits, and print one RESULT line per format.
-import { launch, screenshot, VIEWPORT, watchErrors } from "./chromium.mjs";
+import { screenshot, withPage } from "./chromium.mjs";
 
 const { BASE_URL, API_KEY } = process.env;
 const formats = (process.env.FORMATS || "ws,aisdk").split(",");
 
-const browser = await launch();
-const errors = [];
-try {
-  const page = await browser.newPage({ viewport: VIEWPORT });
-  watchErrors(page, errors);
+await withPage(async (page) => {
   await page.goto(`${BASE_URL}/playground/`);
   await page.waitForSelector("body[data-ready=true]");
   await page.fill("#api-key", API_KEY);
@@ -42,10 +38,4 @@ try {
     console.log(`RESULT ${JSON.stringify(result)}`);
     await screenshot(page, `playground-${format}`);
   }
-} finally {
-  await browser.close();
-}
-if (errors.length) {
-  console.error(errors.join("\n"));
-  process.exit(1);
-}
+});
