@@ -5,12 +5,17 @@ fingerprint of what it asks. A retry then finds the claim: while the first is st
 running it is refused (409, retry later); once the first completed, the stored answer is
 replayed; with a different request under the same key it is refused (400). A request
 that fails or is cancelled gives its claim up, so a retry runs afresh.
+
+A replay is the original answer unchanged: with the answer, the first request's message id,
+credit figures and cache status are kept (its :class:`Receipt`) and reported again.
 """
 
 import hashlib
 import json
 import logging
+import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Literal
 
 import redis
@@ -27,9 +32,32 @@ PENDING_SECONDS = 900
 
 
 @dataclass(frozen=True)
+class Receipt:
+    """What the first request reported, beyond its answer."""
+
+    message_id: uuid.UUID
+    credits_charged: Decimal
+    credits_remaining: Decimal
+    cache_status: str
+
+    def encode(self) -> dict[str, str]:
+        return {
+            "id": str(self.message_id),
+            "c": str(self.credits_charged),
+            "b": str(self.credits_remaining),
+            "s": self.cache_status,
+        }
+
+    @classmethod
+    def decode(cls, data: dict[str, str]) -> "Receipt":
+        return cls(uuid.UUID(data["id"]), Decimal(data["c"]), Decimal(data["b"]), data["s"])
+
+
+@dataclass(frozen=True)
 class Claim:
     state: Literal["claimed", "replay", "in_progress", "mismatch"]
     answer: CachedAnswer | None = None
+    receipt: Receipt | None = None
 
 
 def request_fingerprint(**parts: Any) -> str:
@@ -37,8 +65,14 @@ def request_fingerprint(**parts: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _value(fingerprint: str, answer: CachedAnswer | None) -> str:
-    return json.dumps({"fp": fingerprint, "a": encode_answer(answer) if answer else None})
+def _value(fingerprint: str, answer: CachedAnswer | None, receipt: Receipt | None = None) -> str:
+    return json.dumps(
+        {
+            "fp": fingerprint,
+            "a": encode_answer(answer) if answer else None,
+            "r": receipt.encode() if receipt else None,
+        }
+    )
 
 
 async def idempotency_claim(tenant_id: int, key: str, fingerprint: str) -> Claim:
@@ -67,14 +101,22 @@ async def idempotency_claim(tenant_id: int, key: str, fingerprint: str) -> Claim
     if stored["a"] is None:
         return Claim("in_progress")
     answer = decode_answer(stored["a"])
-    return Claim("replay", answer) if answer else Claim("in_progress")
+    if answer is None:
+        return Claim("in_progress")
+    try:
+        receipt = Receipt.decode(stored["r"]) if stored.get("r") else None
+    except (ValueError, TypeError, KeyError, ArithmeticError):
+        logger.warning("idempotency record: unreadable receipt ignored")
+        receipt = None
+    return Claim("replay", answer, receipt)
 
 
 async def idempotency_complete(
-    tenant_id: int, key: str, fingerprint: str, answer: CachedAnswer
+    tenant_id: int, key: str, fingerprint: str, answer: CachedAnswer, receipt: Receipt
 ) -> None:
-    """Keep the claimed request's complete answer for retries."""
-    await _write(tenant_id, key, _value(fingerprint, answer), settings.IDEMPOTENCY_TTL_SECONDS)
+    """Keep the claimed request's complete answer, and what it reported, for retries."""
+    value = _value(fingerprint, answer, receipt)
+    await _write(tenant_id, key, value, settings.IDEMPOTENCY_TTL_SECONDS)
 
 
 async def idempotency_abandon(tenant_id: int, key: str) -> None:

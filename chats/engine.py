@@ -174,6 +174,7 @@ class Generation:
         rate_limit: ratelimit.RateLimitState | None,
         replayed: bool = False,
         idempotency_claim: str | None = None,
+        receipt: idempotency.Receipt | None = None,
     ) -> None:
         self.request = request
         self.model = model
@@ -188,7 +189,10 @@ class Generation:
         self.rate_limit = rate_limit
         self.replayed = replayed  # an Idempotency-Key retry: answered, charged, stored once
         self.idempotency_claim = idempotency_claim  # fingerprint of a key this request holds
-        self.message_id = uuid.uuid4()  # the assistant message's id, known up front
+        # A replay reports what the first request did (its id, figures, cache status).
+        self.receipt = receipt
+        # The assistant message's id, known up front.
+        self.message_id = receipt.message_id if receipt else uuid.uuid4()
         self.guard = gate.output_guard(decision)  # redacts the answer as it streams, or None
         self.started = time.monotonic()  # when admission began (set by start_generation)
         self._finished = False
@@ -204,11 +208,15 @@ class Generation:
 
     @property
     def cache_status(self) -> str:
+        if self.receipt is not None:
+            return self.receipt.cache_status
         return "HIT" if self.cached else "MISS"
 
     @property
     def credits_remaining(self) -> Decimal | None:
         """The balance after the hold (the hold is the most this request can cost)."""
+        if self.receipt is not None:
+            return self.receipt.credits_remaining
         return self.hold.balance_after if self.hold else None
 
     async def events(self) -> AsyncIterator[Event]:
@@ -345,13 +353,15 @@ class Generation:
             )
         charged, remaining = await db_call(self._finish_in_db, status, content, usage, end)
         self.outcome = Outcome(status, content, usage, charged, remaining)
-        metrics.GENERATIONS.labels(status=status, cache=self.cache_status).inc()
+        metrics.GENERATIONS.labels(status=status, cache="HIT" if self.cached else "MISS").inc()
         metrics.TOKENS.inc(len(parts))
         metrics.CREDITS.inc(float(charged))
-        await self._close_idempotency_claim(answer)
+        await self._close_idempotency_claim(answer, charged, remaining)
         # The answer's last event need not wait for the cache: the fill starts once it is
         # out, and the stream ends when the fill is done (see events() and finished()).
         self._answer_to_cache = answer
+        if self.receipt is not None:  # the replay charged nothing; it reports the original
+            return self.receipt.credits_charged, self.receipt.credits_remaining, usage
         return charged, remaining, usage
 
     def _start_cache_fill(self) -> None:
@@ -367,7 +377,9 @@ class Generation:
         except Exception:  # a cache outage must not fail a delivered answer
             logger.exception("response cache write failed")
 
-    async def _close_idempotency_claim(self, answer: response_cache.CachedAnswer | None) -> None:
+    async def _close_idempotency_claim(
+        self, answer: response_cache.CachedAnswer | None, charged: Decimal, remaining: Decimal
+    ) -> None:
         """Keep the answer for retries with the same key once it is settled; give the key
         up for an answer that failed or was cancelled."""
         if self.idempotency_claim is None:
@@ -377,8 +389,11 @@ class Generation:
             if answer is None:
                 await idempotency.idempotency_abandon(tenant_id, key)
             else:
+                receipt = idempotency.Receipt(
+                    self.message_id, charged, remaining, self.cache_status
+                )
                 await idempotency.idempotency_complete(
-                    tenant_id, key, self.idempotency_claim, answer
+                    tenant_id, key, self.idempotency_claim, answer, receipt
                 )
         except Exception:  # an outage must not fail a delivered answer
             logger.exception("idempotency record write failed")
@@ -538,6 +553,7 @@ async def _start_generation(request: GenerationRequest) -> Generation:
         raise
     fingerprint = None
     replayed = False
+    receipt = None
     if request.idempotency_key:
         fingerprint = idempotency.request_fingerprint(
             model=model.name,
@@ -547,7 +563,7 @@ async def _start_generation(request: GenerationRequest) -> Generation:
         )
         replay = await _claim_key(request, fingerprint)
         if replay is not None:
-            cached, replayed, fingerprint = replay, True, None
+            cached, replayed, fingerprint, receipt = replay.answer, True, None, replay.receipt
     reservation = (
         ZERO
         if cached
@@ -589,13 +605,12 @@ async def _start_generation(request: GenerationRequest) -> Generation:
         rate_limit=rate,
         replayed=replayed,
         idempotency_claim=fingerprint,
+        receipt=receipt,
     )
 
 
-async def _claim_key(
-    request: GenerationRequest, fingerprint: str
-) -> response_cache.CachedAnswer | None:
-    """Claim the request's Idempotency-Key; the answer to replay when a retry finds one."""
+async def _claim_key(request: GenerationRequest, fingerprint: str) -> idempotency.Claim | None:
+    """Claim the request's Idempotency-Key; what to replay when a retry finds one."""
     claim = await idempotency.idempotency_claim(
         request.tenant.pk, request.idempotency_key, fingerprint
     )
@@ -610,7 +625,7 @@ async def _claim_key(
             "This Idempotency-Key was used for a different request.",
             details={"Idempotency-Key": ["Use a new key for a new request."]},
         )
-    return claim.answer  # None when this request claimed the key
+    return claim if claim.state == "replay" else None  # None: this request claimed the key
 
 
 def _in_background(coroutine) -> asyncio.Future:

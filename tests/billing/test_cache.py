@@ -4,6 +4,7 @@ import asyncio
 import copy
 import json
 import uuid
+from decimal import Decimal
 
 import pytest
 import redis
@@ -309,6 +310,7 @@ async def test_the_combined_call_fails_open_as_a_miss(settings):
 @pytest.mark.asyncio
 async def test_idempotency_claims_replay_and_refuse(backend):
     from billing.idempotency import (
+        Receipt,
         idempotency_abandon,
         idempotency_claim,
         idempotency_complete,
@@ -319,9 +321,10 @@ async def test_idempotency_claims_replay_and_refuse(backend):
     assert (await idempotency_claim(1, client_key, "fp")).state == "in_progress"
     assert (await idempotency_claim(1, client_key, "other")).state == "mismatch"
     assert (await idempotency_claim(2, client_key, "fp")).state == "claimed"  # per tenant
-    await idempotency_complete(1, client_key, "fp", ANSWER)
+    receipt = Receipt(uuid.uuid4(), Decimal("0.012345"), Decimal("987.6"), "MISS")
+    await idempotency_complete(1, client_key, "fp", ANSWER, receipt)
     replay = await idempotency_claim(1, client_key, "fp")
-    assert (replay.state, replay.answer) == ("replay", ANSWER)
+    assert (replay.state, replay.answer, replay.receipt) == ("replay", ANSWER, receipt)
     await idempotency_abandon(2, client_key)
     assert (await idempotency_claim(2, client_key, "fp")).state == "claimed"
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from chats.models import Message
-from tests.transports.conftest import unique
+from tests.transports.conftest import post_events, unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -32,8 +32,30 @@ def test_a_retry_with_the_same_key_is_replayed_and_charged_once(server, account)
     assert "Idempotent-Replayed" not in first.headers
     assert second.headers["Idempotent-Replayed"] == "true"
     assert second.json()["content"] == first.json()["content"]
-    assert second.headers["x-credits-charged"] == "0"
     assert account.balance() == balance_after_first
+
+
+def test_a_replay_is_the_original_answer_unchanged(server, account):
+    key = uuid.uuid4().hex
+    content = unique()
+    first = complete(server, account, content, key)
+    replayed = complete(server, account, content, key)
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert replayed.json() == first.json()  # same id, usage, credits and cache status
+    assert first.json()["cache_status"] == "MISS"
+    for header in ("x-credits-charged", "x-credits-remaining", "x-cache-status"):
+        assert replayed.headers[header] == first.headers[header], header
+
+
+def test_a_streamed_replay_reports_the_original_figures(server, account):
+    key = uuid.uuid4().hex
+    headers = {**account.headers, "Idempotency-Key": key, "Cache-Control": "no-cache"}
+    body = {"messages": [{"role": "user", "content": unique()}]}
+    usages = []
+    for _ in range(2):
+        _, stream = post_events(f"{server.url}/api/ai/chat", body, headers)
+        usages.append(next(event.json() for event in stream if event.event == "usage"))
+    assert usages[1] == usages[0] and usages[0]["credits_charged"] > 0
 
 
 def test_another_key_is_a_new_request(server, account):
