@@ -38,4 +38,14 @@ await withPage(async (page) => {
     console.log(`RESULT ${JSON.stringify(result)}`);
     await screenshot(page, `playground-${format}`);
   }
+
+  // A key the server does not know: the page says why, in the answer's place.
+  await page.selectOption("#format", "ws");
+  await page.fill("#api-key", "sk_live_not_a_key_of_this_server");
+  await page.fill("#message", "Anyone there?");
+  await page.press("#message", "Enter");
+  await page.waitForSelector("#status.error", { timeout: 30_000 });
+  const refusal = await page.$$eval(".msg.assistant .error", (nodes) => nodes.at(-1).textContent);
+  console.log(`RESULT ${JSON.stringify({ format: "bad-key", refusal })}`);
+  await screenshot(page, "playground-bad-key");
 });

@@ -29,7 +29,9 @@ def test_each_format_streams_an_answer_with_its_credits(server):
         SCREENSHOT_DIR=os.environ.get("SCREENSHOT_DIR", ""),
     )
     by_format = {result["format"]: result for result in results}
+    refused = by_format.pop("bad-key")
     assert list(by_format) == FORMATS
+    assert refused["refusal"].startswith("UNAUTHORIZED"), refused
 
     for name, result in by_format.items():
         said = f"Hello from the {name} playground {nonce}"
@@ -49,5 +51,5 @@ def test_each_format_streams_an_answer_with_its_credits(server):
     assert Decimal(last) >= tenant.credit_balance
 
     # The key stays in the tab's session storage: nothing in local storage, no cookie.
-    assert all(r["storedKey"] == key and r["localKeys"] == 0 for r in results)
-    assert all(not r["cookies"] for r in results)
+    assert all(r["storedKey"] == key and r["localKeys"] == 0 for r in by_format.values())
+    assert all(not r["cookies"] for r in by_format.values())

@@ -84,6 +84,13 @@ function resetInspector() {
   ui.headers.tBodies[0].replaceChildren(el("tr", {}, el("td", { class: "muted", text: "…" })));
 }
 
+// What the answer never reported (it failed, or the format has no such figure) shows "—".
+function settleInspector() {
+  for (const dd of ui.summary.querySelectorAll("dd")) if (dd.textContent === "…") dd.textContent = "—";
+  if (ui.verdict.textContent === "…") ui.verdict.textContent = "—";
+  for (const cell of ui.headers.querySelectorAll("td")) if (cell.textContent === "…") cell.textContent = "—";
+}
+
 function showHeaders(headers) {
   // The product's own headers first, then the rest.
   const interesting = (name) => /^x-(governor|credits|regpilot|cache|chat|request|ratelimit)|^idempotent/.test(name);
@@ -579,6 +586,7 @@ async function send(text) {
       field("finish", "error");
     }
   } finally {
+    settleInspector();
     answer.item.classList.remove("streaming");
     ui.send.disabled = false;
     ui.stop.disabled = true;
