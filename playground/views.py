@@ -1,5 +1,7 @@
 """The web playground: one page that talks to the service's own endpoints from the browser
-with a tenant key the user pastes (kept in the tab's session storage, never sent here)."""
+with a tenant key the user pastes (kept in the tab's session storage). The page itself is
+public, so it names no catalog model: the script lists them from ``/v1/models`` with the
+key."""
 
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -19,9 +21,6 @@ FORMATS = [
 
 @require_GET
 def playground(request: HttpRequest) -> HttpResponse:
-    models = [model.name for model in catalog.available_models()]
     return render(
-        request,
-        "playground/index.html",
-        {"formats": FORMATS, "tiers": catalog.QUALITY_TIERS, "models": models},
+        request, "playground/index.html", {"formats": FORMATS, "tiers": catalog.QUALITY_TIERS}
     )

@@ -19,7 +19,8 @@ export async function launch() {
 }
 
 // Fails the run on any error the page itself reports (uncaught exceptions, console errors)
-// and on any resource it could not load (but the favicon a browser asks for on its own).
+// and on any script, style, image or font it could not load (API answers are the scripts'
+// to check).
 export function watchErrors(page, errors) {
   page.on("pageerror", (error) => errors.push(`pageerror: ${error.message}`));
   page.on("console", (message) => {
@@ -29,7 +30,8 @@ export function watchErrors(page, errors) {
   });
   page.on("response", (response) => {
     const url = new URL(response.url());
-    if (response.status() >= 400 && url.pathname !== "/favicon.ico" && response.request().resourceType() !== "document") {
+    const asset = ["script", "stylesheet", "image", "font"].includes(response.request().resourceType());
+    if (response.status() >= 400 && asset && url.pathname !== "/favicon.ico") {
       errors.push(`${response.status()} ${url.pathname}`);
     }
   });

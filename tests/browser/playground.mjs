@@ -9,9 +9,13 @@ await withPage(async (page) => {
   await page.goto(`${BASE_URL}/playground/`);
   await page.waitForSelector("body[data-ready=true]");
   await page.fill("#api-key", API_KEY);
+  await page.press("#api-key", "Tab"); // the key's models are listed once it is entered
+  await page.waitForSelector('#catalog-models option[value="model:demo/frontier"]', { state: "attached" });
   for (const format of formats) {
     await page.selectOption("#format", format);
     await page.click("#clear-raw");
+    // The OpenAI format asks for a catalog model by name; the others for the default tier.
+    await page.selectOption("#model", format === "openai" ? "model:demo/frontier" : "tier:balanced");
     const said = `Hello from the ${format} playground ${process.env.NONCE || ""}`.trim();
     await page.fill("#message", said);
     await page.press("#message", "Enter");

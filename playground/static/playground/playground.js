@@ -600,8 +600,33 @@ function describeFormat() {
   ui.formatAbout.textContent = ui.format.selectedOptions[0]?.dataset.about || "";
 }
 
+// The catalog models this key may use, from /v1/models (the tiers are always there).
+let listedFor = null;
+async function listModels() {
+  const key = ui.key.value.trim();
+  if (!key || key === listedFor) return;
+  listedFor = key;
+  const group = $("catalog-models");
+  try {
+    const response = await fetch("/v1/models", { headers: { authorization: `Bearer ${key}` } });
+    if (!response.ok || key !== ui.key.value.trim()) return;
+    const { data } = await response.json();
+    const chosen = ui.model.value;
+    group.replaceChildren(
+      ...data
+        .filter((model) => model.owned_by !== "router") // the tiers, listed above
+        .map((model) => el("option", { value: `model:${model.id}`, text: model.id })),
+    );
+    if ([...ui.model.options].some((option) => option.value === chosen)) ui.model.value = chosen;
+  } catch {
+    listedFor = null; // try again on the next change
+  }
+}
+
 ui.key.value = sessionStorage.getItem(KEY_STORAGE) || "";
 ui.key.addEventListener("input", () => sessionStorage.setItem(KEY_STORAGE, ui.key.value.trim()));
+ui.key.addEventListener("change", listModels);
+listModels();
 ui.temperature.addEventListener("input", () => {
   ui.temperatureValue.textContent = Number(ui.temperature.value).toFixed(1);
 });
