@@ -243,12 +243,20 @@ class CreditHoldAdmin(ReadOnlyAdmin):
         "status",
         "amount",
         "charged",
-        "prompt_tokens",
-        "completion_tokens",
-        "reference",
+        "tokens",
         "closed_at",
+        "short_reference",
     ]
     list_filter = ["status", "tenant"]
     list_select_related = ["tenant"]
     search_fields = ["reference", "model", "tenant__name"]
     date_hierarchy = "created_at"
+
+    @admin.display(description="tokens in / out")
+    def tokens(self, hold: CreditHold) -> str:
+        return f"{hold.prompt_tokens} / {hold.completion_tokens}"
+
+    @admin.display(description="reference", ordering="reference")
+    def short_reference(self, hold: CreditHold):
+        """The request id, shortened to fit the list; in full on hover and on the record."""
+        return format_html('<span title="{}">{}…</span>', hold.reference, hold.reference[:12])

@@ -1,5 +1,7 @@
 from django.contrib import admin
+from django.utils.text import Truncator
 
+from chats import catalog
 from chats.models import Chat, EndUser, LLMModel, Message
 
 
@@ -43,7 +45,7 @@ class MessageInline(ReadOnlyAdminMixin, admin.TabularInline):
 
 @admin.register(Chat)
 class ChatAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["id", "title", "end_user", "tenant", "created_at"]
+    list_display = ["created_at", "title", "end_user", "tenant", "id"]
     list_filter = ["tenant", "created_at"]
     search_fields = ["id", "title", "end_user__external_id", "tenant__name"]
     list_select_related = ["end_user", "tenant"]
@@ -52,10 +54,14 @@ class ChatAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(Message)
 class MessageAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["id", "chat", "role", "status", "model", "created_at"]
+    list_display = ["created_at", "chat", "role", "status", "model", "excerpt"]
     list_filter = ["role", "status", "model", "chat__tenant"]
     search_fields = ["content", "chat__id"]
     list_select_related = ["chat"]
+
+    @admin.display(description="content")
+    def excerpt(self, message: Message) -> str:
+        return Truncator(message.content).chars(90)
 
 
 @admin.register(LLMModel)
@@ -67,10 +73,21 @@ class LLMModelAdmin(admin.ModelAdmin):
         "tier",
         "priority",
         "context_window",
-        "input_price_per_1k",
-        "output_price_per_1k",
+        "prices",
         "is_active",
+        "usable",
     ]
     list_filter = ["provider", "tier", "is_active"]
     search_fields = ["name", "upstream_model"]
     list_editable = ["is_active", "priority"]
+
+    @admin.display(description="credits per 1K in / out")
+    def prices(self, model: LLMModel) -> str:
+        return (
+            f"{model.input_price_per_1k.normalize():f} / {model.output_price_per_1k.normalize():f}"
+        )
+
+    @admin.display(boolean=True, description="usable")
+    def usable(self, model: LLMModel) -> bool:
+        """Routable now: its credential variable is set (or it needs none)."""
+        return model.is_active and catalog.is_configured(model)
