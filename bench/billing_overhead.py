@@ -106,7 +106,7 @@ def _no_hold(*, tenant_id, amount, reference, **_):
 
 
 def _no_settle(*, hold, charged, **_):
-    return credits.Pending(value=hold.balance_after)
+    return credits.Pending(value=credits.Settlement(Decimal(0), hold.balance_after))
 
 
 async def _no_cache_fill(key, answer):

@@ -16,14 +16,20 @@ transaction, so the ledger's amounts always sum to the balance:
   a request that failed before any output at 0 instead).
 
 Closing a hold is claimed with a conditional UPDATE on its status, so a settle racing the
-sweeper (or a second settle) closes it once.
+sweeper (or a second settle) closes it once. A hold is leased to the process serving its
+request (:func:`holds_renew`); the sweeper closes only holds whose lease lapsed, and a
+settle that finds its hold closed already charges nothing more: it reports what the
+ledger took, which is what the client is told.
 """
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Generic, TypeVar
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -42,6 +48,17 @@ class Hold:
     balance_after: Decimal
     # The CreditHold row; None for a zero hold, which touches no row.
     hold_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Settlement:
+    charged: Decimal  # what the ledger took for the hold
+    balance: Decimal  # the balance after
+
+
+def lease_until(now=None):
+    """When a lease taken or renewed now lapses."""
+    return (now or timezone.now()) + timedelta(seconds=settings.HOLD_LEASE_SECONDS)
 
 
 def _as_credits(value) -> Decimal:
@@ -68,11 +85,19 @@ def _balance(tenant_id: int) -> Decimal:
     return Tenant.objects.values_list("credit_balance", flat=True).get(pk=tenant_id)
 
 
-def credits_reserve(*, tenant_id: int, amount: Decimal, reference: str, model: str = "") -> Hold:
-    """Hold ``amount`` of the tenant's credits for a request on ``model``, or raise
-    INSUFFICIENT_CREDITS.
+def credits_reserve(
+    *,
+    tenant_id: int,
+    amount: Decimal,
+    reference: str,
+    model: str = "",
+    message_id: uuid.UUID | None = None,
+) -> Hold:
+    """Hold ``amount`` of the tenant's credits for a request on ``model`` (whose stored
+    answer will be ``message_id``), or raise INSUFFICIENT_CREDITS.
 
-    A zero amount holds nothing and writes nothing (it still reports the balance).
+    The hold is leased for ``HOLD_LEASE_SECONDS``. A zero amount holds nothing and writes
+    nothing (it still reports the balance).
     """
     amount = Decimal(amount).quantize(QUANTUM)
     if amount < 0:
@@ -81,7 +106,11 @@ def credits_reserve(*, tenant_id: int, amount: Decimal, reference: str, model: s
         return Hold(tenant_id, amount, reference, _balance(tenant_id))
     if connection.vendor == "postgresql":
         return credits_reserve_pending(
-            tenant_id=tenant_id, amount=amount, reference=reference, model=model
+            tenant_id=tenant_id,
+            amount=amount,
+            reference=reference,
+            model=model,
+            message_id=message_id,
         ).result()
     # No savepoint (the engine calls this inside its own transaction) and no raising
     # inside the block: a refusal has changed nothing, so it leaves the block cleanly.
@@ -96,7 +125,12 @@ def credits_reserve(*, tenant_id: int, amount: Decimal, reference: str, model: s
                 reference=reference,
             )
             hold = CreditHold.objects.create(
-                tenant_id=tenant_id, reference=reference, model=model, amount=amount
+                tenant_id=tenant_id,
+                reference=reference,
+                model=model,
+                amount=amount,
+                lease_expires_at=lease_until(),
+                message_id=message_id,
             )
     if balance is None:
         _refuse(tenant_id, amount)
@@ -134,8 +168,10 @@ WITH debit AS (
     FROM debit
 ), hold AS (
     INSERT INTO {hold}
-        (tenant_id, reference, model, amount, status, created_at, prompt_tokens, completion_tokens)
-    SELECT %(tenant_id)s, %(reference)s, %(model)s, %(amount)s, %(open)s, %(now)s, 0, 0
+        (tenant_id, reference, model, amount, status, created_at, prompt_tokens, completion_tokens,
+         lease_expires_at, message_id)
+    SELECT %(tenant_id)s, %(reference)s, %(model)s, %(amount)s, %(open)s, %(now)s, 0, 0,
+        %(lease)s, %(message_id)s
     FROM debit
     RETURNING id
 )
@@ -206,7 +242,12 @@ def _send(sql: str, params: dict, read: Callable[[tuple | None], T]) -> Pending[
 
 
 def credits_reserve_pending(
-    *, tenant_id: int, amount: Decimal, reference: str, model: str = ""
+    *,
+    tenant_id: int,
+    amount: Decimal,
+    reference: str,
+    model: str = "",
+    message_id: uuid.UUID | None = None,
 ) -> Pending[Hold]:
     """:func:`credits_reserve`, its answer read later (see :class:`Pending`).
 
@@ -216,7 +257,11 @@ def credits_reserve_pending(
     if amount <= 0 or connection.vendor != "postgresql":
         return Pending.now(
             lambda: credits_reserve(
-                tenant_id=tenant_id, amount=amount, reference=reference, model=model
+                tenant_id=tenant_id,
+                amount=amount,
+                reference=reference,
+                model=model,
+                message_id=message_id,
             )
         )
 
@@ -225,6 +270,7 @@ def credits_reserve_pending(
             _refuse(tenant_id, amount)
         return Hold(tenant_id, amount, reference, _as_credits(row[0]), hold_id=row[1])
 
+    now = timezone.now()
     params = {
         "tenant_id": tenant_id,
         "amount": amount,
@@ -232,7 +278,9 @@ def credits_reserve_pending(
         "model": model,
         "kind": LedgerEntry.Kind.HOLD,
         "open": CreditHold.Status.OPEN,
-        "now": timezone.now(),
+        "now": now,
+        "lease": lease_until(now),
+        "message_id": message_id,
     }
     return _send(_RESERVE_SQL, params, read)
 
@@ -243,33 +291,42 @@ def credits_settle(
     """Close a hold at ``charged`` (capped at the hold; the rest goes back), recording the
     tokens it was charged for, and return the balance after.
 
-    Settling twice changes nothing. Settling a hold the sweeper released already charges
-    what the balance can still cover (never below zero) and says so in the ledger.
+    Settling a hold that is closed already (settled before, or closed by the sweeper once
+    its lease lapsed) changes nothing: :func:`credits_settle_pending` says what the ledger
+    took for it then.
     """
-    return credits_settle_pending(
-        hold=hold, charged=charged, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
-    ).result()
+    return (
+        credits_settle_pending(
+            hold=hold,
+            charged=charged,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+        )
+        .result()
+        .balance
+    )
 
 
 def credits_settle_pending(
     *, hold: Hold, charged: Decimal, prompt_tokens: int = 0, completion_tokens: int = 0
-) -> Pending[Decimal]:
-    """:func:`credits_settle`, its answer read later (see :class:`Pending`).
+) -> Pending[Settlement]:
+    """:func:`credits_settle`, its answer read later (see :class:`Pending`): what the
+    ledger took for the hold (``charged``, or what the hold was closed at before) and the
+    balance after.
 
     On PostgreSQL the settlement's one statement is sent now; elsewhere it is made now.
     """
     charged = min(max(Decimal(charged), Decimal(0)), hold.amount).quantize(QUANTUM)
     tokens = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
     if hold.hold_id is None:
-        return Pending.now(lambda: _balance(hold.tenant_id))
+        return Pending.now(lambda: Settlement(Decimal(0), _balance(hold.tenant_id)))
     if connection.vendor != "postgresql":
         return Pending.now(lambda: _settle_portably(hold=hold, charged=charged, **tokens))
 
-    def read(row: tuple | None) -> Decimal:
+    def read(row: tuple | None) -> Settlement:
         if row is not None:
-            return _as_credits(row[0])
-        with transaction.atomic(savepoint=False):  # the hold was closed already
-            return _settle_closed(hold=hold, charged=charged, **tokens)
+            return Settlement(charged, _as_credits(row[0]))
+        return _settled_before(hold)
 
     params = {
         "hold_id": hold.hold_id,
@@ -289,7 +346,7 @@ def credits_settle_pending(
 
 def _settle_portably(
     *, hold: Hold, charged: Decimal, prompt_tokens: int, completion_tokens: int
-) -> Decimal:
+) -> Settlement:
     tokens = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
     # No savepoint when the caller's transaction wraps this (the engine writes the
     # assistant message in the same one): nothing here is meant to fail and be caught.
@@ -298,7 +355,7 @@ def _settle_portably(
             status=CreditHold.Status.SETTLED, charged=charged, closed_at=timezone.now(), **tokens
         )
         if not claimed:
-            return _settle_closed(hold=hold, charged=charged, **tokens)
+            return _settled_before(hold)
         refund = hold.amount - charged
         balance = _balance_add(tenant_id=hold.tenant_id, delta=refund)
         LedgerEntry.objects.create(
@@ -309,44 +366,15 @@ def _settle_portably(
             reference=hold.reference,
             note=f"charged {charged} of {hold.amount}",
         )
-    return balance
+    return Settlement(charged, balance)
 
 
-def _settle_closed(
-    *, hold: Hold, charged: Decimal, prompt_tokens: int, completion_tokens: int
-) -> Decimal:
-    """Settle for a hold that is closed already (inside the caller's transaction)."""
-    # Released by the sweeper while the request was still running (it ran past
-    # HOLD_STALE_AFTER_SECONDS): charge now, once, as far as the balance goes. A hold
-    # settled before is left alone.
-    claimed = charged and CreditHold.objects.filter(
-        pk=hold.hold_id, status=CreditHold.Status.RELEASED
-    ).update(
-        status=CreditHold.Status.SETTLED,
-        closed_at=timezone.now(),
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-    )
-    current = (
-        Tenant.objects.select_for_update()
-        .values_list("credit_balance", flat=True)
-        .get(pk=hold.tenant_id)
-    )
-    if not claimed:
-        return current
-    take = min(charged, current)
-    if take:
-        current = _balance_add(tenant_id=hold.tenant_id, delta=-take)
-        LedgerEntry.objects.create(
-            tenant_id=hold.tenant_id,
-            kind=LedgerEntry.Kind.SETTLE,
-            amount=-take,
-            balance_after=current,
-            reference=hold.reference,
-            note=f"late settle of a released hold: charged {take} of {charged}",
-        )
-    CreditHold.objects.filter(pk=hold.hold_id).update(charged=take)
-    return current
+def _settled_before(hold: Hold) -> Settlement:
+    """What a hold closed before was charged, and the balance now. Charging it again
+    would take credits other requests may have been admitted on (the sweeper closed it,
+    its lease having lapsed), and the client would be told a charge the ledger has not."""
+    charged = CreditHold.objects.values_list("charged", flat=True).get(pk=hold.hold_id)
+    return Settlement(_as_credits(charged or 0), _as_credits(_balance(hold.tenant_id)))
 
 
 def credits_release(*, hold: Hold, note: str = "") -> Decimal:
@@ -382,3 +410,22 @@ def hold_release(*, hold_id: int, note: str = "") -> Decimal | None:
         note=note,
     )
     return balance
+
+
+def holds_renew(hold_ids: Iterable[int]) -> int:
+    """Extend the leases of the open holds among ``hold_ids`` (one statement, whatever
+    their number); returns how many were renewed."""
+    ids = list(hold_ids)
+    if not ids:
+        return 0
+    return CreditHold.objects.filter(pk__in=ids, status=CreditHold.Status.OPEN).update(
+        lease_expires_at=lease_until()
+    )
+
+
+def hold_checkpoint(*, hold_id: int, prompt_tokens: int, completion_tokens: int) -> None:
+    """Record on an open hold how much its (stateless) request has generated so far: what
+    the sweeper settles it at if the process serving it dies."""
+    CreditHold.objects.filter(pk=hold_id, status=CreditHold.Status.OPEN).update(
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+    )

@@ -137,15 +137,22 @@ class CreditHold(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     created_at = models.DateTimeField(default=timezone.now)
     closed_at = models.DateTimeField(null=True, blank=True)
+    # The process serving the request renews this while it streams; once it lapses the
+    # process is taken for dead and the sweeper closes the hold (billing.sweeper).
+    lease_expires_at = models.DateTimeField(default=timezone.now)
+    # The stored answer this hold pays for (None for stateless requests): its checkpoints
+    # say what a dead process had generated. While the hold is open, a stateless
+    # request's checkpoints are its token counts above.
+    message_id = models.UUIDField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
-            # The sweeper's query: open holds by age.
+            # The sweeper's query: open holds by lease expiry.
             models.Index(
-                fields=["created_at"],
+                fields=["lease_expires_at"],
                 condition=Q(status="open"),
-                name="credithold_open_created_idx",
+                name="credithold_open_lease_idx",
             ),
             # The usage report's range of days, which otherwise scans every hold ever
             # taken. Partial, so a reserve writes no entry to it; a settle writes one (it

@@ -149,7 +149,17 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BYTES", default=4 * 1024 * 10
 
 # --- Billing: rate limits, credit holds, response cache (owned by billing/) -------------
 RESPONSE_CACHE_TTL_SECONDS = env.int("RESPONSE_CACHE_TTL_SECONDS", default=3600)  # 0: off
-HOLD_STALE_AFTER_SECONDS = env.int("HOLD_STALE_AFTER_SECONDS", default=900)
+# A credit hold is leased to the process serving it, which renews the lease (and
+# checkpoints the running answer) every STREAM_CHECKPOINT_SECONDS while it streams; the
+# sweeper closes holds whose lease lapsed more than HOLD_STALE_AFTER_SECONDS ago.
+HOLD_LEASE_SECONDS = env.float("HOLD_LEASE_SECONDS", default=30.0)
+STREAM_CHECKPOINT_SECONDS = env.float("STREAM_CHECKPOINT_SECONDS", default=3.0)
+HOLD_STALE_AFTER_SECONDS = env.float("HOLD_STALE_AFTER_SECONDS", default=60.0)
+if not 0 < STREAM_CHECKPOINT_SECONDS < HOLD_LEASE_SECONDS:
+    raise ImproperlyConfigured(
+        "STREAM_CHECKPOINT_SECONDS must be above 0 and below HOLD_LEASE_SECONDS, "
+        "or live credit holds lapse between renewals."
+    )
 # How long an answer is kept for retries that send the same Idempotency-Key.
 IDEMPOTENCY_TTL_SECONDS = env.int("IDEMPOTENCY_TTL_SECONDS", default=86400)
 # A WebSocket connection slot lapses unless refreshed within this time (crashed processes).

@@ -11,9 +11,13 @@ returned :class:`Generation`. The steps, in order:
    credit hold (skipped on a cache hit), the user's message stored
 4. the provider stream (or the cached answer replayed), token by token
 5. finalisation, in one database call, whatever the ending (complete, upstream failure,
-   cancel or disconnect): the assistant message written once, the hold settled at the
-   real usage, the governor's output check; then the last event, while the cache is
-   filled with a complete answer (the stream ends once it is)
+   cancel or disconnect): the assistant message written, the hold settled at the real
+   usage, the governor's output check; then the last event, while the cache is filled
+   with a complete answer (the stream ends once it is)
+
+While it streams, the process keeps the generation's credit hold leased and checkpoints
+its answer every few seconds (:mod:`chats.checkpoints`), so a process that dies leaves
+the answer so far for the sweeper to settle.
 
 Refusals before the stream (steps 1 to 3) raise :class:`ApiError`, so HTTP transports can
 answer with a status code; failures during the stream become an :class:`ErrorEvent`.
@@ -40,7 +44,7 @@ from billing.models import Tenant
 from chatproject import metrics
 from chatproject.db import db_call, pipelined
 from chatproject.errors import ApiError, ErrorCode
-from chats import catalog
+from chats import catalog, checkpoints
 from chats.context import trim_to_budget
 from chats.models import Chat, Message
 from chats.providers import (
@@ -49,7 +53,6 @@ from chats.providers import (
     StreamEnd,
     TokenDelta,
     estimate_prompt_tokens,
-    estimate_tokens,
 )
 from governor import gate
 
@@ -149,6 +152,12 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
+class Checkpoint:
+    content: str  # the answer so far
+    tokens: int  # how many tokens it is
+
+
+@dataclass(frozen=True, slots=True)
 class StoredMessage:
     id: uuid.UUID
     content: str
@@ -175,6 +184,7 @@ class Generation:
         replayed: bool = False,
         idempotency_claim: str | None = None,
         receipt: idempotency.Receipt | None = None,
+        message_id: uuid.UUID | None = None,
     ) -> None:
         self.request = request
         self.model = model
@@ -191,8 +201,8 @@ class Generation:
         self.idempotency_claim = idempotency_claim  # fingerprint of a key this request holds
         # A replay reports what the first request did (its id, figures, cache status).
         self.receipt = receipt
-        # The assistant message's id, known up front.
-        self.message_id = receipt.message_id if receipt else uuid.uuid4()
+        # The assistant message's id, known up front (the hold names it).
+        self.message_id = receipt.message_id if receipt else message_id or uuid.uuid4()
         self.guard = gate.output_guard(decision)  # redacts the answer as it streams, or None
         self.started = time.monotonic()  # when admission began (set by start_generation)
         self._finished = False
@@ -201,6 +211,10 @@ class Generation:
         self._finishing: asyncio.Future | None = None
         self._cache_fill: asyncio.Future | None = None
         self._answer_to_cache: response_cache.CachedAnswer | None = None
+        # The answer's tokens while it streams, and what the last checkpoint wrote.
+        self._parts: list[str] | None = None
+        self._checkpointed = Checkpoint("", 0)
+        self._answer_row = False  # a checkpoint stored the answer (status streaming)
 
     @property
     def model_name(self) -> str:
@@ -226,6 +240,8 @@ class Generation:
         end: StreamEnd | None = None
         error: ApiError | None = None
         status = Message.Status.CANCELLED  # unless the loop below reaches an ending
+        self._parts = parts
+        checkpoints.join(self)
         try:
             source = self._replay() if self.cached else self._provider_stream()
             async with contextlib.aclosing(source) as stream:
@@ -335,11 +351,12 @@ class Generation:
         if self._finished:  # events() finalises once, whichever way it ends
             raise RuntimeError("generation finalised twice")
         self._finished = True
+        await checkpoints.leave(self)
         content = "".join(parts)
         if end is not None:
             usage = Usage(end.prompt_tokens, end.completion_tokens)
-        elif content:  # ended early: the prompt was read, and this much was generated
-            usage = Usage(self.prompt_tokens, estimate_tokens(content))
+        elif content:  # ended early: the prompt was read, and these tokens went out
+            usage = Usage(self.prompt_tokens, len(parts))
         else:  # nothing came back (refused upstream, or left before the first token)
             usage = Usage(0, 0)
         answer = None
@@ -443,10 +460,12 @@ class Generation:
         if settlement is None:
             balances = Tenant.objects.values_list("credit_balance", flat=True)
             return ZERO, balances.get(pk=self.request.tenant.pk)
-        charged, pending = settlement
-        return charged, pending.result()
+        # What the ledger took: the charge, or what the hold was closed at before (by
+        # the sweeper, its lease having lapsed): the client is told this.
+        settled = settlement.result()
+        return settled.charged, settled.balance
 
-    def _settle(self, usage: Usage) -> tuple[Decimal, credits.Pending[Decimal]]:
+    def _settle(self, usage: Usage) -> credits.Pending[credits.Settlement]:
         charged = min(
             pricing.cost(
                 input_price_per_1k=self.model.input_price_per_1k,
@@ -456,7 +475,7 @@ class Generation:
             ),
             self.hold.amount,
         )
-        return charged, credits.credits_settle_pending(
+        return credits.credits_settle_pending(
             hold=self.hold,
             charged=charged,
             prompt_tokens=usage.prompt_tokens,
@@ -473,18 +492,67 @@ class Generation:
         if chat.values_list("pk", flat=True).first() is None:
             logger.info("chat of answer %s was deleted; answer not stored", self.message_id)
             return
+        fields = {
+            "content": content,
+            "status": status,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "finish_reason": (end.finish_reason if end else "") or "",
+        }
         with isolated():
-            Message.objects.create(
-                id=self.message_id,
-                chat=self.request.chat,
-                role=Message.Role.ASSISTANT,
-                content=content,
-                status=status,
-                model=self.model.name,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                finish_reason=(end.finish_reason if end else "") or "",
-            )
+            if self._answer_row:  # checkpointed while it streamed
+                Message.objects.filter(pk=self.message_id).update(**fields)
+            else:
+                Message.objects.create(
+                    id=self.message_id,
+                    chat=self.request.chat,
+                    role=Message.Role.ASSISTANT,
+                    model=self.model.name,
+                    **fields,
+                )
+
+    # --- Checkpoints (chats.checkpoints calls these, every few seconds) -------------------
+
+    def checkpoint_due(self) -> Checkpoint | None:
+        """The answer so far, when it grew since the last checkpoint. Only a generation
+        with a credit hold is checkpointed: the sweeper closes what a dead process left
+        by its hold."""
+        parts, last = self._parts, self._checkpointed
+        if parts is None or self._finished or len(parts) == last.tokens:
+            return None
+        if self.hold is None or self.hold.hold_id is None:
+            return None
+        return Checkpoint(last.content + "".join(parts[last.tokens :]), len(parts))
+
+    def write_checkpoint(self, point: Checkpoint) -> None:
+        """Store the answer so far with status ``streaming`` (stateless: its token counts
+        on the hold). Sync, one statement, committed on its own; a failure is logged."""
+        try:
+            if self.request.chat is None:
+                credits.hold_checkpoint(
+                    hold_id=self.hold.hold_id,
+                    prompt_tokens=self.prompt_tokens,
+                    completion_tokens=point.tokens,
+                )
+            elif self._answer_row:
+                Message.objects.filter(pk=self.message_id, status=Message.Status.STREAMING).update(
+                    content=point.content, completion_tokens=point.tokens
+                )
+            else:
+                Message.objects.create(
+                    id=self.message_id,
+                    chat=self.request.chat,
+                    role=Message.Role.ASSISTANT,
+                    content=point.content,
+                    status=Message.Status.STREAMING,
+                    model=self.model.name,
+                    prompt_tokens=self.prompt_tokens,
+                    completion_tokens=point.tokens,
+                )
+                self._answer_row = True
+        except DatabaseError:  # its chat was deleted, or the database is away
+            logger.warning("checkpoint of %s failed", self.message_id, exc_info=True)
+        self._checkpointed = point  # a failed one is not retried until the answer grows
 
 
 def _provider_error(exc: ProviderError) -> ApiError:
@@ -574,9 +642,18 @@ async def _start_generation(request: GenerationRequest) -> Generation:
             completion_tokens=max_tokens,
         )
     )
+    message_id = uuid.uuid4()
     admission = asyncio.ensure_future(
         db_call(
-            _admit, request, metadata, model.name, reservation, cached is None, not replayed, check
+            _admit,
+            request,
+            metadata,
+            model.name,
+            reservation,
+            cached is None,
+            not replayed,
+            check,
+            message_id,
         )
     )
     try:
@@ -606,6 +683,7 @@ async def _start_generation(request: GenerationRequest) -> Generation:
         replayed=replayed,
         idempotency_claim=fingerprint,
         receipt=receipt,
+        message_id=message_id,
     )
 
 
@@ -663,6 +741,7 @@ def _admit(
     needs_hold: bool,
     store_message: bool,
     check: gate.InputCheck | None = None,
+    message_id: uuid.UUID | None = None,  # the answer's, for the hold
 ) -> tuple[gate.GateDecision, credits.Hold | None, StoredMessage | None]:
     """Governor, the user's message and the credit hold, in one transaction.
 
@@ -694,6 +773,8 @@ def _admit(
                         amount=reservation,
                         reference=request.request_id,
                         model=model_name,
+                        # the answer it pays for, stored in this chat
+                        message_id=message_id if request.chat and store_message else None,
                     )
                     if needs_hold
                     else None

@@ -16,6 +16,7 @@ from billing.credits import (
     credits_reserve,
     credits_reserve_pending,
     credits_settle,
+    credits_settle_pending,
 )
 from billing.models import CreditHold, LedgerEntry, Tenant
 from billing.pricing import cost
@@ -148,16 +149,26 @@ def test_release_returns_the_whole_hold(funded):
     assert_books_balance(funded)
 
 
-def test_settle_after_release_charges_what_the_balance_covers(funded):
+def test_settle_after_release_charges_nothing_and_says_so(funded):
     hold = credits_reserve(tenant_id=funded.pk, amount=D(6), reference="slow")
     credits_release(hold=hold)
     other = credits_reserve(tenant_id=funded.pk, amount=D(8), reference="other")
     assert other.balance_after == D(2)
-    # The slow request finally ends having used 5: only 2 are left to take.
-    assert credits_settle(hold=hold, charged=D(5)) == 0
-    late = funded.ledger.filter(reference="slow", kind=LedgerEntry.Kind.SETTLE).get()
-    assert late.amount == D(-2)
-    assert "late settle" in late.note
+    # The slow request finally ends having used 5: its hold is gone, so is the charge,
+    # and the settlement reports what the ledger really took.
+    settled = credits_settle_pending(hold=hold, charged=D(5)).result()
+    assert (settled.charged, settled.balance) == (0, D(2))
+    assert not funded.ledger.filter(reference="slow", kind=LedgerEntry.Kind.SETTLE).exists()
+    assert CreditHold.objects.get(pk=hold.hold_id).status == "released"
+    assert_books_balance(funded)
+
+
+def test_settling_twice_reports_the_first_charge(funded):
+    hold = credits_reserve(tenant_id=funded.pk, amount=D(6), reference="twice")
+    first = credits_settle_pending(hold=hold, charged=D(2)).result()
+    again = credits_settle_pending(hold=hold, charged=D(5)).result()
+    assert (first.charged, again.charged) == (D(2), D(2))
+    assert first.balance == again.balance == D(8)
     assert_books_balance(funded)
 
 
@@ -206,11 +217,11 @@ def test_a_release_records_no_tokens(funded):
     assert stored(hold) == ("released", "m", D(0), 0, 0)
 
 
-def test_a_late_settle_records_the_tokens(funded):
+def test_a_late_settle_leaves_a_released_hold_as_it_was(funded):
     hold = credits_reserve(tenant_id=funded.pk, amount=D(6), reference="slow", model="m")
     credits_release(hold=hold)  # as the sweeper does
     credits_settle(hold=hold, charged=D(5), prompt_tokens=70, completion_tokens=80)
-    assert stored(hold) == ("settled", "m", D(5), 70, 80)
+    assert stored(hold) == ("released", "m", D(0), 0, 0)
     assert_books_balance(funded)
 
 

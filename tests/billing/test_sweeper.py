@@ -8,9 +8,16 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from billing.credits import credits_reserve, credits_settle
+from billing.credits import (
+    credits_reserve,
+    credits_settle,
+    credits_settle_pending,
+    hold_checkpoint,
+    holds_renew,
+)
 from billing.models import CreditHold, LedgerEntry, Tenant
-from billing.sweeper import holds_release_stale
+from billing.sweeper import holds_release_stale, holds_sweep
+from chats.models import LLMModel
 from tests.factories import make_tenant
 
 pytestmark = pytest.mark.django_db
@@ -19,8 +26,9 @@ D = Decimal
 
 
 def age(hold, seconds: float) -> None:
+    """As if the process serving ``hold`` stopped renewing its lease ``seconds`` ago."""
     CreditHold.objects.filter(pk=hold.hold_id).update(
-        created_at=timezone.now() - timedelta(seconds=seconds)
+        lease_expires_at=timezone.now() - timedelta(seconds=seconds)
     )
 
 
@@ -73,12 +81,54 @@ def test_the_age_is_configurable(tenant_with_holds):
     assert books_balance(tenant)
 
 
-def test_a_request_settling_after_the_sweep_is_charged_once(tenant_with_holds):
+def test_a_request_settling_after_the_sweep_is_not_charged_and_told_so(tenant_with_holds):
     tenant, stale, *_ = tenant_with_holds
     holds_release_stale()
-    assert credits_settle(hold=stale, charged=D(4)) == D(71)
-    assert credits_settle(hold=stale, charged=D(4)) == D(71)  # and only once
-    assert CreditHold.objects.get(pk=stale.hold_id).charged == D(4)
+    settled = credits_settle_pending(hold=stale, charged=D(4)).result()
+    assert (settled.charged, settled.balance) == (0, D(75))
+    assert CreditHold.objects.get(pk=stale.hold_id).charged == 0
+    assert books_balance(tenant)
+
+
+def test_a_new_hold_is_leased_and_renewing_keeps_it_from_the_sweeper(settings):
+    settings.HOLD_LEASE_SECONDS = 30
+    tenant = make_tenant(credits=100)
+    hold = credits_reserve(tenant_id=tenant.pk, amount=D(10), reference="live")
+    lease = CreditHold.objects.get(pk=hold.hold_id).lease_expires_at
+    assert timezone.now() + timedelta(seconds=25) < lease
+    assert holds_release_stale(older_than_seconds=0) == 0  # its lease runs
+    age(hold, 5)  # the process missed its renewals...
+    assert holds_renew([hold.hold_id]) == 1  # ...then renewed after all
+    assert holds_release_stale(older_than_seconds=0) == 0
+    age(hold, 5)  # it died: nothing renews it
+    assert holds_release_stale(older_than_seconds=1) == 1
+    assert CreditHold.objects.get(pk=hold.hold_id).status == "released"
+    assert holds_renew([hold.hold_id]) == 0  # a closed hold is not renewed
+    assert books_balance(tenant)
+
+
+def test_a_stateless_hold_with_checkpointed_tokens_is_settled_for_them(settings):
+    LLMModel.objects.create(
+        name="priced",
+        provider="demo",
+        upstream_model="demo",
+        input_price_per_1k=D(1),
+        output_price_per_1k=D(10),
+    )
+    tenant = make_tenant(credits=100)
+    hold = credits_reserve(tenant_id=tenant.pk, amount=D(20), reference="cut", model="priced")
+    hold_checkpoint(hold_id=hold.hold_id, prompt_tokens=100, completion_tokens=500)
+    age(hold, 120)
+    sweep = holds_sweep()
+    assert (sweep.released, sweep.settled) == (0, 1)
+    row = CreditHold.objects.get(pk=hold.hold_id)
+    assert (row.status, row.charged, row.prompt_tokens, row.completion_tokens) == (
+        "settled",
+        D("5.1"),
+        100,
+        500,
+    )
+    assert Tenant.objects.get(pk=tenant.pk).credit_balance == D("94.9")
     assert books_balance(tenant)
 
 
@@ -95,11 +145,12 @@ def test_sweeper_works_in_batches(settings, monkeypatch):
 
 def test_command_reports_what_it_released(tenant_with_holds):
     out = io.StringIO()
+    done = "stale hold(s); settled 0 for their checkpointed answers."
     call_command("release_stale_holds", stdout=out)
-    assert out.getvalue().strip() == "Released 1 stale hold(s)."
+    assert out.getvalue().strip() == f"Released 1 {done}"
     out = io.StringIO()
     call_command("release_stale_holds", "--older-than", "0", stdout=out)
-    assert out.getvalue().strip() == "Released 1 stale hold(s)."
+    assert out.getvalue().strip() == f"Released 1 {done}"
 
 
 def test_command_refuses_a_negative_age(db):
