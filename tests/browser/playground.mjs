@@ -52,4 +52,39 @@ await withPage(async (page) => {
   const refusal = await page.$$eval(".msg.assistant .error", (nodes) => nodes.at(-1).textContent);
   console.log(`RESULT ${JSON.stringify({ format: "bad-key", refusal })}`);
   await screenshot(page, "playground-bad-key");
+
+  // Tool chunks as the AI SDK streams them, answered by the browser itself: the panel
+  // shows each call, its streamed arguments and its output.
+  const chunks = [
+    { type: "start", messageId: "m1" },
+    { type: "start-step" },
+    { type: "tool-input-start", toolCallId: "call-1", toolName: "search_knowledge", providerExecuted: true },
+    { type: "tool-input-delta", toolCallId: "call-1", inputTextDelta: '{"query": ' },
+    { type: "tool-input-delta", toolCallId: "call-1", inputTextDelta: '"bikes"}' },
+    { type: "tool-input-available", toolCallId: "call-1", toolName: "search_knowledge", input: { query: "bikes" }, providerExecuted: true },
+    { type: "tool-output-available", toolCallId: "call-1", output: "2 sources", providerExecuted: true },
+    { type: "finish-step" },
+    { type: "start-step" },
+    { type: "text-start", id: "t1" },
+    { type: "text-delta", id: "t1", delta: "Found two." },
+    { type: "text-end", id: "t1" },
+    { type: "finish-step" },
+    { type: "finish", finishReason: "stop" },
+  ];
+  await page.route("**/api/chat", (route) =>
+    route.fulfill({
+      status: 200,
+      headers: { "content-type": "text/event-stream", "x-vercel-ai-ui-message-stream": "v1" },
+      body: `${chunks.map((c) => `data: ${JSON.stringify(c)}\n\n`).join("")}data: [DONE]\n\n`,
+    }),
+  );
+  await page.fill("#api-key", API_KEY);
+  await page.selectOption("#format", "aisdk");
+  await page.fill("#message", "Search the knowledge base");
+  await page.press("#message", "Enter");
+  await page.waitForSelector("#status.ok, #status.error", { timeout: 30_000 });
+  const tools = await page.$$eval("#tools li", (rows) => rows.map((row) => row.innerText));
+  const toolAnswer = await page.$$eval(".msg.assistant .text", (nodes) => nodes.at(-1).textContent);
+  console.log(`RESULT ${JSON.stringify({ format: "tools", status: await page.textContent("#status"), tools, answer: toolAnswer })}`);
+  await screenshot(page, "playground-tools");
 });

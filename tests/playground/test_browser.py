@@ -30,8 +30,14 @@ def test_each_format_streams_an_answer_with_its_credits(server):
     )
     by_format = {result["format"]: result for result in results}
     refused = by_format.pop("bad-key")
+    tools = by_format.pop("tools")
     assert list(by_format) == FORMATS
     assert refused["refusal"].startswith("UNAUTHORIZED"), refused
+    # Tool chunks (here from a canned stream) are read by the AI SDK and shown per call.
+    assert tools["status"] == "done" and tools["answer"] == "Found two.", tools
+    assert tools["tools"] == [
+        'search_knowledge output-available\nargs: {"query":"bikes"}\nresult: 2 sources'
+    ], tools
 
     for name, result in by_format.items():
         said = f"Hello from the {name} playground {nonce}"

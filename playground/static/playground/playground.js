@@ -80,7 +80,8 @@ function resetInspector() {
   ui.verdict.className = "verdict";
   ui.verdict.textContent = "…";
   ui.violations.replaceChildren();
-  ui.tools.replaceChildren(el("li", { class: "muted", text: "none" }));
+  toolCalls.clear();
+  ui.tools.replaceChildren(el("li", { class: "muted none", text: "none" }));
   ui.headers.tBodies[0].replaceChildren(el("tr", {}, el("td", { class: "muted", text: "…" })));
 }
 
@@ -146,22 +147,30 @@ function showVerdict(result) {
   if (!result.violations && !result.violationCount) ui.violations.append(el("li", { class: "muted", text: "no violations" }));
 }
 
+// One row per tool call, updated as its events arrive: `argsDelta` appends streamed
+// argument text, `args` and `result` replace what was shown.
+const toolCalls = new Map();
+
 function showTool(call) {
-  const first = ui.tools.querySelector(".muted");
-  if (first) first.remove();
-  const id = call.id || `${call.name}-${ui.tools.children.length}`;
-  let row = ui.tools.querySelector(`[data-id="${CSS.escape(id)}"]`);
-  if (!row) {
-    row = el("li", { "data-id": id }, el("strong"), el("span", { class: "muted" }), el("pre"));
+  ui.tools.querySelector(".none")?.remove();
+  const id = call.id || `${call.name}-${toolCalls.size}`;
+  let known = toolCalls.get(id);
+  if (!known) {
+    const row = el("li", {}, el("strong"), el("span", { class: "muted" }), el("pre"));
+    known = { row, args: "", result: undefined };
+    toolCalls.set(id, known);
     ui.tools.append(row);
   }
-  const [name, state, body] = row.children;
+  const text = (value) => (typeof value === "string" ? value : JSON.stringify(value));
+  if (call.argsDelta !== undefined) known.args += call.argsDelta;
+  if (call.args !== undefined) known.args = text(call.args);
+  if (call.result !== undefined) known.result = text(call.result);
+  const [name, state, body] = known.row.children;
   if (call.name) name.textContent = call.name;
   if (call.state) state.textContent = ` ${call.state}`;
-  const parts = [];
-  if (call.args !== undefined) parts.push(`args: ${typeof call.args === "string" ? call.args : JSON.stringify(call.args)}`);
-  if (call.result !== undefined) parts.push(`result: ${typeof call.result === "string" ? call.result : JSON.stringify(call.result)}`);
-  if (parts.length) body.textContent = parts.join("\n");
+  body.textContent = [known.args && `args: ${known.args}`, known.result !== undefined && `result: ${known.result}`]
+    .filter(Boolean)
+    .join("\n");
 }
 
 function logRaw(source, data) {
@@ -308,11 +317,11 @@ const formats = {
           case "tool_call_started":
           case "tool_call_ended":
             showTool({
-              id: event.tool_call_id || event.id,
-              name: event.name || event.tool_name,
-              state: event.type === "tool_call_started" ? "running" : "done",
-              args: event.arguments ?? event.args,
-              result: event.result ?? event.output,
+              id: event.tool_call_id,
+              name: event.name,
+              state: event.type === "tool_call_started" ? "running" : event.status || "done",
+              args: event.arguments,
+              result: event.result ?? event.error,
             });
             break;
           case "message_stream_ended":
@@ -452,7 +461,8 @@ const formats = {
               id: chunk.toolCallId,
               name: chunk.toolName,
               state: chunk.type.replace(/^tool-/, ""),
-              args: chunk.input ?? chunk.inputTextDelta,
+              argsDelta: chunk.inputTextDelta,
+              args: chunk.input,
               result: chunk.output ?? chunk.errorText,
             });
           }
@@ -461,7 +471,9 @@ const formats = {
       }),
     );
     let last;
-    for await (const message of readUIMessageStream({ stream: logged })) {
+    // Without onError the reader would stop quietly on a chunk it cannot apply.
+    const onError = (error) => (failure ??= error);
+    for await (const message of readUIMessageStream({ stream: logged, onError })) {
       last = message;
       answer.set(message.parts.filter((p) => p.type === "text").map((p) => p.text).join(""));
       const meta = message.metadata || {};
@@ -502,12 +514,14 @@ const formats = {
       for (const choice of chunk.choices || []) {
         if (choice.delta?.content) answer.append(choice.delta.content);
         for (const call of choice.delta?.tool_calls || []) {
-          const known = calls.get(call.index) || { id: call.id, name: "", args: "" };
-          if (call.id) known.id = call.id;
-          if (call.function?.name) known.name += call.function.name;
-          if (call.function?.arguments) known.args += call.function.arguments;
-          calls.set(call.index, known);
-          showTool({ ...known, state: "streaming" });
+          // OpenAI streams a call's id and name once, then its arguments in pieces.
+          if (call.id) calls.set(call.index, call.id);
+          showTool({
+            id: calls.get(call.index),
+            name: call.function?.name,
+            state: "requested",
+            argsDelta: call.function?.arguments || "",
+          });
         }
         if (choice.finish_reason) field("finish", choice.finish_reason);
       }
