@@ -101,6 +101,12 @@ class PayloadTooLarge(ApiError):
         self.status = 413
 
 
+def payload_too_large() -> PayloadTooLarge:
+    """A body over ``MAX_REQUEST_BYTES`` (Django's ``DATA_UPLOAD_MAX_MEMORY_SIZE``)."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return PayloadTooLarge(f"The request body is larger than {limit} bytes.", limit=limit)
+
+
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict:
     error: dict[str, Any] = {"code": str(code), "message": message}
     if details:
@@ -153,6 +159,8 @@ def drf_exception_handler(exc: Exception, context: dict) -> Response | None:
     """DRF's hook: every error a DRF view raises leaves in the product's envelope."""
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
+    elif isinstance(exc, RequestDataTooBig):  # DRF reads request.body before its parser
+        exc = payload_too_large()
     if isinstance(exc, drf_exceptions.APIException):
         error = _from_drf(exc)
         status = error.status
@@ -167,27 +175,3 @@ def drf_exception_handler(exc: Exception, context: dict) -> Response | None:
         if getattr(exc, "wait", None):
             headers["Retry-After"] = str(int(exc.wait))
     return Response(error.body(), status=status, headers=headers)
-
-
-def handler400(request, exception=None):
-    """Django's own refusals (e.g. a body over DATA_UPLOAD_MAX_MEMORY_SIZE), as JSON."""
-    if isinstance(exception, RequestDataTooBig):
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        return error_response(
-            PayloadTooLarge(f"The request body is larger than {limit} bytes.", limit=limit)
-        )
-    return JsonResponse(error_body(ErrorCode.VALIDATION_ERROR, "Bad request."), status=400)
-
-
-def handler403(request, exception=None):
-    return JsonResponse(error_body(ErrorCode.UNAUTHORIZED, "Forbidden."), status=403)
-
-
-def handler404(request, exception=None):
-    return JsonResponse(error_body(ErrorCode.NOT_FOUND, "Not found."), status=404)
-
-
-def handler500(request):
-    request_id = getattr(request, "request_id", None)
-    message = "Internal error." + (f" Request id: {request_id}." if request_id else "")
-    return JsonResponse(error_body(ErrorCode.STREAM_ERROR, message), status=500)

@@ -7,10 +7,11 @@ from chatproject.fields import StrictIntegerField
 
 MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50
+MAX_OFFSET = 2**31 - 1  # past any list's end; larger values overflow the database's integers
 
 
 class PageQuerySerializer(serializers.Serializer):
-    offset = StrictIntegerField(min_value=0, default=0)
+    offset = StrictIntegerField(min_value=0, max_value=MAX_OFFSET, default=0)
     limit = StrictIntegerField(min_value=1, max_value=MAX_PAGE_SIZE, default=DEFAULT_PAGE_SIZE)
 
 

@@ -48,6 +48,7 @@ INSTALLED_APPS = [
 # Every middleware here supports async, so streaming views stay fully asynchronous.
 MIDDLEWARE = [
     "chatproject.request_id.RequestIdMiddleware",
+    "chatproject.api_paths.ApiPathMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -168,6 +169,14 @@ WS_CONNECTION_SLOT_TTL_SECONDS = env.float("WS_CONNECTION_SLOT_TTL_SECONDS", def
 
 # Bearer token required by /metrics; empty: open (keep it on an internal network then).
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+
+# The error format of each API prefix (longest match wins): what Django answers on its own
+# there (an unknown URL, a NUL in the URL, an unexpected error) is encoded by this.
+API_ERROR_FORMATS = {
+    "/api/": "chatproject.errors.error_response",
+    "/api/v1/chat/": "chats.transports.docgen.http_error",
+    "/v1/": "chats.transports.openai_api.error_response",
+}
 
 # --- Auth, i18n, static -----------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

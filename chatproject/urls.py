@@ -22,7 +22,7 @@ urlpatterns = [
     path("", include("playground.urls")),
 ]
 
-handler400 = "chatproject.errors.handler400"
-handler403 = "chatproject.errors.handler403"
-handler404 = "chatproject.errors.handler404"
-handler500 = "chatproject.errors.handler500"
+handler400 = "chatproject.api_paths.handler400"
+handler403 = "chatproject.api_paths.handler403"
+handler404 = "chatproject.api_paths.handler404"
+handler500 = "chatproject.api_paths.handler500"

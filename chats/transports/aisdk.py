@@ -18,6 +18,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 
 from chatproject.errors import ApiError
+from chatproject.json_body import read_json
 from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
 from chats.transports import schemas
 from chats.transports.sse import (
@@ -31,7 +32,6 @@ from chats.transports.sse import (
     generation_request,
     generation_response,
     model_choice,
-    read_json,
     sse,
 )
 

@@ -29,6 +29,7 @@ from django.http import HttpRequest, HttpResponse
 from billing.models import Tenant
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, error_response
+from chatproject.json_body import read_json
 from chats import catalog
 from chats.engine import Event, FinishedEvent, Generation, TokenEvent, start_generation
 from chats.providers import estimate_prompt_tokens
@@ -42,7 +43,6 @@ from chats.transports.sse import (
     generation_headers,
     generation_request,
     generation_response,
-    read_json,
     sse,
 )
 from knowledge.retrieval import RetrievalError, RetrievedContext, build_context
@@ -52,7 +52,7 @@ END_USER_ID = "docgen"  # the end user that owns conversations started over this
 _STATUS = {ErrorCode.UNAUTHORIZED: 403, ErrorCode.VALIDATION_ERROR: 422}
 
 
-def _http_error(error: ApiError) -> HttpResponse:
+def http_error(error: ApiError) -> HttpResponse:
     if error.status == 413:  # a body over the size limit keeps its own status
         return error_response(error)
     return error_response(error, status=_STATUS.get(error.code))
@@ -223,7 +223,7 @@ def _project_notice(found: bool | None) -> dict[str, Any]:
     }
 
 
-@endpoint(on_error=_http_error)
+@endpoint(on_error=http_error)
 async def chat_stream(request: HttpRequest) -> HttpResponse:
     started = time.monotonic()
     tenant = await authenticate(request)
@@ -320,7 +320,7 @@ async def _encode_legacy(events: AsyncIterator[Event], started: float) -> AsyncI
             yield _legacy_error_event(event.error)
 
 
-@endpoint(on_error=_http_error)
+@endpoint(on_error=http_error)
 async def generate(request: HttpRequest) -> HttpResponse:
     started = time.monotonic()
     tenant = await authenticate(request)
@@ -356,7 +356,7 @@ async def generate(request: HttpRequest) -> HttpResponse:
 # --- POST /api/v1/chat/message (retired) ------------------------------------------------------
 
 
-@endpoint(on_error=_http_error)
+@endpoint(on_error=http_error)
 async def message(request: HttpRequest) -> HttpResponse:
     await authenticate(request, rate_limit=True)
     error = ApiError(

@@ -19,6 +19,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode
+from chatproject.json_body import read_json
 from chats import catalog
 from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
 from chats.transports import schemas
@@ -32,7 +33,6 @@ from chats.transports.sse import (
     generation_request,
     generation_response,
     model_choice,
-    read_json,
     sse,
 )
 

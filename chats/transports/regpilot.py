@@ -17,6 +17,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from billing.models import Tenant
 from chatproject.errors import error_response
+from chatproject.json_body import read_json
 from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
 from chats.transports import schemas
 from chats.transports.sse import (
@@ -30,7 +31,6 @@ from chats.transports.sse import (
     generation_headers,
     generation_request,
     generation_response,
-    read_json,
     sse,
 )
 

@@ -23,6 +23,7 @@ ROLES = ("user", "assistant", "system")
 HISTORY_ROLES = ("user", "assistant")
 DOCUMENT_TYPE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_ID_LENGTH = 255
+MAX_INTEGER = 2**31 - 1  # no count in a body is larger; a database column would refuse more
 
 
 class Errors:
@@ -103,6 +104,9 @@ def integer(body: dict[str, Any], key: str, errors: Errors, *, minimum: int) -> 
         return None
     if value < minimum:
         errors.add(key, f"Must be at least {minimum}.")
+        return None
+    if value > MAX_INTEGER:
+        errors.add(key, f"Must be at most {MAX_INTEGER}.")
         return None
     return value
 

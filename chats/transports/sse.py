@@ -21,7 +21,6 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -31,7 +30,7 @@ from billing.models import Tenant
 from billing.ratelimit import rate_limit_consume
 from billing.services import api_key_authenticate
 from chatproject.db import db_call
-from chatproject.errors import ApiError, ErrorCode, PayloadTooLarge, error_response
+from chatproject.errors import ApiError, ErrorCode, error_response
 from chats.catalog import QUALITY_TIERS
 from chats.engine import (
     ErrorEvent,
@@ -275,38 +274,6 @@ async def authenticate(request: HttpRequest, *, rate_limit: bool = False) -> Ten
         if state is not None:
             setattr(request, _RATE_LIMIT, state)
     return api_key.tenant
-
-
-def read_json(request: HttpRequest) -> dict[str, Any]:
-    """The body as a JSON object; anything else is a VALIDATION_ERROR."""
-    try:
-        raw = request.body
-    except RequestDataTooBig:
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        raise PayloadTooLarge(
-            f"The request body is larger than {limit} bytes.", limit=limit
-        ) from None
-    if not raw.strip():
-        raise ApiError(
-            ErrorCode.VALIDATION_ERROR,
-            "The request body is empty; send a JSON object.",
-            details={"body": ["This field is required."]},
-        )
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(
-            ErrorCode.VALIDATION_ERROR,
-            "The request body is not valid JSON.",
-            details={"body": [str(exc)]},
-        ) from None
-    if not isinstance(body, dict):
-        raise ApiError(
-            ErrorCode.VALIDATION_ERROR,
-            "The request body must be a JSON object.",
-            details={"body": ["Must be an object."]},
-        )
-    return body
 
 
 def wants_cache(request: HttpRequest) -> bool:

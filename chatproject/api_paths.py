@@ -1,0 +1,149 @@
+"""API paths answer in their own JSON error format, in every mode.
+
+Django answers some requests without a view of ours: an unknown URL, an exception no view
+handled. With ``DEBUG`` off it calls the handlers below; with it on it makes HTML debug
+pages, which the middleware replaces. Either way a path under an API prefix
+(``API_ERROR_FORMATS``: OpenAI's shape under ``/v1/``, the seeds' statuses under
+``/api/v1/chat/``, the envelope under ``/api/``) is answered in that prefix's format, and
+any other path in the product's envelope.
+
+It also refuses, before routing, a path or query string holding a NUL character: path and
+query parameters reach database queries as text, and no database column takes NUL.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse
+from django.utils.module_loading import import_string
+
+from chatproject.errors import ApiError, ErrorCode, error_response, payload_too_large
+
+ErrorEncoder = Callable[[ApiError], HttpResponse]
+
+# What an error answer Django made on its own means, by status.
+_ERRORS = {
+    400: (ErrorCode.VALIDATION_ERROR, "Bad request."),
+    403: (ErrorCode.UNAUTHORIZED, "Forbidden."),
+    404: (ErrorCode.NOT_FOUND, "Not found."),
+    405: (ErrorCode.METHOD_NOT_ALLOWED, "Method not allowed."),
+}
+
+
+@functools.cache
+def _formats() -> tuple[tuple[str, ErrorEncoder], ...]:
+    """``(prefix, encoder)``, longest prefix first."""
+    formats = sorted(settings.API_ERROR_FORMATS.items(), key=lambda item: -len(item[0]))
+    return tuple((prefix, import_string(path)) for prefix, path in formats)
+
+
+def error_encoder(path: str) -> ErrorEncoder | None:
+    """The error format of the API ``path`` belongs to; None outside the API."""
+    for prefix, encoder in _formats():
+        if path.startswith(prefix):
+            return encoder
+    return None
+
+
+def _nul_in_url(request: HttpRequest) -> bool:
+    query = request.META.get("QUERY_STRING", "")
+    return "\x00" in request.path or "%00" in query or "\x00" in query
+
+
+def _made_by_django(response: HttpResponse) -> bool:
+    """An error answer that is not one of ours: ours are all JSON."""
+    return (
+        response.status_code >= 400
+        and not response.streaming
+        and not response.get("Content-Type", "").startswith("application/json")
+    )
+
+
+def _answer(request: HttpRequest, error: ApiError) -> HttpResponse:
+    return (error_encoder(request.path) or error_response)(error)
+
+
+def handler400(request, exception=None):
+    """Django's own refusals (e.g. a body over DATA_UPLOAD_MAX_MEMORY_SIZE, read where no
+    view of ours catches it)."""
+    if isinstance(exception, RequestDataTooBig):
+        return _answer(request, payload_too_large())
+    return _answer(request, _as_api_error(request, 400))
+
+
+def handler403(request, exception=None):
+    return _answer(request, _as_api_error(request, 403))
+
+
+def handler404(request, exception=None):
+    return _answer(request, _as_api_error(request, 404))
+
+
+def handler500(request):
+    return _answer(request, _as_api_error(request, 500))
+
+
+def _as_api_error(request: HttpRequest, status: int) -> ApiError:
+    """What an error answer of ``status`` Django made on its own says, as an ApiError
+    that keeps that status."""
+    if status in _ERRORS:
+        error = ApiError(*_ERRORS[status])
+    else:
+        request_id = getattr(request, "request_id", "-")
+        error = ApiError(ErrorCode.STREAM_ERROR, f"Internal error (request id {request_id}).")
+    error.status = status
+    return error
+
+
+class ApiPathMiddleware:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def _refusal(self, request: HttpRequest) -> HttpResponse | None:
+        if not _nul_in_url(request):
+            return None
+        encoder = error_encoder(request.path)
+        if encoder is None:
+            return None
+        return encoder(
+            ApiError(
+                ErrorCode.VALIDATION_ERROR,
+                "The URL must not contain NUL characters.",
+                details={"url": ["Must not contain NUL characters."]},
+            )
+        )
+
+    def _finish(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if not _made_by_django(response):
+            return response
+        encoder = error_encoder(request.path)
+        if encoder is None:
+            return response
+        replaced = encoder(_as_api_error(request, response.status_code))
+        if "Allow" in response:
+            replaced["Allow"] = response["Allow"]
+        return replaced
+
+    def __call__(self, request):
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        return self._finish(request, self.get_response(request))
+
+    async def __acall__(self, request):
+        refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        return self._finish(request, await self.get_response(request))
