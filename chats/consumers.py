@@ -24,6 +24,7 @@ from billing.services import api_key_authenticate, api_key_recheck
 from chatproject import metrics
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode
+from chatproject.json_body import parse_json
 from chatproject.request_id import current_request_id
 from chats import selectors, services, ws_events, ws_slots
 from chats.engine import (
@@ -43,11 +44,14 @@ CLOSE_UNAUTHORIZED = 4001
 CLOSE_BAD_REQUEST = 4400
 CLOSE_CHAT_NOT_FOUND = 4004
 CLOSE_CONNECTION_LIMIT = 4029
-CLOSE_INTERNAL_ERROR = 1011
+# 1011 would be the protocol's own code, but daphne's WebSocket library sends only 1000 and
+# 3000-4999 from an application (it raises on anything else and drops the close frame).
+CLOSE_INTERNAL_ERROR = 4500
 
 KEY_RECHECK_SECONDS = 5.0
 
 CLIENT_OPTIONS = ("quality", "model", "temperature", "governorMetadata", "client_message_id")
+MAX_CLIENT_MESSAGE_ID_LENGTH = 100  # Message.client_message_id
 
 
 class MessageRate:
@@ -100,6 +104,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- connection lifecycle -------------------------------------------------------
 
+    async def __call__(self, scope, receive, send) -> None:
+        """The consumer's whole life: whatever ends it (a disconnect, a bug in a handler,
+        a cancellation by the server), its connection slot is given back."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.disconnect(CLOSE_INTERNAL_ERROR)
+
     async def connect(self) -> None:
         self.connection_id = uuid.uuid4().hex
         try:
@@ -129,11 +141,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.tenant = api_key.tenant
         self.api_key_id, self.key_checked_at = api_key.pk, time.monotonic()
         user_id = (query.get("user_id") or "").strip()
-        if not user_id or len(user_id) > 255:
+        if not user_id or len(user_id) > 255 or "\x00" in user_id:
             await self._refuse(
                 ApiError(
                     ErrorCode.VALIDATION_ERROR,
-                    "user_id is required in the query string (at most 255 characters).",
+                    "user_id is required in the query string (at most 255 characters, no NUL).",
                     details={"user_id": ["This field is required."]},
                 ),
                 CLOSE_BAD_REQUEST,
@@ -158,7 +170,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.slot_held = True
         metrics.WEBSOCKETS.inc()
-        ws_slots.keep(self.connection_id, self.tenant, self._slot_lost)
+        ws_slots.keep(self.connection_id, self.tenant, self._slot_lost, asyncio.current_task())
         self.user_id = user_id
         self.rate = MessageRate(self.tenant.plan.ws_messages_per_second)
         await self.channel_layer.group_add(_group(self.chat.id), self.channel_name)
@@ -185,6 +197,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.close(code=close_code)
 
     async def disconnect(self, code: int) -> None:
+        """Runs on the client's disconnect and again when the consumer ends (``__call__``):
+        each step is done once."""
         await self._stop_generation()
         if self._fanning_out is not None:
             with contextlib.suppress(Exception):
@@ -219,6 +233,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- client messages ------------------------------------------------------------
 
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        """One client message; a bug while handling it is answered, never the socket's end."""
+        try:
+            await super().websocket_receive(message)
+        except Exception:
+            logger.exception("could not handle a client message")
+            await self._error(
+                ErrorCode.STREAM_ERROR, f"Unexpected error (request id {current_request_id.get()})."
+            )
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
         if not self.slot_held:  # a refused connection is closing; it takes no messages
             return
@@ -229,9 +253,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
             return
         try:
-            payload = json.loads(text_data if text_data is not None else bytes_data or b"")
-        except (ValueError, UnicodeDecodeError):
-            await self._error(ErrorCode.VALIDATION_ERROR, "The message is not valid JSON.")
+            payload = parse_json(
+                text_data if text_data is not None else bytes_data or b"", what="message"
+            )
+        except ApiError as error:
+            await self._send(ws_events.error_event(error))
             return
         if not isinstance(payload, dict):
             await self._error(ErrorCode.VALIDATION_ERROR, "The message must be a JSON object.")
@@ -447,6 +473,9 @@ def _option_error(options: dict[str, Any]) -> ApiError | None:
         value = options[name]
         if value is not None and not isinstance(value, str):
             details[name] = ["Must be a string."]
+    client_message_id = options["client_message_id"]
+    if isinstance(client_message_id, str) and len(client_message_id) > MAX_CLIENT_MESSAGE_ID_LENGTH:
+        details["client_message_id"] = [f"At most {MAX_CLIENT_MESSAGE_ID_LENGTH} characters."]
     temperature = options["temperature"]
     if temperature is not None and (
         isinstance(temperature, bool)

@@ -2,7 +2,9 @@
 
 Slots expire (so a crashed process frees its tenants' slots); live connections are
 refreshed by one task per process rather than a timer per connection, which idle
-connections would pay for in memory.
+connections would pay for in memory. A slot is refreshed only while the task of the
+consumer that holds it runs: a consumer that ended without releasing it (whatever the
+reason) has it released by the next round instead of kept alive forever.
 """
 
 import asyncio
@@ -18,15 +20,18 @@ logger = logging.getLogger(__name__)
 
 OnLost = Callable[[], Awaitable[None]]
 
-_held: dict[str, tuple[Tenant, OnLost]] = {}
+_held: dict[str, tuple[Tenant, OnLost, asyncio.Task | None]] = {}
 _refreshing: dict[str, asyncio.Future[bool]] = {}  # refreshes on their way, by connection
 _task: asyncio.Task | None = None
 
 
-def keep(connection_id: str, tenant: Tenant, on_lost: OnLost) -> None:
-    """Refresh this connection's slot until :func:`release`; ``on_lost`` if it cannot be."""
+def keep(
+    connection_id: str, tenant: Tenant, on_lost: OnLost, owner: asyncio.Task | None
+) -> None:
+    """Refresh this connection's slot until :func:`release` or until ``owner`` (the
+    consumer's task) ends; ``on_lost`` if it cannot be."""
     global _task
-    _held[connection_id] = (tenant, on_lost)
+    _held[connection_id] = (tenant, on_lost, owner)
     loop = asyncio.get_running_loop()
     if _task is None or _task.done() or _task.get_loop() is not loop:
         _task = loop.create_task(_refresh_forever())
@@ -46,8 +51,14 @@ async def release(tenant: Tenant, connection_id: str) -> None:
 
 
 async def refresh_all() -> None:
-    for connection_id, (tenant, on_lost) in list(_held.items()):
+    for connection_id, (tenant, on_lost, owner) in list(_held.items()):
         if connection_id not in _held:  # released meanwhile: a refresh would take it again
+            continue
+        if owner is not None and owner.done():  # its consumer is gone
+            try:
+                await release(tenant, connection_id)
+            except Exception:  # the store is down: the slot lapses by itself
+                logger.exception("releasing the slot of an ended connection failed")
             continue
         refresh = asyncio.ensure_future(ratelimit.connection_slot_refresh(tenant, connection_id))
         _refreshing[connection_id] = refresh
