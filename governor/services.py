@@ -60,17 +60,23 @@ def _metadata_fields(metadata: GovernorMetadata | None) -> dict[str, str]:
     if metadata is None:
         return {}
     email = metadata.recipient_email
-    fields = {
+    # Free text a client fills in: redacted like the excerpt (a key pasted as the sender
+    # id is not stored), within the columns' 255 characters.
+    free_text = {
         "sender_id": metadata.sender_id,
         "sender_role": metadata.sender_role or "",
-        "recipient_country": metadata.recipient_country or "",
         "recipient_user_id": metadata.recipient_user_id or "",
+        "department": metadata.department or "",
+    }
+    fields = {
+        "recipient_country": metadata.recipient_country or "",
         "recipient_email_masked": mask_email(email) if email else "",
         "recipient_email_hash": recipient_email_hash(email) if email else "",
         "action_type": metadata.action_type,
-        "department": metadata.department or "",
     }
-    return {name: storable(value) for name, value in fields.items()}
+    return {name: redacted_excerpt(value, limit=255) for name, value in free_text.items()} | {
+        name: storable(value) for name, value in fields.items()
+    }
 
 
 def metadata_from_record(record: AuditRecord) -> GovernorMetadata | None:

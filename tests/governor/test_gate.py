@@ -135,6 +135,23 @@ def test_excerpt_survives_characters_a_database_refuses(tenant):
     assert "\x00" not in record.excerpt
 
 
+def test_secrets_in_metadata_fields_are_redacted_in_the_record(tenant):
+    metadata = GovernorMetadata(
+        action_type="customer_support",
+        sender_id=SECRET,
+        sender_role=f"agent {EMAIL}",
+        recipient_user_id=f"user {SECRET}",
+        department=f"support {SECRET}",
+    )
+    record = AuditRecord.objects.get(pk=check(tenant, "hello", metadata).audit_id)
+    stored = " ".join(
+        str(v) for v in AuditRecord.objects.filter(pk=record.pk).values().get().values()
+    )
+    assert SECRET not in stored and EMAIL not in stored
+    assert record.sender_id.startswith("[REDACTED:")
+    assert record.department.startswith("support [REDACTED:")
+
+
 def test_request_without_metadata_is_checked_but_not_validated(tenant):
     decision = check(tenant, f"my card is {CARD}")
     assert decision.result["validated"] is False
