@@ -105,6 +105,7 @@ async def chat(request: HttpRequest) -> HttpResponse:
         conversation_chat,
         tenant=tenant,
         key=key,
+        fresh=not (body.room_id or body.chat_key),
         end_user_id=END_USER_ID,
         title=body.messages[-1]["content"][:100],
         metadata={"source": "ai-sdk", "chat_key": body.chat_key, "artist_id": body.artist_id},

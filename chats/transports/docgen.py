@@ -250,6 +250,7 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
         conversation_chat,
         tenant=tenant,
         key=conversation_id,
+        fresh=body.conversation_id is None,
         end_user_id=END_USER_ID,
         title=body.message[:100],
         metadata={

@@ -443,34 +443,47 @@ def conversation_chat(
     end_user_id: str,
     title: str = "",
     metadata: dict[str, Any] | None = None,
+    fresh: bool = False,
 ) -> tuple[Chat, bool]:
     """The tenant's chat for a client-chosen key, created on first use, and whether this
     call created it. Sync (database).
 
-    A key that is a UUID is the chat's own id (one made through the REST API, or a new
-    one the client chose). Any other key, or a UUID another tenant already uses, maps
-    to ``uuid5(tenant, key)``: stable across requests and revealing nothing about other
-    tenants' chats.
+    A key that is the id of one of the tenant's own chats (one made through the REST API)
+    is that chat. Any other key maps to ``uuid5(tenant, key)``: stable across requests,
+    and the same whether or not another tenant has a chat with that id, so the answer
+    never depends on other tenants' data. ``fresh``: the key is a UUID the server just
+    made for a new conversation, and becomes the chat's id.
     """
-    candidates = []
-    if isinstance(key, uuid.UUID):
-        candidates.append(key)
-    else:
-        with contextlib.suppress(ValueError):
-            candidates.append(uuid.UUID(key))
-    candidates.append(conversation_chat_id(tenant, str(key)))
-    for chat_id in candidates:
-        found = _chat_get_or_create(tenant, chat_id, end_user_id, title, metadata or {})
-        if found is not None:
-            return found
-    # Both ids taken by other tenants: only a deliberate collision gets here.
-    found = _chat_get_or_create(tenant, uuid.uuid4(), end_user_id, title, metadata or {})
+    if fresh:
+        found = _chat_get_or_create(tenant, uuid.UUID(str(key)), end_user_id, title, metadata)
+        assert found is not None, "a new random chat id is never another tenant's"
+        return found
+    own_id = _as_uuid(key)
+    if own_id is not None:
+        key = str(own_id)  # one spelling per UUID
+        own = Chat.objects.filter(pk=own_id, tenant=tenant).only("id", "tenant_id").first()
+        if own is not None:
+            return own, False
+    found = _chat_get_or_create(
+        tenant, conversation_chat_id(tenant, str(key)), end_user_id, title, metadata
+    )
+    if found is None:  # the derived id is taken: only a deliberate collision gets here
+        found = _chat_get_or_create(tenant, uuid.uuid4(), end_user_id, title, metadata)
     assert found is not None, "a new random chat id is never another tenant's"
     return found
 
 
+def _as_uuid(key: str | uuid.UUID) -> uuid.UUID | None:
+    if isinstance(key, uuid.UUID):
+        return key
+    try:
+        return uuid.UUID(key)
+    except ValueError:
+        return None
+
+
 def _chat_get_or_create(
-    tenant: Tenant, chat_id: uuid.UUID, end_user_id: str, title: str, metadata: dict
+    tenant: Tenant, chat_id: uuid.UUID, end_user_id: str, title: str, metadata: dict | None
 ) -> tuple[Chat, bool] | None:
     """The tenant's chat ``chat_id`` and whether it was created now (no chat had that
     id); None if another tenant's chat has it."""
@@ -486,7 +499,7 @@ def _chat_get_or_create(
                     tenant=tenant,
                     end_user=end_user,
                     title=title[:255],
-                    metadata=metadata,
+                    metadata=metadata or {},
                 )
                 return chat, True
         except IntegrityError:  # created concurrently: read it again

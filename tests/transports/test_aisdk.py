@@ -138,10 +138,41 @@ def test_room_id_of_an_existing_chat_is_used(server, account):
     assert len(stored(chat.pk)) == 2
 
 
-def test_a_new_room_id_creates_that_chat(server, account):
-    room = uuid.uuid4()
-    post_events(chat_url(server), {"prompt": unique(), "roomId": str(room)}, account.headers)
-    assert Chat.objects.get(pk=room).tenant_id == account.tenant.pk
+def test_a_new_room_id_creates_a_chat_found_again_by_that_room_id(server, account):
+    room = str(uuid.uuid4())
+    first, _ = post_events(chat_url(server), {"prompt": unique(), "roomId": room}, account.headers)
+    again, _ = post_events(chat_url(server), {"prompt": unique(), "roomId": room}, account.headers)
+    chat_id = first.headers["x-chat-id"]
+    assert again.headers["x-chat-id"] == chat_id
+    assert Chat.objects.get(pk=chat_id).tenant_id == account.tenant.pk
+    assert len(stored(chat_id)) == 4
+
+
+def test_the_answer_to_a_room_id_does_not_depend_on_other_tenants_chats(server, account):
+    """Another tenant's chat id and an unused id are answered alike: each is this tenant's
+    own chat derived from the room id, so probing reveals nothing."""
+    theirs = make_chat(make_tenant())
+    unused = uuid.uuid4()
+    answers = {}
+    for room in (theirs.pk, unused):
+        response, _ = post_events(
+            chat_url(server), {"prompt": unique(), "roomId": str(room)}, account.headers
+        )
+        answers[room] = response.headers["x-chat-id"]
+    for room, chat_id in answers.items():
+        assert chat_id == str(conversation_chat_id(account.tenant, str(room)))
+        assert Chat.objects.get(pk=chat_id).tenant_id == account.tenant.pk
+    assert not Message.objects.filter(chat=theirs).exists()
+
+
+def test_the_same_room_id_in_two_tenants_is_two_chats(server, account):
+    other_tenant = make_tenant(credits=100)
+    other_headers = {"X-API-Key": make_key(other_tenant)}
+    room = str(uuid.uuid4())
+    mine, _ = post_events(chat_url(server), {"prompt": unique(), "roomId": room}, account.headers)
+    theirs, _ = post_events(chat_url(server), {"prompt": unique(), "roomId": room}, other_headers)
+    assert mine.headers["x-chat-id"] != theirs.headers["x-chat-id"]
+    assert Chat.objects.get(pk=theirs.headers["x-chat-id"]).tenant_id == other_tenant.pk
 
 
 def test_a_refused_request_leaves_no_new_chat(server):
@@ -283,7 +314,8 @@ def test_client_disconnect_stores_a_cancelled_partial_answer(server, account):
         account.headers,
         lines=8,
     )
-    assistant = poll(lambda: Message.objects.filter(chat_id=room, role="assistant").first())
+    chat_id = conversation_chat_id(account.tenant, str(room))
+    assistant = poll(lambda: Message.objects.filter(chat_id=chat_id, role="assistant").first())
     assert assistant.status == "cancelled"
     assert 0 < assistant.completion_tokens < 400
     assert assistant.content.startswith("lorem")

@@ -148,6 +148,18 @@ def test_another_tenants_chat_id_is_never_written_to(server, account):
     assert not Message.objects.filter(chat=other_chat).exists()
 
 
+def test_the_chat_of_a_conversation_id_does_not_depend_on_other_tenants_chats(server, account):
+    theirs = make_chat(make_tenant())
+    for conversation_id in (str(theirs.pk), str(uuid.uuid4())):
+        _, stream = post_events(
+            stream_url(server),
+            {"message": unique(), "conversation_id": conversation_id},
+            account.headers,
+        )
+        chat_id = stream[-1].json()["metadata"]["chat_id"]
+        assert chat_id == str(conversation_chat_id(account.tenant, conversation_id))
+
+
 def test_without_conversation_id_a_new_conversation_starts(server, account):
     _, stream = post_events(stream_url(server), {"message": unique()}, account.headers)
     metadata = stream[-1].json()["metadata"]

@@ -92,12 +92,16 @@ def test_replays_store_the_exchange_once(server, account):
     key = uuid.uuid4().hex
     body = {"prompt": unique("store me once"), "roomId": str(uuid.uuid4())}
     headers = {**account.headers, "Idempotency-Key": key, "Cache-Control": "no-cache"}
+    chat_ids = set()
     for _ in range(2):
         with httpx.stream(
             "POST", f"{server.url}/api/chat", headers=headers, json=body, timeout=30
         ) as response:
             response.read()
-    assert Message.objects.filter(chat_id=body["roomId"]).count() == 2  # user + assistant
+            chat_ids.add(response.headers.get("x-chat-id"))
+    chat_ids.discard(None)
+    assert len(chat_ids) == 1
+    assert Message.objects.filter(chat_id=chat_ids.pop()).count() == 2  # user + assistant
 
 
 def test_a_concurrent_duplicate_is_refused_not_charged_twice(server, account):
