@@ -30,7 +30,7 @@ run: export DEBUG ?= true
 run: install
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py setup_demo
-	$(BIN)/daphne -b $(HOST) -p $(PORT) chatproject.asgi:application
+	$(BIN)/python -m chatproject.server -b $(HOST) -p $(PORT) chatproject.asgi:application
 
 lint: install
 	$(BIN)/ruff check .

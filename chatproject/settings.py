@@ -232,13 +232,17 @@ SECURE_HSTS_PRELOAD = not DEBUG
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
-# --- Logging: one line per event, tagged with the request id ----------------------------
+# --- Logging: one line per event, tagged with the request id, secrets redacted ------------
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {"request_id": {"()": "chatproject.request_id.RequestIdLogFilter"}},
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}
+        "plain": {
+            # API keys are redacted from every line (chatproject.redaction).
+            "()": "chatproject.redaction.RedactingFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s",
+        }
     },
     "handlers": {
         "console": {
@@ -248,6 +252,9 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    # Django's default logging gives "django" a plain console handler under DEBUG: every
+    # line goes through the root's (formatted, redacted) handler instead.
+    "loggers": {"django": {"handlers": [], "propagate": True}},
 }
 
 # --- LLM providers ----------------------------------------------------------------------

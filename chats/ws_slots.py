@@ -25,9 +25,7 @@ _refreshing: dict[str, asyncio.Future[bool]] = {}  # refreshes on their way, by 
 _task: asyncio.Task | None = None
 
 
-def keep(
-    connection_id: str, tenant: Tenant, on_lost: OnLost, owner: asyncio.Task | None
-) -> None:
+def keep(connection_id: str, tenant: Tenant, on_lost: OnLost, owner: asyncio.Task | None) -> None:
     """Refresh this connection's slot until :func:`release` or until ``owner`` (the
     consumer's task) ends; ``on_lost`` if it cannot be."""
     global _task

@@ -70,7 +70,7 @@ def start_server(tmp_dir: Path, **extra_env: str) -> LiveServer:
             [
                 sys.executable,
                 "-m",
-                "daphne",
+                "chatproject.server",
                 "-b",
                 "127.0.0.1",
                 "-p",

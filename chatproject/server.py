@@ -1,0 +1,85 @@
+"""daphne, as this service runs it: ``python -m chatproject.server [daphne's options] APP``.
+
+It is daphne's own command line (every option works the same), with two changes daphne
+has no option for:
+
+- **The access log redacts secrets.** daphne writes each request line, query string
+  included, so a key sent as ``?api_key=`` would be logged whole. Here request lines go
+  through Python logging (logger ``daphne.access``, the settings' redacting formatter),
+  or, with ``--access-log FILE``, to that file, redacted the same way.
+- **An oversized WebSocket message gets an answer.** Past ``--websocket-max-message-size``
+  (daphne's default 1 MiB) daphne's WebSocket library drops the TCP connection without a
+  close frame. Here the client gets an ``error`` event (``VALIDATION_ERROR``), then a close
+  frame with code 1009 (message too big).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from urllib.parse import unquote
+
+from daphne.access import AccessLogGenerator
+from daphne.cli import CommandLineInterface
+from daphne.server import Server as DaphneServer
+from daphne.ws_protocol import WebSocketProtocol as DaphneWebSocketProtocol
+
+from chatproject.redaction import redact_secrets
+
+access_logger = logging.getLogger("daphne.access")
+
+
+class RedactingAccessLog(AccessLogGenerator):
+    """daphne's access log lines, decoded (so an escaped key is caught too) and redacted."""
+
+    def write_entry(self, host, date, request, status=None, length=None, ident=None, user=None):
+        request = redact_secrets(unquote(request))
+        if self.stream is None:
+            access_logger.info('%s "%s" %s %s', host, request, status or "-", length or "-")
+            return
+        super().write_entry(host, date, request, status, length, ident, user)
+
+
+class WebSocketProtocol(DaphneWebSocketProtocol):
+    def _max_message_size_exceeded(self, msg_size, max_msg_size, reason) -> None:
+        # autobahn's hook for a message (or frame) over the limit, before any of it is
+        # buffered; it then fails the connection, with a close frame (failByDrop off).
+        if self.state == self.STATE_OPEN:
+            from chatproject.errors import ApiError, ErrorCode
+
+            error = ApiError(
+                ErrorCode.VALIDATION_ERROR,
+                f"The message is larger than {max_msg_size} bytes.",
+                details={"message": [f"At most {max_msg_size} bytes."]},
+            )
+            self.sendMessage(json.dumps({"type": "error", **error.event()}).encode())
+        super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
+
+
+class Server(DaphneServer):
+    def __init__(self, *args, action_logger=None, **kwargs) -> None:
+        if action_logger is not None:  # daphne's CLI built one: verbosity >= 1 or --access-log
+            stream = getattr(action_logger, "stream", None)
+            action_logger = RedactingAccessLog(None if stream is sys.stdout else stream)
+        super().__init__(*args, action_logger=action_logger, **kwargs)
+
+    # daphne makes its WebSocket factory in run(); it is adjusted as it is set.
+    @property
+    def ws_factory(self):
+        return self._ws_factory
+
+    @ws_factory.setter
+    def ws_factory(self, factory) -> None:
+        factory.protocol = WebSocketProtocol
+        factory.setProtocolOptions(failByDrop=False)  # send the close frame, then close
+        self._ws_factory = factory
+
+
+class ServerCommandLine(CommandLineInterface):
+    description = "This service's daphne: redacted access log, an answer to oversized messages"
+    server_class = Server
+
+
+if __name__ == "__main__":
+    ServerCommandLine.entrypoint()
