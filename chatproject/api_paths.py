@@ -16,13 +16,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
 
 from chatproject.errors import ApiError, ErrorCode, error_response, payload_too_large
+from chatproject.middleware import Middleware
 
 ErrorEncoder = Callable[[ApiError], HttpResponse]
 
@@ -100,16 +100,8 @@ def _as_api_error(request: HttpRequest, status: int) -> ApiError:
     return error
 
 
-class ApiPathMiddleware:
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
-    def _refusal(self, request: HttpRequest) -> HttpResponse | None:
+class ApiPathMiddleware(Middleware):
+    def before(self, request: HttpRequest) -> HttpResponse | None:
         if not _nul_in_url(request):
             return None
         encoder = error_encoder(request.path)
@@ -123,7 +115,7 @@ class ApiPathMiddleware:
             )
         )
 
-    def _finish(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         if not _made_by_django(response):
             return response
         encoder = error_encoder(request.path)
@@ -133,17 +125,3 @@ class ApiPathMiddleware:
         if "Allow" in response:
             replaced["Allow"] = response["Allow"]
         return replaced
-
-    def __call__(self, request):
-        if iscoroutinefunction(self):
-            return self.__acall__(request)
-        refusal = self._refusal(request)
-        if refusal is not None:
-            return refusal
-        return self._finish(request, self.get_response(request))
-
-    async def __acall__(self, request):
-        refusal = self._refusal(request)
-        if refusal is not None:
-            return refusal
-        return self._finish(request, await self.get_response(request))

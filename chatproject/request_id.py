@@ -6,9 +6,8 @@ import re
 import uuid
 from contextvars import ContextVar
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-
 from chatproject.metrics import HTTP_RESPONSES
+from chatproject.middleware import Middleware
 
 current_request_id: ContextVar[str] = ContextVar("request_id", default="-")
 
@@ -22,30 +21,12 @@ def new_request_id(client_value: str | None = None) -> str:
     return uuid.uuid4().hex
 
 
-class RequestIdMiddleware:
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
-
-    def _start(self, request) -> None:
+class RequestIdMiddleware(Middleware):
+    def before(self, request) -> None:
         request.request_id = new_request_id(request.headers.get("X-Request-ID"))
         current_request_id.set(request.request_id)
 
-    def __call__(self, request):
-        if iscoroutinefunction(self):
-            return self.__acall__(request)
-        self._start(request)
-        return self._finish(request, self.get_response(request))
-
-    async def __acall__(self, request):
-        self._start(request)
-        return self._finish(request, await self.get_response(request))
-
-    def _finish(self, request, response):
+    def after(self, request, response):
         response["x-request-id"] = request.request_id
         HTTP_RESPONSES.labels(status=str(response.status_code)).inc()
         return response
