@@ -11,29 +11,33 @@ import re
 
 REDACTED = "[REDACTED]"
 
+# (a literal every match holds, in lower case; the pattern; its replacement). No word
+# boundaries: "my_api_key=" and "user_sk_live_..." are caught too (over-redacting a log
+# line costs nothing).
 _PATTERNS = (
     # ?api_key=..., &key=..., token=... (query strings, form bodies, URLs in messages)
-    (re.compile(r"(?i)\b((?:api[_-]?)?key|(?:access[_-]?)?token)=[^&\s\"'#]+"), rf"\1={REDACTED}"),
+    (
+        ("key=", "token="),
+        re.compile(r"(?i)((?:api[_-]?)?key|(?:access[_-]?)?token)=[^&\s\"'#]+"),
+        rf"\1={REDACTED}",
+    ),
     # X-API-Key: ..., 'x-api-key': '...'
     (
+        ("x-api-key",),
         re.compile(r"(?i)(x-api-key['\"]?\s*[:=,]\s*['\"]?)[^\s'\",;]+"),
         rf"\1{REDACTED}",
     ),
-    (re.compile(r"(?i)\b(bearer\s+)[^\s'\",;]+"), rf"\1{REDACTED}"),
+    (("bearer",), re.compile(r"(?i)\b(bearer\s+)[^\s'\",;]+"), rf"\1{REDACTED}"),
     # This product's keys wherever they are: sk_<env>_<random>.
-    (re.compile(r"\b(sk_[A-Za-z0-9]{1,16}_)[A-Za-z0-9_-]{8,}"), rf"\1{REDACTED}"),
+    (("sk_",), re.compile(r"(sk_[A-Za-z0-9]{1,16}_)[A-Za-z0-9_-]{8,}"), rf"\1{REDACTED}"),
 )
 
 
-# Every pattern above needs one of these: most lines have none, and skip the substitutions.
-_ANY = re.compile(r"(?i)=|sk_|bearer|x-api-key")
-
-
 def redact_secrets(text: str) -> str:
-    if not _ANY.search(text):
-        return text
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    lowered = text.lower()
+    for literals, pattern, replacement in _PATTERNS:
+        if any(literal in lowered for literal in literals):  # most lines hold none
+            text = pattern.sub(replacement, text)
     return text
 
 
