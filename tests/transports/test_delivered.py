@@ -79,7 +79,7 @@ def test_a_stored_stream_cut_short_keeps_and_charges_what_was_delivered(server, 
         text_delta,
     )
     hold = settled_hold(headers["x-request-id"])
-    answer = Message.objects.get(chat_id=room, role="assistant")
+    answer = Message.objects.get(chat_id=headers["x-chat-id"], role="assistant")
     assert (answer.status, answer.content) == ("cancelled", "".join(tokens))
     assert answer.completion_tokens == hold.completion_tokens == N
     assert hold.charged == charge_for(hold, N)
