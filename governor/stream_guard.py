@@ -4,9 +4,11 @@ neutralised, before a token reaches the client.
 The engine passes each token through :meth:`StreamGuard.feed` and sends what comes back
 (possibly nothing yet), then sends :meth:`StreamGuard.flush` when the stream ends; what is
 sent is what is stored. The guard holds back only the tail that could still grow into a
-finding: the last word (until whitespace ends it), a run of number groups before it (a
-card, IBAN or phone number arrives in pieces), an unclosed tag. The detectors see the last
-``CONTEXT`` characters already sent too, for the labels some of them need ("SSN", "NHS").
+finding: the last word until whitespace ends it (a plain word goes out at once when e-mail
+addresses are not redacted: only an address can start like one), a run of number groups
+before it (a card, IBAN or phone number arrives in pieces), an unclosed tag. The detectors
+see the last ``CONTEXT`` characters already sent too, for the labels some of them need
+("SSN", "NHS").
 
 Bounded: at most ``HOLD_LIMIT`` characters are held (beyond that the oldest are released,
 scanned), so each token costs one scan of a few hundred characters at most, in memory.
@@ -44,6 +46,9 @@ class StreamGuard:
     def __init__(self, *, redact: Iterable[str] = (), neutralise_markup: bool = False) -> None:
         self.kinds = frozenset(redact) & frozenset(KIND_PRIORITY)
         self.markup = neutralise_markup
+        # Any word could be the start of an e-mail address; without e-mail among the kinds,
+        # a plain word cannot grow into a finding, so it goes out at once.
+        self._prose_passes = "email" not in self.kinds
         self.changed: Counter[str] = Counter()  # kind -> spans redacted or neutralised
         self._held = ""
         self._context = ""
@@ -92,11 +97,19 @@ class StreamGuard:
         reaches before it. Forced when the hold would exceed ``HOLD_LIMIT``."""
         cut = _TRAILING_WORD.search(held).start()
         word = held[cut:]
-        if self.kinds:
+        before = self._context + held[:cut]
+        # "](" may straddle what was sent: the two characters before the word count too.
+        markup = self.markup and _could_be_markup(before[-2:] + word)
+        if self.kinds and not (
+            self._prose_passes
+            and not markup
+            and _plain_word(word)
+            and _BEFORE_A_VALUE.search(before) is None
+        ):
             run = _GROUP_RUN.search(held, max(0, cut - HOLD_LIMIT), cut)
             if run is not None:
                 cut = run.start()
-        elif word and not _could_be_markup(word):
+        elif word and not markup:
             cut = len(held)
         if self.markup:
             for m in _OPEN_TAG.finditer(held, max(0, len(held) - HOLD_LIMIT)):
@@ -158,6 +171,31 @@ class StreamGuard:
             return ""
         self._in_pem = False
         return held[m.end() :]
+
+
+# A word of letters, lower case or capitalised (not a lone capital, which could start an
+# IBAN's country code), with ordinary punctuation around it: no card, IBAN, phone, SSN,
+# health identifier or key starts like that, but for the key prefixes below. (A lower-case
+# IBAN split right after its country code would lose that code's two letters.)
+_PLAIN_WORD = re.compile(r"[\"'(\[]*(?P<core>[A-Z][a-z]+|[a-z]+)[.,;:!?)\]\"']*")
+# Key prefixes that a plain word could still grow into.
+_KEY_PREFIXES = (
+    "sk-", "sk_", "rk_", "whsec_", "eyJ", "AIza", "AKIA", "ASIA", "SG.", "SK", "ghp_",
+    "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xoxa-", "xoxb-", "xoxp-", "xoxr-",
+    "npm_", "glpat-", "gldt-", "glrt-", "glptt-", "glcbt-", "glft-", "glsoat-", "gloas-",
+    "glimt-", "glagent-", "https://hooks.slack.com/",
+)  # fmt: skip
+# What comes right after these is a value: the word after them is held whatever it is.
+_BEFORE_A_VALUE = re.compile(r"(?:[=:]\s*[\"'`]?|\bBearer\s+)\Z")
+
+
+def _plain_word(word: str) -> bool:
+    """Whether a trailing word can go out before it ends (when e-mail is not redacted)."""
+    m = _PLAIN_WORD.fullmatch(word)
+    if m is None:
+        return False
+    core = m.group("core")
+    return not any(prefix.startswith(core) for prefix in _KEY_PREFIXES)
 
 
 def _could_be_markup(word: str) -> bool:

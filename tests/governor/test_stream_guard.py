@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from governor.detectors import redact, scan_uncached
 from governor.injection import find_markup, neutralise_markup
 from governor.stream_guard import HOLD_LIMIT, StreamGuard
+from tests.governor.corpus import CORPUS
 
 KINDS = ("secret", "iban", "card", "ssn", "email", "phone")
 EMAIL = "jane.doe@example.com"
@@ -97,6 +98,30 @@ def test_a_less_than_sign_in_prose_is_not_held():
     assert guard.feed("if a < b then") == "if a < b then"
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=10_000), max_size=60))
+def test_without_email_any_split_gives_what_the_whole_answer_gives(cuts):
+    kinds = [kind for kind in KINDS if kind != "email"]
+    guard = StreamGuard(redact=kinds, neutralise_markup=True)
+    out = "".join(stream(guard, split_at(ANSWER, cuts)))
+    assert out == whole(ANSWER, kinds)
+
+
+def test_without_email_plain_words_go_out_as_they_come():
+    tokens = words("Sure, here is what the refund policy says about returns.")
+    out = stream(StreamGuard(redact=["secret", "card", "iban", "phone"]), tokens)
+    assert out[:-1] == tokens
+
+
+def test_without_email_words_that_could_grow_are_still_held():
+    guard = StreamGuard(redact=["secret", "card"])
+    assert guard.feed("key") == "key"
+    assert guard.feed(" ghp") == " "  # "ghp" could become a GitHub token
+    assert guard.feed("_A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8") == ""
+    assert guard.feed(" and 4111") == "[REDACTED:secret] and "
+    assert guard.flush() == "4111"
+
+
 def test_a_pii_guard_lags_by_one_word():
     guard = StreamGuard(redact=["email"])
     assert guard.feed("Write") == ""
@@ -124,3 +149,23 @@ def test_a_guard_for_nothing_is_inactive():
     assert not StreamGuard().active
     assert StreamGuard(redact=["email"]).active
     assert StreamGuard(neutralise_markup=True).active
+
+
+MODES = [
+    (KINDS, True),
+    (tuple(kind for kind in KINDS if kind != "email"), True),
+    ((), True),
+    (("secret", "card"), False),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([sample.text for sample in CORPUS]),
+    st.lists(st.integers(min_value=0, max_value=10_000), max_size=40),
+    st.sampled_from(MODES),
+)
+def test_every_corpus_message_split_anyhow_comes_out_as_it_would_whole(text, cuts, mode):
+    kinds, markup = mode
+    guard = StreamGuard(redact=kinds, neutralise_markup=markup)
+    assert "".join(stream(guard, split_at(text, cuts))) == whole(text, kinds, markup)
