@@ -5,7 +5,7 @@ and what guarding an answer while it streams costs its time to first token. Run 
     .venv/bin/python bench/governor.py [--before REV] [--requests 200] [--delay-ms 20]
 
 1. **Quality**: precision and recall per kind on tests/governor/corpus.py (the corpus,
-   and the two sets written after the detectors: held out and fresh), for the detectors as
+   and the sets written after the detectors: held out, fresh, fresh 2), for the detectors as
    they are and as they were at ``--before`` (a git revision; default: the last one before
    the injection rules and the new secret detectors), side by side.
 2. **Speed**: evaluation time per KB of the corpus's text, before and after, in the same
@@ -55,7 +55,7 @@ from governor import detectors, injection  # noqa: E402
 from governor.evaluation import EvaluationInput, Policy, evaluate  # noqa: E402
 from governor.services import policy_update  # noqa: E402
 from governor.stream_guard import StreamGuard  # noqa: E402
-from tests.governor.corpus import CORPUS, FRESH, HELD_OUT, KINDS  # noqa: E402
+from tests.governor.corpus import CORPUS, FRESH, FRESH_2, HELD_OUT, KINDS  # noqa: E402
 from tests.governor.corpus import evaluate as corpus_evaluate  # noqa: E402
 
 BEFORE = "64f2a9f"  # the last revision before the injection rules and the new detectors
@@ -98,7 +98,8 @@ def detect_now(text: str):
 
 
 def quality(before) -> None:
-    for name, samples in (("Corpus", CORPUS), ("Held out", HELD_OUT), ("Fresh", FRESH)):
+    sets = (("Corpus", CORPUS), ("Held out", HELD_OUT), ("Fresh", FRESH), ("Fresh 2", FRESH_2))
+    for name, samples in sets:
         old = corpus_evaluate(samples, detector=before)
         new = corpus_evaluate(samples, detector=detect_now)
         size = sum(len(s.text) for s in samples)

@@ -70,13 +70,14 @@ _IM = re.IGNORECASE | re.MULTILINE
 # my previous message" is a user correcting themselves.
 _TARGET = (
     r"(?:instructions?|rules|prompts?|directions|directives|guidelines|guardrails|"
-    r"constraints|restrictions|programming|policies|safeguards|filters|system\s+message|"
+    r"constraints|restrictions|programming|polic(?:y|ies)|safeguards|filters|system\s+message|"
     r"disclaimers?|persona|training|ethics|principles|limitations|boundaries|protocols?)"
 )
 _QUALIFIER = (
     r"(?:all|any|every|the|your|these|those|of|previous|prior|above|preceding|earlier|former|"
     r"initial|original|system|existing|current|safety|developer|given|other|old|content|"
-    r"standard|usual|default|ethical|built-in|internal|core|company|legal)"
+    r"standard|usual|default|ethical|built-in|internal|core|company|legal|usage|moderation|"
+    r"compliance)"
 )
 _AI = (
     r"(?:AI|A\.I\.|LLMs?|large\s+language\s+models?|language\s+models?|(?:AI\s+)?assistants?|"
@@ -94,14 +95,17 @@ _SYSTEM_PROMPT = (
     r"instructions)|hidden\s+(?:instructions|prompt|rules)|initial\s+(?:prompt|instructions)|"
     r"original\s+(?:prompt|instructions)|secret\s+(?:instructions|prompt)|pre-?prompt|"
     r"instructions\s+(?:above|you\s+were\s+given)|prompt\s+above|configuration\s+prompt|"
-    r"internal\s+(?:instructions|rules|prompt))"
+    r"internal\s+(?:instructions|rules|prompt)|"
+    r"(?:initial|original|hidden|secret|internal|underlying|base|full|exact)\s+"
+    r"(?:configuration|setup|directives|guidelines|programming|rules|context))"
 )
 
 _INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     (
         "an instruction override",
         re.compile(
-            rf"\b(?:ignore|disregard|forget|override|bypass|discard|abandon|drop)\b[\s,]+"
+            rf"\b(?:ignore|disregard|forget|override|bypass|discard|abandon|drop|skip|"
+            rf"circumvent|disable|deactivate|suspend|lift|turn\s+off|switch\s+off)\b[\s,]+"
             rf"(?:{_QUALIFIER}\s+){{1,4}}{_TARGET}\b",
             _I,
         ),
@@ -177,7 +181,10 @@ _INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
             r"ethical\s+guidelines)\b|\b(?:broken|break|breaking|freed?)\s+(?:free\s+)?(?:of|from)\s+"
             r"(?:\w+\s+){0,3}(?:confines|shackles|chains|restrictions|rules|limitations|filters)\b|"
             r"\b(?:no\s+longer|not)\s+bound\s+by\s+(?:\w+\s+){0,3}(?:rules|restrictions|"
-            r"guidelines|policies|limitations)\b",
+            r"guidelines|policies|limitations)\b|"
+            r"\b(?:you|AI|assistant|model|bot|chatbot)\b[^.\n]{0,60}?\b(?:without|with\s+no|free\s+of)"
+            r"\s+(?:any\s+)?(?:filters?|restrictions|limitations|censorship|guardrails|content\s+"
+            r"polic(?:y|ies)|ethical\s+(?:guidelines|constraints|limits))\b",
             _I,
         ),
     ),
@@ -204,6 +211,10 @@ _INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
         re.compile(
             rf"\b(?:note|message|instructions?|attention|reminder|command|request)\s+(?:to|for)\s+"
             rf"(?:the\s+|any\s+|all\s+)?{_AI}s?\b|\bif\s+you\s+are\s+(?:an?\s+)?{_AI}\b|"
+            rf"\b(?:to|for)\s+(?:any|all|every|the)\s+{_AI}\s+(?:reading|processing|"
+            rf"summari[sz]ing|parsing|analy[sz]ing|reviewing|screening|scanning)\b|"
+            rf"\b(?:attention|notice|warning|important|psst)\s*[,:!]?\s+(?:to\s+)?(?:the\s+|any\s+|"
+            rf"all\s+)?{_AI}\b|"
             rf"\b{_AI}s?\s+(?:reading|processing|summari[sz]ing|parsing|analy[sz]ing|"
             rf"reviewing)\s+this\b|\b(?:when|while|before)\s+summari[sz]ing\s+this\b[^.\n]"
             rf"{{0,60}}?\b(?:ignore|instead|do\s+not|don't|also|forward|send|tell|say|include)\b|"
@@ -220,23 +231,8 @@ _INJECTION_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
-# A word one of the patterns needs: most texts have none, and one search of these is
-# cheaper than running every pattern.
-_INJECTION_HINT = re.compile(
-    r"ignor|disregard|forget|overrid|bypass|discard|abandon|drop|follow|obey|instruction|"
-    r"prompt|system|rules|reveal|repeat|told|DAN|anything|mode|jailbr|unrestrict|unfilter|"
-    r"uncensor|restrictions|pretend|imagin|act\s+as|behave|role|from\s+now|no\s+rules|"
-    r"[<\[]|###|BEGIN|END|AI\b|A\.I\.|LLM|assistant|bot|GPT|copilot|model|automated|summari|"
-    r"agent|new|task|persona|objective|goal|orders|must|should|shall|will|free|bound|stop|"
-    r"don't|do\s+not|no\s+longer|what",
-    re.IGNORECASE,
-)
-
-
 def find_prompt_injection(text: str) -> list[Match]:
     """Spans that try to steer the model away from its instructions."""
-    if _INJECTION_HINT.search(text) is None:
-        return []
     return _find(_INJECTION_PATTERNS, "prompt_injection", text)
 
 

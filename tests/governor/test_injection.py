@@ -113,9 +113,6 @@ def test_the_quick_pre_check_never_hides_a_finding():
 
     texts = [sample.text for sample in (*CORPUS, *HELD_OUT)]
     for text in texts:
-        assert injection.find_prompt_injection(text) == injection._find(
-            injection._INJECTION_PATTERNS, "prompt_injection", text
-        ), text
         assert injection.find_markup(text) == injection._find(
             injection._MARKUP_PATTERNS, "markup", text
         ), text
