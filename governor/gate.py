@@ -47,7 +47,9 @@ class GateDecision:
     neutralise: bool = field(default=False, kw_only=True)
     # Findings in what the server folded into the prompt after admission (tool results),
     # stored with the output findings.
-    folded_findings: list[dict[str, Any]] = field(default_factory=list, kw_only=True, repr=False)
+    folded_findings: list[dict[str, Any]] = field(
+        default_factory=list, kw_only=True, repr=False, compare=False
+    )
 
     def clean(self, text: str) -> str:
         """``text`` as it may be stored and sent to a model: active markup made inert
