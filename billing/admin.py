@@ -24,6 +24,7 @@ class PlanAdmin(admin.ModelAdmin):
         "burst",
         "ws_messages_per_second",
         "ws_max_connections",
+        "max_concurrent_generations",
     ]
     search_fields = ["name", "display_name"]
 

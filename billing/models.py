@@ -10,7 +10,8 @@ CREDIT_DIGITS = {"max_digits": 20, "decimal_places": 6}
 
 
 class Plan(models.Model):
-    """What a tenant may do: request rate (per minute, with burst) and WebSocket limits.
+    """What a tenant may do: request rate (per minute, with burst), WebSocket limits and
+    concurrent generations.
 
     A null rate means unlimited.
     """
@@ -21,6 +22,8 @@ class Plan(models.Model):
     burst = models.PositiveIntegerField(null=True, blank=True)
     ws_messages_per_second = models.PositiveIntegerField(default=10)
     ws_max_connections = models.PositiveIntegerField(default=50)
+    # Generations running at once, over every transport and process (billing.concurrency).
+    max_concurrent_generations = models.PositiveIntegerField(default=50)
 
     class Meta:
         ordering = ["id"]

@@ -6,7 +6,10 @@ database call off the event loop:
 - the leases of all their open credit holds are renewed, in one statement;
 - each answer that grew since the last tick is checkpointed, in one write: the stored
   answer (status ``streaming``, its content so far) or, for a stateless request, the
-  token counts on its hold.
+  token counts on its hold;
+
+and, meanwhile, the leases of their concurrent-generation slots in Redis, in one round
+trip (:mod:`billing.concurrency`).
 
 So the sweeper tells a dead process's holds by their lapsed leases, and settles them for
 what was checkpointed. Nothing here runs per token.
@@ -21,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
-from billing import credits
+from billing import concurrency, credits
 from chatproject.db import db_call
 
 if TYPE_CHECKING:
@@ -60,13 +63,17 @@ async def tick() -> None:
     generations = list(_running)
     hold_ids = [g.hold.hold_id for g in generations if g.hold and g.hold.hold_id]
     due = [(g, point) for g in generations if (point := g.checkpoint_due()) is not None]
-    if not hold_ids and not due:
+    slots = [(g.slot.tenant_id, g.slot.id) for g in generations if g.slot]
+    if not hold_ids and not due and not slots:
         return
-    _tick = asyncio.ensure_future(db_call(_write, hold_ids, due))
-    try:
-        await asyncio.shield(_tick)
-    except Exception:  # the database is away: the leases run on until the next tick
-        logger.exception("renewing credit hold leases failed")
+    _tick = asyncio.gather(
+        db_call(_write, hold_ids, due),
+        concurrency.generation_slots_renew(slots),
+        return_exceptions=True,
+    )
+    for outcome in await asyncio.shield(_tick):
+        if isinstance(outcome, Exception):  # the store is away: leases run till next time
+            logger.error("renewing leases failed", exc_info=outcome)
 
 
 def _write(hold_ids: list[int], due: list[tuple[Generation, Checkpoint]]) -> None:

@@ -39,7 +39,7 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from billing import credits, idempotency, pricing, ratelimit, response_cache
+from billing import concurrency, credits, idempotency, pricing, ratelimit, response_cache
 from billing.models import Tenant
 from chatproject import metrics
 from chatproject.db import db_call, pipelined
@@ -185,6 +185,7 @@ class Generation:
         idempotency_claim: str | None = None,
         receipt: idempotency.Receipt | None = None,
         message_id: uuid.UUID | None = None,
+        slot: GenerationSlot | None = None,
     ) -> None:
         self.request = request
         self.model = model
@@ -203,6 +204,7 @@ class Generation:
         self.receipt = receipt
         # The assistant message's id, known up front (the hold names it).
         self.message_id = receipt.message_id if receipt else message_id or uuid.uuid4()
+        self.slot = slot  # one of the tenant's concurrent generations, while it runs
         self.guard = gate.output_guard(decision)  # redacts the answer as it streams, or None
         self.started = time.monotonic()  # when admission began (set by start_generation)
         self._finished = False
@@ -368,7 +370,11 @@ class Generation:
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
             )
-        charged, remaining = await db_call(self._finish_in_db, status, content, usage, end)
+        try:
+            charged, remaining = await db_call(self._finish_in_db, status, content, usage, end)
+        finally:  # the generation is over once it is stored and settled
+            if self.slot is not None:
+                self.slot.give_back()
         self.outcome = Outcome(status, content, usage, charged, remaining)
         metrics.GENERATIONS.labels(status=status, cache="HIT" if self.cached else "MISS").inc()
         metrics.TOKENS.inc(len(parts))
@@ -566,16 +572,43 @@ def _provider_error(exc: ProviderError) -> ApiError:
 async def start_generation(request: GenerationRequest) -> Generation:
     """Admit a request; raises ApiError when it is refused before any token."""
     started = time.monotonic()
+    slot = GenerationSlot(request.tenant.pk, uuid.uuid4().hex)
     try:
-        generation = await _start_generation(request)
-    except ApiError as error:
-        metrics.REFUSALS.labels(code=error.code.value).inc()
+        generation = await _start_generation(request, slot)
+    except BaseException as error:
+        slot.give_back()
+        if isinstance(error, ApiError):
+            metrics.REFUSALS.labels(code=error.code.value).inc()
         raise
     generation.started = started
     return generation
 
 
-async def _start_generation(request: GenerationRequest) -> Generation:
+class GenerationSlot:
+    """One of the tenant's concurrent generations (:mod:`billing.concurrency`), taken
+    while admission's Redis call is out and given back in every ending."""
+
+    def __init__(self, tenant_id: int, slot_id: str) -> None:
+        self.tenant_id, self.id = tenant_id, slot_id
+        self._taking: asyncio.Future | None = None
+
+    def take(self, tenant: Tenant) -> asyncio.Future:
+        self._taking = asyncio.ensure_future(concurrency.generation_slot_acquire(tenant, self.id))
+        return self._taking
+
+    def give_back(self) -> None:
+        """Release the slot once it is taken (never cancelled halfway: a taken slot is
+        always given back, in the background)."""
+        taking, self._taking = self._taking, None
+        if taking is not None:
+            taking.add_done_callback(self._release_if_taken)
+
+    def _release_if_taken(self, taking: asyncio.Future) -> None:
+        if not taking.cancelled() and taking.exception() is None:
+            _in_background(concurrency.generation_slot_release(self.tenant_id, self.id))
+
+
+async def _start_generation(request: GenerationRequest, slot: GenerationSlot) -> Generation:
     metadata = gate.governor_parse_metadata(request.governor_metadata)
     if not request.messages:
         raise ApiError(
@@ -601,6 +634,7 @@ async def _start_generation(request: GenerationRequest) -> Generation:
     lookup = asyncio.ensure_future(
         response_cache.rate_limit_and_cache_get(request.tenant, cache_key)
     )
+    taking = slot.take(request.tenant)  # its command goes out with the lookup's
     try:
         await asyncio.sleep(0)  # the lookup's command goes out...
         # ...and while Redis answers, the governor evaluates the request: CPU only, with
@@ -616,6 +650,7 @@ async def _start_generation(request: GenerationRequest) -> Generation:
             cached_policy_only=True,
         )
         rate, cached = await lookup
+        await taking  # raises CONCURRENCY_LIMIT
     except BaseException:
         lookup.cancel()
         raise
@@ -684,6 +719,7 @@ async def _start_generation(request: GenerationRequest) -> Generation:
         idempotency_claim=fingerprint,
         receipt=receipt,
         message_id=message_id,
+        slot=slot,
     )
 
 

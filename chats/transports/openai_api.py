@@ -46,6 +46,7 @@ _ERRORS: dict[ErrorCode, tuple[int, str, str | None]] = {
     ErrorCode.INSUFFICIENT_CREDITS: (402, "insufficient_quota", "insufficient_quota"),
     ErrorCode.GOVERNOR_REJECTED: (403, "permission_error", "governor_rejected"),
     ErrorCode.RATE_LIMITED: (429, "requests", "rate_limit_exceeded"),
+    ErrorCode.CONCURRENCY_LIMIT: (429, "requests", "concurrency_limit_exceeded"),
     ErrorCode.LLM_CONNECTION_ERROR: (502, "api_error", "upstream_connection_error"),
     ErrorCode.LLM_TIMEOUT: (504, "api_error", "upstream_timeout"),
     ErrorCode.LLM_PROVIDER_ERROR: (502, "api_error", "upstream_error"),
