@@ -178,6 +178,8 @@ def production_process(live_server_process, tmp_path_factory):
         DEBUG="false",
         SECRET_KEY="hostile-input-tests-" + uuid.uuid4().hex,
         SECURE_SSL_REDIRECT="false",
+        DATABASE_POOL_MIN="1",  # a few connections will do: the PostgreSQL server is shared
+        DATABASE_POOL_MAX="5",
     )
     yield server
     server.stop()

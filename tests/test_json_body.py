@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chatproject.errors import ApiError
@@ -40,11 +40,15 @@ def test_objects_count_as_nesting():
     assert nesting_depth_exceeds(('{"a":' * 70 + "1" + "}" * 70).encode())
 
 
+# Strings full of what the scan must tell apart from structure: brackets, quotes, escapes.
+TRICKY_TEXT = st.text(alphabet='[]{}"\\/ab\n', max_size=6) | st.text(max_size=4)
+
+
 def json_values():
-    leaves = st.none() | st.booleans() | st.integers() | st.text(max_size=5)
+    leaves = st.none() | st.booleans() | st.integers() | TRICKY_TEXT
     return st.recursive(
         leaves,
-        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TRICKY_TEXT, inner),
         max_leaves=30,
     )
 
@@ -57,10 +61,16 @@ def depth_of(value) -> int:
     return 0
 
 
-@given(json_values(), st.integers(min_value=0, max_value=8))
-def test_the_scan_finds_the_parsed_depth(value, limit):
-    raw = json.dumps(value).encode()
+@settings(max_examples=500)
+@given(json_values(), st.integers(min_value=0, max_value=8), st.booleans())
+def test_the_scan_finds_the_parsed_depth(value, limit, ascii_only):
+    raw = json.dumps(value, ensure_ascii=ascii_only).encode()
     assert nesting_depth_exceeds(raw, limit) == (depth_of(value) > limit)
+
+
+def test_closing_brackets_in_keys_do_not_hide_nesting():
+    assert nesting_depth_exceeds(json.dumps({"]": [[]]}).encode(), 2)
+    assert nesting_depth_exceeds(json.dumps({"]]]]": {"a": {"b": []}}}).encode(), 3)
 
 
 @pytest.mark.parametrize(
