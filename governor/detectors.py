@@ -47,6 +47,8 @@ from functools import lru_cache
 
 __all__ = [
     "IBAN_LENGTHS",
+    "ICD10_CONTEXT_CHARS",
+    "ICD10_RE",
     "KIND_PRIORITY",
     "Finding",
     "find_all",
@@ -502,9 +504,10 @@ _MRN_RE = re.compile(
 _NHS_RE = re.compile(r"(?<![\w-])\d{3}([ -]?)\d{3}\1\d{4}(?![\w-])")
 _NHS_WORD_RE = re.compile(r"\bNHS\b", re.IGNORECASE)
 # ICD-10: letter (not U), two characters, optional ".<1-4>" subcategory.
-_ICD10_RE = re.compile(r"(?<![A-Za-z0-9.])[A-TV-Z]\d[0-9A-Z](?:\.[0-9A-Z]{1,4})?(?![A-Za-z0-9])")
+ICD10_RE = re.compile(r"(?<![A-Za-z0-9.])[A-TV-Z]\d[0-9A-Z](?:\.[0-9A-Z]{1,4})?(?![A-Za-z0-9])")
 _DIAGNOSIS_WORD_RE = re.compile(r"\b(?:diagnos\w*|dx|icd(?:-?10)?|condition)\b", re.IGNORECASE)
 _CONTEXT_CHARS = 40
+ICD10_CONTEXT_CHARS = _CONTEXT_CHARS  # an ICD-10 code's diagnosis wording is this near
 
 
 def nhs_number_is_valid(digits: str) -> bool:
@@ -528,7 +531,7 @@ def find_health_ids(text: str) -> list[Finding]:
         digits = re.sub(r"[ -]", "", m.group())
         if _NHS_WORD_RE.search(before) and nhs_number_is_valid(digits):
             spans.add((m.start(), m.end()))
-    for m in _ICD10_RE.finditer(text):
+    for m in ICD10_RE.finditer(text):
         window = text[max(0, m.start() - _CONTEXT_CHARS) : m.end() + _CONTEXT_CHARS]
         if _DIAGNOSIS_WORD_RE.search(window):
             spans.add((m.start(), m.end()))

@@ -6,9 +6,10 @@ The engine passes each token through :meth:`StreamGuard.feed` and sends what com
 sent is what is stored. The guard holds back only the tail that could still grow into a
 finding: the last word until whitespace ends it (a plain word goes out at once when e-mail
 addresses are not redacted: only an address can start like one), a run of number groups
-before it (a card, IBAN or phone number arrives in pieces), an unclosed tag. The detectors
-see the last ``CONTEXT`` characters already sent too, for the labels some of them need
-("SSN", "NHS").
+before it (a card, IBAN or phone number arrives in pieces), an ICD-10 code until the 40
+characters after it are in (the diagnosis wording that makes it one may follow), an unclosed
+tag. The detectors see the last ``CONTEXT`` characters already sent too, for the labels
+some of them need ("SSN", "NHS").
 
 Bounded: at most ``HOLD_LIMIT`` characters are held (beyond that the oldest are released,
 scanned), so each token costs one scan of a few hundred characters at most, in memory.
@@ -22,7 +23,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
-from governor.detectors import KIND_PRIORITY, scan_uncached
+from governor.detectors import ICD10_CONTEXT_CHARS, ICD10_RE, KIND_PRIORITY, scan_uncached
 from governor.injection import find_markup, make_inert
 
 __all__ = ["CONTEXT", "HOLD_LIMIT", "StreamGuard"]
@@ -111,6 +112,13 @@ class StreamGuard:
                 cut = run.start()
         elif word and not markup:
             cut = len(held)
+        if "health_id" in self.kinds:
+            # An ICD-10 code is one when diagnosis wording follows it closely: hold it until
+            # that much has come.
+            for m in ICD10_RE.finditer(held):
+                if len(held) - m.end() < ICD10_CONTEXT_CHARS:
+                    cut = min(cut, m.start())
+                    break
         if self.markup:
             for m in _OPEN_TAG.finditer(held, max(0, len(held) - HOLD_LIMIT)):
                 if ">" not in held[m.start() :]:

@@ -159,9 +159,20 @@ MODES = [
 ]
 
 
+ICD_AFTER = "Code E11.9 is what the diagnosis says; J45.909 too, per the condition list."
+
+
+def test_an_icd_code_with_its_diagnosis_wording_after_it_is_redacted_in_any_split():
+    for size in range(1, 12):
+        tokens = [ICD_AFTER[i : i + size] for i in range(0, len(ICD_AFTER), size)]
+        out = "".join(stream(StreamGuard(redact=["health_id"]), tokens))
+        assert out == whole(ICD_AFTER, ["health_id"], markup=False)
+        assert "E11.9" not in out and "J45.909" not in out
+
+
 @settings(max_examples=300, deadline=None)
 @given(
-    st.sampled_from([sample.text for sample in CORPUS]),
+    st.sampled_from([ICD_AFTER, *(sample.text for sample in CORPUS)]),
     st.lists(st.integers(min_value=0, max_value=10_000), max_size=40),
     st.sampled_from(MODES),
 )
