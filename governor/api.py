@@ -72,11 +72,14 @@ class GovernorValidateRequestSerializer(serializers.Serializer):
             message = "Send either messages or text, not both." if has_text else None
             message = message or "Send messages or text."
             raise serializers.ValidationError({"messages": [message], "text": [message]})
+        attrs["source"] = ""
         if has_messages:
-            users = [m["content"] for m in attrs["messages"] if m["role"] == "user"]
+            users = [(i, m) for i, m in enumerate(attrs["messages"], 1) if m["role"] == "user"]
             if not users:
                 raise serializers.ValidationError({"messages": ["Must contain a user message."]})
-            attrs["text"] = users[-1]
+            number, last = users[-1]
+            attrs["text"] = last["content"]
+            attrs["source"] = f"message {number} (user)"  # named as the chat endpoints name it
         return attrs
 
 
@@ -140,7 +143,7 @@ class GovernorValidateView(APIView):
         evaluated = services.governor_evaluate_input(
             tenant=request.tenant,
             request_id=getattr(request, "request_id", None) or uuid.uuid4().hex,
-            text=serializer.validated_data["text"],
+            parts=[(serializer.validated_data["source"], serializer.validated_data["text"])],
             metadata=metadata,
             model_name=DRY_RUN_MODEL,
         )

@@ -176,7 +176,7 @@ class EvaluationInput:
         """The label of the part ``text[start]`` belongs to (None without sources)."""
         for source in self.sources:
             if source.start <= start < source.end:
-                return source.label
+                return source.label or None
         return None
 
     def where_phrase(self, start: int) -> str:

@@ -107,16 +107,23 @@ def governor_evaluate_input(
     *,
     tenant: Tenant,
     request_id: str,
-    text: str,
+    text: str | None = None,
     metadata: GovernorMetadata | None,
     model_name: str,
+    parts: Sequence[tuple[str, str]] = (),
 ) -> Evaluated:
-    """Evaluate a request's text with the tenant's policy and write its audit record.
+    """Evaluate a request's text (or its named ``parts``) with the tenant's policy and
+    write its audit record.
 
     One INSERT (plus, on a tenant's very first request, its default policy).
     """
     evaluated = governor_assess_input(
-        tenant=tenant, request_id=request_id, text=text, metadata=metadata, model_name=model_name
+        tenant=tenant,
+        request_id=request_id,
+        text=text,
+        metadata=metadata,
+        model_name=model_name,
+        parts=parts,
     )
     evaluated.record.save(force_insert=True)
     return evaluated
