@@ -116,7 +116,11 @@ async def test_a_killed_process_keeps_its_answers_and_is_charged_for_them(leased
         asyncio.ensure_future(stream(url, "[demo:tokens=2000][demo:delay=10] go", got))
         for url, got in zip(urls, received, strict=True)
     ]
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
     while min(len(got) for got in received) < 100:  # a second or more of every answer
+        ended = [s.result() for s in streams if s.done()]
+        assert not ended, f"a stream ended before it was killed: {ended}"
+        assert asyncio.get_running_loop().time() < deadline, [len(got) for got in received]
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.5)  # past a checkpoint
     os.kill(leased_server.process.pid, signal.SIGKILL)
