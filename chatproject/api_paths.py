@@ -14,6 +14,7 @@ query parameters reach database queries as text, and no database column takes NU
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 
 from django.conf import settings
@@ -21,7 +22,13 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
 
-from chatproject.errors import ApiError, ErrorCode, error_response, payload_too_large
+from chatproject.errors import (
+    ApiError,
+    ErrorCode,
+    error_response,
+    outage_error,
+    payload_too_large,
+)
 from chatproject.middleware import Middleware
 
 ErrorEncoder = Callable[[ApiError], HttpResponse]
@@ -85,7 +92,10 @@ def handler404(request, exception=None):
 
 
 def handler500(request):
-    return _answer(request, _as_api_error(request, 500))
+    # Django calls this while it handles the exception, so that is still the current one:
+    # a database outage is answered 503, retryable, like in the views.
+    outage = outage_error(sys.exc_info()[1] or Exception())
+    return _answer(request, outage or _as_api_error(request, 500))
 
 
 def _as_api_error(request: HttpRequest, status: int) -> ApiError:

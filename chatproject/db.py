@@ -9,6 +9,18 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+try:
+    from psycopg_pool.base import AttemptWithBackoff
+except ImportError:  # SQLite only
+    AttemptWithBackoff = None
+
+if AttemptWithBackoff is not None:
+    # psycopg_pool retries a failed connect after 1 s, then doubles the wait each time (up
+    # to its 5 minute reconnect timeout): after a database outage of a minute the pool would
+    # sit for up to another minute before trying again, answering 503 all the while. Retry
+    # every second instead; a connect attempt to a server that is down costs next to nothing.
+    AttemptWithBackoff.DELAY_BACKOFF = 1.0
+
 P = ParamSpec("P")
 R = TypeVar("R")
 

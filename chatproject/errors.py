@@ -8,6 +8,7 @@ elsewhere) using the same code, message and ``retryable`` flag.
 from enum import StrEnum
 from typing import Any
 
+from django import db
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
@@ -33,6 +34,7 @@ class ErrorCode(StrEnum):
     LLM_PROVIDER_ERROR = "LLM_PROVIDER_ERROR"
     RAG_RETRIEVAL_ERROR = "RAG_RETRIEVAL_ERROR"
     STREAM_ERROR = "STREAM_ERROR"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
 
 
 # code -> (HTTP status, retryable)
@@ -54,7 +56,11 @@ _ERROR_TABLE: dict[ErrorCode, tuple[int, bool]] = {
     ErrorCode.LLM_PROVIDER_ERROR: (502, False),
     ErrorCode.RAG_RETRIEVAL_ERROR: (502, True),
     ErrorCode.STREAM_ERROR: (500, False),
+    ErrorCode.SERVICE_UNAVAILABLE: (503, True),
 }
+
+# What a client is told to wait before retrying while the database is down.
+OUTAGE_RETRY_AFTER_SECONDS = 5
 
 
 class ApiError(Exception):
@@ -107,6 +113,42 @@ def payload_too_large() -> PayloadTooLarge:
     """A body over ``MAX_REQUEST_BYTES`` (Django's ``DATA_UPLOAD_MAX_MEMORY_SIZE``)."""
     limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
     return PayloadTooLarge(f"The request body is larger than {limit} bytes.", limit=limit)
+
+
+def service_unavailable(message: str = "") -> ApiError:
+    """The answer while a service the request needs (the database) is down: 503, retryable,
+    with ``Retry-After``."""
+    return ApiError(
+        ErrorCode.SERVICE_UNAVAILABLE,
+        message or "The service is temporarily unavailable; retry shortly.",
+        headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)},
+    )
+
+
+try:
+    import psycopg
+except ImportError:  # SQLite only
+    psycopg = None
+
+# PostgreSQL's answers that mean "not now" rather than "not this": the server is shutting
+# down, starting up, or out of connections (class 08, connection exceptions, aside).
+_OUTAGE_SQLSTATES = {"57P01", "57P02", "57P03", "53300"}
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database could not be reached or dropped the connection
+    (down, restarting, failing over, out of connections, the pool waited in vain), as
+    opposed to a bug or bad data."""
+    cause = exc.__cause__ if isinstance(exc, db.DatabaseError) and exc.__cause__ else exc
+    if psycopg is not None and isinstance(cause, psycopg.OperationalError | psycopg.InterfaceError):
+        state = cause.sqlstate  # None: no answer from the server at all
+        return state is None or state.startswith("08") or state in _OUTAGE_SQLSTATES
+    return isinstance(exc, db.InterfaceError)  # Django's own "connection already closed"
+
+
+def outage_error(exc: BaseException) -> ApiError | None:
+    """SERVICE_UNAVAILABLE for an outage (:func:`is_outage`); None for anything else."""
+    return service_unavailable() if is_outage(exc) else None
 
 
 def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict:
@@ -168,6 +210,9 @@ def drf_exception_handler(exc: Exception, context: dict) -> Response | None:
         status = error.status
     elif isinstance(exc, ApiError):
         error, status = exc, exc.status
+    elif is_outage(exc):
+        error = service_unavailable()
+        status = error.status
     else:
         return None  # unexpected: Django's handler500 answers with the envelope
     headers = dict(error.headers)

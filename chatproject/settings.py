@@ -89,7 +89,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     options["pool"] = {
         "min_size": env.int("DATABASE_POOL_MIN", default=2),
         "max_size": DATABASE_POOL_MAX,
-        "timeout": 10,
+        # How long a request waits for a free connection (or, while the database is
+        # down, for one to open) before it is answered 503 SERVICE_UNAVAILABLE.
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10.0),
     }
     # Parameters travel apart from the SQL (the server binds them), and a statement run
     # a few times on a connection is prepared, so the server stops re-planning it: quoting
@@ -267,6 +269,9 @@ MODEL_CATALOG_TTL_SECONDS = env.float("MODEL_CATALOG_TTL_SECONDS", default=10.0)
 # An SSE comment is sent when no event has gone out for this long, so proxies and clients
 # do not drop a connection that waits on a slow model.
 SSE_KEEPALIVE_SECONDS = env.float("SSE_KEEPALIVE_SECONDS", default=15.0)
+# How long a stream's end waits for the database (storing and settling the answer) before
+# the client is told SERVICE_UNAVAILABLE; the answer is saved once the database is back.
+STREAM_END_WAIT_SECONDS = env.float("STREAM_END_WAIT_SECONDS", default=5.0)
 # Origins allowed to call POST /api/chat (seed 003) from a browser; "*" allows any (keys
 # travel in a header, never in cookies, so a wildcard exposes nothing to other sites).
 CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=["*"])

@@ -13,7 +13,9 @@ returned :class:`Generation`. The steps, in order:
 5. finalisation, in one database call, whatever the ending (complete, upstream failure,
    cancel or disconnect): the assistant message written, the hold settled at the real
    usage, the governor's output check; then the last event, while the cache is filled
-   with a complete answer (the stream ends once it is)
+   with a complete answer (the stream ends once it is). If the database does not let it
+   finish within ``STREAM_END_WAIT_SECONDS`` (an outage), the stream ends at once with
+   SERVICE_UNAVAILABLE and finalisation goes on retrying in the background
 
 While it streams, the process keeps the generation's credit hold leased and checkpoints
 its answer every few seconds (:mod:`chats.checkpoints`), so a process that dies leaves
@@ -43,7 +45,7 @@ from billing import concurrency, credits, idempotency, pricing, ratelimit, respo
 from billing.models import Tenant
 from chatproject import metrics
 from chatproject.db import db_call, pipelined
-from chatproject.errors import ApiError, ErrorCode
+from chatproject.errors import ApiError, ErrorCode, is_outage, service_unavailable
 from chats import catalog, checkpoints
 from chats.context import trim_to_budget
 from chats.models import Chat, Message
@@ -59,6 +61,9 @@ from governor import gate
 logger = logging.getLogger(__name__)
 
 ZERO = Decimal(0)
+# How long finalisation keeps trying through a database outage (backing off, at most 30 s
+# apart) after the client was told; past it the open hold is left to the sweeper.
+FINALISE_RETRY_SECONDS = 600.0
 
 
 # --- What transports send in ------------------------------------------------------------
@@ -135,8 +140,9 @@ class ErrorEvent:
     message_id: uuid.UUID
     content: str  # what was generated before the failure (kept in the stored message)
     usage: Usage
-    credits_charged: Decimal
-    credits_remaining: Decimal
+    # None while not settled yet (the database was down when the stream ended).
+    credits_charged: Decimal | None
+    credits_remaining: Decimal | None
 
 
 Event = TokenEvent | FinishedEvent | ErrorEvent
@@ -278,12 +284,22 @@ class Generation:
         finally:
             if status == Message.Status.CANCELLED:
                 # Cancelled or closed by the consumer: settle and store, then let the
-                # cancellation go on. Shielded so a second cancel cannot skip it.
-                await asyncio.shield(self._start_finishing(status, parts, end))
+                # cancellation go on. In a task of its own, so a second cancel cannot skip it.
+                await self._finished_within(self._start_finishing(status, parts, end))
         if status == Message.Status.CANCELLED:
             return
-        charged, remaining, usage = await asyncio.shield(self._start_finishing(status, parts, end))
+        figures = await self._finished_within(self._start_finishing(status, parts, end))
         content = "".join(parts)
+        charged: Decimal | None
+        remaining: Decimal | None
+        if figures is None:  # the database is down: the client hears now, the rest waits
+            error = service_unavailable(
+                "The answer could not be saved yet: the database is unavailable. It is "
+                "saved and settled once the database is back."
+            )
+            usage, charged, remaining = self._usage(parts, end), None, None
+        else:
+            charged, remaining, usage = figures
         try:
             if error is None:
                 yield FinishedEvent(
@@ -331,13 +347,23 @@ class Generation:
         yield StreamEnd(cached.finish_reason, cached.prompt_tokens, cached.completion_tokens)
 
     def _start_finishing(self, status: str, parts: list[str], end: StreamEnd | None):
-        self._finishing = asyncio.ensure_future(self._finish(status, parts, end))
+        # A task of its own that outlives the stream: through a database outage it keeps
+        # retrying after the client was told (see _write_final).
+        self._finishing = _in_background(self._finish(status, parts, end))
         return self._finishing
 
+    @staticmethod
+    async def _finished_within(finishing: asyncio.Future):
+        """What finalisation returned, if it is done within ``STREAM_END_WAIT_SECONDS``
+        (None otherwise, or if it gave up). Waiting never cancels it."""
+        done, _ = await asyncio.wait({finishing}, timeout=settings.STREAM_END_WAIT_SECONDS)
+        return finishing.result() if done else None
+
     async def finished(self) -> Outcome | None:
-        """The outcome, once finalisation (which a cancel does not interrupt) is done."""
+        """The outcome, once finalisation (which a cancel does not interrupt) is done;
+        None when the database did not let it finish within ``STREAM_END_WAIT_SECONDS``."""
         if self._finishing is not None:
-            await asyncio.shield(self._finishing)
+            await self._finished_within(self._finishing)
         if self.outcome is not None:
             self._start_cache_fill()
             await self._cache_filled()
@@ -347,20 +373,24 @@ class Generation:
         if self._cache_fill is not None:
             await asyncio.shield(self._cache_fill)
 
+    def _usage(self, parts: list[str], end: StreamEnd | None) -> Usage:
+        if end is not None:
+            return Usage(end.prompt_tokens, end.completion_tokens)
+        if parts:  # ended early: the prompt was read, and these tokens went out
+            return Usage(self.prompt_tokens, len(parts))
+        return Usage(0, 0)  # nothing came back (refused upstream, or left before the first token)
+
     async def _finish(
         self, status: str, parts: list[str], end: StreamEnd | None
-    ) -> tuple[Decimal, Decimal, Usage]:
+    ) -> tuple[Decimal, Decimal, Usage] | None:
+        """Store, settle and audit the exchange; None if the database stayed down for
+        ``FINALISE_RETRY_SECONDS`` (its hold is then the sweeper's to close)."""
         if self._finished:  # events() finalises once, whichever way it ends
             raise RuntimeError("generation finalised twice")
         self._finished = True
         await checkpoints.leave(self)
         content = "".join(parts)
-        if end is not None:
-            usage = Usage(end.prompt_tokens, end.completion_tokens)
-        elif content:  # ended early: the prompt was read, and these tokens went out
-            usage = Usage(self.prompt_tokens, len(parts))
-        else:  # nothing came back (refused upstream, or left before the first token)
-            usage = Usage(0, 0)
+        usage = self._usage(parts, end)
         answer = None
         if status == Message.Status.COMPLETE:
             answer = response_cache.CachedAnswer(
@@ -371,8 +401,18 @@ class Generation:
                 completion_tokens=usage.completion_tokens,
             )
         try:
-            charged, remaining = await db_call(self._finish_in_db, status, content, usage, end)
-        finally:  # the generation is over once it is stored and settled
+            charged, remaining = await self._write_final(status, content, usage, end)
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            logger.error(
+                "could not finalise %s: the database stayed unavailable; its credit hold is "
+                "left to the sweeper",
+                self.message_id,
+            )
+            await self._close_idempotency_claim(None)
+            return None
+        finally:  # the generation is over once it is stored and settled (or given up on)
             if self.slot is not None:
                 self.slot.give_back()
         self.outcome = Outcome(status, content, usage, charged, remaining)
@@ -386,6 +426,25 @@ class Generation:
         if self.receipt is not None:  # the replay charged nothing; it reports the original
             return self.receipt.credits_charged, self.receipt.credits_remaining, usage
         return charged, remaining, usage
+
+    async def _write_final(self, *args) -> tuple[Decimal, Decimal]:
+        """:meth:`_finish_in_db`, tried again with backoff while the database is down, for
+        up to ``FINALISE_RETRY_SECONDS``."""
+        delay, give_up = 0.5, time.monotonic() + FINALISE_RETRY_SECONDS
+        while True:
+            try:
+                return await db_call(self._finish_in_db, *args)
+            except Exception as exc:
+                if not is_outage(exc) or time.monotonic() + delay > give_up:
+                    raise
+                logger.warning(
+                    "finalising %s: database unavailable (%s); again in %.1f s",
+                    self.message_id,
+                    exc,
+                    delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     def _start_cache_fill(self) -> None:
         if self._cache_fill is None:
@@ -434,7 +493,9 @@ class Generation:
         try:
             with transaction.atomic():
                 return self._finalise(status, content, usage, end, together=True)
-        except DatabaseError:
+        except DatabaseError as exc:
+            if is_outage(exc):  # no use writing one by one: the caller tries again later
+                raise
             logger.warning("finalising %s together failed; once more one by one", self.message_id)
         with transaction.atomic():
             return self._finalise(status, content, usage, end, together=False)

@@ -54,8 +54,10 @@ class MessageStreamEnded(TypedDict):
     usage: dict[str, int]
     finish_reason: str
     model: str
-    credits_charged: float  # numbers, as in every other format (6 decimals fit a double)
-    credits_remaining: float
+    # Numbers, as in every other format (6 decimals fit a double); null while not settled
+    # (the database was down when the answer ended).
+    credits_charged: float | None
+    credits_remaining: float | None
 
 
 class Error(TypedDict):

@@ -59,13 +59,18 @@ def http_error(error: ApiError) -> HttpResponse:
 
 
 def _stream_error(error: ApiError) -> tuple[str, str]:
-    """The seed's three codes: upstream trouble of any kind is LLM_CONNECTION_ERROR, with
-    a message that says which kind."""
+    """The seed's three codes (and SERVICE_UNAVAILABLE while the database is down):
+    upstream trouble of any kind is LLM_CONNECTION_ERROR, with a message that says which
+    kind."""
     if error.code == ErrorCode.LLM_TIMEOUT:
         return ErrorCode.LLM_CONNECTION_ERROR, f"The model timed out: {error.message}"
     if error.code == ErrorCode.LLM_PROVIDER_ERROR:
         return ErrorCode.LLM_CONNECTION_ERROR, f"The model provider failed: {error.message}"
-    if error.code in (ErrorCode.LLM_CONNECTION_ERROR, ErrorCode.RAG_RETRIEVAL_ERROR):
+    if error.code in (
+        ErrorCode.LLM_CONNECTION_ERROR,
+        ErrorCode.RAG_RETRIEVAL_ERROR,
+        ErrorCode.SERVICE_UNAVAILABLE,
+    ):
         return error.code, error.message
     return ErrorCode.STREAM_ERROR, error.message
 

@@ -51,6 +51,7 @@ _ERRORS: dict[ErrorCode, tuple[int, str, str | None]] = {
     ErrorCode.LLM_TIMEOUT: (504, "api_error", "upstream_timeout"),
     ErrorCode.LLM_PROVIDER_ERROR: (502, "api_error", "upstream_error"),
     ErrorCode.STREAM_ERROR: (500, "server_error", None),
+    ErrorCode.SERVICE_UNAVAILABLE: (503, "server_error", "service_unavailable"),
 }
 FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls", "function_call")
 

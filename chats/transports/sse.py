@@ -30,7 +30,7 @@ from billing.models import Tenant
 from billing.ratelimit import rate_limit_consume
 from billing.services import api_key_authenticate
 from chatproject.db import db_call
-from chatproject.errors import ApiError, ErrorCode, error_response
+from chatproject.errors import ApiError, ErrorCode, error_response, outage_error
 from chats.catalog import QUALITY_TIERS
 from chats.engine import (
     ErrorEvent,
@@ -367,12 +367,17 @@ def endpoint(
                 response = await view(request, *args, **kwargs)
             except ApiError as error:
                 response = on_error(error)
-            except Exception:
+            except Exception as exc:
                 request_id = getattr(request, "request_id", "-")
-                logger.exception("unexpected error before streaming")
-                response = on_error(
-                    ApiError(ErrorCode.STREAM_ERROR, f"Internal error (request id {request_id}).")
-                )
+                error = outage_error(exc)
+                if error is None:
+                    logger.exception("unexpected error before streaming")
+                    error = ApiError(
+                        ErrorCode.STREAM_ERROR, f"Internal error (request id {request_id})."
+                    )
+                else:
+                    logger.warning("database unavailable: %s", exc)
+                response = on_error(error)
             state = getattr(request, _RATE_LIMIT, None)
             if state is not None:
                 for name, value in state.headers().items():
