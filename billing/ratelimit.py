@@ -11,10 +11,12 @@ Connection slots cap a tenant's concurrent WebSocket connections (``ws_max_conne
 In Redis each tenant has a sorted set of connection ids scored by their expiry, so the
 slots of a crashed process lapse by themselves; live connections refresh theirs.
 
-Redis failures fail open (the request is admitted, the connection allowed) and are
-logged: a Redis outage should not take the whole API down with it. So that a burst of
-requests in one process is not mistaken for an outage, billing's Redis calls queue for
-the shared client's connections (:func:`redis_gate`) instead of overflowing its pool.
+While Redis is down the limits are not dropped: each process enforces them in its own
+memory instead (the in-process backend below), so N processes admit up to N times a
+plan's allowance until Redis is back, and failures are logged. A Redis outage should
+not take the whole API down with it, nor open it to floods. So that a burst of requests
+in one process is not mistaken for an outage, billing's Redis calls queue for the shared
+client's connections (:func:`redis_gate`) instead of overflowing its pool.
 """
 
 import asyncio
@@ -284,8 +286,6 @@ async def rate_limit_consume(tenant: Tenant) -> RateLimitState | None:
         return None
     if settings.REDIS_URL:
         decision, _ = await _redis_consume(tenant.pk, rate)
-        if decision is None:
-            return None
     else:
         decision = _memory.consume(tenant.pk, rate)
     return _state_or_raise(decision, rate)
@@ -305,25 +305,27 @@ async def rate_limit_consume_and_read(
             logger.warning("Redis unavailable, %s not read", key, exc_info=True)
             return None, None
     decision, value = await _redis_consume(tenant.pk, rate, read_key=key)
-    if decision is None:
-        return None, None
     return _state_or_raise(decision, rate), value
 
 
 async def _redis_consume(
     tenant_id: int, rate: Rate, read_key: str | None = None
-) -> tuple[Decision | None, bytes | None]:
-    """The GCRA script's decision (None when Redis fails: the request is admitted) and,
-    for an admitted request, the value at ``read_key``."""
+) -> tuple[Decision, bytes | None]:
+    """The GCRA script's decision and, for an admitted request, the value at
+    ``read_key``; when Redis fails, this process's own decision and no value."""
     gcra_script, _ = _scripts_for_async(get_redis())
     keys = [rate_key(tenant_id)] if read_key is None else [rate_key(tenant_id), read_key]
     try:
         async with redis_gate():
             reply = await gcra_script(keys=keys, args=[rate.interval_us, rate.burst])
     except redis.RedisError:
-        logger.warning("rate limit: Redis unavailable, request admitted", exc_info=True)
-        return None, None
+        return _memory_instead(tenant_id, rate), None
     return _decision(reply), (reply[4] if len(reply) > 4 else None)
+
+
+def _memory_instead(tenant_id: int, rate: Rate) -> Decision:
+    logger.warning("rate limit: Redis unavailable, limited in this process", exc_info=True)
+    return _memory.consume(tenant_id, rate)
 
 
 def rate_limit_consume_sync(tenant: Tenant) -> RateLimitState | None:
@@ -335,10 +337,9 @@ def rate_limit_consume_sync(tenant: Tenant) -> RateLimitState | None:
         gcra_script, _ = _sync_scripts()
         try:
             reply = gcra_script(keys=[rate_key(tenant.pk)], args=[rate.interval_us, rate.burst])
+            decision = _decision(reply)
         except redis.RedisError:
-            logger.warning("rate limit: Redis unavailable, request admitted", exc_info=True)
-            return None
-        decision = _decision(reply)
+            decision = _memory_instead(tenant.pk, rate)
     else:
         decision = _memory.consume(tenant.pk, rate)
     return _state_or_raise(decision, rate)
@@ -369,8 +370,10 @@ async def connection_slot_acquire(tenant: Tenant, connection_id: str) -> bool:
                 args=[connection_id, plan.ws_max_connections, max(1, round(ttl * 1000))],
             )
     except redis.RedisError:
-        logger.warning("connection slots: Redis unavailable, connection allowed", exc_info=True)
-        return True
+        logger.warning(
+            "connection slots: Redis unavailable, counted in this process", exc_info=True
+        )
+        return _memory.slot_acquire(tenant.pk, connection_id, plan.ws_max_connections, ttl)
     return bool(granted)
 
 
@@ -382,8 +385,8 @@ async def connection_slot_refresh(tenant: Tenant, connection_id: str) -> bool:
 
 async def connection_slot_release(tenant: Tenant, connection_id: str) -> None:
     """Give the slot back (on disconnect). Releasing a slot not held is harmless."""
+    _memory.slot_release(tenant.pk, connection_id)  # taken there if Redis was down
     if not settings.REDIS_URL:
-        _memory.slot_release(tenant.pk, connection_id)
         return
     try:
         async with redis_gate():

@@ -1,12 +1,15 @@
 """Liveness and readiness probes for load balancers and orchestrators."""
 
+import asyncio
 import logging
+import uuid
 
-from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
 
+from chatproject.db import db_call
 from chatproject.redis import get_redis
 
 logger = logging.getLogger(__name__)
@@ -23,21 +26,42 @@ def _database_ready() -> bool:
         return cursor.fetchone() == (1,)
 
 
-async def readyz(request):
-    """Ready when the database, and Redis when configured, answer."""
-    checks: dict[str, str] = {}
+CHECK_TIMEOUT_SECONDS = 3.0
+
+
+async def _channel_layer_ready() -> bool:
+    """A message through the WebSocket channel layer and back, on its own connections
+    (which are not billing's: one can be broken while the other works)."""
+    layer = get_channel_layer()
+    channel = f"readyz.{uuid.uuid4().hex}"  # not process-local: received directly
+    await layer.send(channel, {"type": "readyz"})
+    return (await layer.receive(channel)).get("type") == "readyz"
+
+
+async def _database_answers() -> bool:
+    return await db_call(_database_ready)
+
+
+async def _redis_ready() -> bool:
+    return bool(await get_redis().ping())
+
+
+async def _check(name: str, probe) -> str:
     try:
-        checks["database"] = "ok" if await sync_to_async(_database_ready)() else "error"
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+            return "ok" if await probe() else "error"
     except Exception:
-        logger.exception("readiness: database check failed")
-        checks["database"] = "error"
+        logger.exception("readiness: %s check failed", name)
+        return "error"
+
+
+async def readyz(request):
+    """Ready when the database, the WebSocket channel layer and Redis (when configured)
+    answer, each within a few seconds."""
+    checks = {"database": await _check("database", _database_answers)}
     if settings.REDIS_URL:
-        try:
-            await get_redis().ping()
-            checks["redis"] = "ok"
-        except Exception:
-            logger.exception("readiness: redis check failed")
-            checks["redis"] = "error"
+        checks["redis"] = await _check("redis", _redis_ready)
+    checks["channel_layer"] = await _check("channel layer", _channel_layer_ready)
     ready = all(value == "ok" for value in checks.values())
     return JsonResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks},

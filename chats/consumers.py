@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
+import redis
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -23,7 +24,7 @@ from billing import ratelimit
 from billing.services import api_key_authenticate, api_key_recheck
 from chatproject import metrics
 from chatproject.db import db_call
-from chatproject.errors import ApiError, ErrorCode
+from chatproject.errors import ApiError, ErrorCode, outage_error, service_unavailable
 from chatproject.json_body import parse_json
 from chatproject.request_id import current_request_id
 from chats import selectors, services, ws_events, ws_slots
@@ -47,8 +48,12 @@ CLOSE_CONNECTION_LIMIT = 4029
 # 1011 would be the protocol's own code, but daphne's WebSocket library sends only 1000 and
 # 3000-4999 from an application (it raises on anything else and drops the close frame).
 CLOSE_INTERNAL_ERROR = 4500
+CLOSE_SERVICE_UNAVAILABLE = 4503  # the database or Redis is down: retry shortly
 
 KEY_RECHECK_SECONDS = 5.0
+# daphne drops a handshake not accepted within 5 s (its --websocket_connect_timeout); a
+# connect still waiting on the database by then is refused with an error instead.
+CONNECT_DEADLINE_SECONDS = 4.0
 
 CLIENT_OPTIONS = ("quality", "model", "temperature", "governorMetadata", "client_message_id")
 MAX_CLIENT_MESSAGE_ID_LENGTH = 100  # Message.client_message_id
@@ -115,10 +120,27 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.connection_id = uuid.uuid4().hex
         try:
-            await self._connect()
-        except Exception:
-            logger.exception("could not open a chat connection")
+            async with asyncio.timeout(CONNECT_DEADLINE_SECONDS):
+                await self._connect()
+        except TimeoutError:
+            # The database is not answering (or is swamped): say so before daphne drops
+            # the handshake unanswered.
+            logger.warning("could not open a chat connection in time")
+            await self.disconnect(CLOSE_INTERNAL_ERROR)
+            await self._refuse(
+                service_unavailable("Could not open the connection in time; retry shortly."),
+                CLOSE_SERVICE_UNAVAILABLE,
+            )
+        except Exception as exc:
+            unavailable = _unavailable(exc)
+            if unavailable is None:
+                logger.exception("could not open a chat connection")
+            else:
+                logger.warning("could not open a chat connection: %r", exc)
             await self.disconnect(CLOSE_INTERNAL_ERROR)  # gives a taken slot back
+            if unavailable is not None:
+                await self._refuse(unavailable, CLOSE_SERVICE_UNAVAILABLE)
+                return
             await self._refuse(
                 ApiError(ErrorCode.STREAM_ERROR, "Could not open the connection; retry."),
                 CLOSE_INTERNAL_ERROR,
@@ -204,7 +226,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             with contextlib.suppress(Exception):
                 await self._fanning_out
         if self.chat is not None and self.slot_held:
-            await self.channel_layer.group_discard(_group(self.chat.id), self.channel_name)
+            try:
+                await self.channel_layer.group_discard(_group(self.chat.id), self.channel_name)
+            except Exception:  # Redis down: the membership expires with the group
+                logger.warning("channel layer: could not leave the chat's group", exc_info=True)
         if self.slot_held:
             self.slot_held = False
             metrics.WEBSOCKETS.dec()
@@ -312,6 +337,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         outcome = await generation.finished()
         if outcome is not None:
             await self._send_ended(generation, "cancelled", outcome.content, "cancelled", outcome)
+        elif generation.outcome is None:  # the database is down: saved once it is back
+            await self._send(
+                ws_events.error_event(
+                    service_unavailable(
+                        "Cancelled; the answer is saved once the database is back."
+                    ),
+                    message_id=str(generation.message_id),
+                )
+            )
 
     async def _stop_generation(self) -> None:
         self.streaming = False
@@ -326,7 +360,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def _generate(self, content: str, options: dict[str, Any]) -> None:
         try:
             await self._run_generation(content, options)
-        except Exception:  # the engine ended the exchange; tell the client, never go quiet
+        except Exception as exc:  # the engine ended the exchange; tell the client, never go quiet
+            unavailable = _unavailable(exc)
+            if unavailable is not None:
+                logger.warning("generation failed: %r", exc)
+                await self._send(ws_events.error_event(unavailable))
+                return
             logger.exception("generation failed")
             await self._error(
                 ErrorCode.STREAM_ERROR, f"Unexpected error (request id {current_request_id.get()})."
@@ -364,8 +403,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.streaming = False
             await self._send(ws_events.error_event(error, request_id=request_id))
             return
-        except Exception:
+        except Exception as exc:
             self.streaming = False
+            unavailable = _unavailable(exc)
+            if unavailable is not None:
+                logger.warning("could not start a generation: %r", exc)
+                await self._send(ws_events.error_event(unavailable, request_id=request_id))
+                return
             logger.exception("could not start a generation")
             await self._error(
                 ErrorCode.STREAM_ERROR, f"Unexpected error (request id {request_id})."
@@ -464,6 +508,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         elif event["type"] == "message_stream_ended" and event["status"] == "complete":
             self._remember("assistant", event["content"])
         await self._send(event)
+
+
+def _unavailable(exc: BaseException) -> ApiError | None:
+    """SERVICE_UNAVAILABLE when ``exc`` is the database or Redis being down."""
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return service_unavailable("The message service is unavailable; reconnect shortly.")
+    return outage_error(exc)
 
 
 def _option_error(options: dict[str, Any]) -> ApiError | None:
