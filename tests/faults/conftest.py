@@ -1,0 +1,129 @@
+"""The fault suite's stack: its own redis-server and (where the server binaries are
+installed) its own PostgreSQL cluster, on free ports, which the tests stop and start
+under live daphne processes. The shared services are never touched.
+
+Without the PostgreSQL binaries the Redis tests run on a throwaway SQLite file; without
+``redis-server`` the suite is skipped, as are the PostgreSQL tests without PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests import outages
+from tests.live import ROOT, LiveServer, start_server
+
+MISSING = outages.missing()
+
+
+@dataclass
+class Stack:
+    """The throwaway services and a database migrated on them."""
+
+    redis: outages.RedisServer
+    pg: outages.PostgresCluster | None
+    database_url: str
+    tmp: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {"DATABASE_URL": self.database_url, "REDIS_URL": self.redis.url(), **extra}
+
+    def manage(self, *args: str) -> str:
+        """``manage.py`` on this stack; its last line of output (a new key, say)."""
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args],
+            cwd=ROOT,
+            env={**os.environ, "DEBUG": "true", **self.env()},
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+    def tenant(self, plan: str = "enterprise", credits: str = "1000") -> str:
+        """A new tenant on ``plan``; its API key."""
+        return self.manage(
+            "create_tenant", f"t-{uuid.uuid4().hex[:8]}", "--plan", plan, "--credits", credits
+        )
+
+    def books(self) -> dict:
+        return outages.books(self.database_url)
+
+    def books_when(self, condition: Callable[[dict], bool], timeout: float = 30) -> dict:
+        """The books once ``condition`` holds of them (or as they are at ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            books = self.books()
+            if condition(books) or time.monotonic() > deadline:
+                return books
+            time.sleep(0.25)
+
+
+def _stack(with_postgres: bool):
+    if "redis" in MISSING:
+        pytest.skip(f"fault tests need their own Redis: {MISSING['redis']}")
+    if with_postgres and "postgres" in MISSING:
+        pytest.skip(f"PostgreSQL outage tests need their own cluster: {MISSING['postgres']}")
+    tmp = Path(tempfile.mkdtemp(prefix="fault-suite-"))
+    redis = outages.RedisServer()
+    redis.start()
+    pg = None
+    try:
+        if "postgres" not in MISSING:
+            pg = outages.PostgresCluster()
+            pg.start()
+            pg.create_database("faults")
+            database_url = pg.url("faults")
+        else:
+            database_url = f"sqlite:///{tmp / 'faults.sqlite3'}"
+        stack = Stack(redis, pg, database_url, tmp)
+        stack.manage("migrate", "--noinput")
+        yield stack
+    finally:
+        redis.close()
+        if pg is not None:
+            pg.close()
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """Own Redis, and own PostgreSQL where installed (else SQLite)."""
+    yield from _stack(with_postgres=False)
+
+
+@pytest.fixture(scope="session")
+def pg_stack(stack):
+    """The stack, for tests that stop PostgreSQL: skipped without it."""
+    if stack.pg is None:
+        pytest.skip(f"PostgreSQL outage tests need their own cluster: {MISSING['postgres']}")
+    return stack
+
+
+@pytest.fixture
+def serve(stack):
+    """Start live daphne processes on the stack (stopped after the test); the services
+    the test stopped are started again."""
+    servers: list[LiveServer] = []
+
+    def start(**extra: str) -> LiveServer:
+        server = start_server(stack.tmp, **stack.env(**extra))
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+    if stack.redis.process is None:
+        stack.redis.start()
+    if stack.pg is not None and not (stack.pg.data / "postmaster.pid").exists():
+        stack.pg.start()
