@@ -297,11 +297,16 @@ async def test_the_combined_call_survives_a_flushed_script_cache():
 
 
 @pytest.mark.asyncio
-async def test_the_combined_call_fails_open_as_a_miss(settings):
+async def test_the_combined_call_limits_in_memory_and_misses_while_redis_is_down(settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
-    tenant = limited_tenant()
+    tenant = limited_tenant(burst=3)
     key = cache_key(**fresh_parts(tenant_id=tenant.pk))
-    assert await rate_limit_and_cache_get(tenant, key) == (None, None)
+    for remaining in (2, 1, 0):  # the plan's burst, counted in this process
+        state, cached = await rate_limit_and_cache_get(tenant, key)
+        assert (state.remaining, cached) == (remaining, None)
+    with pytest.raises(ApiError) as refused:
+        await rate_limit_and_cache_get(tenant, key)
+    assert refused.value.code == ErrorCode.RATE_LIMITED
 
 
 # --- idempotent replies ---------------------------------------------------------------

@@ -240,12 +240,21 @@ async def test_redis_keys_expire_when_the_bucket_is_full_again():
 
 
 @pytest.mark.asyncio
-async def test_redis_outage_admits_the_request(settings):
+async def test_a_redis_outage_limits_in_this_process_instead(settings, clock):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
-    tenant = tenant_on(**FREE)
-    assert await rate_limit_consume(tenant) is None
-    assert rate_limit_consume_sync(tenant) is None
+    tenant = tenant_on(requests_per_minute=10, burst=4, ws_max_connections=1)
+    assert (await rate_limit_consume(tenant)).remaining == 3
+    assert rate_limit_consume_sync(tenant).remaining == 2  # one allowance, sync or not
+    await rate_limit_consume(tenant)
+    rate_limit_consume_sync(tenant)
+    with pytest.raises(ApiError) as refused:
+        await rate_limit_consume(tenant)
+    assert refused.value.code == ErrorCode.RATE_LIMITED
+    assert refused.value.headers["Retry-After"] == "6"
     assert await connection_slot_acquire(tenant, "c1") is True
+    assert await connection_slot_acquire(tenant, "c2") is False  # the cap holds too
+    await connection_slot_release(tenant, "c1")
+    assert await connection_slot_acquire(tenant, "c2") is True
 
 
 # --- connection slots -----------------------------------------------------------------
