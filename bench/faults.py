@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import os
 import subprocess
 import sys
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests import outages  # noqa: E402
-from tests.stream_endings import FORMATS, Ending, stream  # noqa: E402
+from tests.stream_endings import FORMATS, Ending, fan_out, stream  # noqa: E402
 
 SECRET = "bench-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz-0123456789"  # noqa: S105
 ASGI_APP = "chatproject.asgi:application"
@@ -230,8 +231,6 @@ async def _connect_once(ws_url: str, key: str) -> str:
             async with websockets.connect(
                 f"{ws_url}/ws/chat?user_id=faults", additional_headers={"X-API-Key": key}
             ) as socket:
-                import json
-
                 event = json.loads(await socket.recv())
                 if event["type"] == "connection_established":
                     return "ok"
@@ -244,25 +243,9 @@ async def _connect_once(ws_url: str, key: str) -> str:
 
 async def fan_out_works(dep: Deployment) -> bool:
     """Two sockets on one chat in the two processes: one's message reaches the other."""
-    import json
-
     ws = [dep.url(i).replace("http://", "ws://", 1) for i in range(2)]
-    headers = {"X-API-Key": dep.key}
     try:
-        async with asyncio.timeout(15):
-            async with websockets.connect(
-                f"{ws[0]}/ws/chat?user_id=fan", additional_headers=headers
-            ) as a:
-                chat_id = json.loads(await a.recv())["chat_id"]
-                async with websockets.connect(
-                    f"{ws[1]}/ws/chat?user_id=fan&chat_id={chat_id}", additional_headers=headers
-                ) as b:
-                    await b.recv()
-                    await a.send(json.dumps({"content": "[demo:tokens=3] fan out"}))
-                    while True:
-                        event = json.loads(await b.recv())
-                        if event["type"] == "message_stream_ended":
-                            return True
+        return (await fan_out(ws[0], ws[1], dep.key))["status"] == "complete"
     except (OSError, TimeoutError, websockets.WebSocketException, KeyError):
         return False
 

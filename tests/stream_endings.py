@@ -220,3 +220,23 @@ async def stream(
             base_url.replace("http://", "ws://", 1), key, prompt, deadline=deadline
         )
     return await sse_stream(client, base_url, key, fmt, prompt, deadline=deadline)
+
+
+async def fan_out(a_ws_url: str, b_ws_url: str, key: str) -> dict:
+    """Two sockets on one chat, A's on one server and B's on another: the
+    ``message_stream_ended`` event B hears of an exchange on A (through the channel layer)."""
+    headers = {"X-API-Key": key}
+    async with websockets.connect(
+        f"{a_ws_url}/ws/chat?user_id=fan", additional_headers=headers
+    ) as a:
+        chat_id = json.loads(await a.recv())["chat_id"]
+        async with websockets.connect(
+            f"{b_ws_url}/ws/chat?user_id=fan&chat_id={chat_id}", additional_headers=headers
+        ) as b:
+            await b.recv()
+            await a.send(json.dumps({"content": "[demo:tokens=3] fan out"}))
+            async with asyncio.timeout(10):
+                while True:
+                    event = json.loads(await b.recv())
+                    if event["type"] == "message_stream_ended":
+                        return event

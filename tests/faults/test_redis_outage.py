@@ -9,7 +9,7 @@ import time
 import httpx
 import websockets
 
-from tests.stream_endings import FORMATS, stream
+from tests.stream_endings import FORMATS, fan_out, stream
 
 SERVER = {"DEMO_TOKEN_DELAY_MS": "20"}
 
@@ -42,25 +42,6 @@ def test_websocket_connects_during_an_outage_get_an_error_and_a_close(stack, ser
     assert ready.json()["checks"]["redis"] == "error"
 
 
-async def _fan_out(a_server, b_server, key) -> dict:
-    """Two sockets on one chat, each on its own server: what B hears of A's exchange."""
-    headers = {"X-API-Key": key}
-    async with websockets.connect(
-        f"{a_server.ws_url}/ws/chat?user_id=fan", additional_headers=headers
-    ) as a:
-        chat_id = json.loads(await a.recv())["chat_id"]
-        async with websockets.connect(
-            f"{b_server.ws_url}/ws/chat?user_id=fan&chat_id={chat_id}", additional_headers=headers
-        ) as b:
-            await b.recv()
-            await a.send(json.dumps({"content": "[demo:tokens=3] fan out"}))
-            async with asyncio.timeout(10):
-                while True:
-                    event = json.loads(await b.recv())
-                    if event["type"] == "message_stream_ended":
-                        return event
-
-
 async def _connects(servers, key, n: int) -> list[str]:
     async def one(i):
         try:
@@ -85,7 +66,7 @@ def test_after_an_outage_connects_and_groups_work_again_at_once(stack, serve):
 
     outcomes = asyncio.run(_connects([a, b], key, 40))
     assert outcomes == ["connection_established"] * 40, outcomes
-    ended = asyncio.run(_fan_out(a, b, key))
+    ended = asyncio.run(fan_out(a.ws_url, b.ws_url, key))
     assert ended["status"] == "complete"
     assert httpx.get(f"{a.url}/readyz", timeout=10).status_code == 200
     assert httpx.get(f"{b.url}/readyz", timeout=10).status_code == 200
