@@ -248,19 +248,24 @@ ERROR_MEANINGS = {
     429: "The plan's rate limit (or, on /v1, the provider's own 429).",
     502: "The provider failed: unreachable, or it answered an error (streams: before the "
     "first token; after it the stream carries an error event).",
+    503: "The database is down for now (SERVICE_UNAVAILABLE): retry after `Retry-After`.",
     504: "The provider did not answer in time.",
 }
 
 
 def _errors(schema: str, statuses: dict[int, str | None]) -> dict[str, Schema]:
+    """The error responses ``statuses`` (a meaning, or None for the usual one), and 503,
+    which every endpoint may answer while the database is down."""
     responses = {}
-    for status, meaning in statuses.items():
+    for status, meaning in {**statuses, 503: None}.items():
         response: Schema = {
             "description": meaning or ERROR_MEANINGS[status],
             "content": {"application/json": {"schema": _ref(schema)}},
         }
         if status == 429:
             response["headers"] = {**RETRY_AFTER, **RATE_HEADERS}
+        elif status == 503:
+            response["headers"] = RETRY_AFTER
         responses[str(status)] = response
     return responses
 
@@ -369,7 +374,7 @@ def _paths() -> dict[str, Schema]:
                         '`done` `{"full_response", "document_types_used", "metadata",'
                         ' "done": true}`, or `error` `{"error", "code", "retryable",'
                         ' "request_id"}` with code `LLM_CONNECTION_ERROR`, '
-                        "`RAG_RETRIEVAL_ERROR` or `STREAM_ERROR`."
+                        "`RAG_RETRIEVAL_ERROR`, `SERVICE_UNAVAILABLE` or `STREAM_ERROR`."
                     ),
                     **_errors("Error", DOC_ERRORS),
                 },
