@@ -47,6 +47,7 @@ from tests.stream_endings import FORMATS, Ending, fan_out, stream  # noqa: E402
 
 SECRET = "bench-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz-0123456789"  # noqa: S105
 ASGI_APP = "chatproject.asgi:application"
+BURST = 200  # WebSocket connects at once, to fill the channel layer's pools
 STORED = ("docgen", "aisdk", "ws")  # formats whose exchanges are kept in a chat
 
 
@@ -88,6 +89,11 @@ class Deployment:
         self.limited_key = self.manage(
             "create_tenant", "limited", "--plan", "free", "--credits", "100"
         )
+        # Bursts of WebSocket connects spread over tenants, each under its 50-connection cap.
+        self.burst_keys = [
+            self.manage("create_tenant", f"burst{i}", "--plan", "enterprise", "--credits", "10")
+            for i in range(BURST // 40)
+        ]
         self.servers: list[tuple[str, subprocess.Popen]] = []
         self.logs = Path(tempfile.mkdtemp(prefix=f"faults-{label}-"))
 
@@ -241,6 +247,19 @@ async def _connect_once(ws_url: str, key: str) -> str:
         return "dropped"
 
 
+async def connect_burst(dep: Deployment) -> str:
+    """``BURST`` WebSocket connects at once, over both processes: what they got."""
+    keys = dep.burst_keys
+    outcomes = await asyncio.gather(
+        *(
+            connect_once(dep.url(i).replace("http://", "ws://", 1), keys[i % len(keys)])
+            for i in range(BURST)
+        )
+    )
+    counts = collections.Counter(outcome for outcome, _ in outcomes)
+    return ", ".join(f"{n} {kind}" for kind, n in counts.most_common())
+
+
 async def fan_out_works(dep: Deployment) -> bool:
     """Two sockets on one chat in the two processes: one's message reaches the other."""
     ws = [dep.url(i).replace("http://", "ws://", 1) for i in range(2)]
@@ -252,6 +271,9 @@ async def fan_out_works(dep: Deployment) -> bool:
 
 async def redis_outage(dep: Deployment, redis: outages.RedisServer, outage: float, after: float):
     prompt = "[demo:tokens=120] outage"
+    # A burst of connects first, so each process's channel-layer pool holds many
+    # connections when Redis goes away (those at the bottom are reached only by bursts).
+    baseline = await connect_burst(dep)
     async with httpx.AsyncClient(timeout=60) as client:
         streams = [
             asyncio.create_task(
@@ -286,6 +308,7 @@ async def redis_outage(dep: Deployment, redis: outages.RedisServer, outage: floa
                 )
             )
             recovery += [(time.monotonic() - returned, outcome) for outcome, _ in batch]
+        burst = await connect_burst(dep)
         fan_out = await fan_out_works(dep)
     failed_after = [t for t, outcome in recovery if outcome != "ok"]
     first_5s = [o for t, o in recovery if t < 5]
@@ -309,6 +332,8 @@ async def redis_outage(dep: Deployment, redis: outages.RedisServer, outage: floa
             " in the first 5 s,"
             + (f" last failure {max(failed_after):.1f} s after" if failed_after else "")
         ),
+        f"a burst of {BURST} connects at once before the outage": baseline,
+        f"a burst of {BURST} connects at once after it": burst,
         "fan-out between the processes afterwards": fan_out,
         "books after": dep.books(),
     }
