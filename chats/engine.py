@@ -293,7 +293,7 @@ class Generation:
         charged: Decimal | None
         remaining: Decimal | None
         if figures is None:  # the database is down: the client hears now, the rest waits
-            error = service_unavailable(
+            error = error or service_unavailable(
                 "The answer could not be saved yet: the database is unavailable. It is "
                 "saved and settled once the database is back."
             )
