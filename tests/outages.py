@@ -196,31 +196,51 @@ class PostgresCluster:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def books(database_url: str) -> dict:
-    """What a deployment's database says about money and answers: whether every tenant's
-    ledger sums to its balance, the holds still open, the messages kept by role and status."""
+def query(database_url: str, sql: str, params: tuple = ()) -> list[tuple]:
+    """Rows of ``sql`` on a deployment's database (PostgreSQL or a SQLite file); ``%s``
+    placeholders in either."""
     if database_url.startswith("sqlite:///"):
         import sqlite3
 
         conn = sqlite3.connect(database_url.removeprefix("sqlite:///"))
+        sql = sql.replace("%s", "?")
     else:
         import psycopg
 
         conn = psycopg.connect(database_url)
     try:
-        tenants = conn.execute(
-            "SELECT t.name, t.credit_balance, COALESCE(SUM(l.amount), 0)"
-            " FROM billing_tenant t LEFT JOIN billing_ledgerentry l ON l.tenant_id = t.id"
-            " GROUP BY t.id, t.name, t.credit_balance"
-        ).fetchall()
-        open_holds = conn.execute(
-            "SELECT COUNT(*) FROM billing_credithold WHERE status = 'open'"
-        ).fetchone()[0]
-        messages = conn.execute(
-            "SELECT role, status, COUNT(*) FROM chats_message GROUP BY role, status"
-        ).fetchall()
+        return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def books(database_url: str, tenant: str | None = None) -> dict:
+    """What a deployment's database says about money and answers (of one tenant, or of
+    all): whether each ledger sums to its balance, the holds still open, the messages
+    kept by role and status."""
+    params = (tenant,)  # the one tenant of that name, or every tenant for None
+    tenants = query(
+        database_url,
+        "SELECT t.name, t.credit_balance, COALESCE(SUM(l.amount), 0) FROM billing_tenant t"
+        " LEFT JOIN billing_ledgerentry l ON l.tenant_id = t.id"
+        " WHERE t.name = COALESCE(CAST(%s AS TEXT), t.name)"
+        " GROUP BY t.id, t.name, t.credit_balance",
+        params,
+    )
+    open_holds = query(
+        database_url,
+        "SELECT COUNT(*) FROM billing_credithold h JOIN billing_tenant t ON t.id = h.tenant_id"
+        " WHERE t.name = COALESCE(CAST(%s AS TEXT), t.name) AND h.status = 'open'",
+        params,
+    )[0][0]
+    messages = query(
+        database_url,
+        "SELECT m.role, m.status, COUNT(*) FROM chats_message m"
+        " JOIN chats_chat c ON c.id = m.chat_id JOIN billing_tenant t ON t.id = c.tenant_id"
+        " WHERE t.name = COALESCE(CAST(%s AS TEXT), t.name)"
+        " GROUP BY m.role, m.status",
+        params,
+    )
     return {
         "ledger equals balance": all(
             Decimal(str(balance)) == Decimal(str(ledger)) for _, balance, ledger in tenants

@@ -15,7 +15,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -34,6 +34,7 @@ class Stack:
     pg: outages.PostgresCluster | None
     database_url: str
     tmp: Path
+    tenants: dict[str, str] = field(default_factory=dict)  # API key -> tenant name
 
     def env(self, **extra: str) -> dict[str, str]:
         return {"DATABASE_URL": self.database_url, "REDIS_URL": self.redis.url(), **extra}
@@ -51,19 +52,33 @@ class Stack:
         return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
 
     def tenant(self, plan: str = "enterprise", credits: str = "1000") -> str:
-        """A new tenant on ``plan``; its API key."""
-        return self.manage(
-            "create_tenant", f"t-{uuid.uuid4().hex[:8]}", "--plan", plan, "--credits", credits
+        """A new tenant on ``plan``; its API key (:meth:`books` takes it)."""
+        name = f"t-{uuid.uuid4().hex[:8]}"
+        key = self.manage("create_tenant", name, "--plan", plan, "--credits", credits)
+        self.tenants[key] = name
+        return key
+
+    def books(self, key: str) -> dict:
+        """The tenant's books (see ``outages.books``)."""
+        return outages.books(self.database_url, self.tenants[key])
+
+    def settled_tokens(self, key: str) -> list[int]:
+        """The completion tokens each of the tenant's settled holds was charged for."""
+        rows = outages.query(
+            self.database_url,
+            "SELECT h.completion_tokens FROM billing_credithold h"
+            " JOIN billing_tenant t ON t.id = h.tenant_id"
+            " WHERE t.name = %s AND h.status = 'settled'",
+            (self.tenants[key],),
         )
+        return [tokens for (tokens,) in rows]
 
-    def books(self) -> dict:
-        return outages.books(self.database_url)
-
-    def books_when(self, condition: Callable[[dict], bool], timeout: float = 30) -> dict:
-        """The books once ``condition`` holds of them (or as they are at ``timeout``)."""
+    def books_when(self, key: str, condition: Callable[[dict], bool], timeout: float = 30) -> dict:
+        """The tenant's books once ``condition`` holds of them (or as they are at
+        ``timeout``)."""
         deadline = time.monotonic() + timeout
         while True:
-            books = self.books()
+            books = self.books(key)
             if condition(books) or time.monotonic() > deadline:
                 return books
             time.sleep(0.25)

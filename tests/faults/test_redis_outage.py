@@ -123,5 +123,5 @@ def test_streams_running_across_an_outage_end_and_their_books_balance(stack, ser
     assert [e.kind for e in endings] == ["complete"] * len(FORMATS), endings
     assert all(e.tokens == 100 for e in endings), endings
     assert retried.status_code == 200 and retried.headers["x-cache-status"] == "MISS"
-    books = stack.books_when(lambda books: books["open holds"] == 0)
+    books = stack.books_when(key, lambda books: books["open holds"] == 0)
     assert books["open holds"] == 0 and books["ledger equals balance"], books
