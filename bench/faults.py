@@ -351,6 +351,7 @@ def main() -> None:
     parser.add_argument("--outage", type=float, default=12.0, help="seconds each outage lasts")
     parser.add_argument("--per-format", type=int, default=4, help="streams per format")
     parser.add_argument("--after", type=float, default=15.0, help="seconds watched after Redis")
+    parser.add_argument("--only", choices=("postgres", "redis"), help="one of the two outages")
     args = parser.parse_args()
     if outages.missing():
         sys.exit(f"cannot run: {outages.missing()}")
@@ -365,10 +366,12 @@ def main() -> None:
             dep.start()
             try:
                 print(f"\n=== {label}: {tree} (2 daphne processes, {args.outage:.0f} s outages)")
-                figures = asyncio.run(postgres_outage(dep, pg, args.outage, args.per_format))
-                report(label, "PostgreSQL outage", figures)
-                figures = asyncio.run(redis_outage(dep, redis, args.outage, args.after))
-                report(label, "Redis outage", figures)
+                if args.only != "redis":
+                    figures = asyncio.run(postgres_outage(dep, pg, args.outage, args.per_format))
+                    report(label, "PostgreSQL outage", figures)
+                if args.only != "postgres":
+                    figures = asyncio.run(redis_outage(dep, redis, args.outage, args.after))
+                    report(label, "Redis outage", figures)
             finally:
                 dep.stop()
                 print(f"  (server logs: {dep.logs})")
