@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -84,12 +83,12 @@ class Stack:
             time.sleep(0.25)
 
 
-def _stack(with_postgres: bool):
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """Own Redis, and own PostgreSQL where installed (else SQLite)."""
     if "redis" in MISSING:
         pytest.skip(f"fault tests need their own Redis: {MISSING['redis']}")
-    if with_postgres and "postgres" in MISSING:
-        pytest.skip(f"PostgreSQL outage tests need their own cluster: {MISSING['postgres']}")
-    tmp = Path(tempfile.mkdtemp(prefix="fault-suite-"))
+    tmp = tmp_path_factory.mktemp("faults")  # the servers' logs stay here
     redis = outages.RedisServer()
     redis.start()
     pg = None
@@ -108,12 +107,6 @@ def _stack(with_postgres: bool):
         redis.close()
         if pg is not None:
             pg.close()
-
-
-@pytest.fixture(scope="session")
-def stack():
-    """Own Redis, and own PostgreSQL where installed (else SQLite)."""
-    yield from _stack(with_postgres=False)
 
 
 @pytest.fixture(scope="session")
