@@ -3,6 +3,7 @@ hold in each process, running streams end, and once Redis is back every connect 
 group operation works again without restarting anything."""
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -20,11 +21,10 @@ async def _connect(server, key, query: str = ""):
         f"{server.ws_url}/ws/chat?user_id=u1{query}", additional_headers={"X-API-Key": key}
     ) as socket:
         event = json.loads(await socket.recv())
-        try:
-            async with asyncio.timeout(2):
-                await socket.recv()
-        except (TimeoutError, websockets.ConnectionClosed):
-            pass
+        if event["type"] == "error":  # refused: the close follows
+            with contextlib.suppress(TimeoutError, websockets.ConnectionClosed):
+                async with asyncio.timeout(2):
+                    await socket.recv()
         return event, socket.close_code
 
 
