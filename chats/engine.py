@@ -61,7 +61,7 @@ from governor import gate
 logger = logging.getLogger(__name__)
 
 ZERO = Decimal(0)
-# How long finalisation keeps trying through a database outage (backing off, at most 30 s
+# How long finalisation keeps trying through a database outage (backing off, at most 10 s
 # apart) after the client was told; past it the open hold is left to the sweeper.
 FINALISE_RETRY_SECONDS = 600.0
 
@@ -444,7 +444,7 @@ class Generation:
                     delay,
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, 10.0)
 
     def _start_cache_fill(self) -> None:
         if self._cache_fill is None:
