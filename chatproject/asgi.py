@@ -13,14 +13,17 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from chatproject.backpressure import with_backpressure  # noqa: E402
 from chatproject.origin import browser_origin_validator  # noqa: E402
 from chats.routing import websocket_urlpatterns  # noqa: E402
 
 http_app = ASGIStaticFilesHandler(django_http) if settings.SERVE_STATIC else django_http
 
-application = ProtocolTypeRouter(
-    {
-        "http": http_app,
-        "websocket": browser_origin_validator(URLRouter(websocket_urlpatterns)),
-    }
+application = with_backpressure(
+    ProtocolTypeRouter(
+        {
+            "http": http_app,
+            "websocket": browser_origin_validator(URLRouter(websocket_urlpatterns)),
+        }
+    )
 )
