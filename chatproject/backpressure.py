@@ -73,7 +73,8 @@ def with_backpressure(app):
         async def paced_send(message):
             nonlocal flow, registered
             if message["type"] in _STREAMED:
-                if not registered:
+                # Only streams pay for this: a whole HTTP body goes out as it did.
+                if not registered and message.get("more_body", True):
                     registered, flow = True, _register(protocol, scope["type"])
                 if flow is not None and not flow.writable.is_set():
                     await _wait_for_reader(flow, protocol)
