@@ -10,7 +10,8 @@ Two measurements, both with the production settings (DEBUG off):
 1. **In the engine** (the figure that counts): the real engine (``start_generation`` and
    every event of the answer, with the demo model and no token delay) answers each request
    twice, once as shipped and once with billing's steps replaced by no-ops (the rate limit
-   and cache lookup, the credit hold, the settlement, the cache fill), in alternating
+   and cache lookup, the concurrent-generation slot (taken and given back), the credit
+   hold, the settlement, the cache fill), in alternating
    order. The overhead is the difference: of the two variants' p50 and p99, and the
    median of the per-request differences. It is measured to the answer's last event (what
    a client waits for; the cache fill runs while it goes out) and to the end of the
@@ -56,7 +57,7 @@ from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from bench.support import database_version, with_throwaway_database  # noqa: E402
-from billing import credits, ratelimit, response_cache  # noqa: E402
+from billing import concurrency, credits, ratelimit, response_cache  # noqa: E402
 from billing.credits import credits_reserve, credits_settle  # noqa: E402
 from billing.models import Plan, Tenant  # noqa: E402
 from billing.services import credits_top_up  # noqa: E402
@@ -113,6 +114,10 @@ async def _no_cache_fill(key, answer):
     return None
 
 
+async def _no_slot(*_, **__):
+    return None
+
+
 @contextmanager
 def billing_replaced_by_no_ops():
     """The engine with every billing step a no-op (the engine calls them through their
@@ -122,6 +127,8 @@ def billing_replaced_by_no_ops():
     replaced = [
         (response_cache, "rate_limit_and_cache_get", _no_limit_no_lookup),
         (response_cache, "cache_put", _no_cache_fill),
+        (concurrency, "generation_slot_acquire", _no_slot),
+        (concurrency, "generation_slot_release", _no_slot),
         (credits, "credits_reserve_pending", _no_hold),
         (credits, "credits_settle_pending", _no_settle),
     ]
