@@ -28,26 +28,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-SECRET = "bench-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz-0123456789"  # noqa: S105
+
+from bench import streaming  # noqa: E402
+
 MILLION = "[demo:tokens=1000000] go"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def server_env(args, database_url: str) -> dict[str, str]:
     return {
-        **os.environ,
+        **streaming.server_env(),  # production settings
         "DATABASE_URL": database_url,
-        "DEBUG": "false",
-        "SECRET_KEY": SECRET,
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "SECURE_SSL_REDIRECT": "false",
-        "LOG_LEVEL": "WARNING",
-        "DEMO_TOKEN_DELAY_MS": "0",
         "CLIENT_STALL_TIMEOUT_SECONDS": str(args.stall),
         # Checkpoints (where the code has them) show how far the engine got.
         "STREAM_CHECKPOINT_SECONDS": "1",
@@ -93,10 +83,7 @@ def setup(env: dict[str, str]) -> str:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return streaming.rss_kb(pid) / 1024
 
 
 def hold_of(reference: str | None = None):
@@ -176,32 +163,13 @@ def main() -> None:
     database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{directory}/bench.sqlite3"
     env = server_env(args, database_url)
     key = setup(env)
-    port = free_port()
+    port = streaming.free_port()
     log = open(Path(directory) / "daphne.log", "w")  # noqa: SIM115
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "chatproject.asgi:application",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    # daphne as the service runs it (where the code has that entry point), or daphne.
+    entry = "chatproject.server" if (ROOT / "chatproject" / "server.py").exists() else "daphne"
+    command = [sys.executable, "-m", entry, "-b", "127.0.0.1", "-p", str(port)]
+    server = streaming.start([*command, "chatproject.asgi:application"], port, env, log)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         import httpx
 
         warm = {"model": "bench-million", "messages": [{"role": "user", "content": "warm up"}]}
