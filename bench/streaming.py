@@ -99,6 +99,7 @@ def setup_database(upstream_url: str) -> str:
             "burst": None,
             "ws_messages_per_second": 1000,
             "ws_max_connections": 100000,
+            "max_concurrent_generations": 100000,
         },
     )
     tenant = tenant_create(
