@@ -163,6 +163,12 @@ if not 0 < STREAM_CHECKPOINT_SECONDS < HOLD_LEASE_SECONDS:
         "STREAM_CHECKPOINT_SECONDS must be above 0 and below HOLD_LEASE_SECONDS, "
         "or live credit holds lapse between renewals."
     )
+# The stream log of running generations (chats.stream_log): tokens go out in batches,
+# every STREAM_LOG_FLUSH_MS or STREAM_LOG_BATCH tokens; a log expires
+# STREAM_LOG_TTL_SECONDS after its last write.
+STREAM_LOG_FLUSH_MS = env.float("STREAM_LOG_FLUSH_MS", default=20.0)
+STREAM_LOG_BATCH = env.int("STREAM_LOG_BATCH", default=32)
+STREAM_LOG_TTL_SECONDS = env.float("STREAM_LOG_TTL_SECONDS", default=300.0)
 # How long an answer is kept for retries that send the same Idempotency-Key.
 IDEMPOTENCY_TTL_SECONDS = env.int("IDEMPOTENCY_TTL_SECONDS", default=86400)
 # A WebSocket connection slot lapses unless refreshed within this time (crashed processes).

@@ -46,7 +46,7 @@ from billing.models import Tenant
 from chatproject import metrics
 from chatproject.db import db_call, pipelined
 from chatproject.errors import ApiError, ErrorCode, is_outage, service_unavailable
-from chats import catalog, checkpoints
+from chats import catalog, checkpoints, stream_log
 from chats.context import trim_to_budget
 from chats.models import Chat, Message
 from chats.providers import (
@@ -192,6 +192,8 @@ class Generation:
         receipt: idempotency.Receipt | None = None,
         message_id: uuid.UUID | None = None,
         slot: GenerationSlot | None = None,
+        joined: str | None = None,
+        claimed: bool = False,
     ) -> None:
         self.request = request
         self.model = model
@@ -211,6 +213,12 @@ class Generation:
         # The assistant message's id, known up front (the hold names it).
         self.message_id = receipt.message_id if receipt else message_id or uuid.uuid4()
         self.slot = slot  # one of the tenant's concurrent generations, while it runs
+        # An identical request's stream log this one follows instead of generating (its
+        # answer is then a free cache hit), or this generation's own log, which identical
+        # requests (claimed: its cache key names this log) and resuming clients read.
+        self.joined = joined
+        self.claimed = claimed
+        self.log = stream_log.LogWriter(self.message_id.hex) if self.generates else None
         self.guard = gate.output_guard(decision)  # redacts the answer as it streams, or None
         self.started = time.monotonic()  # when admission began (set by start_generation)
         self._finished = False
@@ -229,10 +237,15 @@ class Generation:
         return self.model.name
 
     @property
+    def generates(self) -> bool:
+        """The answer comes from the provider (not the cache, nor an identical request)."""
+        return self.cached is None and self.joined is None
+
+    @property
     def cache_status(self) -> str:
         if self.receipt is not None:
             return self.receipt.cache_status
-        return "HIT" if self.cached else "MISS"
+        return "MISS" if self.generates else "HIT"
 
     @property
     def credits_remaining(self) -> Decimal | None:
@@ -251,7 +264,10 @@ class Generation:
         self._parts = parts
         checkpoints.join(self)
         try:
-            source = self._replay() if self.cached else self._provider_stream()
+            if self.cached:
+                source = self._replay()
+            else:
+                source = self._follow() if self.joined else self._provider_stream()
             async with contextlib.aclosing(source) as stream:
                 async for item in stream:
                     if isinstance(item, TokenDelta):
@@ -261,11 +277,15 @@ class Generation:
                         if not parts:
                             metrics.FIRST_TOKEN.observe(time.monotonic() - self.started)
                         parts.append(text)
+                        if self.log is not None:
+                            self.log.append(text)
                         yield TokenEvent(text, len(parts) - 1)
                     else:
                         end = item
             if self.guard and (text := self.guard.flush()):
                 parts.append(text)
+                if self.log is not None:
+                    self.log.append(text)
                 yield TokenEvent(text, len(parts) - 1)
             status = Message.Status.COMPLETE
         except ProviderError as exc:
@@ -339,6 +359,20 @@ class Generation:
                     deadline.reschedule(None)
                     yield item
 
+    async def _follow(self) -> AsyncIterator[TokenDelta | StreamEnd]:
+        """The answer of the identical request this one joined, as it streams."""
+        assert self.joined is not None
+        async for item in stream_log.follow(self.joined):
+            if isinstance(item, stream_log.LogToken):
+                yield TokenDelta(item.text)
+            elif item.status == Message.Status.COMPLETE:
+                yield StreamEnd(item.finish_reason, item.prompt_tokens, item.completion_tokens)
+            else:
+                raise ProviderError(
+                    "The identical request this one was answered with did not complete.",
+                    retryable=True,
+                )
+
     async def _replay(self) -> AsyncIterator[TokenDelta | StreamEnd]:
         cached = self.cached
         assert cached is not None
@@ -400,6 +434,9 @@ class Generation:
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
             )
+        self._close_log(status, usage, end)
+        if answer is None:  # nothing to cache: identical requests generate on their own
+            self._release_claim()
         try:
             charged, remaining = await self._write_final(status, content, usage, end)
         except Exception as exc:
@@ -416,7 +453,7 @@ class Generation:
             if self.slot is not None:
                 self.slot.give_back()
         self.outcome = Outcome(status, content, usage, charged, remaining)
-        metrics.GENERATIONS.labels(status=status, cache="HIT" if self.cached else "MISS").inc()
+        metrics.GENERATIONS.labels(status=status, cache=self.cache_status).inc()
         metrics.TOKENS.inc(len(parts))
         metrics.CREDITS.inc(float(charged))
         await self._close_idempotency_claim(answer, charged, remaining)
@@ -451,13 +488,31 @@ class Generation:
             self._cache_fill = _in_background(self._fill_cache(self._answer_to_cache))
 
     async def _fill_cache(self, answer: response_cache.CachedAnswer | None) -> None:
-        """Keep a complete answer (not a replayed one) for the next identical request."""
-        if answer is None or self.cached is not None or not self.cache_key:
+        """Keep a complete answer (not a replayed one) for the next identical request;
+        identical requests join this one's stream log until it is kept."""
+        if answer is None or not self.generates or not self.cache_key:
             return
         try:
             await response_cache.cache_put(self.cache_key, answer)
         except Exception:  # a cache outage must not fail a delivered answer
             logger.exception("response cache write failed")
+        self._release_claim()
+
+    def _close_log(self, status: str, usage: Usage, end: StreamEnd | None) -> None:
+        if self.log is not None:
+            finish_reason = (end.finish_reason if end else "") or "stop"
+            _in_background(
+                self.log.close(
+                    stream_log.LogEnd(
+                        status, finish_reason, usage.prompt_tokens, usage.completion_tokens
+                    )
+                )
+            )
+
+    def _release_claim(self) -> None:
+        if self.claimed and self.cache_key:
+            self.claimed = False
+            _in_background(stream_log.release(self.cache_key, self.message_id.hex))
 
     async def _close_idempotency_claim(
         self, answer: response_cache.CachedAnswer | None, charged: Decimal, remaining: Decimal
@@ -728,9 +783,15 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
         replay = await _claim_key(request, fingerprint)
         if replay is not None:
             cached, replayed, fingerprint, receipt = replay.answer, True, None, replay.receipt
+    message_id = uuid.uuid4()
+    # A miss joins an identical request still generating (in any process), if there is one.
+    joined = None
+    if cached is None and cache_key is not None:
+        joined = await stream_log.claim(cache_key, message_id.hex)
+    claimed = cached is None and cache_key is not None and joined is None
     reservation = (
         ZERO
-        if cached
+        if cached or joined
         else pricing.cost(
             input_price_per_1k=model.input_price_per_1k,
             output_price_per_1k=model.output_price_per_1k,
@@ -738,7 +799,6 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
             completion_tokens=max_tokens,
         )
     )
-    message_id = uuid.uuid4()
     admission = asyncio.ensure_future(
         db_call(
             _admit,
@@ -746,7 +806,7 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
             metadata,
             model.name,
             reservation,
-            cached is None,
+            cached is None and joined is None,
             not replayed,
             check,
             message_id,
@@ -763,6 +823,8 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
             _in_background(
                 idempotency.idempotency_abandon(request.tenant.pk, request.idempotency_key)
             )
+        if claimed:  # identical requests must not wait on a log nobody writes
+            _in_background(stream_log.release(cache_key, message_id.hex))
         raise
     return Generation(
         request=request,
@@ -781,6 +843,8 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
         receipt=receipt,
         message_id=message_id,
         slot=slot,
+        joined=joined,
+        claimed=claimed,
     )
 
 

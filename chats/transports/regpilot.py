@@ -63,8 +63,9 @@ def _headers(generation: Generation, tenant: Tenant) -> dict[str, str]:
         ),
         "x-credits-remaining": credits_text(credits_remaining(generation, tenant)),
     }
-    if cached:
+    if not generation.generates:  # a cache hit, or an identical request's answer joined
         headers["x-credits-charged"] = "0"
+    if cached:
         headers["x-regpilot-completion-tokens"] = str(cached.completion_tokens)
     headers.update(generation_headers(generation))
     return headers

@@ -84,8 +84,9 @@ async def test_the_sweeper_leaves_running_streams_alone(leased_server):
         received = [[] for _ in urls]
         ends = await asyncio.gather(
             *(
-                stream(url, "[demo:tokens=200][demo:delay=15] go", got)
-                for url, got in zip(urls, received, strict=True)
+                # distinct questions: identical ones would join one generation
+                stream(url, f"[demo:tokens=200][demo:delay=15] go {i}", got)
+                for i, (url, got) in enumerate(zip(urls, received, strict=True))
             )
         )
     finally:
@@ -113,8 +114,8 @@ async def test_a_killed_process_keeps_its_answers_and_is_charged_for_them(leased
     urls = await sync_to_async(sockets)(leased_server, tenant, 5)
     received = [[] for _ in urls]
     streams = [
-        asyncio.ensure_future(stream(url, "[demo:tokens=2000][demo:delay=10] go", got))
-        for url, got in zip(urls, received, strict=True)
+        asyncio.ensure_future(stream(url, f"[demo:tokens=2000][demo:delay=10] go {i}", got))
+        for i, (url, got) in enumerate(zip(urls, received, strict=True))
     ]
     deadline = asyncio.get_running_loop().time() + TIMEOUT
     while min(len(got) for got in received) < 100:  # a second or more of every answer
