@@ -85,3 +85,14 @@ def _forget_earlier_runs_in_redis():
             client.delete(key)
     finally:
         client.close()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def memory_or_redis(request, settings) -> str:
+    """Each test twice: in-process, and in Redis when ``REDIS_URL`` is set."""
+    if request.param == "redis":
+        if not settings.REDIS_URL:
+            pytest.skip("needs REDIS_URL")
+    else:
+        settings.REDIS_URL = ""
+    return request.param

@@ -4,7 +4,6 @@ import asyncio
 import uuid
 
 import pytest
-from django.conf import settings as django_settings
 
 from chatproject.redis import get_redis
 from chats import stream_log
@@ -13,22 +12,12 @@ from chats.stream_log import LogEnd, LogToken, LogWriter
 END = LogEnd("complete", "stop", 3, 5)
 
 
-@pytest.fixture(params=["memory", "redis"])
-def backend(request, settings) -> str:
-    if request.param == "redis":
-        if not django_settings.REDIS_URL:
-            pytest.skip("needs REDIS_URL")
-    else:
-        settings.REDIS_URL = ""
-    return request.param
-
-
 async def collect(log_id: str, after: int = -1) -> list:
     return [item async for item in stream_log.follow(log_id, after)]
 
 
 @pytest.mark.asyncio
-async def test_a_follower_gets_every_token_then_the_end(backend):
+async def test_a_follower_gets_every_token_then_the_end(memory_or_redis):
     log_id = uuid.uuid4().hex
     writer = LogWriter(log_id)
     follower = asyncio.ensure_future(collect(log_id))  # started before the first token
@@ -45,8 +34,8 @@ async def test_a_follower_gets_every_token_then_the_end(backend):
 
 
 @pytest.mark.asyncio
-async def test_redis_gets_tokens_in_batches_and_the_log_expires(backend, settings):
-    if backend != "redis":
+async def test_redis_gets_tokens_in_batches_and_the_log_expires(memory_or_redis, settings):
+    if memory_or_redis != "redis":
         pytest.skip("Redis only")
     settings.STREAM_LOG_BATCH = 8
     settings.STREAM_LOG_TTL_SECONDS = 30
@@ -64,14 +53,14 @@ async def test_redis_gets_tokens_in_batches_and_the_log_expires(backend, setting
 
 
 @pytest.mark.asyncio
-async def test_a_follower_of_a_silent_log_times_out(backend, settings):
+async def test_a_follower_of_a_silent_log_times_out(memory_or_redis, settings):
     settings.LLM_TIMEOUT_SECONDS = 0.3
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(collect(uuid.uuid4().hex), 5)
 
 
 @pytest.mark.asyncio
-async def test_the_first_claim_wins_until_released(backend):
+async def test_the_first_claim_wins_until_released(memory_or_redis):
     cache_key = f"test:{uuid.uuid4().hex}"
     assert await stream_log.claim(cache_key, "first") is None
     assert await stream_log.claim(cache_key, "second") == "first"
