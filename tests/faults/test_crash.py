@@ -31,7 +31,7 @@ async def _streams_until_killed(server, key):
                     server.url,
                     key,
                     FORMATS[i % len(FORMATS)],
-                    "[demo:tokens=1000] crash",
+                    f"[demo:tokens=1000] crash {i}",  # distinct: identical ones join one
                     deadline=20,
                 )
             )
