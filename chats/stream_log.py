@@ -235,8 +235,12 @@ async def _follow_redis(log_id: str, after: int) -> AsyncIterator[LogItem]:
 
 async def claim(cache_key: str, log_id: str) -> str | None:
     """Claim ``cache_key`` for ``log_id``: None when claimed, else the log of the request
-    that holds it (a Redis failure answers None: the request generates on its own)."""
-    ttl = _ttl()
+    that holds it (a Redis failure answers None: the request generates on its own).
+
+    A claim lasts at most ``LLM_TIMEOUT_SECONDS``: a claim left by a process that died
+    then stops drawing requests to a log nobody writes soon (those already following it
+    time out), and an answer generating longer is just not joined any more."""
+    ttl = min(_ttl(), float(settings.LLM_TIMEOUT_SECONDS))
     if not settings.REDIS_URL:
         now = time.monotonic()
         held = _memory_claims.get(cache_key)

@@ -68,3 +68,12 @@ async def test_the_first_claim_wins_until_released(memory_or_redis):
     assert await stream_log.claim(cache_key, "third") == "first"
     await stream_log.release(cache_key, "first")
     assert await stream_log.claim(cache_key, "third") is None
+
+
+@pytest.mark.asyncio
+async def test_a_claim_lapses_after_the_model_timeout(memory_or_redis, settings):
+    settings.LLM_TIMEOUT_SECONDS = 0.2  # a dead process's claim stops drawing requests
+    cache_key = f"test:{uuid.uuid4().hex}"
+    assert await stream_log.claim(cache_key, "dead") is None
+    await asyncio.sleep(0.3)
+    assert await stream_log.claim(cache_key, "alive") is None
