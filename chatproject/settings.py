@@ -271,6 +271,15 @@ DEMO_TOKEN_DELAY_MS = env.float("DEMO_TOKEN_DELAY_MS", default=15.0)  # so demo 
 # The model catalog is cached per process; admin edits take effect within this many seconds.
 MODEL_CATALOG_TTL_SECONDS = env.float("MODEL_CATALOG_TTL_SECONDS", default=10.0)
 
+# --- Tools ------------------------------------------------------------------------------
+# Most model calls in one request when the server runs tools (the credit hold covers them).
+TOOL_MAX_STEPS = env.int("TOOL_MAX_STEPS", default=5)
+# Longest tool result handed back to the model, in characters, over one step's calls.
+TOOL_RESULT_MAX_CHARS = env.int("TOOL_RESULT_MAX_CHARS", default=16000)
+# Tenant HTTP tools may call loopback, private and link-local addresses (tests, private
+# networks the operator trusts); off, they reach public addresses only.
+TOOLS_ALLOW_PRIVATE_URLS = env.bool("TOOLS_ALLOW_PRIVATE_URLS", default=False)
+
 # --- HTTP streaming transports (chats/transports) ---------------------------------------
 # An SSE comment is sent when no event has gone out for this long, so proxies and clients
 # do not drop a connection that waits on a slow model.

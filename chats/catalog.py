@@ -83,6 +83,15 @@ def _build_provider(model: LLMModel) -> Provider:
         return AnthropicProvider(
             _credential(model), base_url=base_url, timeout=timeout, name=_upstream(model, base_url)
         )
+    if model.provider == LLMModel.Provider.MISTRAL:
+        base_url = model.base_url or "https://api.mistral.ai/v1"
+        return OpenAICompatibleProvider(
+            base_url,
+            _credential(model),
+            timeout=timeout,
+            name=_upstream(model, base_url),
+            mistral=True,
+        )
     base_url = model.base_url or "https://api.openai.com/v1"
     return OpenAICompatibleProvider(
         base_url, _credential(model), timeout=timeout, name=_upstream(model, base_url)

@@ -1,13 +1,16 @@
 """Context window management: fit a conversation into a model's prompt budget."""
 
+from typing import Any
+
 from chats.providers import estimate_prompt_tokens
 
 
-def trim_to_budget(messages: list[dict[str, str]], budget_tokens: int) -> list[dict[str, str]]:
+def trim_to_budget(messages: list[dict[str, Any]], budget_tokens: int) -> list[dict[str, Any]]:
     """Drop the oldest non-system messages until the prompt fits ``budget_tokens``.
 
     System messages and the last message (the one being answered) are always kept, so a
-    single over-long message is sent as it is and left to the provider to refuse.
+    single over-long message is sent as it is and left to the provider to refuse. Tool
+    results go with the tool calls they answer (providers refuse them alone).
     """
     kept = list(messages)
     while estimate_prompt_tokens(kept) > budget_tokens:
@@ -18,4 +21,6 @@ def trim_to_budget(messages: list[dict[str, str]], budget_tokens: int) -> list[d
         if index is None:
             break
         del kept[index]
+        while index < len(kept) - 1 and kept[index].get("role") == "tool":
+            del kept[index]
     return kept

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import logging
 import time
 import uuid
@@ -46,7 +48,7 @@ from billing.models import Tenant
 from chatproject import metrics
 from chatproject.db import db_call, pipelined
 from chatproject.errors import ApiError, ErrorCode, is_outage, service_unavailable
-from chats import catalog, checkpoints, stream_log
+from chats import catalog, checkpoints, stream_log, tool_loop
 from chats.context import trim_to_budget
 from chats.models import Chat, Message
 from chats.providers import (
@@ -54,8 +56,12 @@ from chats.providers import (
     ProviderError,
     StreamEnd,
     TokenDelta,
+    ToolCallDelta,
+    ToolSpec,
     estimate_prompt_tokens,
+    message_text,
 )
+from chats.tool_loop import ServerTool, StepEnd, ToolResult
 from governor import gate
 
 logger = logging.getLogger(__name__)
@@ -72,7 +78,9 @@ FINALISE_RETRY_SECONDS = 600.0
 @dataclass
 class GenerationRequest:
     tenant: Tenant
-    messages: list[dict[str, str]]  # the conversation; the last one is being answered
+    # The conversation; the last one is being answered. Assistant messages may carry
+    # tool_calls, answered by role "tool" messages (see CompletionRequest).
+    messages: list[dict[str, Any]]
     chat: Chat | None = None  # where the exchange is stored (None: not stored)
     # Or: opens the chat during admission, returning it and whether it made it new; a
     # refused request then leaves no new chat behind. Sync (runs in the admission's
@@ -96,6 +104,13 @@ class GenerationRequest:
     # Text the server retrieved into the prompt itself (knowledge-base chunks), as
     # (source, text): the governor checks it for prompt and markup injection.
     folded: list[tuple[str, str]] = field(default_factory=list)
+    # Tools the client offers (it runs them itself: an answer calling them ends with
+    # finish_reason "tool_calls"), and how the model may use tools.
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str | None = None
+    parallel_tool_calls: bool | None = None
+    # Tools the server runs itself, by name, in a loop of at most TOOL_MAX_STEPS model calls.
+    server_tools: dict[str, ServerTool] = field(default_factory=dict)
 
 
 # --- What transports get out ------------------------------------------------------------
@@ -132,6 +147,9 @@ class FinishedEvent:
     usage: Usage
     credits_charged: Decimal
     credits_remaining: Decimal
+    # Every tool call of the answer, {"id", "name", "arguments"} plus "output" or "error"
+    # for those the server ran; the ones without either are the client's to answer.
+    tool_calls: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +163,28 @@ class ErrorEvent:
     credits_remaining: Decimal | None
 
 
-Event = TokenEvent | FinishedEvent | ErrorEvent
+@dataclass(frozen=True, slots=True)
+class ToolCallEvent:
+    """A piece of a tool call: the first names it, every piece may add to its arguments.
+    ``index`` numbers the calls of one model step, from 0; ``call_id`` is on every piece."""
+
+    step: int
+    index: int
+    call_id: str
+    name: str
+    arguments: str
+    first: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StepEvent:
+    """A model step ended with server tool calls (their ToolResults came before), and
+    the next step begins."""
+
+    step: int
+
+
+Event = TokenEvent | ToolCallEvent | ToolResult | StepEvent | FinishedEvent | ErrorEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +270,7 @@ class Generation:
         self._parts: list[str] | None = None
         self._checkpointed = Checkpoint("", 0)
         self._answer_row = False  # a checkpoint stored the answer (status streaming)
+        self._calls = _AnswerCalls()
 
     @property
     def model_name(self) -> str:
@@ -255,14 +295,16 @@ class Generation:
         return self.hold.balance_after if self.hold else None
 
     async def events(self) -> AsyncIterator[Event]:
-        """Tokens, then one FinishedEvent or ErrorEvent. Always finalises, even when the
-        consumer stops early (cancel, disconnect): the exchange is then ``cancelled``."""
+        """Tokens (and tool calls, tool results, steps), then one FinishedEvent or
+        ErrorEvent. Always finalises, even when the consumer stops early (cancel,
+        disconnect): the exchange is then ``cancelled``."""
         parts: list[str] = []
         end: StreamEnd | None = None
         error: ApiError | None = None
         status = Message.Status.CANCELLED  # unless the loop below reaches an ending
         self._parts = parts
         checkpoints.join(self)
+        calls = self._calls = _AnswerCalls()
         try:
             if self.cached:
                 source = self._replay()
@@ -280,6 +322,14 @@ class Generation:
                         if self.log is not None:
                             self.log.append(text)
                         yield TokenEvent(text, len(parts) - 1)
+                    elif isinstance(item, ToolCallDelta):
+                        yield calls.piece(item)
+                    elif isinstance(item, ToolResult):
+                        calls.result(item)
+                        yield item
+                    elif isinstance(item, StepEnd):
+                        calls.step_ended(item, len(parts))
+                        yield StepEvent(item.step)
                     else:
                         end = item
             if self.guard and (text := self.guard.flush()):
@@ -329,6 +379,7 @@ class Generation:
                     usage,
                     charged,
                     remaining,
+                    tuple(calls.all()),
                 )
             else:
                 yield ErrorEvent(error, self.message_id, content, usage, charged, remaining)
@@ -336,16 +387,32 @@ class Generation:
             self._start_cache_fill()
         await self._cache_filled()
 
-    async def _provider_stream(self) -> AsyncIterator[TokenDelta | StreamEnd]:
+    async def _provider_stream(self) -> AsyncIterator[tool_loop.LoopItem]:
         request = CompletionRequest(
             model=self.model.upstream_model,
             messages=self.messages,
             temperature=self.request.temperature,
             max_tokens=self.max_tokens,
+            tools=offered_tools(self.request),
+            tool_choice=self.request.tool_choice,
+            parallel_tool_calls=self.request.parallel_tool_calls,
+        )
+        # One model call, unless the server runs tools (then a bounded loop of them).
+        steps = (
+            tool_loop.run_steps(
+                self.model.provider,
+                request,
+                server_tools=self.request.server_tools,
+                max_steps=settings.TOOL_MAX_STEPS,
+                result_chars=settings.TOOL_RESULT_MAX_CHARS,
+                guard=functools.partial(gate.governor_check_tool_text, self.decision),
+            )
+            if self.request.server_tools
+            else self.model.provider.stream(request)
         )
         idle = settings.LLM_TIMEOUT_SECONDS
         loop = asyncio.get_running_loop()
-        async with contextlib.aclosing(self.model.provider.stream(request)) as stream:
+        async with contextlib.aclosing(steps) as stream:
             iterator = aiter(stream)
             async with asyncio.timeout(None) as deadline:
                 while True:
@@ -408,11 +475,17 @@ class Generation:
             await asyncio.shield(self._cache_fill)
 
     def _usage(self, parts: list[str], end: StreamEnd | None) -> Usage:
+        calls = self._calls  # the model steps that ended before this one, if any
         if end is not None:
             return Usage(end.prompt_tokens, end.completion_tokens)
-        if parts:  # ended early: the prompt was read, and these tokens went out
-            return Usage(self.prompt_tokens, len(parts))
-        return Usage(0, 0)  # nothing came back (refused upstream, or left before the first token)
+        if len(parts) > calls.parts_before_step:  # ended early: this step's prompt was read,
+            # and these tokens went out
+            return Usage(
+                calls.prompt_tokens + self.prompt_tokens,
+                calls.completion_tokens + len(parts) - calls.parts_before_step,
+            )
+        # nothing (more) came back: refused upstream, or left before the first token
+        return Usage(calls.prompt_tokens, calls.completion_tokens)
 
     async def _finish(
         self, status: str, parts: list[str], end: StreamEnd | None
@@ -425,8 +498,9 @@ class Generation:
         await checkpoints.leave(self)
         content = "".join(parts)
         usage = self._usage(parts, end)
+        calls = self._calls
         answer = None
-        if status == Message.Status.COMPLETE:
+        if status == Message.Status.COMPLETE and not calls:  # tool calls are never cached
             answer = response_cache.CachedAnswer(
                 content=content,
                 tokens=parts,
@@ -570,7 +644,10 @@ class Generation:
             try:  # also for empty answers: it completes the audit record
                 with isolated():
                     gate.governor_check_output(
-                        decision=self.decision, text=content, guard=self.guard
+                        decision=self.decision,
+                        text=content,
+                        guard=self.guard,
+                        tool_calls=self._calls.all(),
                     )
             except DatabaseError:
                 if together:
@@ -620,6 +697,7 @@ class Generation:
             "prompt_tokens": usage.prompt_tokens,
             "completion_tokens": usage.completion_tokens,
             "finish_reason": (end.finish_reason if end else "") or "",
+            "tool_calls": self._calls.all(),
         }
         with isolated():
             if self._answer_row:  # checkpointed while it streamed
@@ -675,6 +753,58 @@ class Generation:
         except DatabaseError:  # its chat was deleted, or the database is away
             logger.warning("checkpoint of %s failed", self.message_id, exc_info=True)
         self._checkpointed = point  # a failed one is not retried until the answer grows
+
+
+class _AnswerCalls:
+    """The tool calls of one answer, over all its steps, as they stream."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.calls: dict[tuple[int, int], dict[str, Any]] = {}
+        self.by_id: dict[str, dict[str, Any]] = {}
+        self.prompt_tokens = self.completion_tokens = 0  # of the steps that ended
+        self.parts_before_step = 0  # tokens of the answer's text before this step
+
+    def __bool__(self) -> bool:
+        return bool(self.calls)
+
+    def piece(self, piece: ToolCallDelta) -> ToolCallEvent:
+        key = (self.step, piece.index)
+        call = self.calls.get(key)
+        first = call is None
+        if call is None:
+            call_id = piece.id or f"call_{uuid.uuid4().hex[:24]}"
+            call = self.calls[key] = {"id": call_id, "name": piece.name or "", "arguments": ""}
+            self.by_id[call_id] = call
+        call["arguments"] += piece.arguments
+        return ToolCallEvent(
+            self.step, piece.index, call["id"], call["name"], piece.arguments, first
+        )
+
+    def result(self, result: ToolResult) -> None:
+        call = self.by_id.get(result.call_id)
+        if call is not None:
+            call.update(
+                {"output": result.output} if result.error is None else {"error": result.error}
+            )
+
+    def step_ended(self, end: StepEnd, tokens: int) -> None:
+        self.step += 1
+        self.prompt_tokens += end.prompt_tokens
+        self.completion_tokens += end.completion_tokens
+        self.parts_before_step = tokens
+
+    def all(self) -> list[dict[str, Any]]:
+        return [
+            {**call, "arguments": call["arguments"] or "{}"}
+            for _, call in sorted(self.calls.items())
+        ]
+
+
+def offered_tools(request: GenerationRequest) -> tuple[ToolSpec, ...]:
+    """The client's tools and the server's, as the model is offered them."""
+    server = tuple(tool.spec for tool in request.server_tools.values())
+    return (*request.tools, *server)
 
 
 def _provider_error(exc: ProviderError) -> ApiError:
@@ -744,6 +874,9 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
         messages=messages,
         temperature=request.temperature,
         max_tokens=max_tokens,
+        tools=[dataclasses.asdict(tool) for tool in offered_tools(request)] or None,
+        tool_choice=request.tool_choice,
+        parallel_tool_calls=request.parallel_tool_calls,
         no_cache=not request.use_cache,
         tenant_cache_enabled=request.tenant.response_cache_enabled,
     )
@@ -785,10 +918,12 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
             cached, replayed, fingerprint, receipt = replay.answer, True, None, replay.receipt
     message_id = uuid.uuid4()
     # A miss joins an identical request still generating (in any process), if there is one.
+    # Not one offering tools: the stream log carries text, and its answer may call them.
+    joinable = cached is None and cache_key is not None and not offered_tools(request)
     joined = None
-    if cached is None and cache_key is not None:
+    if joinable:
         joined = await stream_log.claim(cache_key, message_id.hex)
-    claimed = cached is None and cache_key is not None and joined is None
+    claimed = joinable and joined is None
     reservation = (
         ZERO
         if cached or joined
@@ -890,8 +1025,13 @@ def _governed_parts(request: GenerationRequest) -> list[tuple[str, str]]:
     supplied (stateless formats send the whole conversation, system messages included)."""
     first = request.trusted_messages if len(request.messages) > request.trusted_messages else -1
     numbered = list(enumerate(request.messages, 1))[first:]
-    labelled = [(f"message {i} ({m.get('role')})", m.get("content", "")) for i, m in numbered]
+    labelled = [(f"message {i} ({m.get('role')})", message_text(m)) for i, m in numbered]
     return [*request.client_context, *labelled]
+
+
+def _ends_with_user(request: GenerationRequest) -> bool:
+    """Whether the request answers a user's message (not tool results the client sent)."""
+    return request.messages[-1].get("role") == "user"
 
 
 def _admit(
@@ -940,7 +1080,7 @@ def _admit(
                     if needs_hold
                     else None
                 )
-                if request.chat is not None and store_message:
+                if request.chat is not None and store_message and _ends_with_user(request):
                     stored = Message.objects.create(
                         chat=request.chat,
                         role=Message.Role.USER,

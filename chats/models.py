@@ -74,6 +74,9 @@ class Message(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     finish_reason = models.CharField(max_length=32, blank=True)
     client_message_id = models.CharField(max_length=100, blank=True)
+    # An answer's tool calls, {"id", "name", "arguments"} with the "output" or "error" of
+    # those the server ran, so the chat's history gives them back to the model.
+    tool_calls = models.JSONField(default=list, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

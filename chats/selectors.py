@@ -1,6 +1,8 @@
 """Reads on chats, always scoped to one tenant."""
 
+import json
 import uuid
+from typing import Any
 
 from django.db.models import Count, QuerySet
 
@@ -48,15 +50,39 @@ def message_list(*, chat: Chat, descending: bool = False) -> QuerySet[Message]:
     return Message.objects.filter(chat=chat).order_by(*ordering)
 
 
-def chat_history(*, chat: Chat, limit: int) -> list[dict[str, str]]:
+def chat_history(*, chat: Chat, limit: int) -> list[dict[str, Any]]:
     """The chat's last ``limit`` answered turns, oldest first, as provider messages.
 
     Failed and cancelled answers are left out: the model should not continue from them.
+    An answer that ran tools is given back as the model made it: its tool calls, their
+    results, then its text.
     """
     rows = (
         Message.objects.filter(chat=chat)
         .exclude(status__in=[Message.Status.FAILED, Message.Status.CANCELLED])
         .order_by("-created_at", "-id")
-        .values_list("role", "content")[:limit]
+        .values_list("role", "content", "tool_calls")[:limit]
     )
-    return [{"role": role, "content": content} for role, content in reversed(rows)]
+    history: list[dict[str, Any]] = []
+    for role, content, tool_calls in reversed(rows):
+        history.extend(replayed_messages(role, content, tool_calls or []))
+    return history
+
+
+def replayed_messages(role: str, content: str, tool_calls: list[dict]) -> list[dict[str, Any]]:
+    """A stored message as provider messages; tool calls nobody answered are left out."""
+    answered = [call for call in tool_calls if "output" in call or "error" in call]
+    if not answered:
+        return [{"role": role, "content": content}]
+    calls = [{key: call[key] for key in ("id", "name", "arguments")} for call in answered]
+    results = [
+        {
+            "role": "tool",
+            "tool_call_id": call["id"],
+            "name": call["name"],
+            "content": call["output"] if "output" in call else json.dumps({"error": call["error"]}),
+        }
+        for call in answered
+    ]
+    replay = [{"role": role, "content": "", "tool_calls": calls}, *results]
+    return [*replay, {"role": role, "content": content}] if content else replay

@@ -25,6 +25,7 @@ from governor.evaluation import (
     GovernorMetadata,
     Policy,
     Violation,
+    evaluate,
     validate_metadata,
 )
 from governor.injection import neutralise_markup
@@ -265,12 +266,32 @@ def output_guard(decision: GateDecision) -> StreamGuard | None:
     return guard if guard.active else None
 
 
+def governor_check_tool_text(decision: GateDecision, text: str, direction: str) -> str | None:
+    """Why the governor withholds a tool's ``arguments`` going out or its ``result``
+    coming back (None: it passes). CPU only, with the policy of the request's decision."""
+    if decision.policy is None:
+        return None
+    result = evaluate(
+        EvaluationInput(text=text, metadata=decision.metadata, phase="input"), decision.policy
+    )
+    if result.approved:
+        return None
+    rules = ", ".join(sorted({v.rule for v in result.violations})) or result.risk_level
+    what = "arguments" if direction == "arguments" else "result"
+    return f"The compliance governor withheld this tool call's {what} ({rules})."
+
+
 def governor_check_output(
-    *, decision: GateDecision, text: str, guard: StreamGuard | None = None
+    *,
+    decision: GateDecision,
+    text: str,
+    guard: StreamGuard | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> None:
     """Evaluate the answer (phase ``output``) and record its findings on the request's
-    audit record, with what ``guard`` changed while it streamed. Post-hoc: the answer has
-    been delivered, nothing is refused here."""
+    audit record, with what ``guard`` changed while it streamed and the answer's tool calls
+    (name, id, and whether they ran). Post-hoc: the answer has been delivered, nothing is
+    refused here."""
     if decision.audit_id is None:
         return
     result = services.governor_evaluate_output(
@@ -280,6 +301,7 @@ def governor_check_output(
         policy=decision.policy,
         streamed=guard.report() if guard is not None else None,
         folded=decision.folded_findings,
+        tool_calls=[_audited_call(call) for call in tool_calls or ()],
     )
     if result.violations:
         logger.info(
@@ -287,3 +309,18 @@ def governor_check_output(
             decision.audit_id,
             ", ".join(sorted({v.rule for v in result.violations})),
         )
+
+
+def _audited_call(call: dict[str, Any]) -> dict[str, Any]:
+    """What the audit record keeps of a tool call: never the raw arguments or result,
+    their redacted excerpts."""
+    status = "error" if "error" in call else "ok" if "output" in call else "client"
+    audited = {
+        "id": call["id"],
+        "name": call["name"],
+        "status": status,
+        "arguments": services.redacted_excerpt(call["arguments"], 200),
+    }
+    if "error" in call:
+        audited["error"] = services.redacted_excerpt(call["error"], 200)
+    return audited

@@ -196,8 +196,10 @@ def governor_evaluate_output(
     policy: Policy | None = None,
     streamed: dict[str, int] | None = None,
     folded: list[dict[str, Any]] | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> GovernorResult:
-    """Evaluate an answer (phase ``output``) and store the findings on the request's record.
+    """Evaluate an answer (phase ``output``) and store the findings on the request's record,
+    with the answer's ``tool_calls`` when it made any.
 
     With ``metadata`` and ``policy`` from the input phase this is one UPDATE; without
     them they are recovered from the record (and the tenant's current policy).
@@ -207,8 +209,11 @@ def governor_evaluate_output(
         metadata = metadata_from_record(record)
         policy = policy_for_tenant(tenant=record.tenant)
     result = evaluate(EvaluationInput(text=text, metadata=metadata, phase="output"), policy)
+    findings = output_findings(result, streamed, folded)
+    if tool_calls:
+        findings["tool_calls"] = tool_calls
     AuditRecord.objects.filter(pk=audit_id).update(
-        output_findings=output_findings(result, streamed, folded), completed_at=timezone.now()
+        output_findings=findings, completed_at=timezone.now()
     )
     return result
 

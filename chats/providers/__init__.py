@@ -2,6 +2,7 @@
 
 from .anthropic import AnthropicProvider
 from .base import (
+    TOOL_CHOICE_MODES,
     CompletionRequest,
     LLMConnectionError,
     LLMProviderError,
@@ -11,14 +12,19 @@ from .base import (
     StreamEnd,
     StreamItem,
     TokenDelta,
+    ToolCallDelta,
+    ToolCalls,
+    ToolSpec,
     aclose_shared_client,
     estimate_prompt_tokens,
     estimate_tokens,
+    message_text,
 )
 from .demo import DemoProvider
 from .openai_compat import OpenAICompatibleProvider
 
 __all__ = [
+    "TOOL_CHOICE_MODES",
     "AnthropicProvider",
     "CompletionRequest",
     "DemoProvider",
@@ -31,7 +37,11 @@ __all__ = [
     "StreamEnd",
     "StreamItem",
     "TokenDelta",
+    "ToolCallDelta",
+    "ToolCalls",
+    "ToolSpec",
     "aclose_shared_client",
     "estimate_prompt_tokens",
     "estimate_tokens",
+    "message_text",
 ]

@@ -6,10 +6,15 @@ The stream is a sequence of named SSE events: `message_start` (input usage),
 `content_block_start`, `content_block_delta` (`text_delta` pieces), `content_block_stop`,
 `message_delta` (stop_reason and CUMULATIVE usage), `message_stop`; `ping` may come at any
 time and `error` can arrive mid-stream (e.g. `overloaded_error`).
+
+Tool calls are `tool_use` content blocks (their arguments streamed as `input_json_delta`
+pieces), told here as OpenAI-style tool call pieces numbered from 0 in the order the
+blocks start; tool results go back as `tool_result` blocks of a user turn.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +27,10 @@ from .base import (
     LLMProviderError,
     Provider,
     StreamEnd,
+    StreamItem,
     TokenDelta,
+    ToolCallDelta,
+    ToolCalls,
     client_lease,
     error_details,
     estimate_prompt_tokens,
@@ -88,26 +96,27 @@ class AnthropicProvider(Provider):
             self._headers["x-api-key"] = self._api_key
 
     def build_body(self, request: CompletionRequest) -> dict[str, Any]:
-        """The JSON body sent upstream: system messages move to the top-level `system`."""
+        """The JSON body sent upstream: system messages move to the top-level `system`,
+        tool calls become `tool_use` blocks and tool results `tool_result` blocks."""
         system = "\n\n".join(
             m["content"] for m in request.messages if m["role"] == "system" and m["content"]
         )
-        turns: list[dict[str, str]] = []
+        turns: list[dict[str, Any]] = []
         for message in request.messages:
-            if message["role"] == "system" or not message["content"]:
+            blocks = _blocks(message)
+            if message["role"] == "system" or not blocks:
                 continue  # Anthropic refuses empty turns
             role = "assistant" if message["role"] == "assistant" else "user"
             if not turns and role == "assistant":
                 continue  # and a conversation that starts with the assistant (trimmed)
             if turns and turns[-1]["role"] == role:
                 # Anthropic wants alternating turns; merge a run of same-role messages.
-                merged = f"{turns[-1]['content']}\n\n{message['content']}"
-                turns[-1] = {"role": role, "content": merged}
+                turns[-1]["content"].extend(blocks)
             else:
-                turns.append({"role": role, "content": message["content"]})
+                turns.append({"role": role, "content": blocks})
         body: dict[str, Any] = {
             "model": request.model,
-            "messages": turns,
+            "messages": [_plain(turn) for turn in turns],
             "max_tokens": max(1, request.max_tokens)
             if request.max_tokens is not None
             else self._default_max_tokens,
@@ -117,9 +126,10 @@ class AnthropicProvider(Provider):
         }
         if system:
             body["system"] = system
+        body.update(_tools(request))
         return body
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[TokenDelta | StreamEnd]:
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
         progress = _Progress()
         with client_lease(self._client) as client:
             try:
@@ -145,9 +155,9 @@ class AnthropicProvider(Provider):
                         kind = payload.get("type") or event
                         if kind == "error":
                             raise self._stream_error(payload.get("error"))
-                        text = progress.take(kind, payload)
-                        if text:
-                            yield TokenDelta(text)
+                        item = progress.take(kind, payload)
+                        if item is not None:
+                            yield item
             except httpx.HTTPError as exc:
                 # Once the answer is complete, a failure while draining the body costs nothing.
                 if not progress.finished:
@@ -164,7 +174,7 @@ class AnthropicProvider(Provider):
             else estimate_prompt_tokens(request.messages),
             completion_tokens=progress.completion_tokens
             if progress.completion_tokens is not None
-            else estimate_tokens("".join(progress.parts)),
+            else estimate_tokens("".join(progress.parts) + progress.calls.text()),
         )
 
     async def _status_error(self, response: httpx.Response) -> LLMProviderError:
@@ -192,6 +202,8 @@ class _Progress:
     """What one message stream has told so far."""
 
     parts: list[str] = field(default_factory=list)
+    calls: ToolCalls = field(default_factory=ToolCalls)
+    call_of_block: dict[int, int] = field(default_factory=dict)  # block index → call index
     stop_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -202,23 +214,43 @@ class _Progress:
         """The whole answer arrived (a stop_reason is as good as message_stop)."""
         return self.done or self.stop_reason is not None
 
-    def take(self, kind: str, payload: dict[str, Any]) -> str | None:
-        """Takes in one event; returns its text, if it carries any."""
+    def take(self, kind: str, payload: dict[str, Any]) -> StreamItem | None:
+        """Takes in one event; returns its text or tool call piece, if it carries one."""
         if kind == "content_block_delta":
             delta = payload.get("delta") or {}
+            if delta.get("type") == "input_json_delta":
+                call = self.call_of_block.get(payload.get("index"))
+                piece = delta.get("partial_json") or ""
+                if call is None or not piece:
+                    return None
+                return self._piece(ToolCallDelta(call, arguments=piece))
             text = delta.get("text") if delta.get("type") == "text_delta" else None
             if text:
                 self.parts.append(text)
-            return text
-        if kind == "message_start":
+                return TokenDelta(text)
+            return None
+        if kind == "content_block_start":
+            block = payload.get("content_block") or {}
+            if block.get("type") == "tool_use":
+                call = self.call_of_block[payload.get("index")] = len(self.call_of_block)
+                given = block.get("input")  # {} when streamed; whole otherwise
+                arguments = json.dumps(given) if given else ""
+                return self._piece(
+                    ToolCallDelta(call, block.get("id"), block.get("name"), arguments)
+                )
+        elif kind == "message_start":
             self._count((payload.get("message") or {}).get("usage"))
         elif kind == "message_delta":
             self.stop_reason = (payload.get("delta") or {}).get("stop_reason") or self.stop_reason
             self._count(payload.get("usage"))  # cumulative, not an increment
         elif kind == "message_stop":
             self.done = True
-        # ping, content_block_start/stop and event types added later: nothing to do
+        # ping, content_block_stop and event types added later: nothing to do
         return None
+
+    def _piece(self, piece: ToolCallDelta) -> ToolCallDelta:
+        self.calls.add(piece)
+        return piece
 
     def _count(self, usage: Mapping[str, Any] | None) -> None:
         self.prompt_tokens = _input_tokens(usage, self.prompt_tokens)
@@ -233,3 +265,64 @@ def _input_tokens(usage: Mapping[str, Any] | None, current: int | None) -> int |
         usage_count(usage, key, 0)
         for key in ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
     )
+
+
+def _blocks(message: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A message as Anthropic content blocks."""
+    if message["role"] == "tool":
+        result = {
+            "type": "tool_result",
+            "tool_use_id": message["tool_call_id"],
+            "content": message["content"] or "(empty)",
+        }
+        if message.get("is_error"):
+            result["is_error"] = True
+        return [result]
+    blocks: list[dict[str, Any]] = []
+    if message["content"]:
+        blocks.append({"type": "text", "text": message["content"]})
+    for call in message.get("tool_calls") or ():
+        blocks.append(
+            {"type": "tool_use", "id": call["id"], "name": call["name"], "input": _input(call)}
+        )
+    return blocks
+
+
+def _input(call: Mapping[str, str]) -> dict[str, Any]:
+    """A call's arguments as the object Anthropic wants (arguments that are not an object
+    are kept under ``input``, so nothing the model said is lost)."""
+    try:
+        value = json.loads(call["arguments"] or "{}")
+    except ValueError:
+        return {"input": call["arguments"]}
+    return value if isinstance(value, dict) else {"input": value}
+
+
+def _plain(turn: dict[str, Any]) -> dict[str, Any]:
+    """A turn of text only is sent as one string, its messages' texts joined."""
+    blocks = turn["content"]
+    if all(block["type"] == "text" for block in blocks):
+        return {"role": turn["role"], "content": "\n\n".join(b["text"] for b in blocks)}
+    return turn
+
+
+def _tools(request: CompletionRequest) -> dict[str, Any]:
+    """The ``tools`` and ``tool_choice`` fields for the request's tools."""
+    if not request.tools:
+        return {}
+    tools = [
+        {"name": tool.name, "description": tool.description, "input_schema": tool.parameters}
+        for tool in request.tools
+    ]
+    choice = request.tool_choice or "auto"
+    if choice == "auto":
+        tool_choice: dict[str, Any] = {"type": "auto"}
+    elif choice == "none":
+        tool_choice = {"type": "none"}
+    elif choice == "required":
+        tool_choice = {"type": "any"}
+    else:
+        tool_choice = {"type": "tool", "name": choice}
+    if request.parallel_tool_calls is False and choice != "none":
+        tool_choice["disable_parallel_tool_use"] = True
+    return {"tools": tools, "tool_choice": tool_choice}

@@ -23,20 +23,42 @@ import json
 import ssl
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
 
 
 @dataclass(frozen=True)
+class ToolSpec:
+    """A tool the model may call: its name, what it does, its arguments' JSON schema."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+
+
+@dataclass(frozen=True)
 class CompletionRequest:
-    """What the engine asks of a provider."""
+    """What the engine asks of a provider.
+
+    ``messages`` are ``{"role": "system"|"user"|"assistant", "content": str}``; an
+    assistant message may carry ``tool_calls`` (``[{"id", "name", "arguments"}]``, the
+    arguments a JSON text), answered by ``{"role": "tool", "tool_call_id", "name",
+    "content"}`` messages. ``tool_choice`` is ``auto``, ``none``, ``required`` or the name
+    of the one tool the model must call.
+    """
 
     model: str  # the upstream model id
-    messages: list[dict[str, str]]  # [{"role": "system"|"user"|"assistant", "content": str}]
+    messages: list[dict[str, Any]]
     temperature: float = 0.7
     max_tokens: int | None = None
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str | None = None
+    parallel_tool_calls: bool | None = None
+
+
+TOOL_CHOICE_MODES = ("auto", "none", "required")
 
 
 @dataclass(frozen=True)
@@ -44,6 +66,17 @@ class TokenDelta:
     """A piece of generated text, as the upstream sent it."""
 
     text: str
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call, as OpenAI streams them: the first piece of call ``index``
+    names it (``id``, ``name``); every piece may add to its JSON ``arguments``."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,7 +88,7 @@ class StreamEnd:
     completion_tokens: int  # upstream usage when reported, else estimate_tokens(full text)
 
 
-StreamItem = TokenDelta | StreamEnd
+StreamItem = TokenDelta | ToolCallDelta | StreamEnd
 
 _D = TypeVar("_D", int, int | None)
 
@@ -114,8 +147,9 @@ class Provider(ABC):
     name: str
 
     @abstractmethod
-    def stream(self, request: CompletionRequest) -> AsyncIterator[TokenDelta | StreamEnd]:
-        """Yields TokenDelta items then exactly one StreamEnd; raises ProviderError subclasses."""
+    def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
+        """Yields TokenDelta and ToolCallDelta items then exactly one StreamEnd; raises
+        ProviderError subclasses."""
 
 
 def estimate_tokens(text: str) -> int:
@@ -126,8 +160,47 @@ def estimate_tokens(text: str) -> int:
 
 
 def estimate_prompt_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
-    """The estimate of a prompt: the sum of its messages' estimates."""
-    return sum(estimate_tokens(str(message.get("content") or "")) for message in messages)
+    """The estimate of a prompt: the sum of its messages' estimates (tool calls included)."""
+    return sum(estimate_tokens(message_text(message)) for message in messages)
+
+
+def message_text(message: Mapping[str, Any]) -> str:
+    """A message's content and the names and arguments of its tool calls."""
+    text = str(message.get("content") or "")
+    calls = message.get("tool_calls") or ()
+    if calls:
+        text += "".join(f"{call['name']}{call['arguments']}" for call in calls)
+    return text
+
+
+class ToolCalls:
+    """The tool calls of one answer, assembled from their streamed pieces."""
+
+    def __init__(self) -> None:
+        self.calls: dict[int, dict[str, str]] = {}
+
+    def add(self, piece: ToolCallDelta) -> dict[str, str]:
+        """Takes in one piece; returns the call it belongs to."""
+        call = self.calls.setdefault(piece.index, {"id": "", "name": "", "arguments": ""})
+        if piece.id:
+            call["id"] = piece.id
+        if piece.name:
+            call["name"] = piece.name
+        call["arguments"] += piece.arguments
+        return call
+
+    def __bool__(self) -> bool:
+        return bool(self.calls)
+
+    def done(self) -> list[dict[str, str]]:
+        """The calls in index order, arguments ``{}`` when none came."""
+        return [
+            {**call, "arguments": call["arguments"] or "{}"}
+            for _, call in sorted(self.calls.items())
+        ]
+
+    def text(self) -> str:
+        return "".join(call["name"] + call["arguments"] for call in self.calls.values())
 
 
 # --- Shared HTTP plumbing for the HTTP providers ------------------------------------------

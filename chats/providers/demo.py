@@ -24,6 +24,11 @@ can be combined, e.g. ``[demo:tokens=500][demo:delay=5]``):
     stall forever after N tokens (after the whole reply if it is shorter).
 ``[demo:error=STATUS]``
     raise LLMProviderError with that HTTP status before any token (429/5xx retryable).
+``[demo:tool=NAME {"arg": ...}]``
+    when the request offers tools: call tool NAME with those arguments (several
+    directives, several calls in one answer), the arguments streamed in small pieces,
+    finish_reason "tool_calls". Once the conversation ends with tool results, the reply
+    quotes them: ``The tool NAME returned: <result>``.
 
 Unknown directives and directives with a malformed number are ignored.
 """
@@ -31,8 +36,12 @@ Unknown directives and directives with a malformed number are ignored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import re
+import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from .base import (
     CompletionRequest,
@@ -40,10 +49,15 @@ from .base import (
     LLMProviderError,
     Provider,
     StreamEnd,
+    StreamItem,
     TokenDelta,
+    ToolCallDelta,
     estimate_prompt_tokens,
+    estimate_tokens,
 )
 
+_TOOL_DIRECTIVE = re.compile(r"\[demo:tool=([A-Za-z0-9_.-]+)\s*", re.IGNORECASE)
+_ARGUMENT_PIECE = 7  # characters of arguments per streamed piece
 _DIRECTIVE = re.compile(r"\[demo:([a-z-]+)(?:=([^\]]*))?\]", re.IGNORECASE)
 _TOKEN = re.compile(r"\s*\S+")
 _ECHO_LIMIT = 200
@@ -65,9 +79,29 @@ def parse_directives(text: str) -> dict[str, int | None]:
     return directives
 
 
+def tool_directives(text: str) -> tuple[list[tuple[str, str]], str]:
+    """The ``[demo:tool=NAME {json}]`` directives of ``text`` as (name, arguments JSON), and
+    the text without them. Arguments that are not a JSON object count as ``{}``."""
+    calls: list[tuple[str, str]] = []
+    rest: list[str] = []
+    position = 0
+    decoder = json.JSONDecoder()
+    while match := _TOOL_DIRECTIVE.search(text, position):
+        rest.append(text[position : match.start()])
+        end = match.end()
+        arguments: Any = {}
+        with contextlib.suppress(ValueError):
+            arguments, end = decoder.raw_decode(text, end)
+        close = text.find("]", end)
+        position = len(text) if close == -1 else close + 1
+        calls.append((match.group(1), json.dumps(arguments if isinstance(arguments, dict) else {})))
+    rest.append(text[position:])
+    return calls, "".join(rest)
+
+
 def demo_reply(last_user_message: str) -> str:
     """The demo model's reply to a user message (directives removed)."""
-    said = " ".join(_DIRECTIVE.sub(" ", last_user_message).split())
+    said = " ".join(_DIRECTIVE.sub(" ", tool_directives(last_user_message)[1]).split())
     if not said:
         return "This is the offline demo model. You said nothing."
     if len(said) > _ECHO_LIMIT:
@@ -108,7 +142,7 @@ class DemoProvider(Provider):
     def __init__(self, token_delay: float = 0.0) -> None:
         self.token_delay = token_delay
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[TokenDelta | StreamEnd]:
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
         last_user = next(
             (m.get("content") or "" for m in reversed(request.messages) if m.get("role") == "user"),
             "",
@@ -119,9 +153,23 @@ class DemoProvider(Provider):
         if status is not None:
             raise LLMProviderError(f"demo: simulated upstream error (HTTP {status})", status=status)
 
+        results = _tool_results(request.messages)
+        calls = (
+            tool_directives(last_user)[0] if request.tools and request.tool_choice != "none" else []
+        )
+        if calls and not results:
+            async for item in self._call_tools(request, calls):
+                yield item
+            return
+
         count = directives.get("tokens")
         # Filler is made token by token: `[demo:tokens=N]` costs no memory however large N is.
-        reply = split_tokens(demo_reply(last_user)) if count is None else None
+        if results:
+            reply = split_tokens(
+                " ".join(f"The tool {name} returned: {content}" for name, content in results)
+            )
+        else:
+            reply = split_tokens(demo_reply(last_user)) if count is None else None
         total = len(reply) if reply is not None else count or 0
         finish_reason = "stop"
         if request.max_tokens is not None and total > request.max_tokens:
@@ -149,3 +197,30 @@ class DemoProvider(Provider):
             prompt_tokens=estimate_prompt_tokens(request.messages),
             completion_tokens=total,
         )
+
+    async def _call_tools(
+        self, request: CompletionRequest, calls: list[tuple[str, str]]
+    ) -> AsyncIterator[StreamItem]:
+        if request.parallel_tool_calls is False:
+            calls = calls[:1]
+        for index, (name, arguments) in enumerate(calls):
+            await asyncio.sleep(self.token_delay)
+            yield ToolCallDelta(index, f"call_{uuid.uuid4().hex[:24]}", name, "")
+            for start in range(0, len(arguments), _ARGUMENT_PIECE):
+                await asyncio.sleep(self.token_delay)
+                yield ToolCallDelta(index, arguments=arguments[start : start + _ARGUMENT_PIECE])
+        yield StreamEnd(
+            finish_reason="tool_calls",
+            prompt_tokens=estimate_prompt_tokens(request.messages),
+            completion_tokens=estimate_tokens("".join(name + args for name, args in calls)),
+        )
+
+
+def _tool_results(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The tool results the conversation ends with (after the model's last tool calls)."""
+    results = []
+    for message in reversed(messages):
+        if message.get("role") != "tool":
+            break
+        results.append((message.get("name") or "tool", message.get("content") or ""))
+    return results[::-1]

@@ -9,6 +9,8 @@ produced tokens; retrying is the engine's decision, made from `ProviderError.ret
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +23,10 @@ from .base import (
     LLMProviderError,
     Provider,
     StreamEnd,
+    StreamItem,
     TokenDelta,
+    ToolCallDelta,
+    ToolCalls,
     client_lease,
     error_details,
     estimate_prompt_tokens,
@@ -35,6 +40,72 @@ from .base import (
 
 # Error types an upstream may report inside a 200 stream that are worth a retry.
 _RETRYABLE_STREAM_ERRORS = {"server_error", "api_error", "overloaded_error", "rate_limit_error"}
+# Mistral refuses tool call ids that are not 9 letters or digits ("call_..." included).
+_MISTRAL_CALL_ID = re.compile(r"^[A-Za-z0-9]{9}$")
+
+
+def mistral_call_id(call_id: str) -> str:
+    """A tool call id Mistral accepts, the same for the same id."""
+    if _MISTRAL_CALL_ID.match(call_id):
+        return call_id
+    return hashlib.sha256(call_id.encode()).hexdigest()[:9]
+
+
+def wire_messages(
+    messages: list[dict[str, Any]], call_id=lambda call_id: call_id
+) -> list[dict[str, Any]]:
+    """Messages in the Chat Completions format: tool calls and tool results included."""
+    wire = []
+    for message in messages:
+        role = message["role"]
+        if role == "tool":
+            wire.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": call_id(message["tool_call_id"]),
+                    "content": message["content"],
+                }
+            )
+        elif message.get("tool_calls"):
+            calls = [
+                {
+                    "id": call_id(call["id"]),
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": call["arguments"]},
+                }
+                for call in message["tool_calls"]
+            ]
+            wire.append({"role": role, "content": message["content"] or None, "tool_calls": calls})
+        else:
+            wire.append({"role": role, "content": message["content"]})
+    return wire
+
+
+def wire_tools(request: CompletionRequest) -> dict[str, Any]:
+    """The ``tools``, ``tool_choice`` and ``parallel_tool_calls`` fields of a request."""
+    if not request.tools:
+        return {}
+    fields: dict[str, Any] = {
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool.name,
+                    "description": tool.description,
+                    "parameters": tool.parameters,
+                },
+            }
+            for tool in request.tools
+        ]
+    }
+    choice = request.tool_choice
+    if choice in ("auto", "none", "required"):
+        fields["tool_choice"] = choice
+    elif choice:
+        fields["tool_choice"] = {"type": "function", "function": {"name": choice}}
+    if request.parallel_tool_calls is not None:
+        fields["parallel_tool_calls"] = request.parallel_tool_calls
+    return fields
 
 
 class OpenAICompatibleProvider(Provider):
@@ -54,10 +125,12 @@ class OpenAICompatibleProvider(Provider):
         headers: Mapping[str, str] | None = None,
         include_usage: bool = True,
         max_tokens_field: str = "max_tokens",
+        mistral: bool = False,
     ) -> None:
         """`timeout` is the longest wait for any byte (the first one, or the next one mid-
         stream). `include_usage=False` is for old servers that reject `stream_options`;
-        `max_tokens_field="max_completion_tokens"` for OpenAI's reasoning models."""
+        `max_tokens_field="max_completion_tokens"` for OpenAI's reasoning models;
+        `mistral` for Mistral's API (its own tool call ids)."""
         if name:
             self.name = name
         self._url = base_url.rstrip("/") + "/chat/completions"
@@ -67,6 +140,7 @@ class OpenAICompatibleProvider(Provider):
         self._client = client
         self._include_usage = include_usage
         self._max_tokens_field = max_tokens_field
+        self._call_id = mistral_call_id if mistral else str
         self._headers = {"accept": "text/event-stream", **(headers or {})}
         if self._api_key:
             self._headers["authorization"] = f"Bearer {self._api_key}"
@@ -75,9 +149,10 @@ class OpenAICompatibleProvider(Provider):
         """The JSON body sent upstream for `request`."""
         body: dict[str, Any] = {
             "model": request.model,
-            "messages": [{"role": m["role"], "content": m["content"]} for m in request.messages],
+            "messages": wire_messages(request.messages, self._call_id),
             "temperature": request.temperature,
             "stream": True,
+            **wire_tools(request),
         }
         if self._include_usage:
             body["stream_options"] = {"include_usage": True}
@@ -85,7 +160,7 @@ class OpenAICompatibleProvider(Provider):
             body[self._max_tokens_field] = request.max_tokens
         return body
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[TokenDelta | StreamEnd]:
+    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
         progress = _Progress()
         with client_lease(self._client) as client:
             try:
@@ -100,9 +175,8 @@ class OpenAICompatibleProvider(Provider):
                         raise await self._status_error(response)
                     if response.headers.get("content-type", "").startswith("application/json"):
                         # A server that ignored `stream: true` answers with one completion.
-                        text = progress.take_completion(await response.aread())
-                        if text:
-                            yield TokenDelta(text)
+                        for item in progress.take_completion(await response.aread()):
+                            yield item
                     # Read on to the end of the body after [DONE], so that the connection
                     # goes back to the pool instead of being closed.
                     async for _event, data in iter_sse(response):
@@ -118,9 +192,8 @@ class OpenAICompatibleProvider(Provider):
                             )
                         if chunk.get("error"):
                             raise self._stream_error(chunk["error"])
-                        piece = progress.take(chunk)
-                        if piece:
-                            yield TokenDelta(piece)
+                        for item in progress.take(chunk):
+                            yield item
             except httpx.HTTPError as exc:
                 # Once the answer is complete, a failure while draining the body costs nothing.
                 if not progress.finished:
@@ -137,7 +210,9 @@ class OpenAICompatibleProvider(Provider):
                 usage, "prompt_tokens", estimate_prompt_tokens(request.messages)
             ),
             completion_tokens=usage_count(
-                usage, "completion_tokens", estimate_tokens("".join(progress.parts))
+                usage,
+                "completion_tokens",
+                estimate_tokens("".join(progress.parts) + progress.calls.text()),
             ),
         )
 
@@ -171,6 +246,7 @@ class _Progress:
     """What one completion stream has told so far."""
 
     parts: list[str] = field(default_factory=list)
+    calls: ToolCalls = field(default_factory=ToolCalls)
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
     done: bool = False  # [DONE] seen: the answer is complete, only the body's end is left
@@ -180,30 +256,53 @@ class _Progress:
         """The whole answer arrived (a finish_reason is as good as [DONE])."""
         return self.done or self.finish_reason is not None
 
-    def take(self, chunk: dict[str, Any]) -> str | None:
-        """Takes in one `chat.completion.chunk`; returns its text, if it carries any."""
+    def take(self, chunk: dict[str, Any]) -> list[StreamItem]:
+        """Takes in one `chat.completion.chunk`; returns its text and tool call pieces."""
         if isinstance(chunk.get("usage"), dict):
             self.usage = chunk["usage"]  # the last chunk's, with include_usage
-        text = None
+        items: list[StreamItem] = []
         for choice in chunk.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
-            text = (choice.get("delta") or {}).get("content") or None
-            if text:
+            delta = choice.get("delta") or {}
+            text = delta.get("content") or None
+            if isinstance(text, str):
                 self.parts.append(text)
+                items.append(TokenDelta(text))
+            for position, call in enumerate(delta.get("tool_calls") or ()):
+                if isinstance(call, dict):
+                    items.append(self._call_piece(call, position))
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
-        return text
+        return items
 
-    def take_completion(self, raw: bytes) -> str:
-        """Takes in a whole `chat.completion` object; returns its text."""
+    def _call_piece(self, call: dict[str, Any], position: int) -> ToolCallDelta:
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        index = call.get("index")
+        piece = ToolCallDelta(
+            index=index if isinstance(index, int) else position,
+            id=call.get("id") or None,
+            name=function.get("name") or None,
+            arguments=function.get("arguments") or "",
+        )
+        self.calls.add(piece)
+        return piece
+
+    def take_completion(self, raw: bytes) -> list[StreamItem]:
+        """Takes in a whole `chat.completion` object; returns its text and tool calls."""
         payload = parse_json_object(raw) or {}
         choices = payload.get("choices") or [{}]
         choice = choices[0] if isinstance(choices[0], dict) else {}
-        text = str((choice.get("message") or {}).get("content") or "")
+        message = choice.get("message") or {}
+        text = str(message.get("content") or "")
+        items: list[StreamItem] = []
         if text:
             self.parts.append(text)
+            items.append(TokenDelta(text))
+        for position, call in enumerate(message.get("tool_calls") or ()):
+            if isinstance(call, dict):
+                items.append(self._call_piece({**call, "index": position}, position))
         self.finish_reason = str(choice.get("finish_reason") or "stop")
         self.usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else None
         self.done = True
-        return text
+        return items

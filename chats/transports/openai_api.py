@@ -21,7 +21,15 @@ from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode
 from chatproject.json_body import read_json
 from chats import catalog
-from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
+from chats.engine import (
+    ErrorEvent,
+    Event,
+    FinishedEvent,
+    Generation,
+    TokenEvent,
+    ToolCallEvent,
+    start_generation,
+)
 from chats.transports import schemas
 from chats.transports.sse import (
     DONE,
@@ -145,6 +153,9 @@ async def _encode_stream(
         if isinstance(event, TokenEvent):
             choices = _choice({"content": event.text})
             yield sse(_chunk(generation, created, include_usage, choices=choices))
+        elif isinstance(event, ToolCallEvent):
+            choices = _choice({"tool_calls": [_call_piece(event)]})
+            yield sse(_chunk(generation, created, include_usage, choices=choices))
         elif isinstance(event, FinishedEvent):
             choices = _choice({}, _finish_reason(event.finish_reason))
             yield sse(_chunk(generation, created, include_usage, choices=choices))
@@ -152,10 +163,34 @@ async def _encode_stream(
                 usage = event.usage.to_dict()
                 yield sse(_chunk(generation, created, include_usage, choices=[], usage=usage))
             yield DONE
-        else:
+        elif isinstance(event, ErrorEvent):
             # As OpenAI does once a stream has begun: an error object as a data event, and
             # the stream ends. (An error before the first token is an HTTP error instead.)
             yield sse(openai_error(event.error))
+
+
+def _call_piece(event: ToolCallEvent) -> dict[str, Any]:
+    """A tool call piece as OpenAI streams it: the first names the call, the others add to
+    its arguments, each under the call's index."""
+    if event.first:
+        function = {"name": event.name, "arguments": event.arguments}
+        return {"index": event.index, "id": event.call_id, "type": "function", "function": function}
+    return {"index": event.index, "function": {"arguments": event.arguments}}
+
+
+def _message(end: FinishedEvent) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": end.content, "refusal": None}
+    if end.tool_calls:
+        message["content"] = end.content or None
+        message["tool_calls"] = [
+            {
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": call["name"], "arguments": call["arguments"]},
+            }
+            for call in end.tool_calls
+        ]
+    return message
 
 
 def _end_headers(end: FinishedEvent | ErrorEvent) -> dict[str, str]:
@@ -186,6 +221,9 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
             model=model,
             temperature=body.temperature,
             max_tokens=body.max_tokens,
+            tools=body.tools,
+            tool_choice=body.tool_choice,
+            parallel_tool_calls=body.parallel_tool_calls,
         )
     )
     headers = generation_headers(generation)
@@ -211,7 +249,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": end.content, "refusal": None},
+                        "message": _message(end),
                         "logprobs": None,
                         "finish_reason": _finish_reason(end.finish_reason),
                     }

@@ -18,6 +18,7 @@ from django.conf import settings
 
 from chatproject.errors import ApiError, ErrorCode
 from chats.catalog import QUALITY_TIERS
+from chats.providers import TOOL_CHOICE_MODES, ToolSpec
 
 ROLES = ("user", "assistant", "system")
 HISTORY_ROLES = ("user", "assistant")
@@ -392,17 +393,26 @@ def parse_aisdk(body: dict[str, Any]) -> AiSdkRequest:
 
 # --- POST /v1/chat/completions (OpenAI) ----------------------------------------------------
 
-OPENAI_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+OPENAI_ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
 
 
 @dataclass(frozen=True)
 class OpenAIChatRequest:
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     model: str
     temperature: float
     max_tokens: int | None
     stream: bool
     include_usage: bool
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str | None = None
+    parallel_tool_calls: bool | None = None
 
 
 def _openai_content(message: dict[str, Any], name: str, errors: Errors) -> str | None:
@@ -438,6 +448,7 @@ def parse_openai_chat(body: dict[str, Any]) -> OpenAIChatRequest:
     elif items == []:
         errors.add("messages", "This list may not be empty.")
     messages = []
+    called: dict[str, str] = {}  # tool call id → tool name, of the assistant's calls so far
     for index, item in enumerate(items or []):
         name = f"messages[{index}]"
         if not isinstance(item, dict):
@@ -445,12 +456,33 @@ def parse_openai_chat(body: dict[str, Any]) -> OpenAIChatRequest:
             continue
         role = string(item, "role", errors, name=f"{name}.role", required=True)
         if role is not None and role not in OPENAI_ROLES:
-            errors.add(f"{name}.role", "Only system, developer, user and assistant are supported.")
+            errors.add(
+                f"{name}.role", "Only system, developer, user, assistant and tool are supported."
+            )
             role = None
         content = _openai_content(item, name, errors)
-        if role is not None and content is not None:
-            messages.append({"role": OPENAI_ROLES[role], "content": content})
+        if role is None or content is None:
+            continue
+        message: dict[str, Any] = {"role": OPENAI_ROLES[role], "content": content}
+        if role == "assistant" and item.get("tool_calls") is not None:
+            calls = _openai_tool_calls(item, name, errors)
+            if calls:
+                message["tool_calls"] = calls
+                called.update((call["id"], call["name"]) for call in calls)
+        elif role == "tool":
+            call_id = string(
+                item, "tool_call_id", errors, name=f"{name}.tool_call_id", required=True
+            )
+            if call_id is not None and call_id not in called:
+                errors.add(f"{name}.tool_call_id", "No earlier assistant tool call has this id.")
+            message.update(tool_call_id=call_id or "", name=called.get(call_id or "", ""))
+        messages.append(message)
     _check_last_message(messages, "messages", errors, must_be_user=False)
+    tools = tool_specs(body, errors)
+    tool_choice = _openai_tool_choice(body, tools, errors)
+    parallel = body.get("parallel_tool_calls")
+    if parallel is not None and not isinstance(parallel, bool):
+        errors.add("parallel_tool_calls", "Must be a boolean.")
 
     temperature = number(body, "temperature", errors, minimum=0, maximum=2)
     max_completion = integer(body, "max_completion_tokens", errors, minimum=1)
@@ -462,9 +494,6 @@ def parse_openai_chat(body: dict[str, Any]) -> OpenAIChatRequest:
     options = json_object(body, "stream_options", errors) or {}
     include_usage = boolean(options, "include_usage", errors, name="stream_options.include_usage")
     string(body, "user", errors, max_length=MAX_ID_LENGTH)
-    tools = body.get("tools")
-    if tools:
-        errors.add("tools", "Tools are not supported by this server.")
     errors.raise_if_any()
     assert model is not None
     return OpenAIChatRequest(
@@ -474,4 +503,88 @@ def parse_openai_chat(body: dict[str, Any]) -> OpenAIChatRequest:
         max_tokens=max_completion or max_tokens,
         stream=stream,
         include_usage=include_usage,
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel,
     )
+
+
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_TOOLS = 128
+
+
+def tool_specs(body: dict[str, Any], errors: Errors, key: str = "tools") -> tuple[ToolSpec, ...]:
+    """OpenAI's ``tools``: ``[{"type": "function", "function": {"name", "description",
+    "parameters"}}]``."""
+    items = array(body, key, errors, max_items=MAX_TOOLS) or []
+    specs: list[ToolSpec] = []
+    for index, item in enumerate(items):
+        name = f"{key}[{index}]"
+        if not isinstance(item, dict) or item.get("type", "function") != "function":
+            errors.add(name, 'Must be {"type": "function", "function": {...}}.')
+            continue
+        function = json_object(item, "function", errors)
+        if function is None:
+            errors.add(f"{name}.function", "This field is required.")
+            continue
+        tool_name = string(function, "name", errors, name=f"{name}.function.name", required=True)
+        if tool_name is not None and not TOOL_NAME.match(tool_name):
+            errors.add(f"{name}.function.name", "Use 1 to 64 letters, digits, '_' or '-'.")
+            tool_name = None
+        description = string(function, "description", errors, name=f"{name}.function.description")
+        parameters = function.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            errors.add(f"{name}.function.parameters", "Must be a JSON schema object.")
+        if tool_name in {spec.name for spec in specs}:
+            errors.add(f"{name}.function.name", "Another tool has this name.")
+        elif tool_name is not None:
+            specs.append(ToolSpec(tool_name, description or "", parameters or {"type": "object"}))
+    return tuple(specs)
+
+
+def _openai_tool_choice(
+    body: dict[str, Any], tools: tuple[ToolSpec, ...], errors: Errors
+) -> str | None:
+    """``auto``, ``none``, ``required`` or ``{"type": "function", "function": {"name"}}``
+    (told as the tool's name)."""
+    choice = body.get("tool_choice")
+    if choice is None:
+        return None
+    if isinstance(choice, str):
+        if choice not in TOOL_CHOICE_MODES:
+            errors.add("tool_choice", f"Must be one of: {', '.join(TOOL_CHOICE_MODES)}, or a tool.")
+            return None
+        if choice == "required" and not tools:
+            errors.add("tool_choice", "required needs tools.")
+        return choice
+    function = choice.get("function") if isinstance(choice, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str):
+        errors.add("tool_choice", 'Must be a mode or {"type": "function", "function": {"name"}}.')
+        return None
+    if name not in {tool.name for tool in tools}:
+        errors.add("tool_choice", f"No tool is named {name!r}.")
+        return None
+    return name
+
+
+def _openai_tool_calls(item: dict[str, Any], name: str, errors: Errors) -> list[dict[str, str]]:
+    """An assistant message's ``tool_calls`` as ``[{"id", "name", "arguments"}]``."""
+    calls = []
+    for index, call in enumerate(array(item, "tool_calls", errors) or []):
+        call_name = f"{name}.tool_calls[{index}]"
+        if not isinstance(call, dict):
+            errors.add(call_name, "Must be a tool call object.")
+            continue
+        call_id = string(call, "id", errors, name=f"{call_name}.id", required=True, blank=False)
+        function = call.get("function")
+        if not isinstance(function, dict):
+            errors.add(f"{call_name}.function", "Must be an object with name and arguments.")
+            continue
+        tool = string(function, "name", errors, name=f"{call_name}.function.name", required=True)
+        arguments = string(
+            function, "arguments", errors, name=f"{call_name}.function.arguments", required=True
+        )
+        if call_id is not None and tool is not None and arguments is not None:
+            calls.append({"id": call_id, "name": tool, "arguments": arguments})
+    return calls

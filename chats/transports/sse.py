@@ -38,7 +38,6 @@ from chats.engine import (
     FinishedEvent,
     Generation,
     GenerationRequest,
-    TokenEvent,
 )
 from chats.models import Chat
 from chats.services import end_user_get_or_create
@@ -328,7 +327,7 @@ async def final_event(generation: Generation) -> FinishedEvent | ErrorEvent:
     end: FinishedEvent | ErrorEvent | None = None
     async with events_of(generation) as events:
         async for event in events:
-            if not isinstance(event, TokenEvent):
+            if isinstance(event, FinishedEvent | ErrorEvent):
                 end = event
     assert end is not None, "a generation always ends with a finished or error event"
     return end

@@ -30,7 +30,19 @@ and overridable per request through the model name (``model="fail-after-3"``,
 ``error-after-N``  send N tokens then a mid-stream error (Anthropic ``event: error`` with
                    ``overloaded_error``; OpenAI ``data: {"error": {...}}``), then end the body
 ``no-usage``       OpenAI: never send the usage chunk
+``calls-N``        when the request offers tools: call N of them (default 2, the offered tools
+                   in turn), see `tool_arguments`; arguments streamed in pieces
+``mistral``        OpenAI endpoint: refuse tool call ids that are not 9 letters or digits, as
+                   Mistral does
 =================  ==========================================================================
+
+Tools: a request that offers tools and does not end with tool results is answered with
+tool calls (OpenAI ``delta.tool_calls`` pieces under each call's ``index``, finish
+``tool_calls``; Anthropic ``tool_use`` blocks with ``input_json_delta`` pieces, stop_reason
+``tool_use``), a text block first on Anthropic. A request ending with tool results is
+answered with `tool_answer` of them. Like the real APIs, a tool result that answers no
+earlier tool call of the conversation is refused with 400 (Anthropic also wants
+``tools`` defined when the conversation holds tool blocks).
 
 Replies are `expected_text(N)`, cut at the request's ``max_tokens`` (finish "length" /
 stop_reason "max_tokens"); reported usage is ``prompt_tokens_for(body)`` (the words of the
@@ -98,6 +110,85 @@ def _content_text(content: Any) -> str:
     return ""
 
 
+ANTHROPIC_PREAMBLE = "Let me call the tools."
+
+
+def tool_arguments(index: int) -> dict[str, Any]:
+    """The arguments of the fake's `index`-th tool call of an answer."""
+    return {"city": f"City {index}", "units": "metric", "days": index + 1}
+
+
+def tool_answer(results: list[str]) -> str:
+    """The fake's reply to a conversation ending with these tool results."""
+    return "Tool results: " + " | ".join(results)
+
+
+def _pieces(text: str, size: int = 5) -> list[str]:
+    return [text[start : start + size] for start in range(0, len(text), size)]
+
+
+def _offered_tools(body: dict[str, Any], anthropic: bool) -> list[str]:
+    names = []
+    for tool in body.get("tools") or ():
+        name = tool.get("name") if anthropic else (tool.get("function") or {}).get("name")
+        if isinstance(name, str):
+            names.append(name)
+    return names
+
+
+def _openai_tool_results(messages: list[dict[str, Any]]) -> tuple[list[str], str | None]:
+    """(the tool results the conversation ends with, a problem OpenAI would refuse)."""
+    called: set[str] = set()
+    for message in messages:
+        for call in message.get("tool_calls") or ():
+            called.add(call.get("id"))
+        if message.get("role") == "tool" and message.get("tool_call_id") not in called:
+            return [], f"tool_call_id {message.get('tool_call_id')!r} answers no tool call"
+    results = []
+    for message in reversed(messages):
+        if message.get("role") != "tool":
+            break
+        results.append(_content_text(message.get("content")))
+    return results[::-1], None
+
+
+def _anthropic_tool_results(body: dict[str, Any]) -> tuple[list[str], str | None]:
+    called: set[str] = set()
+    blocks_seen = False
+    for message in body["messages"]:
+        content = message.get("content")
+        blocks = content if isinstance(content, list) else []
+        kinds = [block.get("type") for block in blocks]
+        if "tool_result" in kinds:
+            blocks_seen = True
+            if kinds.index("tool_result") != 0 or kinds[: kinds.count("tool_result")] != [
+                "tool_result"
+            ] * kinds.count("tool_result"):
+                return [], "tool_result blocks must come first in the user content"
+        for block in blocks:
+            if block.get("type") == "tool_use":
+                blocks_seen = True
+                called.add(block.get("id"))
+                if not isinstance(block.get("input"), dict):
+                    return [], "tool_use.input: Input should be a valid dictionary"
+            if block.get("type") == "tool_result" and block.get("tool_use_id") not in called:
+                return (
+                    [],
+                    "unexpected `tool_use_id` found in `tool_result` blocks: "
+                    f"{block.get('tool_use_id')}",
+                )
+    if blocks_seen and not body.get("tools"):
+        return [], "Requests which include `tool_use` or `tool_result` blocks must define tools."
+    last = body["messages"][-1] if body["messages"] else {}
+    content = last.get("content") if last.get("role") == "user" else None
+    results = [
+        _content_text(block.get("content"))
+        for block in (content if isinstance(content, list) else [])
+        if block.get("type") == "tool_result"
+    ]
+    return results, None
+
+
 def prompt_tokens_for(body: dict[str, Any]) -> int:
     """The prompt usage the fake reports for a request body: its whitespace-separated words."""
     texts = [_content_text(m.get("content")) for m in body.get("messages") or []]
@@ -119,9 +210,12 @@ class Behaviour:
     hang_after: int | None = None
     error_after: int | None = None
     usage: bool = True
+    calls: int = 2
+    mistral: bool = False
 
     _PART = re.compile(
-        r"^(tokens|delay|fail-after|drop-after|eof-after|status|hang-after|error-after)-(\d+)$"
+        r"^(tokens|delay|fail-after|drop-after|eof-after|status|hang-after|error-after|calls)"
+        r"-(\d+)$"
     )
 
     def with_parts(self, spec: str | None) -> Behaviour:
@@ -133,6 +227,8 @@ class Behaviour:
                 changes[part] = True
             elif part == "no-usage":
                 changes["usage"] = False
+            elif part == "mistral":
+                changes["mistral"] = True
             elif match := self._PART.match(part):
                 name, number = match.group(1), int(match.group(2))
                 if name == "delay":
@@ -558,6 +654,19 @@ class FakeUpstream:
         if behaviour.status is not None:
             await self._openai_error(exchange, behaviour.status)
             return
+        results, problem = _openai_tool_results(body["messages"])
+        if problem is None and behaviour.mistral:
+            problem = _mistral_id_problem(body["messages"])
+        if problem is not None:
+            await self._openai_error(exchange, 400, problem)
+            return
+        offered = _offered_tools(body, anthropic=False)
+        if results:
+            await self._openai_text(exchange, body, behaviour, tool_answer(results))
+            return
+        if offered and body.get("tool_choice") != "none":
+            await self._openai_tool_calls(exchange, body, behaviour, offered)
+            return
 
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
         total, finish = behaviour.tokens, "stop"
@@ -641,6 +750,98 @@ class FakeUpstream:
         await exchange.send(tail + _sse("[DONE]"))
         await exchange.end()
 
+    def _openai_envelope(self, body: dict[str, Any], kind: str) -> dict[str, Any]:
+        return {
+            "id": f"chatcmpl-fake{next(self._ids)}",
+            "object": kind,
+            "created": int(time.time()),
+            "model": str(body["model"]),
+            "system_fingerprint": None,
+        }
+
+    async def _openai_answer(
+        self,
+        exchange: _Exchange,
+        body: dict[str, Any],
+        deltas: list[dict[str, Any]],
+        message: dict[str, Any],
+        finish: str,
+        completion_tokens: int,
+    ) -> None:
+        """An answer given as its stream ``deltas`` (one chunk each) or, not streaming,
+        as ``message``."""
+        prompt = prompt_tokens_for(body)
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt + completion_tokens,
+        }
+        if not body.get("stream"):
+            envelope = self._openai_envelope(body, "chat.completion")
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            await exchange.send_json(200, {**envelope, "choices": [choice], "usage": usage})
+            return
+        envelope = self._openai_envelope(body, "chat.completion.chunk")
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            data: dict[str, Any] = {**envelope, "choices": [choice]}
+            if include_usage:
+                data["usage"] = None
+            return _sse(data)
+
+        await exchange.start_stream(chunk(deltas[0]))
+        for delta in deltas[1:]:
+            await exchange.send(chunk(delta))
+        tail = chunk({}, finish)
+        if include_usage:
+            tail += _sse({**envelope, "choices": [], "usage": usage})
+        await exchange.send(tail + _sse("[DONE]"))
+        await exchange.end()
+
+    async def _openai_tool_calls(
+        self, exchange: _Exchange, body: dict[str, Any], behaviour: Behaviour, offered: list[str]
+    ) -> None:
+        """Tool calls as OpenAI streams them: the first piece of a call has its index, id,
+        type and name with empty arguments; the arguments follow in pieces."""
+        count = 1 if body.get("parallel_tool_calls") is False else behaviour.calls
+        calls = []
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": None, "refusal": None}]
+        for index in range(count):
+            call_id = (
+                f"{next(self._ids):09d}" if behaviour.mistral else f"call_fake{next(self._ids)}"
+            )
+            name = offered[index % len(offered)]
+            arguments = json.dumps(tool_arguments(index))
+            calls.append(
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": arguments},
+                }
+            )
+            first = {"index": index, "id": call_id, "type": "function"}
+            first["function"] = {"name": name, "arguments": ""}
+            deltas.append({"tool_calls": [first]})
+            deltas += [
+                {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+                for piece in _pieces(arguments)
+            ]
+        message = {"role": "assistant", "content": None, "tool_calls": calls, "refusal": None}
+        tokens = sum(len(call["function"]["arguments"]) for call in calls) // 4
+        await self._openai_answer(exchange, body, deltas, message, "tool_calls", tokens)
+
+    async def _openai_text(
+        self, exchange: _Exchange, body: dict[str, Any], behaviour: Behaviour, text: str
+    ) -> None:
+        words = text.split(" ")
+        pieces = [word if i == 0 else f" {word}" for i, word in enumerate(words)]
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": "", "refusal": None}]
+        deltas += [{"content": piece} for piece in pieces]
+        message = {"role": "assistant", "content": text, "refusal": None}
+        await self._openai_answer(exchange, body, deltas, message, "stop", len(pieces))
+
     # --- Anthropic ------------------------------------------------------------------------
 
     async def _anthropic_error(
@@ -680,6 +881,14 @@ class FakeUpstream:
             raise _Hang
         if behaviour.status is not None:
             await self._anthropic_error(exchange, behaviour.status)
+            return
+        results, problem = _anthropic_tool_results(body)
+        if problem is not None:
+            await self._anthropic_error(exchange, 400, problem)
+            return
+        offered = _offered_tools(body, anthropic=True)
+        if results or (offered and (body.get("tool_choice") or {}).get("type") != "none"):
+            await self._anthropic_tools(exchange, body, behaviour, offered, results)
             return
 
         total, stop_reason = behaviour.tokens, "end_turn"
@@ -756,6 +965,109 @@ class FakeUpstream:
             + _sse({"type": "message_stop"}, "message_stop")
         )
         await exchange.end()
+
+    async def _anthropic_tools(
+        self,
+        exchange: _Exchange,
+        body: dict[str, Any],
+        behaviour: Behaviour,
+        offered: list[str],
+        results: list[str],
+    ) -> None:
+        """Tool calls (a text block, then ``tool_use`` blocks whose input streams as
+        ``input_json_delta`` pieces) or, after tool results, the text answering them."""
+        ident = f"msg_fake{next(self._ids):012d}"
+        input_tokens = prompt_tokens_for(body)
+        blocks: list[dict[str, Any]] = []
+        if results:
+            blocks.append({"type": "text", "text": tool_answer(results)})
+            stop_reason = "end_turn"
+        else:
+            blocks.append({"type": "text", "text": ANTHROPIC_PREAMBLE})
+            disabled = (body.get("tool_choice") or {}).get("disable_parallel_tool_use")
+            for index in range(1 if disabled else behaviour.calls):
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": f"toolu_fake{next(self._ids):012d}",
+                        "name": offered[index % len(offered)],
+                        "input": tool_arguments(index),
+                    }
+                )
+            stop_reason = "tool_use"
+        output_tokens = sum(len(json.dumps(block)) for block in blocks) // 4
+        message = {
+            "id": ident,
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": blocks,
+            "stop_reason": stop_reason,
+            "stop_sequence": None,
+            "usage": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+        }
+        if not body.get("stream"):
+            await exchange.send_json(200, message)
+            return
+        start = {**message, "content": [], "stop_reason": None}
+        start["usage"] = {"input_tokens": input_tokens, "output_tokens": 1}
+        await exchange.start_stream(
+            _sse({"type": "message_start", "message": start}, "message_start")
+        )
+        for index, block in enumerate(blocks):
+            events = []
+            if block["type"] == "text":
+                opened = {"type": "text", "text": ""}
+                deltas = [
+                    {"type": "text_delta", "text": piece} for piece in _pieces(block["text"], 8)
+                ]
+            else:
+                opened = {**block, "input": {}}
+                deltas = [{"type": "input_json_delta", "partial_json": ""}]
+                deltas += [
+                    {"type": "input_json_delta", "partial_json": piece}
+                    for piece in _pieces(json.dumps(block["input"]))
+                ]
+            events.append(
+                _sse(
+                    {"type": "content_block_start", "index": index, "content_block": opened},
+                    "content_block_start",
+                )
+            )
+            for delta in deltas:
+                events.append(
+                    _sse(
+                        {"type": "content_block_delta", "index": index, "delta": delta},
+                        "content_block_delta",
+                    )
+                )
+            events.append(
+                _sse({"type": "content_block_stop", "index": index}, "content_block_stop")
+            )
+            for event in events:
+                await exchange.send(event)
+        final_delta = {"stop_reason": stop_reason, "stop_sequence": None}
+        await exchange.send(
+            _sse(
+                {
+                    "type": "message_delta",
+                    "delta": final_delta,
+                    "usage": {"output_tokens": output_tokens},
+                },
+                "message_delta",
+            )
+            + _sse({"type": "message_stop"}, "message_stop")
+        )
+        await exchange.end()
+
+
+def _mistral_id_problem(messages: list[dict[str, Any]]) -> str | None:
+    ids = [call.get("id") for m in messages for call in m.get("tool_calls") or ()]
+    ids += [m.get("tool_call_id") for m in messages if m.get("role") == "tool"]
+    for call_id in ids:
+        if not (isinstance(call_id, str) and re.fullmatch(r"[A-Za-z0-9]{9}", call_id)):
+            return f"Tool call id was {call_id} but must be a-z, A-Z, 0-9, with a length of 9."
+    return None
 
 
 def _model(name: str) -> dict[str, Any]:

@@ -123,7 +123,12 @@ def test_unknown_model_is_404_model_not_found(server, account):
         ({"model": None}, "model"),
         ({"messages": None}, "messages"),
         ({"messages": []}, "messages"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "function", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
+        (
+            {"messages": [{"role": "tool", "content": "x", "tool_call_id": "call_nobody_made"}]},
+            "messages[0].tool_call_id",
+        ),
         (
             {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
             "messages[0].content[0]",
@@ -136,7 +141,20 @@ def test_unknown_model_is_404_model_not_found(server, account):
         ({"n": 2}, "n"),
         ({"stream": "yes"}, "stream"),
         ({"stream": True, "stream_options": {"include_usage": 1}}, "stream_options.include_usage"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "no spaces"}}]},
+            "tools[0].function.name",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": 1}}]},
+            "tools[0].function.parameters",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "always"},
+            "tool_choice",
+        ),
+        ({"tool_choice": {"type": "function", "function": {"name": "missing"}}}, "tool_choice"),
+        ({"parallel_tool_calls": "yes"}, "parallel_tool_calls"),
     ],
 )
 def test_invalid_requests_are_400_in_openais_shape(server, account, payload, param):
