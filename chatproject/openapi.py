@@ -60,6 +60,21 @@ def _schemas(governor_metadata: Schema) -> dict[str, Schema]:
         "total_tokens": {"type": "integer"},
     }
     text_part = _obj({"type": _str(enum=["text"]), "text": _str()}, ("type", "text"))
+    function = _obj(
+        {"name": _str(), "description": _str(), "parameters": {"type": "object"}}, ("name",)
+    )
+    tools = {
+        "type": "array",
+        "description": "Functions the client runs itself (OpenAI's format).",
+        "items": _obj({"type": _str(enum=["function"]), "function": function}, ("function",)),
+    }
+    tool_call = _obj(
+        {
+            "id": _str(),
+            "type": _str(enum=["function"]),
+            "function": _obj({"name": _str(), "arguments": _str()}),
+        }
+    )
     return {
         "Error": _obj(
             {
@@ -149,7 +164,8 @@ def _schemas(governor_metadata: Schema) -> dict[str, Schema]:
                 "prompt": _str(),
                 "messages": {
                     "type": "array",
-                    "description": "AI SDK `UIMessage`s; only their text parts are read.",
+                    "description": "AI SDK `UIMessage`s: their text parts, and the tool parts "
+                    "(`tool-<name>`, `dynamic-tool`) of assistant messages.",
                     "items": _obj(
                         {
                             "id": _str(),
@@ -164,7 +180,13 @@ def _schemas(governor_metadata: Schema) -> dict[str, Schema]:
                 "trigger": _str(enum=["submit-message", "regenerate-message"]),
                 "model": _str(description=tier_or_model),
                 "artistId": _str(),
-                "excludeTools": {"type": "array", "items": _str()},
+                "excludeTools": {
+                    "type": "array",
+                    "items": _str(),
+                    "description": "Tools not to offer; unknown names are ignored.",
+                },
+                "projectId": _str(description="A project the model may `search_knowledge`."),
+                "tools": tools,
             },
             description="Exactly one of `prompt` and `messages`.",
         ),
@@ -176,8 +198,10 @@ def _schemas(governor_metadata: Schema) -> dict[str, Schema]:
                     "minItems": 1,
                     "items": _obj(
                         {
-                            "role": _str(enum=["system", "developer", "user", "assistant"]),
+                            "role": _str(enum=["system", "developer", "user", "assistant", "tool"]),
                             "content": {"oneOf": [_str(), {"type": "array", "items": text_part}]},
+                            "tool_calls": {"type": "array", "items": tool_call},
+                            "tool_call_id": _str(description="A tool message's call."),
                         },
                         ("role",),
                     ),
@@ -189,9 +213,17 @@ def _schemas(governor_metadata: Schema) -> dict[str, Schema]:
                 "stream": {"type": "boolean", "default": False},
                 "stream_options": _obj({"include_usage": {"type": "boolean"}}),
                 "user": _str(),
+                "tools": tools,
+                "tool_choice": {
+                    "oneOf": [
+                        _str(enum=["auto", "none", "required"]),
+                        _obj({"type": _str(enum=["function"]), "function": _obj({"name": _str()})}),
+                    ]
+                },
+                "parallel_tool_calls": {"type": "boolean"},
             },
             ("model", "messages"),
-            description="Tools, images and n > 1 are refused with 400.",
+            description="Images and n > 1 are refused with 400.",
         ),
         "ChatCompletion": _obj(
             {
@@ -204,7 +236,13 @@ def _schemas(governor_metadata: Schema) -> dict[str, Schema]:
                     "items": _obj(
                         {
                             "index": {"type": "integer"},
-                            "message": _obj({"role": _str(enum=["assistant"]), "content": _str()}),
+                            "message": _obj(
+                                {
+                                    "role": _str(enum=["assistant"]),
+                                    "content": _str(nullable=True),
+                                    "tool_calls": {"type": "array", "items": tool_call},
+                                }
+                            ),
                             "finish_reason": _str(),
                         }
                     ),

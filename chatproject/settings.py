@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "chats",
     "knowledge",
     "playground",
+    "tools",
 ]
 
 # Every middleware here supports async, so streaming views stay fully asynchronous.

@@ -37,6 +37,8 @@ from chats.engine import (
     start_generation,
 )
 from chats.models import Chat
+from chats.tool_loop import ToolResult, ToolStarted
+from tools.registry import request_toolbox
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,14 @@ KEY_RECHECK_SECONDS = 5.0
 # connect still waiting on the database by then is refused with an error instead.
 CONNECT_DEADLINE_SECONDS = 4.0
 
-CLIENT_OPTIONS = ("quality", "model", "temperature", "governorMetadata", "client_message_id")
+CLIENT_OPTIONS = (
+    "quality",
+    "model",
+    "temperature",
+    "governorMetadata",
+    "client_message_id",
+    "excludeTools",
+)
 MAX_CLIENT_MESSAGE_ID_LENGTH = 100  # Message.client_message_id
 
 
@@ -386,8 +395,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     chat=self.chat,
                     limit=settings.CHAT_MAX_HISTORY_MESSAGES,
                 )
+            toolbox = await request_toolbox(
+                tenant=self.tenant, exclude=options["excludeTools"] or ()
+            )
             request = GenerationRequest(
                 tenant=self.tenant,
+                server_tools=toolbox.server_tools,
                 chat=self.chat,
                 messages=[*self.history, {"role": "user", "content": content}],
                 trusted_messages=len(self.history),  # stored history, checked when sent
@@ -431,6 +444,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self._send(
                     ws_events.message_stream_token(message_id, event.text, event.index)
                 )
+            elif isinstance(event, ToolStarted):
+                await self._send(ws_events.tool_call_started(message_id, event))
+            elif isinstance(event, ToolResult):
+                await self._send(ws_events.tool_call_ended(message_id, event))
             elif isinstance(event, FinishedEvent):
                 self.streaming = False
                 await self._send_ended(
@@ -465,12 +482,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         await self._send(ended)
         if status == "complete":
-            self._remember("assistant", content)
+            self._remember("assistant", content, ended.get("tool_calls"))
         self._fan_out(ended)
 
-    def _remember(self, role: str, content: str) -> None:
+    def _remember(self, role: str, content: str, tool_calls: list | None = None) -> None:
         if self.history is not None:
-            self.history.append({"role": role, "content": content})
+            self.history.extend(selectors.replayed_messages(role, content, tool_calls or []))
             del self.history[: -settings.CHAT_MAX_HISTORY_MESSAGES]
 
     # --- sending ------------------------------------------------------------------------
@@ -506,7 +523,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if event["type"] == "message_received":
             self._remember("user", event["content"])
         elif event["type"] == "message_stream_ended" and event["status"] == "complete":
-            self._remember("assistant", event["content"])
+            self._remember("assistant", event["content"], event.get("tool_calls"))
         await self._send(event)
 
 
@@ -537,6 +554,11 @@ def _option_error(options: dict[str, Any]) -> ApiError | None:
     metadata = options["governorMetadata"]
     if metadata is not None and not isinstance(metadata, dict):
         details["governorMetadata"] = ["Must be an object."]
+    excluded = options["excludeTools"]
+    if excluded is not None and (
+        not isinstance(excluded, list) or not all(isinstance(name, str) for name in excluded)
+    ):
+        details["excludeTools"] = ["Must be an array of strings."]
     if not details:
         return None
     return ApiError(ErrorCode.VALIDATION_ERROR, "Invalid message options.", details=details)

@@ -12,7 +12,7 @@ def trim_to_budget(messages: list[dict[str, Any]], budget_tokens: int) -> list[d
     single over-long message is sent as it is and left to the provider to refuse. Tool
     results go with the tool calls they answer (providers refuse them alone).
     """
-    kept = list(messages)
+    kept = _answered_only(messages)
     while estimate_prompt_tokens(kept) > budget_tokens:
         index = next(
             (i for i, m in enumerate(kept[:-1]) if m.get("role") != "system"),
@@ -23,4 +23,15 @@ def trim_to_budget(messages: list[dict[str, Any]], budget_tokens: int) -> list[d
         del kept[index]
         while index < len(kept) - 1 and kept[index].get("role") == "tool":
             del kept[index]
+    return kept
+
+
+def _answered_only(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Without tool results whose call is not in the conversation (history cut short)."""
+    called: set[str] = set()
+    kept = []
+    for message in messages:
+        called.update(call["id"] for call in message.get("tool_calls") or ())
+        if message.get("role") != "tool" or message.get("tool_call_id") in called:
+            kept.append(message)
     return kept

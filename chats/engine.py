@@ -61,7 +61,7 @@ from chats.providers import (
     estimate_prompt_tokens,
     message_text,
 )
-from chats.tool_loop import ServerTool, StepEnd, ToolResult
+from chats.tool_loop import ServerTool, StepEnd, ToolResult, ToolStarted
 from governor import gate
 
 logger = logging.getLogger(__name__)
@@ -184,7 +184,9 @@ class StepEvent:
     step: int
 
 
-Event = TokenEvent | ToolCallEvent | ToolResult | StepEvent | FinishedEvent | ErrorEvent
+Event = (
+    TokenEvent | ToolCallEvent | ToolStarted | ToolResult | StepEvent | FinishedEvent | ErrorEvent
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +328,8 @@ class Generation:
                         yield calls.piece(item)
                     elif isinstance(item, ToolResult):
                         calls.result(item)
+                        yield item
+                    elif isinstance(item, ToolStarted):
                         yield item
                     elif isinstance(item, StepEnd):
                         calls.step_ended(item, len(parts))
@@ -924,15 +928,9 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
     if joinable:
         joined = await stream_log.claim(cache_key, message_id.hex)
     claimed = joinable and joined is None
+    steps = settings.TOOL_MAX_STEPS if request.server_tools else 1
     reservation = (
-        ZERO
-        if cached or joined
-        else pricing.cost(
-            input_price_per_1k=model.input_price_per_1k,
-            output_price_per_1k=model.output_price_per_1k,
-            prompt_tokens=prompt_tokens,
-            completion_tokens=max_tokens,
-        )
+        ZERO if cached or joined else _most_it_costs(model, prompt_tokens, max_tokens, steps)
     )
     admission = asyncio.ensure_future(
         db_call(
@@ -981,6 +979,30 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
         joined=joined,
         claimed=claimed,
     )
+
+
+def _most_it_costs(
+    model: catalog.ResolvedModel, prompt_tokens: int, max_tokens: int, steps: int
+) -> Decimal:
+    """The hold: every model step (at most ``steps``) reads the prompt and all that the
+    steps before it added (their output, the tools' results), and writes ``max_tokens``."""
+    results = (settings.TOOL_RESULT_MAX_CHARS + 3) // 4  # as estimate_tokens counts them
+    growth = max_tokens + results + STEP_OVERHEAD
+    return sum(
+        (
+            pricing.cost(
+                input_price_per_1k=model.input_price_per_1k,
+                output_price_per_1k=model.output_price_per_1k,
+                prompt_tokens=prompt_tokens + step * growth,
+                completion_tokens=max_tokens,
+            )
+            for step in range(max(1, steps))
+        ),
+        ZERO,
+    )
+
+
+STEP_OVERHEAD = 256  # tokens a step may add besides output and results (the tools' errors)
 
 
 async def _claim_key(request: GenerationRequest, fingerprint: str) -> idempotency.Claim | None:

@@ -2,7 +2,8 @@
 again with their results, at most ``max_steps`` times in one request.
 
 :func:`run_steps` is a provider-shaped stream: the provider's items (text, tool call
-pieces) as they come, a :class:`ToolResult` for each server tool that ran, a
+pieces) as they come, a :class:`ToolStarted` then a :class:`ToolResult` for each call
+of a server tool, a
 :class:`StepEnd` between two model calls, and one :class:`StreamEnd` with the usage of
 every step added up. Without server tools it is the provider's stream as it is.
 
@@ -50,6 +51,15 @@ class ServerTool(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class ToolStarted:
+    """The model has asked for a server tool call, which runs now."""
+
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True)
 class ToolResult:
     """A server tool's answer to one call: ``output`` (JSON text) or ``error``."""
 
@@ -79,9 +89,9 @@ class StepEnd:
     completion_tokens: int
 
 
-LoopItem = StreamItem | ToolResult | StepEnd
-# (text, "arguments" | "result") → None, or why the governor withholds that text.
-Guard = Callable[[str, str], str | None]
+LoopItem = StreamItem | ToolStarted | ToolResult | StepEnd
+# (tool name, text, "arguments" | "result") → (the text to use, why it is withheld or None).
+Guard = Callable[[str, str, str], tuple[str, str | None]]
 
 
 async def run_steps(
@@ -119,10 +129,12 @@ async def run_steps(
             yield StreamEnd(end.finish_reason, prompt_tokens, completion_tokens)
             return
         last = step >= max_steps - 1
+        for call in mine:
+            yield ToolStarted(call["id"], call["name"], call["arguments"])
         if last:
             results = [_not_run(call, max_steps) for call in mine]
         else:
-            budget = max(200, result_chars // len(mine))
+            budget = max(1, result_chars // len(mine))
             results = await asyncio.gather(
                 *(_run(server_tools.get(call["name"]), call, budget, guard) for call in mine)
             )
@@ -162,8 +174,10 @@ async def _run(
         return failed("The arguments are not valid JSON.")
     if not isinstance(arguments, dict):
         return failed("The arguments must be a JSON object.")
-    if guard is not None and (reason := guard(call["arguments"], "arguments")):
-        return failed(reason)
+    if guard is not None:
+        _, reason = guard(call["name"], call["arguments"], "arguments")
+        if reason:
+            return failed(reason)
     try:
         output = await tool.run(arguments, call_id=call["id"])
     except ToolError as exc:
@@ -173,6 +187,8 @@ async def _run(
         return failed("The tool failed unexpectedly.")
     if len(output) > budget:
         return failed(f"The tool's result is longer than {budget} characters.")
-    if guard is not None and (reason := guard(output, "result")):
-        return failed(reason)
+    if guard is not None:
+        output, reason = guard(call["name"], output, "result")
+        if reason:
+            return failed(reason)
     return ToolResult(call["id"], call["name"], call["arguments"], output=output)

@@ -1,10 +1,12 @@
 """The server → client events of ``/ws/chat`` (seed 002, SPEC §4.2): their types, and
 the functions that build them, so the consumer only decides when to send which."""
 
+import json
 from typing import Any, Literal, NotRequired, TypedDict
 
 from chatproject.errors import ApiError
 from chats.engine import Generation, StoredMessage
+from chats.tool_loop import ToolResult, ToolStarted
 from chats.transports.sse import credits_number
 
 
@@ -58,6 +60,26 @@ class MessageStreamEnded(TypedDict):
     # (the database was down when the answer ended).
     credits_charged: float | None
     credits_remaining: float | None
+    tool_calls: NotRequired[list[dict[str, Any]]]  # the answer's, when it made any
+
+
+class ToolCallStarted(TypedDict):
+    type: Literal["tool_call_started"]
+    message_id: str
+    tool_call_id: str
+    name: str
+    arguments: Any  # the model's arguments (their JSON text when they are not JSON)
+
+
+class ToolCallEnded(TypedDict):
+    type: Literal["tool_call_ended"]
+    message_id: str
+    tool_call_id: str
+    name: str
+    arguments: Any
+    status: Literal["ok", "error"]
+    result: NotRequired[Any]
+    error: NotRequired[str]
 
 
 class Error(TypedDict):
@@ -125,7 +147,7 @@ def message_stream_ended(
     chat_id, generation: Generation, *, status, content: str, reason: str, figures
 ) -> MessageStreamEnded:
     """``figures``: the engine's FinishedEvent, ErrorEvent or Outcome (usage and credits)."""
-    return {
+    event: MessageStreamEnded = {
         "type": "message_stream_ended",
         "message_id": str(generation.message_id),
         "chat_id": str(chat_id),
@@ -137,6 +159,43 @@ def message_stream_ended(
         "credits_charged": credits_number(figures.credits_charged),
         "credits_remaining": credits_number(figures.credits_remaining),
     }
+    tool_calls = getattr(figures, "tool_calls", ())
+    if tool_calls:
+        event["tool_calls"] = list(tool_calls)
+    return event
+
+
+def _json_or_text(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def tool_call_started(message_id: str, started: ToolStarted) -> ToolCallStarted:
+    return {
+        "type": "tool_call_started",
+        "message_id": message_id,
+        "tool_call_id": started.call_id,
+        "name": started.name,
+        "arguments": _json_or_text(started.arguments),
+    }
+
+
+def tool_call_ended(message_id: str, result: ToolResult) -> ToolCallEnded:
+    event: ToolCallEnded = {
+        "type": "tool_call_ended",
+        "message_id": message_id,
+        "tool_call_id": result.call_id,
+        "name": result.name,
+        "arguments": _json_or_text(result.arguments),
+        "status": "ok" if result.error is None else "error",
+    }
+    if result.error is None:
+        event["result"] = _json_or_text(result.output or "")
+    else:
+        event["error"] = result.error
+    return event
 
 
 def error_event(error: ApiError, **extra: Any) -> Error:

@@ -29,7 +29,7 @@ from governor.evaluation import (
     validate_metadata,
 )
 from governor.injection import neutralise_markup
-from governor.rules import build_rules
+from governor.rules import Source, build_rules
 from governor.stream_guard import StreamGuard
 
 logger = logging.getLogger(__name__)
@@ -266,19 +266,30 @@ def output_guard(decision: GateDecision) -> StreamGuard | None:
     return guard if guard.active else None
 
 
-def governor_check_tool_text(decision: GateDecision, text: str, direction: str) -> str | None:
-    """Why the governor withholds a tool's ``arguments`` going out or its ``result``
-    coming back (None: it passes). CPU only, with the policy of the request's decision."""
-    if decision.policy is None:
-        return None
-    result = evaluate(
-        EvaluationInput(text=text, metadata=decision.metadata, phase="input"), decision.policy
-    )
-    if result.approved:
-        return None
-    rules = ", ".join(sorted({v.rule for v in result.violations})) or result.risk_level
+def governor_check_tool_text(
+    decision: GateDecision, tool_name: str, text: str, direction: str
+) -> tuple[str, str | None]:
+    """A server tool call's ``arguments`` going out, or its ``result`` coming back, as the
+    governor lets it through: (the text to use, why it is withheld or None). A result is
+    checked for injection first (:func:`governor_check_tool_result`: markup neutralised,
+    an attempt to instruct the model withheld); both are then evaluated like a request
+    (personal data, secrets...) and withheld when the policy would refuse that. CPU only."""
     what = "arguments" if direction == "arguments" else "result"
-    return f"The compliance governor withheld this tool call's {what} ({rules})."
+    withheld = f"The compliance governor withheld this tool call's {what}"
+    if direction == "result":
+        folded = governor_check_tool_result(decision=decision, tool_name=tool_name, text=text)
+        if folded.injection:
+            return text, f"{withheld} (prompt_injection)."
+        text = folded.text
+    if decision.policy is None:
+        return text, None
+    source = Source(f"tool {what}: {tool_name}", 0, len(text))
+    inp = EvaluationInput(text=text, metadata=decision.metadata, sources=(source,))
+    result = evaluate(inp, decision.policy)
+    if result.approved:
+        return text, None
+    rules = ", ".join(sorted({v.rule for v in result.violations})) or result.risk_level
+    return text, f"{withheld} ({rules})."
 
 
 def governor_check_output(

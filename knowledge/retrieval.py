@@ -85,6 +85,19 @@ def build_context(
     )
 
 
+def search_knowledge(
+    *, tenant: Tenant, project_id: str | None, query: str, limit: int
+) -> list[prompt.Excerpt]:
+    """The project's best ``limit`` passages for ``query`` (none for an unknown project).
+    Sync (database); raises RetrievalError."""
+    try:
+        project = selectors.project_find(tenant=tenant, project_id=project_id)
+        return _search(project=project, query=query)[:limit]
+    except Exception as exc:
+        logger.exception("knowledge-base search failed")
+        raise RetrievalError("the project's search index could not be queried") from exc
+
+
 def _search(*, project: Project | None, query: str) -> list[prompt.Excerpt]:
     if project is None or not query.strip():
         return []

@@ -1,16 +1,20 @@
 """Seed 003: ``POST /api/chat``, the Vercel AI SDK UI message stream (``AISDK.md``).
 
 Chunks, each ``data: <JSON>``: ``start`` (messageId, messageMetadata with the chat id),
-``start-step``, ``text-start``, ``text-delta``…, ``text-end``, ``finish-step``,
-``message-metadata`` (usage, model, chat id, credits), ``finish``, then ``data: [DONE]``.
-A failure after the stream began is an ``error`` chunk (errorText), then ``finish`` with
-finishReason ``error``. The exchange is stored in a chat of the tenant: ``roomId`` (the
-seed), else DefaultChatTransport's ``id``, else a new chat. CORS on every answer.
+then per model step ``start-step``, ``text-start``, ``text-delta``…, ``text-end``, the
+step's tool calls (``tool-input-start``, ``tool-input-delta``…, ``tool-input-available``,
+then for the server's own tools ``tool-output-available`` or ``tool-output-error``),
+``finish-step``; then ``message-metadata`` (usage, model, chat id, credits), ``finish``,
+``data: [DONE]``. A failure after the stream began is an ``error`` chunk (errorText), then
+``finish`` with finishReason ``error``. The exchange is stored in a chat of the tenant:
+``roomId`` (the seed), else DefaultChatTransport's ``id``, else a new chat. CORS on every
+answer.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +23,17 @@ from django.http import HttpRequest, HttpResponse
 
 from chatproject.errors import ApiError
 from chatproject.json_body import read_json
-from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
+from chats.engine import (
+    ErrorEvent,
+    Event,
+    FinishedEvent,
+    Generation,
+    StepEvent,
+    TokenEvent,
+    ToolCallEvent,
+    start_generation,
+)
+from chats.tool_loop import ToolResult, ToolStarted
 from chats.transports import schemas
 from chats.transports.sse import (
     DONE,
@@ -34,6 +48,7 @@ from chats.transports.sse import (
     model_choice,
     sse,
 )
+from tools.registry import Toolbox, request_toolbox
 
 END_USER_ID = "ai-sdk"  # the end user that owns chats started over this API
 STREAM_HEADERS = {"x-vercel-ai-ui-message-stream": "v1", "Connection": "keep-alive"}
@@ -54,10 +69,13 @@ def _error_text(error: ApiError, request_id: str) -> str:
     return f"{error.message} ({error.code.value}; request id {request_id})"
 
 
-def _metadata(generation: Generation, end: FinishedEvent | ErrorEvent) -> dict[str, Any]:
+def _metadata(
+    generation: Generation, end: FinishedEvent | ErrorEvent, toolbox: Toolbox
+) -> dict[str, Any]:
     usage = end.usage
     return {
         "chatId": str(generation.request.chat.pk) if generation.request.chat else None,
+        "excludedTools": toolbox.excluded,
         "model": generation.model_name,
         "cacheStatus": generation.cache_status,
         "usage": {
@@ -70,28 +88,149 @@ def _metadata(generation: Generation, end: FinishedEvent | ErrorEvent) -> dict[s
     }
 
 
-async def _encode(generation: Generation, events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+class _Steps:
+    """Where the stream is within the current step: its text part, its tool calls."""
+
+    def __init__(self, generation: Generation) -> None:
+        self.message_id = generation.message_id
+        self.server_tools = generation.request.server_tools
+        self.step = 0
+        self.text_id: str | None = None
+        self.pending: dict[str, ToolCallEvent] = {}  # calls whose input is still streaming
+        self.arguments: dict[str, str] = {}
+        self.said_anything = False
+
+    def text(self, delta: str) -> list[bytes]:
+        chunks = []
+        if self.text_id is None:
+            self.text_id = f"text-{self.message_id}-{self.step}"
+            chunks.append(_chunk("text-start", id=self.text_id))
+        self.said_anything = True
+        return [*chunks, _chunk("text-delta", id=self.text_id, delta=delta)]
+
+    def close_text(self, *, always: bool = False) -> list[bytes]:
+        """The text part's end; ``always``: an empty part if the answer said nothing."""
+        if self.text_id is None and always and not self.said_anything:
+            self.text_id = f"text-{self.message_id}-{self.step}"
+            return [_chunk("text-start", id=self.text_id), *self.close_text()]
+        if self.text_id is None:
+            return []
+        text_id, self.text_id = self.text_id, None
+        return [_chunk("text-end", id=text_id)]
+
+    def tool_piece(self, event: ToolCallEvent) -> list[bytes]:
+        chunks = self.close_text()
+        self.said_anything = True
+        if event.first:
+            self.pending[event.call_id] = event
+            self.arguments[event.call_id] = ""
+            chunks.append(
+                _chunk(
+                    "tool-input-start",
+                    toolCallId=event.call_id,
+                    toolName=event.name,
+                    **self._executed(event.name),
+                )
+            )
+        if event.arguments:
+            self.arguments[event.call_id] += event.arguments
+            chunks.append(
+                _chunk("tool-input-delta", toolCallId=event.call_id, inputTextDelta=event.arguments)
+            )
+        return chunks
+
+    def inputs_done(self) -> list[bytes]:
+        """``tool-input-available`` (or ``tool-input-error`` for arguments that are not
+        JSON) of every call of the step: the model has said all of them."""
+        chunks = self.close_text()
+        for call_id, call in self.pending.items():
+            raw = self.arguments.pop(call_id) or "{}"
+            fields = {"toolCallId": call_id, "toolName": call.name, **self._executed(call.name)}
+            try:
+                chunks.append(_chunk("tool-input-available", input=json.loads(raw), **fields))
+            except ValueError:
+                error = "The model's arguments are not valid JSON."
+                chunks.append(_chunk("tool-input-error", input=raw, errorText=error, **fields))
+        self.pending.clear()
+        return chunks
+
+    def result(self, result: ToolResult) -> list[bytes]:
+        chunks = self.inputs_done()
+        executed = {"providerExecuted": True}
+        if result.error is None:
+            output = _output(result.output or "")
+            chunks.append(
+                _chunk(
+                    "tool-output-available", toolCallId=result.call_id, output=output, **executed
+                )
+            )
+        else:
+            chunks.append(
+                _chunk(
+                    "tool-output-error",
+                    toolCallId=result.call_id,
+                    errorText=result.error,
+                    **executed,
+                )
+            )
+        return chunks
+
+    def next_step(self) -> list[bytes]:
+        chunks = [*self.inputs_done(), _chunk("finish-step"), _chunk("start-step")]
+        self.step += 1
+        return chunks
+
+    def _executed(self, name: str) -> dict[str, bool]:
+        """Server tools are marked as run by the provider, so the client does not run them."""
+        return {"providerExecuted": True} if name in self.server_tools else {}
+
+
+def _output(text: str) -> Any:
+    """A tool's result for the client: its JSON value, or the text when it is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+async def _encode(
+    generation: Generation, events: AsyncIterator[Event], toolbox: Toolbox
+) -> AsyncIterator[bytes]:
     chat = generation.request.chat
-    text_id = f"text-{generation.message_id}"
-    start_metadata = {"chatId": str(chat.pk) if chat else None, "model": generation.model_name}
+    start_metadata = {
+        "chatId": str(chat.pk) if chat else None,
+        "model": generation.model_name,
+        "excludedTools": toolbox.excluded,
+    }
     yield _chunk("start", messageId=str(generation.message_id), messageMetadata=start_metadata)
     yield _chunk("start-step")
-    yield _chunk("text-start", id=text_id)
+    steps = _Steps(generation)
     async for event in events:
         if isinstance(event, TokenEvent):
-            yield _chunk("text-delta", id=text_id, delta=event.text)
-            continue
-        yield _chunk("text-end", id=text_id)
-        yield _chunk("finish-step")
-        if isinstance(event, ErrorEvent):
-            error_text = _error_text(event.error, generation.request.request_id)
-            yield _chunk("error", errorText=error_text)
-        yield _chunk("message-metadata", messageMetadata=_metadata(generation, event))
-        if isinstance(event, FinishedEvent):
-            reason = FINISH_REASONS.get(event.finish_reason, "other")
+            chunks = steps.text(event.text)
+        elif isinstance(event, ToolCallEvent):
+            chunks = steps.tool_piece(event)
+        elif isinstance(event, ToolStarted):
+            chunks = steps.inputs_done()
+        elif isinstance(event, ToolResult):
+            chunks = steps.result(event)
+        elif isinstance(event, StepEvent):
+            chunks = steps.next_step()
         else:
-            reason = "error"
-        yield _chunk("finish", finishReason=reason)
+            chunks = [*steps.inputs_done(), *steps.close_text(always=True)]
+            chunks.append(_chunk("finish-step"))
+            if isinstance(event, ErrorEvent):
+                error_text = _error_text(event.error, generation.request.request_id)
+                chunks.append(_chunk("error", errorText=error_text))
+            metadata = _metadata(generation, event, toolbox)
+            chunks.append(_chunk("message-metadata", messageMetadata=metadata))
+            if isinstance(event, FinishedEvent):
+                reason = FINISH_REASONS.get(event.finish_reason, "other")
+            else:
+                reason = "error"
+            chunks.append(_chunk("finish", finishReason=reason))
+        for chunk in chunks:
+            yield chunk
     yield DONE
 
 
@@ -107,19 +246,32 @@ async def chat(request: HttpRequest) -> HttpResponse:
         key=key,
         fresh=not (body.room_id or body.chat_key),
         end_user_id=END_USER_ID,
-        title=body.messages[-1]["content"][:100],
+        title=body.title,
         metadata={"source": "ai-sdk", "chat_key": body.chat_key, "artist_id": body.artist_id},
     )
     quality, model = model_choice(body.model)
+    toolbox = await request_toolbox(
+        tenant=tenant,
+        project_id=body.project_id,
+        client_tools=body.tools,
+        exclude=body.exclude_tools,
+    )
     generation = await start_generation(  # the chat: opened in admission, not kept if refused
         generation_request(
-            request, tenant, body.messages, chat_opener=opener, quality=quality, model=model
+            request,
+            tenant,
+            body.messages,
+            chat_opener=opener,
+            quality=quality,
+            model=model,
+            tools=toolbox.client_tools,
+            server_tools=toolbox.server_tools,
         )
     )
     chat_id = str(generation.request.chat.pk)
     headers = {**STREAM_HEADERS, "x-chat-id": chat_id, **generation_headers(generation)}
     return await generation_response(
-        generation, lambda events: _encode(generation, events), headers=headers
+        generation, lambda events: _encode(generation, events, toolbox), headers=headers
     )
 
 

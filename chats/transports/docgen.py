@@ -31,7 +31,7 @@ from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, error_response
 from chatproject.json_body import read_json
 from chats import catalog
-from chats.engine import Event, FinishedEvent, Generation, TokenEvent, start_generation
+from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
 from chats.providers import estimate_prompt_tokens
 from chats.transports import schemas
 from chats.transports.sse import (
@@ -47,6 +47,7 @@ from chats.transports.sse import (
 )
 from knowledge.retrieval import RetrievalError, RetrievedContext, build_context
 from knowledge.services import document_save_generated
+from tools.registry import request_toolbox
 
 END_USER_ID = "docgen"  # the end user that owns conversations started over this API
 _STATUS = {ErrorCode.UNAUTHORIZED: 403, ErrorCode.VALIDATION_ERROR: 422}
@@ -211,8 +212,9 @@ async def _encode_stream(
                 "done": True,
             }
             yield sse(done, event="done")
-        else:
+        elif isinstance(event, ErrorEvent):
             yield _error_event(event.error, request.request_id)
+        # Tool calls and results of search_knowledge are the server's own: not streamed.
 
 
 def _project_notice(found: bool | None) -> dict[str, Any]:
@@ -270,6 +272,8 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
         *body.history,
         user_message,
     ]
+    # The model may search the project's knowledge base beyond what the prompt holds.
+    toolbox = await request_toolbox(tenant=tenant, project_id=body.project_id)
     # The system prompt is the server's own (template and knowledge base), but for what the
     # client put into it: its name and its documents are governed with its messages.
     generation = await start_generation(
@@ -281,6 +285,7 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
             trusted_messages=1,
             client_context=_client_context(body.user_name, body.existing_documents),
             folded=_folded(context),
+            server_tools=toolbox.server_tools,
         )
     )
     chat = generation.request.chat

@@ -8,6 +8,7 @@ with ``VALIDATION_ERROR`` whose ``details`` name each field (``messages[2].role`
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import uuid
@@ -299,21 +300,30 @@ def parse_doc_generate(body: dict[str, Any]) -> DocGenerateRequest:
 
 @dataclass(frozen=True)
 class AiSdkRequest:
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     room_id: uuid.UUID | None  # the seed's roomId: a chat id
     chat_key: str | None  # DefaultChatTransport's chat id (any string the client made up)
     model: str | None
     artist_id: str | None
     exclude_tools: list[str]
+    tools: tuple[ToolSpec, ...] = ()  # the client's own tools (OpenAI's format)
+    project_id: str | None = None  # the project whose knowledge base search_knowledge reads
+
+    @property
+    def title(self) -> str:
+        """A new chat's title: the first user message."""
+        first = next((m for m in self.messages if m["role"] == "user"), self.messages[-1])
+        return first["content"][:100]
 
 
-def _ui_message_text(item: dict[str, Any], name: str, errors: Errors) -> str | None:
-    """The text of a UIMessage (its text parts joined), or of a ``content`` string."""
+def _ui_parts(item: dict[str, Any], name: str, errors: Errors) -> tuple[str, list[Any]] | None:
+    """(the name of its parts, the parts) of a UIMessage; a ``content`` string is one text
+    part."""
     parts = item.get("parts")
     if parts is None:
         parts = item.get("content")
         if isinstance(parts, str):
-            return parts
+            return f"{name}.content", [{"type": "text", "text": parts}]
         name_of_parts = f"{name}.content"
         if parts is None:
             errors.add(f"{name}.parts", "This field is required.")
@@ -323,19 +333,84 @@ def _ui_message_text(item: dict[str, Any], name: str, errors: Errors) -> str | N
     if not isinstance(parts, list):
         errors.add(name_of_parts, "Must be an array of parts.")
         return None
-    texts = []
+    return name_of_parts, parts
+
+
+def _ui_message(item: dict[str, Any], role: str, name: str, errors: Errors) -> list[dict[str, Any]]:
+    """A UIMessage as provider messages: its text, and for an assistant message its
+    answered tool parts (``tool-<name>`` or ``dynamic-tool``) as tool calls and results,
+    one assistant message per step. Parts of other types (reasoning, file, source-*,
+    data-*) carry nothing for the model here and are skipped."""
+    found = _ui_parts(item, name, errors)
+    if found is None:
+        return []
+    name_of_parts, parts = found
+    messages: list[dict[str, Any]] = []
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+
+    def close_step() -> None:
+        if not texts and not calls:
+            return
+        message: dict[str, Any] = {"role": role, "content": "".join(texts)}
+        answered = [call for call in calls if "result" in call]
+        if answered:
+            message["tool_calls"] = [
+                {key: call[key] for key in ("id", "name", "arguments")} for call in answered
+            ]
+        if message["content"] or answered:
+            messages.append(message)
+        messages.extend(call["result"] for call in answered)
+        texts.clear()
+        calls.clear()
+
     for index, part in enumerate(parts):
         part_name = f"{name_of_parts}[{index}]"
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
             errors.add(part_name, "Must be an object with a string type.")
             continue
-        if part["type"] == "text":
+        kind = part["type"]
+        if kind == "text":
             text = string(part, "text", errors, name=f"{part_name}.text", required=True)
             if text is not None:
+                if calls:  # text after the step's tool calls starts the next turn
+                    close_step()
                 texts.append(text)
-        # Other part types (step-start, reasoning, tool-*, file, source-*, data-*) carry
-        # no text for the model here and are skipped.
-    return "".join(texts)
+        elif kind == "step-start":
+            close_step()
+        elif role == "assistant" and (kind.startswith("tool-") or kind == "dynamic-tool"):
+            call = _ui_tool_part(part, part_name, errors)
+            if call is not None:
+                calls.append(call)
+    close_step()
+    return messages
+
+
+def _ui_tool_part(part: dict[str, Any], name: str, errors: Errors) -> dict[str, Any] | None:
+    """A tool part as a call (with its result, once it has one)."""
+    kind = part["type"]
+    tool = part.get("toolName") if kind == "dynamic-tool" else kind.removeprefix("tool-")
+    call_id = string(part, "toolCallId", errors, name=f"{name}.toolCallId", required=True)
+    if not isinstance(tool, str) or not TOOL_NAME.match(tool):
+        errors.add(f"{name}.type", "Must name a tool: tool-<name>, or dynamic-tool with toolName.")
+        return None
+    if call_id is None:
+        return None
+    call: dict[str, Any] = {
+        "id": call_id,
+        "name": tool,
+        "arguments": json.dumps(part.get("input") if part.get("input") is not None else {}),
+    }
+    state = part.get("state")
+    if state == "output-available":
+        output = part.get("output")
+        content = output if isinstance(output, str) else json.dumps(output)
+    elif state == "output-error":
+        content = json.dumps({"error": str(part.get("errorText") or "The tool failed.")})
+    else:
+        return call  # no result yet (input-streaming, input-available, approval...)
+    call["result"] = {"role": "tool", "tool_call_id": call_id, "name": tool, "content": content}
+    return call
 
 
 def parse_aisdk(body: dict[str, Any]) -> AiSdkRequest:
@@ -359,12 +434,16 @@ def parse_aisdk(body: dict[str, Any]) -> AiSdkRequest:
                 errors.add(name, "Must be a UIMessage object.")
                 continue
             role = string(item, "role", errors, name=f"{name}.role", required=True, choices=ROLES)
-            text = _ui_message_text(item, name, errors)
-            if role is not None and text:
-                messages.append({"role": role, "content": text})
+            if role is not None:
+                messages.extend(_ui_message(item, role, name, errors))
         if items and not errors.fields and not messages:
             errors.add("messages", "No message has any text.")
-    _check_last_message(messages, "messages", errors, must_be_user=True)
+    _check_last_message(messages, "messages", errors, must_be_user=False)
+    if messages and messages[-1]["role"] not in ("user", "tool"):
+        errors.add(
+            f"messages[{len(items or []) - 1}].role",
+            "The last message must be the user's, or the assistant's with tool results.",
+        )
 
     room_id = None
     raw_room = string(body, "roomId", errors, blank=False)
@@ -377,9 +456,11 @@ def parse_aisdk(body: dict[str, Any]) -> AiSdkRequest:
     string(body, "trigger", errors, choices=("submit-message", "regenerate-message"))
     model = string(body, "model", errors, blank=False, max_length=100)
     artist_id = string(body, "artistId", errors, max_length=MAX_ID_LENGTH)
-    tools = array(body, "excludeTools", errors) or []
-    if not all(isinstance(tool, str) for tool in tools):
+    excluded = array(body, "excludeTools", errors) or []
+    if not all(isinstance(tool, str) for tool in excluded):
         errors.add("excludeTools", "Must be an array of strings.")
+    tools = tool_specs(body, errors)
+    project_id = string(body, "projectId", errors, blank=False, max_length=MAX_ID_LENGTH)
     errors.raise_if_any()
     return AiSdkRequest(
         messages=messages,
@@ -387,7 +468,9 @@ def parse_aisdk(body: dict[str, Any]) -> AiSdkRequest:
         chat_key=chat_key,
         model=model,
         artist_id=artist_id or None,
-        exclude_tools=tools,
+        exclude_tools=excluded,
+        tools=tools,
+        project_id=project_id,
     )
 
 

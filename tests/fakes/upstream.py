@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import re
@@ -715,12 +716,7 @@ class FakeUpstream:
             "system_fingerprint": None,
         }
 
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            data: dict[str, Any] = {**envelope, "choices": [choice]}
-            if include_usage:
-                data["usage"] = None
-            return _sse(data)
+        chunk = functools.partial(_openai_chunk, envelope, include_usage)
 
         token_frame = _Template(chunk({"content": _SLOT}))
         await exchange.start_stream(chunk({"role": "assistant", "content": "", "refusal": None}))
@@ -784,12 +780,7 @@ class FakeUpstream:
         envelope = self._openai_envelope(body, "chat.completion.chunk")
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            data: dict[str, Any] = {**envelope, "choices": [choice]}
-            if include_usage:
-                data["usage"] = None
-            return _sse(data)
+        chunk = functools.partial(_openai_chunk, envelope, include_usage)
 
         await exchange.start_stream(chunk(deltas[0]))
         for delta in deltas[1:]:
@@ -1059,6 +1050,21 @@ class FakeUpstream:
             + _sse({"type": "message_stop"}, "message_stop")
         )
         await exchange.end()
+
+
+def _openai_chunk(
+    envelope: dict[str, Any],
+    include_usage: bool,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+) -> bytes:
+    """One ``chat.completion.chunk`` event (``usage`` null, as OpenAI sends it, when the
+    client asked for usage)."""
+    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    data: dict[str, Any] = {**envelope, "choices": [choice]}
+    if include_usage:
+        data["usage"] = None
+    return _sse(data)
 
 
 def _mistral_id_problem(messages: list[dict[str, Any]]) -> str | None:

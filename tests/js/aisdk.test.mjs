@@ -52,6 +52,16 @@ async function lastMessage(stream, errors = []) {
   return last;
 }
 
+// What useChat does on sendMessage: the chat's messages to the transport.
+const submit = (transport, chatId, messages) =>
+  transport.sendMessages({
+    chatId,
+    trigger: 'submit-message',
+    messageId: undefined,
+    messages,
+    abortSignal: undefined,
+  });
+
 const textOf = (message) =>
   message.parts.filter((part) => part.type === 'text').map((part) => part.text).join('');
 
@@ -172,5 +182,74 @@ test(
       }),
     );
     assert.equal(textOf(last), 'lorem ipsum dolor');
+  },
+);
+
+const WEATHER_TOOLS = [
+  {
+    type: 'function',
+    function: {
+      name: 'get_weather',
+      description: 'The weather in a city.',
+      parameters: { type: 'object', properties: { city: { type: 'string' } } },
+    },
+  },
+];
+
+test('a client tool call is rebuilt as a tool part, and the answer to its output too', { skip }, async () => {
+  const ask = `Weather? [demo:tool=get_weather {"city": "Paris"}] ${nonce}`;
+  const response = await post({ messages: [userMessage(ask)], tools: WEATHER_TOOLS });
+  const types = (await schemaChunks(response)).map((chunk) => chunk.type);
+  assert.deepEqual(types.slice(0, 3), ['start', 'start-step', 'tool-input-start']);
+  assert.ok(types.filter((type) => type === 'tool-input-delta').length > 1);
+  assert.deepEqual(types.slice(-4), ['tool-input-available', 'finish-step', 'message-metadata', 'finish']);
+
+  const transport = new DefaultChatTransport({
+    api: url,
+    headers: { 'x-api-key': key },
+    body: { tools: WEATHER_TOOLS },
+  });
+  const chatId = `client-tool-${nonce}`;
+  const messages = [userMessage(ask)];
+  const send = async () => lastMessage(await submit(transport, chatId, messages));
+  const first = await send();
+  const part = first.parts.find((p) => p.type === 'tool-get_weather');
+  assert.equal(part.state, 'input-available');
+  assert.deepEqual(part.input, { city: 'Paris' });
+  assert.ok(part.toolCallId);
+  assert.equal(part.providerExecuted, undefined, 'the client runs its own tools');
+
+  // The client runs the tool and sends the conversation back with the output.
+  part.state = 'output-available';
+  part.output = { celsius: 18 };
+  messages.push(first);
+  const second = await send();
+  assert.equal(textOf(second), 'The tool get_weather returned: {"celsius": 18}');
+  assert.equal(second.metadata.chatId, first.metadata.chatId);
+  report('clientTool', { chatId: first.metadata.chatId, toolCallId: part.toolCallId });
+});
+
+const projectId = process.env.PROJECT_ID;
+test(
+  'a server tool conversation is rebuilt: the call, its output, the answer in the next step',
+  { skip: skip || (!projectId && 'PROJECT_ID is not set') },
+  async () => {
+    const transport = new DefaultChatTransport({
+      api: url,
+      headers: { 'x-api-key': key },
+      body: { projectId },
+    });
+    const ask = `[demo:tool=search_knowledge {"query": "credit ledger"}] ${nonce}`;
+    const last = await lastMessage(await submit(transport, `server-tool-${nonce}`, [userMessage(ask)]));
+    const types = last.parts.map((part) => part.type);
+    assert.deepEqual(types, ['step-start', 'tool-search_knowledge', 'step-start', 'text']);
+    const tool = last.parts[1];
+    assert.equal(tool.state, 'output-available');
+    assert.equal(tool.providerExecuted, true);
+    assert.deepEqual(tool.input, { query: 'credit ledger' });
+    assert.equal(tool.output.results[0].source, 'LEDGER.md');
+    assert.equal(textOf(last), `The tool search_knowledge returned: ${JSON.stringify(tool.output)}`);
+    assert.deepEqual(last.metadata.excludedTools, []);
+    report('serverTool', { chatId: last.metadata.chatId, toolCallId: tool.toolCallId });
   },
 );

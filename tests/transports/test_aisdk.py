@@ -12,6 +12,7 @@ import pytest
 
 from chats.models import Chat, Message
 from chats.transports.sse import conversation_chat_id
+from knowledge import services as knowledge_services
 from tests.factories import make_chat, make_key, make_tenant
 from tests.transports.conftest import (
     demo_reply,
@@ -55,6 +56,12 @@ def test_the_ai_package_parses_every_chunk_and_yields_the_answer(server, keepali
         "tests/js has no node_modules: run `npm ci --prefix tests/js` (make test does)"
     )
     nonce = uuid.uuid4().hex[:8]
+    project = knowledge_services.project_create(tenant=account.tenant, external_id="fleet")
+    knowledge_services.document_store(
+        project=project,
+        path="LEDGER.md",
+        content="# Ledger\n\nEvery credit movement is an append-only row in the ledger.",
+    )
     result = subprocess.run(
         ["node", "--test", str(JS_DIR)],
         env={
@@ -63,6 +70,7 @@ def test_the_ai_package_parses_every_chunk_and_yields_the_answer(server, keepali
             "KEEPALIVE_CHAT_URL": chat_url(keepalive_server),
             "API_KEY": account.key,
             "NONCE": nonce,
+            "PROJECT_ID": "fleet",
         },
         capture_output=True,
         text=True,
@@ -90,6 +98,24 @@ def test_the_ai_package_parses_every_chunk_and_yields_the_answer(server, keepali
     assert stored(prompt_chat.pk)[1][1] == "complete"
     # The failed stream was stored as failed with its partial content.
     assert stored(results["failure"]["chatId"])[1][1:] == ("failed", "This is")
+    # The client tool's call is stored with the answer that made it; the tool results the
+    # client sent back are not a user message; the answer to them follows.
+    client_tool = results["clientTool"]
+    rows = Message.objects.filter(chat_id=client_tool["chatId"]).order_by("created_at")
+    assert [(m.role, m.status) for m in rows] == [
+        ("user", "complete"),
+        ("assistant", "complete"),
+        ("assistant", "complete"),
+    ]
+    assert rows[1].tool_calls == [
+        {"id": client_tool["toolCallId"], "name": "get_weather", "arguments": '{"city": "Paris"}'}
+    ]
+    assert rows[2].content == 'The tool get_weather returned: {"celsius": 18}'
+    # The server tool's call is stored with its output, in the one answer.
+    server_tool = results["serverTool"]
+    (answer,) = Message.objects.filter(chat_id=server_tool["chatId"], role="assistant")
+    assert answer.tool_calls[0]["id"] == server_tool["toolCallId"]
+    assert json.loads(answer.tool_calls[0]["output"])["results"][0]["source"] == "LEDGER.md"
 
 
 # --- Wire details --------------------------------------------------------------------------
@@ -345,3 +371,117 @@ def test_seed_curl_example_works_as_printed(server, account):
     chunks = [json.loads(line) for line in lines[:-1]]
     text = "".join(c["delta"] for c in chunks if c["type"] == "text-delta")
     assert text == demo_reply("Draft a tweet announcing our new single.")
+
+
+# --- Tools -------------------------------------------------------------------------------
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+
+
+def test_a_client_tool_call_streams_as_tool_input_chunks(server, account):
+    ask = unique('[demo:tool=get_weather {"city": "Oslo"}][demo:tool=get_weather {"city": "Rome"}]')
+    _, stream = post_events(chat_url(server), {"prompt": ask, "tools": [WEATHER]}, account.headers)
+    chunks = chunks_of(stream)
+    types = [chunk["type"] for chunk in chunks]
+    assert types[:3] == ["start", "start-step", "tool-input-start"]
+    assert types[-5:] == [
+        "tool-input-available",
+        "tool-input-available",
+        "finish-step",
+        "message-metadata",
+        "finish",
+    ]
+    assert chunks[-1]["finishReason"] == "tool-calls"
+    starts = [c for c in chunks if c["type"] == "tool-input-start"]
+    assert len({c["toolCallId"] for c in starts}) == 2
+    assert all("providerExecuted" not in c for c in starts)
+    for start in starts:
+        pieces = [
+            c["inputTextDelta"]
+            for c in chunks
+            if c["type"] == "tool-input-delta" and c["toolCallId"] == start["toolCallId"]
+        ]
+        (available,) = [
+            c
+            for c in chunks
+            if c["type"] == "tool-input-available" and c["toolCallId"] == start["toolCallId"]
+        ]
+        assert len(pieces) > 1
+        assert json.loads("".join(pieces)) == available["input"]
+    assert [c["input"]["city"] for c in chunks if c["type"] == "tool-input-available"] == [
+        "Oslo",
+        "Rome",
+    ]
+
+
+def test_tool_parts_of_ui_messages_reach_the_model_as_tool_results(server, account):
+    messages = [
+        ui_message(unique("weather?")),
+        {
+            "id": "a1",
+            "role": "assistant",
+            "parts": [
+                {"type": "step-start"},
+                {
+                    "type": "tool-get_weather",
+                    "toolCallId": "call_1",
+                    "state": "output-available",
+                    "input": {"city": "Oslo"},
+                    "output": {"celsius": 4},
+                },
+                {
+                    "type": "dynamic-tool",
+                    "toolName": "get_time",
+                    "toolCallId": "call_2",
+                    "state": "output-error",
+                    "input": {},
+                    "errorText": "clock broken",
+                },
+            ],
+        },
+    ]
+    _, stream = post_events(
+        chat_url(server), {"messages": messages, "tools": [WEATHER]}, account.headers
+    )
+    text = "".join(c["delta"] for c in chunks_of(stream) if c["type"] == "text-delta")
+    assert text == (
+        'The tool get_weather returned: {"celsius": 4} '
+        'The tool get_time returned: {"error": "clock broken"}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("messages", "field"),
+    [
+        (
+            [
+                {
+                    "id": "a",
+                    "role": "assistant",
+                    "parts": [{"type": "tool-x", "state": "input-available"}],
+                }
+            ],
+            "messages[0].parts[0].toolCallId",
+        ),
+        (
+            [
+                {
+                    "id": "a",
+                    "role": "assistant",
+                    "parts": [{"type": "tool-bad name", "toolCallId": "c"}],
+                }
+            ],
+            "messages[0].parts[0].type",
+        ),
+        (
+            [{"id": "a", "role": "assistant", "parts": [{"type": "text", "text": "hi"}]}],
+            "messages[0].role",
+        ),
+    ],
+)
+def test_bad_tool_parts_are_validation_errors(server, account, messages, field):
+    response = httpx.post(
+        chat_url(server), json={"messages": messages}, headers=account.headers, timeout=30
+    )
+    assert response.status_code == 400
+    assert field in error_body(response)["details"]
