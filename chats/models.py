@@ -76,7 +76,8 @@ class Message(models.Model):
     client_message_id = models.CharField(max_length=100, blank=True)
     # An answer's tool calls, {"id", "name", "arguments"} with the "output" or "error" of
     # those the server ran, so the chat's history gives them back to the model.
-    tool_calls = models.JSONField(default=list, blank=True)
+    # db_default: code from before the column was added can still insert messages.
+    tool_calls = models.JSONField(default=list, db_default=[], blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
