@@ -916,6 +916,9 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
             messages=messages,
             temperature=request.temperature,
             max_tokens=max_tokens,
+            tools=[dataclasses.asdict(tool) for tool in offered_tools(request)],
+            tool_choice=request.tool_choice,
+            parallel_tool_calls=request.parallel_tool_calls,
         )
         replay = await _claim_key(request, fingerprint)
         if replay is not None:

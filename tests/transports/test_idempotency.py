@@ -122,3 +122,24 @@ def test_the_same_key_with_another_request_is_refused(server, account):
     other = complete(server, account, unique("another question"), key)
     assert other.status_code == 400
     assert "Idempotency-Key" in other.json()["error"]["details"]
+
+
+def test_the_same_key_offering_other_tools_is_another_request(server, account):
+    key, content = uuid.uuid4().hex, unique()
+
+    def ask(tool: str) -> httpx.Response:
+        return httpx.post(
+            f"{server.url}/v1/chat/completions",
+            headers={**account.headers, "Idempotency-Key": key},
+            json={
+                "model": "demo/balanced",
+                "messages": [{"role": "user", "content": content}],
+                "tools": [{"type": "function", "function": {"name": tool, "parameters": {}}}],
+            },
+            timeout=30,
+        )
+
+    assert ask("lookup_order").status_code == 200
+    other = ask("cancel_order")
+    assert other.status_code == 400
+    assert "Idempotency-Key" in other.text
