@@ -5,7 +5,7 @@ and what guarding an answer while it streams costs its time to first token. Run 
     .venv/bin/python bench/governor.py [--before REV] [--requests 200] [--delay-ms 20]
 
 1. **Quality**: precision and recall per kind on tests/governor/corpus.py (the corpus,
-   and the sets written after the detectors: held out, fresh, fresh 2), for the detectors as
+   and the sets written after the detectors: held out, fresh 1-4), for the detectors as
    they are and as they were at ``--before`` (a git revision; default: the last one before
    the injection rules and the new secret detectors), side by side.
 2. **Speed**: evaluation time per KB of the corpus's text, before and after, in the same
@@ -55,10 +55,19 @@ from governor import detectors, injection  # noqa: E402
 from governor.evaluation import EvaluationInput, Policy, evaluate  # noqa: E402
 from governor.services import policy_update  # noqa: E402
 from governor.stream_guard import StreamGuard  # noqa: E402
-from tests.governor.corpus import CORPUS, FRESH, FRESH_2, HELD_OUT, KINDS  # noqa: E402
+from tests.governor.corpus import (  # noqa: E402
+    CORPUS,
+    FRESH,
+    FRESH_2,
+    FRESH_3,
+    FRESH_4,
+    HELD_OUT,
+    KINDS,
+)
 from tests.governor.corpus import evaluate as corpus_evaluate  # noqa: E402
 
 BEFORE = "64f2a9f"  # the last revision before the injection rules and the new detectors
+INJECTION_BEFORE = "bf3af25"  # the last one before the injection rule was rebuilt in families
 ALL_KINDS = detectors.KIND_PRIORITY
 
 
@@ -68,13 +77,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def detectors_at(revision: str) -> types.ModuleType:
-    """governor/detectors.py as it was at ``revision``, as a module of its own."""
-    source = subprocess.check_output(
-        ["git", "show", f"{revision}:governor/detectors.py"], cwd=ROOT, text=True
-    )
-    module = types.ModuleType("detectors_before")
+    """governor/detectors.py as it was at ``revision``."""
+    return module_at(revision, "governor/detectors.py")
+
+
+def module_at(revision: str, path: str) -> types.ModuleType:
+    """``path`` as it was at ``revision``, as a module of its own."""
+    source = subprocess.check_output(["git", "show", f"{revision}:{path}"], cwd=ROOT, text=True)
+    module = types.ModuleType(f"{Path(path).stem}_before")
     sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(source, f"{revision}:governor/detectors.py", "exec"), module.__dict__)  # noqa: S102
+    exec(compile(source, f"{revision}:{path}", "exec"), module.__dict__)  # noqa: S102
     return module
 
 
@@ -98,7 +110,14 @@ def detect_now(text: str):
 
 
 def quality(before) -> None:
-    sets = (("Corpus", CORPUS), ("Held out", HELD_OUT), ("Fresh", FRESH), ("Fresh 2", FRESH_2))
+    sets = (
+        ("Corpus", CORPUS),
+        ("Held out", HELD_OUT),
+        ("Fresh", FRESH),
+        ("Fresh 2", FRESH_2),
+        ("Fresh 3", FRESH_3),
+        ("Fresh 4", FRESH_4),
+    )
     for name, samples in sets:
         old = corpus_evaluate(samples, detector=before)
         new = corpus_evaluate(samples, detector=detect_now)
@@ -114,6 +133,29 @@ def quality(before) -> None:
             )
 
 
+def injection_by_message(injection_before: types.ModuleType) -> None:
+    """The prompt-injection rule per message: attempts found, clean messages flagged."""
+    print("\nPrompt injection per message (before = the rule at --injection-before):")
+    sets = (("Corpus", CORPUS), ("Held out", HELD_OUT), ("Fresh", FRESH))
+    sets += (("Fresh 2", FRESH_2), ("Fresh 3", FRESH_3), ("Fresh 4", FRESH_4))
+    for name, samples in sets:
+        figures = []
+        for find in (injection_before.find_prompt_injection, injection.find_prompt_injection):
+            attempts = [s for s in samples if "prompt_injection" in s.labels]
+            found = sum(1 for s in attempts if _finds_label(find, s))
+            clean = [s for s in samples if "prompt_injection" not in s.labels]
+            flagged = sum(1 for s in clean if find(s.text))
+            figures.append(f"{found}/{len(attempts)} found, {flagged}/{len(clean)} clean flagged")
+        print(f"  {name:8}  before: {figures[0]:30}  after: {figures[1]}")
+
+
+def _finds_label(find, sample) -> bool:
+    def detector(text):
+        return [(m.kind, m.start, m.end) for m in find(text)]
+
+    return corpus_evaluate([sample], detector=detector)["prompt_injection"].true_positives > 0
+
+
 def per_kb(run, texts: list[str], rounds: int) -> float:
     """Microseconds per KB of ``texts`` for ``run`` over each, best of ``rounds``."""
     size_kb = sum(len(t.encode()) for t in texts) / 1024
@@ -126,7 +168,7 @@ def per_kb(run, texts: list[str], rounds: int) -> float:
     return best / size_kb * 1e6
 
 
-def speed(before, rounds: int) -> None:
+def speed(before, injection_before: types.ModuleType, rounds: int) -> None:
     texts = [s.text for s in CORPUS]
     policy = Policy.default()
 
@@ -136,6 +178,8 @@ def speed(before, rounds: int) -> None:
 
     print(f"\nEvaluation time per KB of the corpus (best of {rounds} rounds):")
     for name, run in (
+        ("prompt-injection rule before", injection_before.find_prompt_injection),
+        ("prompt-injection rule now", injection.find_prompt_injection),
         ("detectors before", before),
         ("detectors now (the two new kinds too)", detect_now),
         ("whole input evaluation now (every rule)", whole_evaluation),
@@ -248,14 +292,19 @@ def guard_ttft(requests: int, delay_ms: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", default=BEFORE, help="git revision to compare with")
+    parser.add_argument(
+        "--injection-before", default=INJECTION_BEFORE, help="revision of injection.py to compare"
+    )
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--delay-ms", type=int, default=20)
     args = parser.parse_args()
     settings.RESPONSE_CACHE_TTL_SECONDS = 0
     before = detect_before(detectors_at(args.before))
+    injection_before = module_at(args.injection_before, "governor/injection.py")
     quality(before)
-    speed(before, args.rounds)
+    injection_by_message(injection_before)
+    speed(before, injection_before, args.rounds)
     guard_cpu()
     guard_ttft(args.requests, args.delay_ms)
 

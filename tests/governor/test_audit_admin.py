@@ -217,7 +217,8 @@ def test_change_page_explains_what_matched_and_where(staff_client, tenant):
     )
     html = staff_client.get(f"{CHANGELIST}{decision.audit_id}/change/").content.decode()
     for explanation in (
-        "Prompt injection in message 1 (user): an instruction override.",
+        "Prompt injection in message 1 (user): an instruction override (an override verb aimed"
+        " at earlier instructions).",
         "The input contains an e-mail address in message 1 (user).",
         "Active markup in knowledge base: FAQ.md: a script-like tag; neutralised",
     ):

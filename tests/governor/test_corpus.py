@@ -38,6 +38,10 @@ def test_the_corpus_covers_every_domain_and_has_clean_look_alikes():
         "escape < in attributes",
         "v2.14.3",
         "2024-05-14T08:31:07",
+        "ignore the shipping fee",
+        "court disregarded the previous ruling",
+        "previous version of the travel policy I sent",
+        "enable developer mode",
     ):
         assert look_alike in texts
 
