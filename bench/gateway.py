@@ -1,0 +1,569 @@
+"""Gateway benchmark: the service against calling the upstream directly (and LiteLLM's proxy).
+
+Run by hand (it prints figures; it asserts nothing):
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench REDIS_URL=redis://127.0.0.1:6379/9 \
+        .venv/bin/python bench/gateway.py [--litellm] [--server daphne|uvicorn|granian]
+
+A fake OpenAI-compatible upstream (``tests/fakes/upstream.py``, its own process) streams
+5-token answers. One server process, everything on: the governor and its audit record,
+credit holds and settlement, the plan's rate limit and generation cap (set high enough
+never to refuse), the response cache (every message is unique, so it never answers).
+Side by side in one run, each printed with its ratio to the upstream alone:
+
+  1. time to first token, p50 and p99, one client, ``POST /v1/chat/completions`` with
+     ``stream: true`` (direct: the same request to the upstream)
+  2. streaming requests/s at 32 concurrent clients (one keep-alive connection each) and
+     the server process's CPU use meanwhile
+  3. the same two over ``/ws/chat`` (each exchange stored in a chat)
+  4. server CPU time per relayed token: 500-token answers less 5-token answers, divided
+     by the extra tokens
+  5. with ``--litellm``: LiteLLM's proxy (installed with pip into a throwaway virtualenv
+     under /tmp; one worker, no database) against the same upstream, 1, 2 and 4.
+
+The load generator is a small HTTP/1.1 client on raw asyncio streams, so that the
+client's own cost stays small next to what it measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import websockets
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import streaming  # noqa: E402
+
+SHORT, LONG = 5, 505  # tokens of an answer; LONG - SHORT relayed tokens price one token
+LITELLM_VENV = Path(tempfile.gettempdir()) / "bench-litellm-venv"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# --- set-up ---------------------------------------------------------------------------------
+
+
+def setup_database(upstream_url: str) -> str:
+    """Migrate; create a tenant whose plan limits are on but never reached, and the
+    models (the fake upstream takes its behaviour from the upstream model name)."""
+    streaming.create_database_if_missing()
+    env = streaming.server_env()
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, check=True, env=env
+    )
+    os.environ.update(env)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
+    import django
+
+    django.setup()
+    from decimal import Decimal
+
+    from billing.models import Plan
+    from billing.services import api_key_create, tenant_create
+    from chats.models import LLMModel
+
+    high = 10_000_000
+    Plan.objects.update_or_create(
+        name="bench-gateway",
+        defaults={
+            "display_name": "Gateway benchmark",
+            "requests_per_minute": high,
+            "burst": high,
+            "ws_messages_per_second": high,
+            "ws_max_connections": high,
+            "max_concurrent_generations": high,
+        },
+    )
+    tenant = tenant_create(
+        name=f"bench-{uuid.uuid4().hex[:8]}", plan_name="bench-gateway", credits=Decimal(10**9)
+    )
+    for name, tokens in [("bench-upstream", SHORT), ("bench-long", LONG)]:
+        LLMModel.objects.update_or_create(
+            name=name,
+            defaults={
+                "provider": "openai_compatible",
+                "upstream_model": f"tokens-{tokens}",
+                "base_url": upstream_url,
+                "api_key_env": "",
+                "input_price_per_1k": Decimal("0.1"),
+                "output_price_per_1k": Decimal("0.2"),
+                "max_output_tokens": 4096,
+            },
+        )
+    return api_key_create(tenant=tenant)[1]
+
+
+def server_command(kind: str, port: int) -> list[str]:
+    where = ["127.0.0.1", str(port)]
+    app = "chatproject.asgi:application"
+    commands = {
+        # As the service runs daphne (its redacting access log off, as -v 0 has it).
+        "daphne": ["-m", "chatproject.server", "-v", "0", "-b", where[0], "-p", where[1], app],
+        "uvicorn": ["-m", "uvicorn", "--host", where[0], "--port", where[1], "--no-access-log"],
+        "granian": ["-m", "granian", "--interface", "asgi", "--host", where[0], "--port", where[1]],
+    }
+    tail = {
+        "daphne": [],
+        "uvicorn": ["--log-level", "warning", app],
+        "granian": ["--workers", "1", app],
+    }
+    return [sys.executable, *commands[kind], *tail[kind]]
+
+
+def litellm_python() -> Path:
+    """The throwaway virtualenv's python, with ``litellm[proxy]`` installed (once)."""
+    python = LITELLM_VENV / "bin" / "python"
+    if not (LITELLM_VENV / "bin" / "litellm").exists():
+        print(f"installing litellm[proxy] into {LITELLM_VENV} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "litellm[proxy]"], check=True)
+    return python
+
+
+LITELLM_KEY = f"sk-bench-{uuid.uuid4().hex}"  # its master key: it refuses to start without one
+
+
+def start_litellm(upstream_url: str, port: int, log) -> tuple[subprocess.Popen, str]:
+    python = litellm_python()
+    version = subprocess.run(
+        [str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    config = Path(tempfile.mkdtemp(prefix="bench-litellm-")) / "config.yaml"
+    models = "\n".join(
+        f"  - model_name: {name}\n"
+        f"    litellm_params:\n"
+        f"      model: openai/tokens-{tokens}\n"
+        f"      api_base: {upstream_url}\n"
+        f"      api_key: sk-fake"
+        for name, tokens in [("bench-upstream", SHORT), ("bench-long", LONG)]
+    )
+    config.write_text(f"model_list:\n{models}\nlitellm_settings:\n  telemetry: false\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")} | {
+        "LITELLM_MASTER_KEY": LITELLM_KEY,
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "NO_DOCS": "True",
+    }
+    command = [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+    return streaming.start(command, port, env=env, log=log), version
+
+
+# --- the client -----------------------------------------------------------------------------
+
+_CONTENT = re.compile(rb'"content": ?"(?!")')  # a delta with text (not the empty first one)
+
+
+@dataclass
+class Answer:
+    first_token: float  # seconds from the request's first byte written
+    tokens: int
+
+
+class HttpClient:
+    """One keep-alive HTTP/1.1 connection; streams an SSE answer, counting token chunks."""
+
+    def __init__(self, port: int, path: str, headers: dict[str, str]) -> None:
+        self.port, self.path = port, path
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.head = (
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: application/json\r\n{extra}"
+        )
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def _connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    async def stream(self, body: dict) -> Answer:
+        if self.writer is None:
+            await self._connect()
+        payload = json.dumps(body).encode()
+        request = f"{self.head}Content-Length: {len(payload)}\r\n\r\n".encode() + payload
+        start = time.perf_counter()
+        self.writer.write(request)
+        reader = self.reader
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        lowered = head.lower()
+        first, tokens = 0.0, 0
+        body_bytes = b""
+        if b"transfer-encoding: chunked" in lowered:
+            while True:
+                size = int((await reader.readline()).split(b";")[0], 16)
+                data = await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                found = len(_CONTENT.findall(data))
+                if found and not tokens:
+                    first = time.perf_counter() - start
+                tokens += found
+                if status != 200:
+                    body_bytes += data
+        else:
+            length = re.search(rb"content-length: *(\d+)", lowered)
+            body_bytes = await reader.readexactly(int(length.group(1)) if length else 0)
+            tokens = len(_CONTENT.findall(body_bytes))
+            first = time.perf_counter() - start
+        if b"connection: close" in lowered:
+            await self.close()
+        if status != 200:
+            raise RuntimeError(f"HTTP {status}: {body_bytes[:300]!r}")
+        return Answer(first, tokens)
+
+
+@dataclass
+class Target:
+    """Something to measure over HTTP: the upstream itself, LiteLLM or the service."""
+
+    name: str
+    port: int
+    path: str
+    headers: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None  # the server process whose CPU time is read
+    short_model: str = "bench-upstream"
+    long_model: str = "bench-long"
+
+    def client(self) -> HttpClient:
+        return HttpClient(self.port, self.path, self.headers)
+
+    def body(self, long: bool = False) -> dict:
+        return {
+            "model": self.long_model if long else self.short_model,
+            "stream": True,
+            # Unique: never a cache hit.
+            "messages": [{"role": "user", "content": f"bench {uuid.uuid4().hex}"}],
+        }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and every process under it."""
+    total, parents = 0.0, {pid}
+    stats = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stats.append((int(entry.name), (entry / "stat").read_text()))
+            except OSError:
+                continue
+    children: dict[int, list[tuple[int, list[str]]]] = {}
+    for proc_id, text in stats:
+        fields = text.rsplit(")", 1)[1].split()
+        children.setdefault(int(fields[1]), []).append((proc_id, fields))
+        if proc_id == pid:
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    while parents:
+        found = set()
+        for parent in parents:
+            for proc_id, fields in children.get(parent, ()):
+                total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+                found.add(proc_id)
+        parents = found
+    return total
+
+
+async def ttft(target: Target, runs: int) -> list[float]:
+    client = target.client()
+    times = [(await client.stream(target.body())).first_token for _ in range(runs)]
+    await client.close()
+    return times
+
+
+async def load(target: Target, concurrency: int, seconds: float) -> tuple[float, float, int]:
+    """(requests/s, the server's CPU use in cores, failed requests) at ``concurrency``."""
+    clients = [target.client() for _ in range(concurrency)]
+    done = failed = 0
+    stop = time.monotonic() + seconds
+
+    async def worker(client: HttpClient) -> None:
+        nonlocal done, failed
+        while time.monotonic() < stop:
+            try:
+                await client.stream(target.body())
+                done += 1
+            except (RuntimeError, OSError, asyncio.IncompleteReadError):
+                failed += 1
+                await client.close()
+
+    cpu = cpu_seconds(target.pid) if target.pid else 0.0
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in clients))
+    elapsed = time.perf_counter() - began
+    cpu = (cpu_seconds(target.pid) - cpu) if target.pid else 0.0
+    for client in clients:
+        await client.close()
+    return done / elapsed, cpu / elapsed, failed
+
+
+async def cpu_per_token(target: Target, requests: int, concurrency: int = 4) -> float:
+    """Server CPU µs per token the upstream sent: long answers less short ones. (Counted
+    as the upstream sends them: the service's output guard may join several into one.)"""
+    assert target.pid is not None
+    clients = [target.client() for _ in range(concurrency)]
+    rounds = max(1, requests // concurrency)
+
+    async def run(long: bool) -> float:
+        before = cpu_seconds(target.pid)
+
+        async def worker(client: HttpClient) -> None:
+            for _ in range(rounds):
+                await client.stream(target.body(long))
+
+        await asyncio.gather(*(worker(c) for c in clients))
+        return cpu_seconds(target.pid) - before
+
+    short_cpu = await run(False)
+    long_cpu = await run(True)
+    for client in clients:
+        await client.close()
+    return (long_cpu - short_cpu) / (rounds * concurrency * (LONG - SHORT)) * 1e6
+
+
+# --- WebSocket ------------------------------------------------------------------------------
+
+
+async def ws_open(port: int, key: str):
+    ws = await websockets.connect(
+        f"ws://127.0.0.1:{port}/ws/chat?api_key={key}&user_id=bench-{uuid.uuid4().hex[:8]}",
+        max_queue=None,
+        open_timeout=60,
+    )
+    while json.loads(await ws.recv())["type"] != "connection_established":
+        pass
+    return ws
+
+
+async def ws_exchange(ws, model: str = "bench-upstream") -> Answer:
+    start = time.perf_counter()
+    await ws.send(json.dumps({"content": f"bench {uuid.uuid4().hex}", "model": model}))
+    first, tokens = 0.0, 0
+    while True:
+        event = json.loads(await ws.recv())
+        kind = event["type"]
+        if kind == "message_stream_token":
+            if not tokens:
+                first = time.perf_counter() - start
+            tokens += 1
+        elif kind == "message_stream_ended":
+            return Answer(first, tokens)
+        elif kind == "error":
+            raise RuntimeError(event)
+
+
+async def ws_ttft(port: int, key: str, runs: int) -> list[float]:
+    ws = await ws_open(port, key)
+    times = [(await ws_exchange(ws)).first_token for _ in range(runs)]
+    await ws.close()
+    return times
+
+
+async def ws_load(
+    port: int, key: str, pid: int, concurrency: int, seconds: float
+) -> tuple[float, float, int]:
+    sockets = [await ws_open(port, key) for _ in range(concurrency)]
+    done = failed = 0
+    stop = time.monotonic() + seconds
+
+    async def worker(ws) -> None:
+        nonlocal done, failed
+        while time.monotonic() < stop:
+            try:
+                await ws_exchange(ws)
+                done += 1
+            except RuntimeError:
+                failed += 1
+
+    cpu = cpu_seconds(pid)
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(ws) for ws in sockets))
+    elapsed = time.perf_counter() - began
+    cpu = cpu_seconds(pid) - cpu
+    await asyncio.gather(*(ws.close() for ws in sockets))
+    return done / elapsed, cpu / elapsed, failed
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def p(values: list[float], pct: float) -> float:
+    return streaming.percentile(values, pct) * 1000
+
+
+@dataclass
+class Row:
+    name: str
+    ttft_p50: float = 0.0
+    ttft_p99: float = 0.0
+    rps: float = 0.0
+    cpu: float = 0.0
+    failed: int = 0
+    per_token: float | None = None
+
+
+def print_table(rows: list[Row], direct: Row, tokens: int) -> None:
+    print()
+    print(f"{'':34}" + "".join(f"{row.name:>26}" for row in rows))
+
+    def line(label: str, cell) -> None:
+        print(f"{label:34}" + "".join(f"{cell(row):>26}" for row in rows))
+
+    line("time to first token p50, 1 client", lambda r: f"{r.ttft_p50:.2f} ms")
+    line(
+        "  added to the upstream's",
+        lambda r: "" if r is direct else f"+{r.ttft_p50 - direct.ttft_p50:.2f} ms",
+    )
+    line("time to first token p99", lambda r: f"{r.ttft_p99:.2f} ms")
+    line(
+        "streaming requests/s, 32 clients",
+        lambda r: f"{r.rps:,.1f}" if r is direct else f"{r.rps:,.1f} (1/{direct.rps / r.rps:.0f})",
+    )
+    line("  server CPU meanwhile", lambda r: "" if r is direct else f"{r.cpu * 100:.0f} %")
+    line("  failed requests", lambda r: str(r.failed))
+    line(
+        f"server CPU per token ({LONG - SHORT} more)",
+        lambda r: "" if r.per_token is None else f"{r.per_token:.1f} µs",
+    )
+    print(f"({tokens}-token answers; ratio: the upstream's requests/s to the target's)")
+    if len(rows) == 3:
+        litellm, service = rows[1], rows[2]
+        print(
+            f"this service against {litellm.name}: {service.rps / litellm.rps:.2f}x the "
+            f"requests/s, {service.ttft_p50 - litellm.ttft_p50:+.2f} ms to the first token"
+        )
+
+
+async def measure(target: Target, args) -> Row:
+    await ttft(target, args.warmup)
+    times = await ttft(target, args.runs)
+    rps, cpu, failed = await load(target, 32, args.seconds)
+    per_token = await cpu_per_token(target, args.long_requests) if target.pid else None
+    return Row(target.name, p(times, 50), p(times, 99), rps, cpu, failed, per_token)
+
+
+async def main(args) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+    upstream_port, server_port, litellm_port = (streaming.free_port() for _ in range(3))
+    upstream = streaming.start(
+        [
+            *(sys.executable, "-m", "tests.fakes.upstream", "--port", str(upstream_port)),
+            *("--behaviour", f"tokens-{SHORT}", "--no-record"),
+        ],
+        upstream_port,
+    )
+    upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
+    processes = [upstream]
+    log = open(args.server_log, "w")  # noqa: SIM115 (kept open for the whole run)
+    try:
+        key = await asyncio.to_thread(setup_database, upstream_url)
+        server = streaming.start(
+            server_command(args.server, server_port),
+            server_port,
+            env=streaming.server_env(),
+            log=log,
+        )
+        processes.append(server)
+        db = os.environ.get("DATABASE_URL", "sqlite").split(":")[0]
+        print(
+            f"database: {db}; redis: {'yes' if os.environ.get('REDIS_URL') else 'no'}; "
+            f"server: {args.server}; load average {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+        targets = [
+            Target(
+                "upstream direct",
+                upstream_port,
+                "/v1/chat/completions",
+                short_model=f"tokens-{SHORT}",
+                long_model=f"tokens-{LONG}",
+            )
+        ]
+        if args.litellm:
+            litellm, version = await asyncio.to_thread(
+                start_litellm, upstream_url, litellm_port, log
+            )
+            processes.append(litellm)
+            targets.append(
+                Target(
+                    f"LiteLLM {version}",
+                    litellm_port,
+                    "/v1/chat/completions",
+                    {"Authorization": f"Bearer {LITELLM_KEY}"},
+                    pid=litellm.pid,
+                )
+            )
+        targets.append(
+            Target(
+                "this service",
+                server_port,
+                "/v1/chat/completions",
+                {"Authorization": f"Bearer {key}"},
+                pid=server.pid,
+            )
+        )
+        rows = []
+        for target in targets:
+            rows.append(await measure(target, args))
+            print(f"  measured {target.name}", flush=True)
+        print_table(rows, rows[0], SHORT)
+
+        await ws_ttft(server_port, key, args.warmup)
+        ws_times = await ws_ttft(server_port, key, args.runs)
+        ws_rps, ws_cpu, ws_failed = await ws_load(server_port, key, server.pid, 32, args.seconds)
+        direct = rows[0]
+        print(
+            f"\n/ws/chat (each exchange stored in a chat): time to first token p50 "
+            f"{p(ws_times, 50):.2f} ms (+{p(ws_times, 50) - direct.ttft_p50:.2f} ms over the "
+            f"upstream's), p99 {p(ws_times, 99):.2f} ms; {ws_rps:,.1f} exchanges/s at 32 "
+            f"concurrent (1/{direct.rps / ws_rps:.0f} of the upstream's), server CPU "
+            f"{ws_cpu * 100:.0f} %, {ws_failed} failed"
+        )
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=200, help="requests per TTFT sample")
+    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--seconds", type=float, default=10.0, help="each throughput run")
+    parser.add_argument(
+        "--long-requests", type=int, default=40, help="requests per CPU-per-token sample"
+    )
+    parser.add_argument("--litellm", action="store_true", help="also measure LiteLLM's proxy")
+    parser.add_argument("--server", choices=("daphne", "uvicorn", "granian"), default="daphne")
+    parser.add_argument(
+        "--server-log",
+        default=os.path.join(tempfile.gettempdir(), "bench-gateway-server.log"),
+        help="where the servers' output goes",
+    )
+    asyncio.run(main(parser.parse_args()))
