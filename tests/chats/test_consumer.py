@@ -414,17 +414,17 @@ async def test_cancel_while_the_request_is_admitted(tenant_key, monkeypatch):
     """A cancel that arrives before the first token stops the answer from starting."""
     import time
 
-    from chats import engine
+    from chats.engine import admission
 
     tenant, key = tenant_key
     chat = await sync_to_async(make_chat)(tenant)
-    real_admit = engine._admit
+    real_admit = admission._admit
 
     def slow_admit(*args):
         time.sleep(0.3)
         return real_admit(*args)
 
-    monkeypatch.setattr(engine, "_admit", slow_admit)
+    monkeypatch.setattr(admission, "_admit", slow_admit)
     ws, _, _ = await connect(key, chat_id=chat.id)
     await receive(ws)
     await ws.send_json_to({"content": "hello"})

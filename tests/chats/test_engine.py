@@ -268,13 +268,13 @@ async def test_a_caller_leaving_during_admission_gets_its_hold_back(tenant_chat,
     """Cancelled while the database admits the request: the hold is released."""
     import asyncio
 
-    from chats import engine
+    from chats.engine import admission
 
     tenant, chat = tenant_chat
     before = await balance(tenant)
     admitted = asyncio.Event()
     loop = asyncio.get_running_loop()
-    real_admit = engine._admit
+    real_admit = admission._admit
 
     def slow_admit(*args):
         result = real_admit(*args)
@@ -282,7 +282,7 @@ async def test_a_caller_leaving_during_admission_gets_its_hold_back(tenant_chat,
         time.sleep(0.3)  # the caller gives up meanwhile
         return result
 
-    monkeypatch.setattr(engine, "_admit", slow_admit)
+    monkeypatch.setattr(admission, "_admit", slow_admit)
     task = asyncio.ensure_future(
         start_generation(
             GenerationRequest(tenant=tenant, chat=chat, messages=[{"role": "user", "content": "x"}])

@@ -1,0 +1,334 @@
+"""Admission: steps 1 to 3 of the engine, everything before the first token.
+
+The model resolved and the prompt fitted to its context; the rate limit and the response
+cache looked up in one Redis call (before any database write, so floods stay cheap) while
+the governor evaluates the request and a concurrent-generation slot is taken; the
+Idempotency-Key claimed; then one database call: the governor's audit record, the credit
+hold (skipped on a cache hit) and the user's message. A refusal raises :class:`ApiError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from billing import concurrency, credits, idempotency, pricing, response_cache
+from billing.models import Tenant
+from chatproject import metrics
+from chatproject.db import db_call, pipelined
+from chatproject.errors import ApiError, ErrorCode
+from chats import catalog, stream_log
+from chats.context import trim_to_budget
+from chats.engine.background import _in_background
+from chats.engine.generation import Generation
+from chats.engine.types import GenerationRequest, StoredMessage, offered_tools
+from chats.models import Chat, Message
+from chats.providers import estimate_prompt_tokens, message_text
+from governor import gate
+
+ZERO = Decimal(0)
+
+
+async def start_generation(request: GenerationRequest) -> Generation:
+    """Admit a request; raises ApiError when it is refused before any token."""
+    started = time.monotonic()
+    slot = GenerationSlot(request.tenant.pk, uuid.uuid4().hex)
+    try:
+        generation = await _start_generation(request, slot)
+    except BaseException as error:
+        slot.give_back()
+        if isinstance(error, ApiError):
+            metrics.REFUSALS.labels(code=error.code.value).inc()
+        raise
+    generation.started = started
+    return generation
+
+
+class GenerationSlot:
+    """One of the tenant's concurrent generations (:mod:`billing.concurrency`), taken
+    while admission's Redis call is out and given back in every ending."""
+
+    def __init__(self, tenant_id: int, slot_id: str) -> None:
+        self.tenant_id, self.id = tenant_id, slot_id
+        self._taking: asyncio.Future | None = None
+
+    def take(self, tenant: Tenant) -> asyncio.Future:
+        self._taking = asyncio.ensure_future(concurrency.generation_slot_acquire(tenant, self.id))
+        return self._taking
+
+    def give_back(self) -> None:
+        """Release the slot once it is taken (never cancelled halfway: a taken slot is
+        always given back, in the background)."""
+        taking, self._taking = self._taking, None
+        if taking is not None:
+            taking.add_done_callback(self._release_if_taken)
+
+    def _release_if_taken(self, taking: asyncio.Future) -> None:
+        if not taking.cancelled() and taking.exception() is None:
+            _in_background(concurrency.generation_slot_release(self.tenant_id, self.id))
+
+
+async def _start_generation(request: GenerationRequest, slot: GenerationSlot) -> Generation:
+    metadata = gate.governor_parse_metadata(request.governor_metadata)
+    if not request.messages:
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR,
+            "At least one message is required.",
+            details={"messages": ["This list may not be empty."]},
+        )
+    model = await catalog.aresolve_model(quality=request.quality, model=request.model)
+
+    max_tokens = min(request.max_tokens or model.max_output_tokens, model.max_output_tokens)
+    messages = trim_to_budget(request.messages, model.context_window - max_tokens)
+    prompt_tokens = estimate_prompt_tokens(messages)
+
+    cache_key = response_cache.cache_key(
+        tenant_id=request.tenant.pk,
+        model=model.name,
+        messages=messages,
+        temperature=request.temperature,
+        max_tokens=max_tokens,
+        tools=[dataclasses.asdict(tool) for tool in offered_tools(request)] or None,
+        tool_choice=request.tool_choice,
+        parallel_tool_calls=request.parallel_tool_calls,
+        no_cache=not request.use_cache,
+        tenant_cache_enabled=request.tenant.response_cache_enabled,
+    )
+    lookup = asyncio.ensure_future(
+        response_cache.rate_limit_and_cache_get(request.tenant, cache_key)
+    )
+    taking = slot.take(request.tenant)  # its command goes out with the lookup's
+    try:
+        await asyncio.sleep(0)  # the lookup's command goes out...
+        # ...and while Redis answers, the governor evaluates the request: CPU only, with
+        # the tenant's policy cached (else admission reads it). Its record is written in
+        # admission, so a rate-limited request still writes nothing.
+        check = gate.governor_assess_input(
+            tenant=request.tenant,
+            request_id=request.request_id,
+            parts=_governed_parts(request),
+            folded=request.folded,
+            metadata=metadata,
+            model_name=model.name,
+            cached_policy_only=True,
+        )
+        rate, cached = await lookup
+        await taking  # raises CONCURRENCY_LIMIT
+    except BaseException:
+        lookup.cancel()
+        raise
+    fingerprint = None
+    replayed = False
+    receipt = None
+    if request.idempotency_key:
+        fingerprint = idempotency.request_fingerprint(
+            model=model.name,
+            messages=messages,
+            temperature=request.temperature,
+            max_tokens=max_tokens,
+            tools=[dataclasses.asdict(tool) for tool in offered_tools(request)],
+            tool_choice=request.tool_choice,
+            parallel_tool_calls=request.parallel_tool_calls,
+        )
+        replay = await _claim_key(request, fingerprint)
+        if replay is not None:
+            cached, replayed, fingerprint, receipt = replay.answer, True, None, replay.receipt
+    message_id = uuid.uuid4()
+    # A miss joins an identical request still generating (in any process), if there is one.
+    # Not one offering tools: the stream log carries text, and its answer may call them.
+    joinable = cached is None and cache_key is not None and not offered_tools(request)
+    joined = None
+    if joinable:
+        joined = await stream_log.claim(cache_key, message_id.hex)
+    claimed = joinable and joined is None
+    steps = settings.TOOL_MAX_STEPS if request.server_tools else 1
+    reservation = (
+        ZERO if cached or joined else _most_it_costs(model, prompt_tokens, max_tokens, steps)
+    )
+    admission = asyncio.ensure_future(
+        db_call(
+            _admit,
+            request,
+            metadata,
+            model.name,
+            reservation,
+            cached is None and joined is None,
+            not replayed,
+            check,
+            message_id,
+        )
+    )
+    try:
+        decision, hold, user_message = await asyncio.shield(admission)
+    except BaseException as error:
+        if isinstance(error, asyncio.CancelledError):
+            # The caller left while the database admitted the request: once it has,
+            # give the hold back (the user's message stays stored, like any cancel).
+            admission.add_done_callback(_release_abandoned_hold)
+        if fingerprint is not None:  # refused or abandoned: a retry may run
+            _in_background(
+                idempotency.idempotency_abandon(request.tenant.pk, request.idempotency_key)
+            )
+        if claimed:  # identical requests must not wait on a log nobody writes
+            _in_background(stream_log.release(cache_key, message_id.hex))
+        raise
+    return Generation(
+        request=request,
+        model=model,
+        messages=decision.clean_messages(messages),  # markup neutralised, if the policy says
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        decision=decision,
+        hold=hold,
+        cached=cached,
+        cache_key=cache_key,
+        user_message=user_message,
+        rate_limit=rate,
+        replayed=replayed,
+        idempotency_claim=fingerprint,
+        receipt=receipt,
+        message_id=message_id,
+        slot=slot,
+        joined=joined,
+        claimed=claimed,
+    )
+
+
+def _most_it_costs(
+    model: catalog.ResolvedModel, prompt_tokens: int, max_tokens: int, steps: int
+) -> Decimal:
+    """The hold: every model step (at most ``steps``) reads the prompt and all that the
+    steps before it added (their output, the tools' results), and writes ``max_tokens``."""
+    results = (settings.TOOL_RESULT_MAX_CHARS + 3) // 4  # as estimate_tokens counts them
+    growth = max_tokens + results + STEP_OVERHEAD
+    return sum(
+        (
+            pricing.cost(
+                input_price_per_1k=model.input_price_per_1k,
+                output_price_per_1k=model.output_price_per_1k,
+                prompt_tokens=prompt_tokens + step * growth,
+                completion_tokens=max_tokens,
+            )
+            for step in range(max(1, steps))
+        ),
+        ZERO,
+    )
+
+
+STEP_OVERHEAD = 256  # tokens a step may add besides output and results (the tools' errors)
+
+
+async def _claim_key(request: GenerationRequest, fingerprint: str) -> idempotency.Claim | None:
+    """Claim the request's Idempotency-Key; what to replay when a retry finds one."""
+    claim = await idempotency.idempotency_claim(
+        request.tenant.pk, request.idempotency_key, fingerprint
+    )
+    if claim.state == "in_progress":
+        raise ApiError(
+            ErrorCode.IDEMPOTENCY_CONFLICT,
+            "A request with this Idempotency-Key is still running; retry when it is done.",
+        )
+    if claim.state == "mismatch":
+        raise ApiError(
+            ErrorCode.VALIDATION_ERROR,
+            "This Idempotency-Key was used for a different request.",
+            details={"Idempotency-Key": ["Use a new key for a new request."]},
+        )
+    return claim if claim.state == "replay" else None  # None: this request claimed the key
+
+
+def _release_abandoned_hold(admission: asyncio.Future) -> None:
+    if admission.cancelled() or admission.exception() is not None:
+        return
+    hold = admission.result()[1]
+    if hold is not None:
+        _in_background(db_call(credits.credits_release, hold=hold))
+
+
+def _governed_parts(request: GenerationRequest) -> list[tuple[str, str]]:
+    """What the governor checks, as (source, text): everything this request's client
+    supplied (stateless formats send the whole conversation, system messages included)."""
+    first = request.trusted_messages if len(request.messages) > request.trusted_messages else -1
+    numbered = list(enumerate(request.messages, 1))[first:]
+    labelled = [(f"message {i} ({m.get('role')})", message_text(m)) for i, m in numbered]
+    return [*request.client_context, *labelled]
+
+
+def _ends_with_user(request: GenerationRequest) -> bool:
+    """Whether the request answers a user's message (not tool results the client sent)."""
+    return request.messages[-1].get("role") == "user"
+
+
+def _admit(
+    request: GenerationRequest,
+    metadata: Any,
+    model_name: str,
+    reservation: Decimal,
+    needs_hold: bool,
+    store_message: bool,
+    check: gate.InputCheck | None = None,
+    message_id: uuid.UUID | None = None,  # the answer's, for the hold
+) -> tuple[gate.GateDecision, credits.Hold | None, StoredMessage | None]:
+    """Governor, the user's message and the credit hold, in one transaction.
+
+    A refused request stores nothing but its audit record: the governor's refusal raises
+    before the hold and the message are sent, and a refused hold (read back once all three
+    are out) takes the message out again in the same transaction.
+    """
+    refusal: ApiError | None = None
+    hold = user_message = None
+    opened_new = False
+    with transaction.atomic():
+        try:
+            if request.chat is None and request.chat_opener is not None:
+                request.chat, opened_new = request.chat_opener()
+            check = check or gate.governor_assess_input(  # reads only: the tenant's policy
+                tenant=request.tenant,
+                request_id=request.request_id,
+                parts=_governed_parts(request),
+                folded=request.folded,
+                metadata=metadata,
+                model_name=model_name,
+            )
+            # The audit record, the hold and the message go out together: one round trip.
+            with pipelined():
+                decision = check.record()  # raises for a rejection, its record sent
+                pending = (
+                    credits.credits_reserve_pending(
+                        tenant_id=request.tenant.pk,
+                        amount=reservation,
+                        reference=request.request_id,
+                        model=model_name,
+                        # the answer it pays for, stored in this chat
+                        message_id=message_id if request.chat and store_message else None,
+                    )
+                    if needs_hold
+                    else None
+                )
+                if request.chat is not None and store_message and _ends_with_user(request):
+                    stored = Message.objects.create(
+                        chat=request.chat,
+                        role=Message.Role.USER,
+                        content=decision.clean(request.messages[-1].get("content", "")),
+                        client_message_id=request.client_message_id,
+                        created_at=timezone.now(),
+                    )
+                    user_message = StoredMessage(stored.id, stored.content, stored.created_at)
+            hold = pending.result() if pending else None
+        except ApiError as error:
+            refusal = error
+            if opened_new:  # with the message sent alongside a refused hold, if any
+                Chat.objects.filter(pk=request.chat.pk).delete()
+            elif user_message is not None:  # sent alongside a hold that was refused
+                Message.objects.filter(pk=user_message.id).delete()
+    if refusal is not None:
+        raise refusal
+    return decision, hold, user_message
