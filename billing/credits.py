@@ -33,6 +33,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from billing.ledger import Change, as_credits, change_apply, change_sql
 from billing.models import CreditHold, LedgerEntry, Tenant
 from billing.pricing import QUANTUM
 from chatproject.errors import ApiError, ErrorCode
@@ -59,26 +60,6 @@ class Settlement:
 def lease_until(now=None):
     """When a lease taken or renewed now lapses."""
     return (now or timezone.now()) + timedelta(seconds=settings.HOLD_LEASE_SECONDS)
-
-
-def _as_credits(value) -> Decimal:
-    # SQLite hands NUMERIC results back as int/float; PostgreSQL as Decimal.
-    return Decimal(str(value)).quantize(QUANTUM)
-
-
-def _balance_add(*, tenant_id: int, delta: Decimal, cover: Decimal | None = None):
-    """Add ``delta`` to the balance in one statement and return the new balance; None when
-    ``cover`` is given and the balance is below it (nothing changed then)."""
-    table = connection.ops.quote_name(Tenant._meta.db_table)
-    sql = f"UPDATE {table} SET credit_balance = credit_balance + %s WHERE id = %s"  # noqa: S608
-    params: list = [delta, tenant_id]
-    if cover is not None:
-        sql += " AND credit_balance >= %s"
-        params.append(cover)
-    with connection.cursor() as cursor:
-        cursor.execute(sql + " RETURNING credit_balance", params)
-        row = cursor.fetchone()
-    return None if row is None else _as_credits(row[0])
 
 
 def _balance(tenant_id: int) -> Decimal:
@@ -115,15 +96,8 @@ def credits_reserve(
     # No savepoint (the engine calls this inside its own transaction) and no raising
     # inside the block: a refusal has changed nothing, so it leaves the block cleanly.
     with transaction.atomic(savepoint=False):
-        balance = _balance_add(tenant_id=tenant_id, delta=-amount, cover=amount)
-        if balance is not None:
-            LedgerEntry.objects.create(
-                tenant_id=tenant_id,
-                kind=LedgerEntry.Kind.HOLD,
-                amount=-amount,
-                balance_after=balance,
-                reference=reference,
-            )
+        entry = change_apply(_hold_change(tenant_id, amount, reference), cover=amount)
+        if entry is not None:
             hold = CreditHold.objects.create(
                 tenant_id=tenant_id,
                 reference=reference,
@@ -132,9 +106,21 @@ def credits_reserve(
                 lease_expires_at=lease_until(),
                 message_id=message_id,
             )
-    if balance is None:
+    if entry is None:
         _refuse(tenant_id, amount)
-    return Hold(tenant_id, amount, reference, balance, hold_id=hold.pk)
+    return Hold(tenant_id, amount, reference, entry.balance_after, hold_id=hold.pk)
+
+
+def _hold_change(tenant_id: int, amount: Decimal, reference: str) -> Change:
+    return Change(tenant_id, LedgerEntry.Kind.HOLD, -amount, reference)
+
+
+def _settle_change(hold: Hold, charged: Decimal) -> Change:
+    """The unused part of the hold comes back; the note says what was charged."""
+    note = f"charged {charged} of {hold.amount}"
+    return Change(
+        hold.tenant_id, LedgerEntry.Kind.SETTLE, hold.amount - charged, hold.reference, note
+    )
 
 
 def _refuse(tenant_id: int, amount: Decimal):
@@ -148,53 +134,33 @@ def _refuse(tenant_id: int, amount: Decimal):
 
 # --- PostgreSQL: each operation in one round trip ---------------------------------------
 # The same writes as the portable code above, as data-modifying CTEs: the conditional
-# balance update feeds the ledger entry and the hold row, so nothing is written unless
-# the update happened. Requests pay these on their hot path.
+# balance update with its ledger entry (billing.ledger) feeds the hold's row, so nothing
+# is written unless the update happened. Requests pay these on their hot path.
 
-_TABLES = {
-    "tenant": Tenant._meta.db_table,
-    "ledger": LedgerEntry._meta.db_table,
-    "hold": CreditHold._meta.db_table,
-}
+_HOLD = CreditHold._meta.db_table
 
-_RESERVE_SQL = """
-WITH debit AS (
-    UPDATE {tenant} SET credit_balance = credit_balance - %(amount)s
-    WHERE id = %(tenant_id)s AND credit_balance >= %(amount)s
-    RETURNING credit_balance
-), entry AS (
-    INSERT INTO {ledger} (tenant_id, kind, amount, balance_after, reference, note, created_at)
-    SELECT %(tenant_id)s, %(kind)s, -%(amount)s, credit_balance, %(reference)s, '', %(now)s
-    FROM debit
-), hold AS (
-    INSERT INTO {hold}
+_RESERVE_SQL = f"""
+WITH {change_sql(cover=True)}, hold AS (
+    INSERT INTO {_HOLD}
         (tenant_id, reference, model, amount, status, created_at, prompt_tokens, completion_tokens,
          lease_expires_at, message_id)
     SELECT %(tenant_id)s, %(reference)s, %(model)s, %(amount)s, %(open)s, %(now)s, 0, 0,
         %(lease)s, %(message_id)s
-    FROM debit
+    FROM change
     RETURNING id
 )
-SELECT debit.credit_balance, hold.id FROM debit, hold
-""".format(**_TABLES)  # noqa: S608 (only the models' own table names are formatted in)
+SELECT change.credit_balance, hold.id FROM change, hold
+"""  # noqa: S608 (only the models' own table names are formatted in)
 
-_SETTLE_SQL = """
+_SETTLE_SQL = f"""
 WITH claim AS (
-    UPDATE {hold} SET status = %(settled)s, charged = %(charged)s, closed_at = %(now)s,
+    UPDATE {_HOLD} SET status = %(settled)s, charged = %(charged)s, closed_at = %(now)s,
         prompt_tokens = %(prompt_tokens)s, completion_tokens = %(completion_tokens)s
     WHERE id = %(hold_id)s AND status = %(open)s
     RETURNING id
-), refund AS (
-    UPDATE {tenant} SET credit_balance = credit_balance + %(refund)s
-    WHERE id = %(tenant_id)s AND EXISTS (SELECT 1 FROM claim)
-    RETURNING credit_balance
-), entry AS (
-    INSERT INTO {ledger} (tenant_id, kind, amount, balance_after, reference, note, created_at)
-    SELECT %(tenant_id)s, %(kind)s, %(refund)s, credit_balance, %(reference)s, %(note)s, %(now)s
-    FROM refund
-)
-SELECT credit_balance FROM refund
-""".format(**_TABLES)  # noqa: S608 (only the models' own table names are formatted in)
+), {change_sql(only_if="EXISTS (SELECT 1 FROM claim)")}
+SELECT credit_balance FROM change
+"""  # noqa: S608 (only the models' own table names are formatted in)
 
 
 class Pending(Generic[T]):
@@ -268,17 +234,14 @@ def credits_reserve_pending(
     def read(row: tuple | None) -> Hold:
         if row is None:
             _refuse(tenant_id, amount)
-        return Hold(tenant_id, amount, reference, _as_credits(row[0]), hold_id=row[1])
+        return Hold(tenant_id, amount, reference, as_credits(row[0]), hold_id=row[1])
 
     now = timezone.now()
     params = {
-        "tenant_id": tenant_id,
+        **_hold_change(tenant_id, amount, reference).params(now=now, cover=amount),
         "amount": amount,
-        "reference": reference,
         "model": model,
-        "kind": LedgerEntry.Kind.HOLD,
         "open": CreditHold.Status.OPEN,
-        "now": now,
         "lease": lease_until(now),
         "message_id": message_id,
     }
@@ -325,21 +288,16 @@ def credits_settle_pending(
 
     def read(row: tuple | None) -> Settlement:
         if row is not None:
-            return Settlement(charged, _as_credits(row[0]))
+            return Settlement(charged, as_credits(row[0]))
         return _settled_before(hold)
 
     params = {
+        **_settle_change(hold, charged).params(),
         "hold_id": hold.hold_id,
-        "tenant_id": hold.tenant_id,
         "charged": charged,
         **tokens,
-        "refund": hold.amount - charged,
-        "reference": hold.reference,
-        "note": f"charged {charged} of {hold.amount}",
-        "kind": LedgerEntry.Kind.SETTLE,
         "open": CreditHold.Status.OPEN,
         "settled": CreditHold.Status.SETTLED,
-        "now": timezone.now(),
     }
     return _send(_SETTLE_SQL, params, read)
 
@@ -356,17 +314,8 @@ def _settle_portably(
         )
         if not claimed:
             return _settled_before(hold)
-        refund = hold.amount - charged
-        balance = _balance_add(tenant_id=hold.tenant_id, delta=refund)
-        LedgerEntry.objects.create(
-            tenant_id=hold.tenant_id,
-            kind=LedgerEntry.Kind.SETTLE,
-            amount=refund,
-            balance_after=balance,
-            reference=hold.reference,
-            note=f"charged {charged} of {hold.amount}",
-        )
-    return Settlement(charged, balance)
+        entry = change_apply(_settle_change(hold, charged))
+    return Settlement(charged, entry.balance_after)
 
 
 def _settled_before(hold: Hold) -> Settlement:
@@ -374,7 +323,7 @@ def _settled_before(hold: Hold) -> Settlement:
     would take credits other requests may have been admitted on (the sweeper closed it,
     its lease having lapsed), and the client would be told a charge the ledger has not."""
     charged = CreditHold.objects.values_list("charged", flat=True).get(pk=hold.hold_id)
-    return Settlement(_as_credits(charged or 0), _as_credits(_balance(hold.tenant_id)))
+    return Settlement(as_credits(charged or 0), as_credits(_balance(hold.tenant_id)))
 
 
 def credits_release(*, hold: Hold, note: str = "") -> Decimal:
@@ -400,16 +349,8 @@ def hold_release(*, hold_id: int, note: str = "") -> Decimal | None:
     tenant_id, amount, reference = CreditHold.objects.values_list(
         "tenant_id", "amount", "reference"
     ).get(pk=hold_id)
-    balance = _balance_add(tenant_id=tenant_id, delta=amount)
-    LedgerEntry.objects.create(
-        tenant_id=tenant_id,
-        kind=LedgerEntry.Kind.RELEASE,
-        amount=amount,
-        balance_after=balance,
-        reference=reference,
-        note=note,
-    )
-    return balance
+    change = Change(tenant_id, LedgerEntry.Kind.RELEASE, amount, reference, note)
+    return change_apply(change).balance_after
 
 
 def holds_renew(hold_ids: Iterable[int]) -> int:

@@ -5,10 +5,10 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from billing import keys
+from billing.ledger import Change, change_apply
 from billing.models import ApiKey, LedgerEntry, Plan, Tenant
 from chatproject.errors import ApiError, ErrorCode
 
@@ -76,23 +76,5 @@ def api_key_recheck(api_key_id: int) -> ApiKey:
 def credits_top_up(*, tenant: Tenant, amount: Decimal, note: str = "") -> LedgerEntry:
     if amount <= 0:
         raise ValueError("A top-up must be positive.")
-    return _ledger_apply(
-        tenant_id=tenant.pk, kind=LedgerEntry.Kind.TOP_UP, amount=amount, note=note
-    )
-
-
-def _ledger_apply(
-    *, tenant_id: int, kind: str, amount: Decimal, reference: str = "", note: str = ""
-) -> LedgerEntry:
-    """Change the balance and record why, atomically. Raises on a negative result."""
     with transaction.atomic():
-        Tenant.objects.filter(pk=tenant_id).update(credit_balance=F("credit_balance") + amount)
-        balance = Tenant.objects.values_list("credit_balance", flat=True).get(pk=tenant_id)
-        return LedgerEntry.objects.create(
-            tenant_id=tenant_id,
-            kind=kind,
-            amount=amount,
-            balance_after=balance,
-            reference=reference,
-            note=note,
-        )
+        return change_apply(Change(tenant.pk, LedgerEntry.Kind.TOP_UP, amount, note=note))
