@@ -11,7 +11,7 @@ from django.conf import settings
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode
 from chats.models import LLMModel
-from chats.providers import AnthropicProvider, DemoProvider, OpenAICompatibleProvider, Provider
+from chats.providers import Provider, Upstream, provider_kind
 
 QUALITY_TIERS = ("cheap", "balanced", "frontier")
 DEFAULT_QUALITY = "balanced"
@@ -57,8 +57,11 @@ def _credential(model: LLMModel) -> str | None:
 
 
 def is_configured(model: LLMModel) -> bool:
-    """Usable now: the demo model, or a provider whose credential (if any) is set."""
-    if model.provider == LLMModel.Provider.DEMO:
+    """Usable now: an offline provider (the demo), or one whose credential (if any) is set."""
+    kind = provider_kind(model.provider)
+    if kind is None:
+        return False  # no module registers this provider (any more)
+    if kind.offline:
         return True
     if model.api_key_env:
         return bool(_credential(model))
@@ -75,26 +78,17 @@ def _provider_for(model: LLMModel) -> Provider:
 
 
 def _build_provider(model: LLMModel) -> Provider:
-    timeout = settings.LLM_TIMEOUT_SECONDS
-    if model.provider == LLMModel.Provider.DEMO:
-        return DemoProvider(token_delay=settings.DEMO_TOKEN_DELAY_MS / 1000)
-    if model.provider == LLMModel.Provider.ANTHROPIC:
-        base_url = model.base_url or "https://api.anthropic.com"
-        return AnthropicProvider(
-            _credential(model), base_url=base_url, timeout=timeout, name=_upstream(model, base_url)
-        )
-    if model.provider == LLMModel.Provider.MISTRAL:
-        base_url = model.base_url or "https://api.mistral.ai/v1"
-        return OpenAICompatibleProvider(
-            base_url,
-            _credential(model),
-            timeout=timeout,
+    kind = provider_kind(model.provider)
+    assert kind is not None  # only configured models are resolved
+    base_url = model.base_url or kind.default_base_url
+    return kind.build(
+        Upstream(
+            base_url=base_url,
+            api_key=_credential(model),
+            timeout=settings.LLM_TIMEOUT_SECONDS,
             name=_upstream(model, base_url),
-            mistral=True,
+            token_delay=settings.DEMO_TOKEN_DELAY_MS / 1000,
         )
-    base_url = model.base_url or "https://api.openai.com/v1"
-    return OpenAICompatibleProvider(
-        base_url, _credential(model), timeout=timeout, name=_upstream(model, base_url)
     )
 
 

@@ -7,6 +7,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
+from chats.providers.registry import provider_choices
+
 
 def validate_base_url(value: str) -> None:
     """http(s) with a host; unlike URLValidator, in-cluster names like ``vllm`` pass."""
@@ -96,20 +98,14 @@ class LLMModel(models.Model):
     provider credentials are set.
     """
 
-    class Provider(models.TextChoices):
-        DEMO = "demo", "Demo (offline)"
-        OPENAI = "openai", "OpenAI"
-        ANTHROPIC = "anthropic", "Anthropic"
-        MISTRAL = "mistral", "Mistral"
-        OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible server"
-
     class Tier(models.TextChoices):
         CHEAP = "cheap"
         BALANCED = "balanced"
         FRONTIER = "frontier"
 
     name = models.CharField(max_length=100, unique=True, help_text="What clients ask for.")
-    provider = models.CharField(max_length=32, choices=Provider.choices)
+    # The kinds the provider modules register (chats/providers/registry.py).
+    provider = models.CharField(max_length=32, choices=provider_choices)
     upstream_model = models.CharField(max_length=200, help_text="The provider's model id.")
     base_url = models.CharField(
         max_length=500,

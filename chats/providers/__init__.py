@@ -22,6 +22,7 @@ from .base import (
 )
 from .demo import DemoProvider
 from .openai_compat import OpenAICompatibleProvider
+from .registry import ProviderKind, Upstream, provider_choices, provider_kind
 
 __all__ = [
     "TOOL_CHOICE_MODES",
@@ -34,14 +35,18 @@ __all__ = [
     "OpenAICompatibleProvider",
     "Provider",
     "ProviderError",
+    "ProviderKind",
     "StreamEnd",
     "StreamItem",
     "TokenDelta",
     "ToolCallDelta",
     "ToolCalls",
     "ToolSpec",
+    "Upstream",
     "aclose_shared_client",
     "estimate_prompt_tokens",
     "estimate_tokens",
     "message_text",
+    "provider_choices",
+    "provider_kind",
 ]

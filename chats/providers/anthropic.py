@@ -15,32 +15,21 @@ blocks start; tool results go back as `tool_result` blocks of a user turn.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
 
 from .base import (
     CompletionRequest,
-    LLMConnectionError,
+    HTTPProvider,
     LLMProviderError,
-    Provider,
-    StreamEnd,
+    Reading,
     StreamItem,
-    TokenDelta,
     ToolCallDelta,
-    ToolCalls,
-    client_lease,
-    error_details,
-    estimate_prompt_tokens,
-    estimate_tokens,
-    iter_sse,
-    parse_json_object,
-    redact,
-    transport_error,
     usage_count,
 )
+from .registry import register
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens on every request
@@ -57,13 +46,17 @@ _FINISH_REASONS = {
 }
 
 # Error types whose HTTP equivalents are 429 or 5xx: worth retrying.
-_RETRYABLE_ERRORS = {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
+_RETRYABLE_ERRORS = frozenset(
+    {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
+)
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(HTTPProvider):
     """Streams from `{base_url}/v1/messages`."""
 
     name = "anthropic"
+    path = "/v1/messages"
+    retryable_error_types = _RETRYABLE_ERRORS
 
     def __init__(
         self,
@@ -79,21 +72,19 @@ class AnthropicProvider(Provider):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         """`timeout` is the longest wait for any byte (Anthropic pings long streams)."""
-        if name:
-            self.name = name
-        self._url = base_url.rstrip("/") + "/v1/messages"
-        self._api_key = api_key or None
-        self._timeout = timeout
-        self._timeouts = httpx.Timeout(timeout, connect=connect_timeout)
-        self._client = client
+        super().__init__(
+            base_url,
+            api_key,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            client=client,
+            name=name,
+            headers={"anthropic-version": anthropic_version, **(headers or {})},
+        )
         self._default_max_tokens = default_max_tokens
-        self._headers = {
-            "accept": "text/event-stream",
-            "anthropic-version": anthropic_version,
-            **(headers or {}),
-        }
-        if self._api_key:
-            self._headers["x-api-key"] = self._api_key
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        return {"x-api-key": api_key}
 
     def build_body(self, request: CompletionRequest) -> dict[str, Any]:
         """The JSON body sent upstream: system messages move to the top-level `system`,
@@ -129,128 +120,67 @@ class AnthropicProvider(Provider):
         body.update(_tools(request))
         return body
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
-        progress = _Progress()
-        with client_lease(self._client) as client:
-            try:
-                async with client.stream(
-                    "POST",
-                    self._url,
-                    json=self.build_body(request),
-                    headers=self._headers,
-                    timeout=self._timeouts,
-                ) as response:
-                    if not response.is_success:
-                        raise await self._status_error(response)
-                    # Read on to the end of the body after message_stop, so that the
-                    # connection goes back to the pool instead of being closed.
-                    async for event, data in iter_sse(response):
-                        if progress.done:
-                            continue
-                        payload = parse_json_object(data)
-                        if payload is None:
-                            raise LLMProviderError(
-                                f"{self.name} sent malformed stream data", retryable=False
-                            )
-                        kind = payload.get("type") or event
-                        if kind == "error":
-                            raise self._stream_error(payload.get("error"))
-                        item = progress.take(kind, payload)
-                        if item is not None:
-                            yield item
-            except httpx.HTTPError as exc:
-                # Once the answer is complete, a failure while draining the body costs nothing.
-                if not progress.finished:
-                    raise transport_error(
-                        exc, upstream=self.name, timeout=self._timeout, secret=self._api_key
-                    ) from exc
+    def new_reading(self) -> _Reading:
+        return _Reading()
 
-        if not progress.finished:
-            raise LLMConnectionError(f"{self.name} closed the stream before it finished")
-        yield StreamEnd(
-            finish_reason=_FINISH_REASONS.get(progress.stop_reason or "end_turn", "stop"),
-            prompt_tokens=progress.prompt_tokens
-            if progress.prompt_tokens is not None
-            else estimate_prompt_tokens(request.messages),
-            completion_tokens=progress.completion_tokens
-            if progress.completion_tokens is not None
-            else estimate_tokens("".join(progress.parts) + progress.calls.text()),
-        )
-
-    async def _status_error(self, response: httpx.Response) -> LLMProviderError:
-        message, kind = error_details(await response.aread())
-        status = response.status_code
-        return LLMProviderError(
-            redact(f"{self.name} answered HTTP {status}: {message}", self._api_key),
-            status=status,
-            retryable=True if kind in _RETRYABLE_ERRORS else None,
-        )
-
-    def _stream_error(self, error: object) -> LLMProviderError:
+    def stream_error(self, event: str, payload: dict[str, Any]) -> LLMProviderError | None:
         """An `error` event inside a 200 stream, e.g. `overloaded_error`."""
+        if (payload.get("type") or event) != "error":
+            return None
+        error = payload.get("error")
         error = error if isinstance(error, dict) else {}
         kind = error.get("type")
         message = error.get("message") or kind or "unknown error"
         return LLMProviderError(
-            redact(f"{self.name} failed mid-stream: {message}", self._api_key),
+            self.redact(f"{self.name} failed mid-stream: {message}"),
             retryable=kind in _RETRYABLE_ERRORS,
         )
 
 
-@dataclass
-class _Progress:
-    """What one message stream has told so far."""
+class _Reading(Reading):
+    """What one message stream has told so far (`finish_reason` is Anthropic's stop_reason;
+    `message_stop` is the end marker)."""
 
-    parts: list[str] = field(default_factory=list)
-    calls: ToolCalls = field(default_factory=ToolCalls)
-    call_of_block: dict[int, int] = field(default_factory=dict)  # block index → call index
-    stop_reason: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    done: bool = False  # message_stop seen: only the end of the body is left
+    def __init__(self) -> None:
+        super().__init__()
+        self.call_of_block: dict[int, int] = {}  # content block index → tool call index
 
-    @property
-    def finished(self) -> bool:
-        """The whole answer arrived (a stop_reason is as good as message_stop)."""
-        return self.done or self.stop_reason is not None
+    def finish(self) -> str:
+        return _FINISH_REASONS.get(self.finish_reason or "end_turn", "stop")
 
-    def take(self, kind: str, payload: dict[str, Any]) -> StreamItem | None:
-        """Takes in one event; returns its text or tool call piece, if it carries one."""
+    def take(self, event: str, payload: dict[str, Any]) -> Iterable[StreamItem]:
+        kind = payload.get("type") or event
         if kind == "content_block_delta":
             delta = payload.get("delta") or {}
             if delta.get("type") == "input_json_delta":
                 call = self.call_of_block.get(payload.get("index"))
                 piece = delta.get("partial_json") or ""
                 if call is None or not piece:
-                    return None
-                return self._piece(ToolCallDelta(call, arguments=piece))
+                    return ()
+                return (self.call_piece(ToolCallDelta(call, arguments=piece)),)
             text = delta.get("text") if delta.get("type") == "text_delta" else None
-            if text:
-                self.parts.append(text)
-                return TokenDelta(text)
-            return None
+            return (self.text(text),) if text else ()
         if kind == "content_block_start":
             block = payload.get("content_block") or {}
             if block.get("type") == "tool_use":
                 call = self.call_of_block[payload.get("index")] = len(self.call_of_block)
                 given = block.get("input")  # {} when streamed; whole otherwise
                 arguments = json.dumps(given) if given else ""
-                return self._piece(
-                    ToolCallDelta(call, block.get("id"), block.get("name"), arguments)
+                return (
+                    self.call_piece(
+                        ToolCallDelta(call, block.get("id"), block.get("name"), arguments)
+                    ),
                 )
         elif kind == "message_start":
             self._count((payload.get("message") or {}).get("usage"))
         elif kind == "message_delta":
-            self.stop_reason = (payload.get("delta") or {}).get("stop_reason") or self.stop_reason
+            stop_reason = (payload.get("delta") or {}).get("stop_reason")
+            self.finish_reason = stop_reason or self.finish_reason
             self._count(payload.get("usage"))  # cumulative, not an increment
         elif kind == "message_stop":
             self.done = True
         # ping, content_block_stop and event types added later: nothing to do
-        return None
-
-    def _piece(self, piece: ToolCallDelta) -> ToolCallDelta:
-        self.calls.add(piece)
-        return piece
+        return ()
 
     def _count(self, usage: Mapping[str, Any] | None) -> None:
         self.prompt_tokens = _input_tokens(usage, self.prompt_tokens)
@@ -326,3 +256,13 @@ def _tools(request: CompletionRequest) -> dict[str, Any]:
     if request.parallel_tool_calls is False and choice != "none":
         tool_choice["disable_parallel_tool_use"] = True
     return {"tools": tools, "tool_choice": tool_choice}
+
+
+register(
+    "anthropic",
+    "Anthropic",
+    lambda up: AnthropicProvider(
+        up.api_key, base_url=up.base_url, timeout=up.timeout, name=up.name
+    ),
+    default_base_url="https://api.anthropic.com",
+)

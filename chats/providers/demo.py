@@ -55,6 +55,7 @@ from .base import (
     estimate_prompt_tokens,
     estimate_tokens,
 )
+from .registry import register
 
 _TOOL_DIRECTIVE = re.compile(r"\[demo:tool=([A-Za-z0-9_.-]+)\s*", re.IGNORECASE)
 _ARGUMENT_PIECE = 7  # characters of arguments per streamed piece
@@ -224,3 +225,6 @@ def _tool_results(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
             break
         results.append((message.get("name") or "tool", message.get("content") or ""))
     return results[::-1]
+
+
+register("demo", "Demo (offline)", lambda up: DemoProvider(up.token_delay), offline=True)

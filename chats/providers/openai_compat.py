@@ -11,32 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
 
 from .base import (
     CompletionRequest,
-    LLMConnectionError,
+    HTTPProvider,
     LLMProviderError,
-    Provider,
-    StreamEnd,
+    Reading,
     StreamItem,
-    TokenDelta,
     ToolCallDelta,
-    ToolCalls,
-    client_lease,
-    error_details,
-    estimate_prompt_tokens,
-    estimate_tokens,
-    iter_sse,
     parse_json_object,
-    redact,
-    transport_error,
     usage_count,
 )
+from .registry import register
 
 # Error types an upstream may report inside a 200 stream that are worth a retry.
 _RETRYABLE_STREAM_ERRORS = {"server_error", "api_error", "overloaded_error", "rate_limit_error"}
@@ -108,10 +98,12 @@ def wire_tools(request: CompletionRequest) -> dict[str, Any]:
     return fields
 
 
-class OpenAICompatibleProvider(Provider):
+class OpenAICompatibleProvider(HTTPProvider):
     """Streams from `{base_url}/chat/completions` (base_url ends with `/v1` for most servers)."""
 
     name = "openai"
+    path = "/chat/completions"
+    end_marker = "[DONE]"
 
     def __init__(
         self,
@@ -131,19 +123,21 @@ class OpenAICompatibleProvider(Provider):
         stream). `include_usage=False` is for old servers that reject `stream_options`;
         `max_tokens_field="max_completion_tokens"` for OpenAI's reasoning models;
         `mistral` for Mistral's API (its own tool call ids)."""
-        if name:
-            self.name = name
-        self._url = base_url.rstrip("/") + "/chat/completions"
-        self._api_key = api_key or None
-        self._timeout = timeout
-        self._timeouts = httpx.Timeout(timeout, connect=connect_timeout)
-        self._client = client
+        super().__init__(
+            base_url,
+            api_key,
+            timeout=timeout,
+            connect_timeout=connect_timeout,
+            client=client,
+            name=name,
+            headers=headers or {},
+        )
         self._include_usage = include_usage
         self._max_tokens_field = max_tokens_field
         self._call_id = mistral_call_id if mistral else str
-        self._headers = {"accept": "text/event-stream", **(headers or {})}
-        if self._api_key:
-            self._headers["authorization"] = f"Bearer {self._api_key}"
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {api_key}"}
 
     def build_body(self, request: CompletionRequest) -> dict[str, Any]:
         """The JSON body sent upstream for `request`."""
@@ -160,115 +154,49 @@ class OpenAICompatibleProvider(Provider):
             body[self._max_tokens_field] = request.max_tokens
         return body
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
-        progress = _Progress()
-        with client_lease(self._client) as client:
-            try:
-                async with client.stream(
-                    "POST",
-                    self._url,
-                    json=self.build_body(request),
-                    headers=self._headers,
-                    timeout=self._timeouts,
-                ) as response:
-                    if not response.is_success:
-                        raise await self._status_error(response)
-                    if response.headers.get("content-type", "").startswith("application/json"):
-                        # A server that ignored `stream: true` answers with one completion.
-                        for item in progress.take_completion(await response.aread()):
-                            yield item
-                    # Read on to the end of the body after [DONE], so that the connection
-                    # goes back to the pool instead of being closed.
-                    async for _event, data in iter_sse(response):
-                        if progress.done:
-                            continue
-                        if data == "[DONE]":
-                            progress.done = True
-                            continue
-                        chunk = parse_json_object(data)
-                        if chunk is None:
-                            raise LLMProviderError(
-                                f"{self.name} sent malformed stream data", retryable=False
-                            )
-                        if chunk.get("error"):
-                            raise self._stream_error(chunk["error"])
-                        for item in progress.take(chunk):
-                            yield item
-            except httpx.HTTPError as exc:
-                # Once the answer is complete, a failure while draining the body costs nothing.
-                if not progress.finished:
-                    raise transport_error(
-                        exc, upstream=self.name, timeout=self._timeout, secret=self._api_key
-                    ) from exc
+    def new_reading(self) -> _Reading:
+        return _Reading()
 
-        if not progress.finished:
-            raise LLMConnectionError(f"{self.name} closed the stream before it finished")
-        usage = progress.usage
-        yield StreamEnd(
-            finish_reason=progress.finish_reason or "stop",
-            prompt_tokens=usage_count(
-                usage, "prompt_tokens", estimate_prompt_tokens(request.messages)
-            ),
-            completion_tokens=usage_count(
-                usage,
-                "completion_tokens",
-                estimate_tokens("".join(progress.parts) + progress.calls.text()),
-            ),
-        )
+    async def whole_answer(self, response: httpx.Response, reading: Reading) -> list[StreamItem]:
+        """A server that ignored `stream: true` answers with one completion."""
+        if not response.headers.get("content-type", "").startswith("application/json"):
+            return []
+        assert isinstance(reading, _Reading)
+        return reading.take_completion(await response.aread())
 
-    async def _status_error(self, response: httpx.Response) -> LLMProviderError:
-        message, _kind = error_details(await response.aread())
-        status = response.status_code
-        return LLMProviderError(
-            redact(f"{self.name} answered HTTP {status}: {message}", self._api_key), status=status
-        )
-
-    def _stream_error(self, error: object) -> LLMProviderError:
+    def stream_error(self, event: str, payload: dict[str, Any]) -> LLMProviderError | None:
         """An error object sent inside a 200 stream (OpenAI, vLLM and Ollama do this)."""
+        error = payload.get("error")
+        if not error:
+            return None
         if not isinstance(error, dict):
             return LLMProviderError(
-                redact(f"{self.name} failed mid-stream: {error}", self._api_key), retryable=True
+                self.redact(f"{self.name} failed mid-stream: {error}"), retryable=True
             )
-        message = error.get("message") or "unknown error"
+        message = self.redact(
+            f"{self.name} failed mid-stream: {error.get('message') or 'unknown error'}"
+        )
         code, kind = error.get("code"), error.get("type")
         if isinstance(code, int) and 400 <= code <= 599:
-            return LLMProviderError(
-                redact(f"{self.name} failed mid-stream: {message}", self._api_key), status=code
-            )
-        return LLMProviderError(
-            redact(f"{self.name} failed mid-stream: {message}", self._api_key),
-            retryable=kind in _RETRYABLE_STREAM_ERRORS or kind is None,
-        )
+            return LLMProviderError(message, status=code)
+        return LLMProviderError(message, retryable=kind in _RETRYABLE_STREAM_ERRORS or kind is None)
 
 
-@dataclass
-class _Progress:
+class _Reading(Reading):
     """What one completion stream has told so far."""
 
-    parts: list[str] = field(default_factory=list)
-    calls: ToolCalls = field(default_factory=ToolCalls)
-    finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    done: bool = False  # [DONE] seen: the answer is complete, only the body's end is left
-
-    @property
-    def finished(self) -> bool:
-        """The whole answer arrived (a finish_reason is as good as [DONE])."""
-        return self.done or self.finish_reason is not None
-
-    def take(self, chunk: dict[str, Any]) -> list[StreamItem]:
+    def take(self, event: str, payload: dict[str, Any]) -> Iterable[StreamItem]:
         """Takes in one `chat.completion.chunk`; returns its text and tool call pieces."""
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]  # the last chunk's, with include_usage
+        if isinstance(payload.get("usage"), dict):
+            self._count(payload["usage"])  # the last chunk's, with include_usage
         items: list[StreamItem] = []
-        for choice in chunk.get("choices") or ():
+        for choice in payload.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
             text = delta.get("content") or None
             if isinstance(text, str):
-                self.parts.append(text)
-                items.append(TokenDelta(text))
+                items.append(self.text(text))
             for position, call in enumerate(delta.get("tool_calls") or ()):
                 if isinstance(call, dict):
                     items.append(self._call_piece(call, position))
@@ -276,17 +204,21 @@ class _Progress:
                 self.finish_reason = str(choice["finish_reason"])
         return items
 
+    def _count(self, usage: dict[str, Any]) -> None:
+        self.prompt_tokens = usage_count(usage, "prompt_tokens", None)
+        self.completion_tokens = usage_count(usage, "completion_tokens", None)
+
     def _call_piece(self, call: dict[str, Any], position: int) -> ToolCallDelta:
         function = call.get("function") if isinstance(call.get("function"), dict) else {}
         index = call.get("index")
-        piece = ToolCallDelta(
-            index=index if isinstance(index, int) else position,
-            id=call.get("id") or None,
-            name=function.get("name") or None,
-            arguments=function.get("arguments") or "",
+        return self.call_piece(
+            ToolCallDelta(
+                index=index if isinstance(index, int) else position,
+                id=call.get("id") or None,
+                name=function.get("name") or None,
+                arguments=function.get("arguments") or "",
+            )
         )
-        self.calls.add(piece)
-        return piece
 
     def take_completion(self, raw: bytes) -> list[StreamItem]:
         """Takes in a whole `chat.completion` object; returns its text and tool calls."""
@@ -297,12 +229,35 @@ class _Progress:
         text = str(message.get("content") or "")
         items: list[StreamItem] = []
         if text:
-            self.parts.append(text)
-            items.append(TokenDelta(text))
+            items.append(self.text(text))
         for position, call in enumerate(message.get("tool_calls") or ()):
             if isinstance(call, dict):
                 items.append(self._call_piece({**call, "index": position}, position))
         self.finish_reason = str(choice.get("finish_reason") or "stop")
-        self.usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else None
+        usage = payload.get("usage")
+        if isinstance(usage, dict):
+            self._count(usage)
         self.done = True
         return items
+
+
+register(
+    "openai",
+    "OpenAI",
+    lambda up: OpenAICompatibleProvider(up.base_url, up.api_key, timeout=up.timeout, name=up.name),
+    default_base_url="https://api.openai.com/v1",
+)
+register(
+    "mistral",
+    "Mistral",
+    lambda up: OpenAICompatibleProvider(
+        up.base_url, up.api_key, timeout=up.timeout, name=up.name, mistral=True
+    ),
+    default_base_url="https://api.mistral.ai/v1",
+)
+register(
+    "openai_compatible",
+    "OpenAI-compatible server",
+    lambda up: OpenAICompatibleProvider(up.base_url, up.api_key, timeout=up.timeout, name=up.name),
+    default_base_url="https://api.openai.com/v1",  # most entries name their own server
+)

@@ -748,3 +748,47 @@ def test_anthropic_body_drops_what_anthropic_refuses():
     )
     assert body["system"] == "be brief"
     assert body["messages"] == [{"role": "user", "content": "first\n\nsecond"}]
+
+
+# --- The registry of provider kinds -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "base_url", "provider_class", "url"),
+    [
+        ("openai", "", OpenAICompatibleProvider, "https://api.openai.com/v1/chat/completions"),
+        ("mistral", "", OpenAICompatibleProvider, "https://api.mistral.ai/v1/chat/completions"),
+        ("anthropic", "", AnthropicProvider, "https://api.anthropic.com/v1/messages"),
+        ("openai_compatible", "http://vllm:8000/v1", OpenAICompatibleProvider,
+         "http://vllm:8000/v1/chat/completions"),
+    ],
+)  # fmt: skip
+def test_catalog_entries_build_the_provider_their_kind_registers(
+    kind: str, base_url: str, provider_class: type, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chats import catalog
+    from chats.models import LLMModel
+
+    monkeypatch.setenv("SOME_KEY", KEY)
+    entry = LLMModel(name="m", provider=kind, upstream_model="m", base_url=base_url)
+    entry.api_key_env = "SOME_KEY"
+    provider = catalog._build_provider(entry)
+    assert type(provider) is provider_class
+    assert provider._url == url  # type: ignore[attr-defined]
+    assert catalog.is_configured(entry)
+
+
+def test_a_provider_kind_no_module_registers_is_not_usable() -> None:
+    from chats import catalog
+    from chats.models import LLMModel
+    from chats.providers import provider_choices
+
+    assert {key for key, _label in provider_choices()} == {
+        "demo",
+        "openai",
+        "anthropic",
+        "mistral",
+        "openai_compatible",
+    }
+    assert catalog.is_configured(LLMModel(name="d", provider="demo"))
+    assert not catalog.is_configured(LLMModel(name="x", provider="gone", base_url="http://x"))

@@ -21,7 +21,7 @@ LEDGER = (
 def upstream_model(fake_upstream: FakeUpstream):  # noqa: F811
     LLMModel.objects.create(
         name=MODEL,
-        provider=LLMModel.Provider.OPENAI_COMPATIBLE,
+        provider="openai_compatible",
         upstream_model="fake-model",
         base_url=fake_upstream.openai_base_url,
         api_key_env="",

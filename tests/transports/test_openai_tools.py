@@ -51,12 +51,12 @@ def models(server, upstream):
     rows = [
         (
             "fake-openai",
-            LLMModel.Provider.OPENAI_COMPATIBLE,
+            "openai_compatible",
             "fake-model",
             upstream.openai_base_url,
         ),
-        ("fake-mistral", LLMModel.Provider.MISTRAL, "fake-model+mistral", upstream.openai_base_url),
-        ("fake-anthropic", LLMModel.Provider.ANTHROPIC, "fake-claude", upstream.base_url),
+        ("fake-mistral", "mistral", "fake-model+mistral", upstream.openai_base_url),
+        ("fake-anthropic", "anthropic", "fake-claude", upstream.base_url),
     ]
     for name, provider, upstream_model, base_url in rows:
         LLMModel.objects.update_or_create(

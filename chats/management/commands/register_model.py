@@ -43,7 +43,7 @@ class Command(BaseCommand):
         model, created = LLMModel.objects.update_or_create(
             name=options["name"],
             defaults={
-                "provider": LLMModel.Provider.OPENAI_COMPATIBLE,
+                "provider": "openai_compatible",
                 "upstream_model": options["upstream_model"] or options["name"],
                 "base_url": options["base_url"].rstrip("/"),
                 "api_key_env": options["api_key_env"],

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from chats.models import LLMModel
+from chats.providers import provider_kind
 
 
 class Command(BaseCommand):
@@ -20,7 +21,8 @@ class Command(BaseCommand):
         if model is None:
             known = ", ".join(LLMModel.objects.order_by("name").values_list("name", flat=True))
             raise CommandError(f"No model {name!r} in the catalog. Known: {known}.")
-        if model.provider == LLMModel.Provider.DEMO:
+        kind = provider_kind(model.provider)
+        if kind is not None and kind.offline:
             raise CommandError(
                 f"{name!r} is an offline demo model, what every tier falls back to: keep it."
             )
