@@ -158,6 +158,25 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None) -
     return {"error": error}
 
 
+def error_schema() -> dict[str, Any]:
+    """The envelope of :func:`error_body`, for the OpenAPI description."""
+    error = {
+        "type": "object",
+        "properties": {
+            "code": {"type": "string", "enum": [code.value for code in ErrorCode]},
+            "message": {"type": "string"},
+            "details": {"type": "object", "additionalProperties": True},
+        },
+        "required": ["code", "message"],
+    }
+    return {
+        "type": "object",
+        "properties": {"error": error},
+        "required": ["error"],
+        "description": "The product's error envelope.",
+    }
+
+
 def error_response(error: ApiError, *, status: int | None = None) -> JsonResponse:
     """The JSON envelope as a plain Django response (for non-DRF views)."""
     response = JsonResponse(error.body(), status=status or error.status)

@@ -223,7 +223,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "chatproject.openapi.seed_path_spelling",
+        "chatproject.openapi.path_spelling",
         "chatproject.openapi.plain_view_paths",
         "chatproject.openapi.rest_error_responses",
     ],

@@ -13,8 +13,8 @@ from chatproject.errors import ApiError, ErrorCode
 from chats.models import LLMModel
 from chats.providers import Provider, Upstream, provider_kind
 
-QUALITY_TIERS = ("cheap", "balanced", "frontier")
-DEFAULT_QUALITY = "balanced"
+QUALITY_TIERS: tuple[str, ...] = tuple(LLMModel.Tier.values)
+DEFAULT_QUALITY: str = LLMModel.Tier.BALANCED.value
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,8 @@ class LLMModel(models.Model):
     """
 
     class Tier(models.TextChoices):
+        """The quality tiers requests may name instead of a model (``chats.catalog``)."""
+
         CHEAP = "cheap"
         BALANCED = "balanced"
         FRONTIER = "frontier"

@@ -21,6 +21,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
+from chatproject import openapi_fragments as oa
 from chatproject.errors import ApiError
 from chatproject.json_body import read_json
 from chats.engine import (
@@ -282,3 +283,43 @@ async def resume(request: HttpRequest, chat_id: str) -> HttpResponse:
     is never one to resume."""
     await authenticate(request, rate_limit=True)
     return HttpResponse(status=204)
+
+
+# --- The OpenAPI description ---------------------------------------------------------------
+
+
+def openapi() -> oa.Fragment:
+    stream = oa.stream(
+        "The Vercel AI SDK UI message stream (`x-vercel-ai-ui-message-stream: v1`): `data:` "
+        "JSON chunks typed `start`, `start-step`, `text-start`, `text-delta`…, `text-end`, "
+        "the tool chunks, `finish-step`, `message-metadata`, `finish` (an `error` chunk before "
+        "`message-metadata` on failure), then `data: [DONE]`. The exchange is stored in the "
+        "chat (`x-chat-id`). CORS headers on every answer; OPTIONS answers 200."
+    )
+    errors = {400: None, 401: None, 402: None, 403: None, 429: None}
+    return oa.Fragment(
+        paths={
+            "/api/chat": {
+                "post": oa.operation(
+                    "ai_sdk_chat",
+                    "ai-sdk",
+                    "AI SDK UI message stream",
+                    {"200": stream, **oa.errors("Error", errors)},
+                    body=schemas.AISDK_REQUEST,
+                )
+            },
+            "/api/chat/{chat_id}/stream": {
+                "get": oa.operation(
+                    "ai_sdk_chat_resume",
+                    "ai-sdk",
+                    "Resume a stream: streams are not kept, so there is never one to resume",
+                    {
+                        "204": {"description": "No stream to resume.", "headers": oa.RATE_HEADERS},
+                        **oa.errors("Error", {401: None, 429: None}),
+                    },
+                    parameters=[oa.path_parameter("chat_id", "The chat's id.")],
+                )
+            },
+        },
+        requests=(schemas.AISDK_REQUEST,),
+    )

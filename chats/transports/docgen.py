@@ -27,6 +27,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 
 from billing.models import Tenant
+from chatproject import openapi_fragments as oa
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, error_response
 from chatproject.json_body import read_json
@@ -377,3 +378,65 @@ async def message(request: HttpRequest) -> HttpResponse:
         headers={"Link": '</api/v1/chat/stream>; rel="alternate"'},
     )
     return error_response(error, status=400)  # the seed's status, not this path's 422
+
+
+# --- The OpenAPI description ---------------------------------------------------------------
+
+_ERRORS = {
+    403: "Bad key (UNAUTHORIZED), or the governor's refusal.",
+    422: None,
+    402: None,
+    429: None,
+}
+
+
+def openapi() -> oa.Fragment:
+    chat_stream = oa.stream(
+        "Named events, each `event: <name>` and `data: <JSON>`. Per token "
+        '`message` `{"token", "done": false}`; at the end `done` `{"full_response", '
+        '"document_types_used", "metadata", "done": true}`, or `error` `{"error", "code", '
+        '"retryable", "request_id"}` with code `LLM_CONNECTION_ERROR`, '
+        "`RAG_RETRIEVAL_ERROR`, `SERVICE_UNAVAILABLE` or `STREAM_ERROR`."
+    )
+    generate_stream = oa.stream(
+        "Named events, each `event: <name>` and `data: <JSON>`. Per token "
+        '`token` `{"token", "index"}`; at the end `done` `{"total_tokens", '
+        '"duration_ms"}` or `error` `{"code", "message"}`.'
+    )
+    retired = {
+        400: "Always: the endpoint is retired (see the `Link` header).",
+        403: "Bad key.",
+        429: None,
+    }
+    return oa.Fragment(
+        paths={
+            "/api/v1/chat/stream": {
+                "post": oa.operation(
+                    "docgen_chat_stream",
+                    "docgen",
+                    "Project document chat",
+                    {"200": chat_stream, **oa.errors("Error", _ERRORS)},
+                    body=schemas.DOC_CHAT_REQUEST,
+                )
+            },
+            "/api/v1/chat/generate": {
+                "post": oa.operation(
+                    "docgen_chat_generate",
+                    "docgen",
+                    "Older document generation stream",
+                    {"200": generate_stream, **oa.errors("Error", _ERRORS)},
+                    body=schemas.DOC_GENERATE_REQUEST,
+                )
+            },
+            "/api/v1/chat/message": {
+                "post": oa.operation(
+                    "docgen_chat_message",
+                    "docgen",
+                    "Retired: use /api/v1/chat/stream",
+                    oa.errors("Error", retired),
+                    deprecated=True,
+                )
+            },
+        },
+        requests=(schemas.DOC_CHAT_REQUEST, schemas.DOC_GENERATE_REQUEST),
+    )

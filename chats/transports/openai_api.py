@@ -17,6 +17,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from chatproject import openapi_fragments as oa
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode
 from chatproject.json_body import read_json
@@ -293,3 +294,117 @@ async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
         if model["id"] == model_id:
             return JsonResponse(model)
     raise ApiError(ErrorCode.MODEL_NOT_FOUND, f"The model {model_id!r} does not exist.")
+
+
+# --- The OpenAPI description ---------------------------------------------------------------
+
+AUTH = [{"BearerAuth": []}, {"ApiKeyAuth": []}]
+
+
+def _schemas() -> dict[str, oa.Schema]:
+    usage = {
+        name: {"type": "integer"} for name in ("prompt_tokens", "completion_tokens", "total_tokens")
+    }
+    message = oa.obj(
+        {
+            "role": oa.string(choices=("assistant",)),
+            "content": oa.string(nullable=True),
+            "tool_calls": oa.array(schemas.tool_call_schema()),
+        }
+    )
+    choice = oa.obj(
+        {"index": {"type": "integer"}, "message": message, "finish_reason": oa.string()}
+    )
+    error = oa.obj(
+        {
+            "message": oa.string(),
+            "type": oa.string(),
+            "param": oa.string(nullable=True),
+            "code": oa.string(nullable=True),
+        },
+        ("message", "type", "param", "code"),
+    )
+    return {
+        "OpenAIError": oa.obj({"error": error}, ("error",), description="OpenAI's error shape."),
+        "ChatCompletion": oa.obj(
+            {
+                "id": oa.string(),
+                "object": oa.string(choices=("chat.completion",)),
+                "created": {"type": "integer"},
+                "model": oa.string(),
+                "choices": oa.array(choice),
+                "usage": oa.obj(usage),
+            }
+        ),
+        "Model": oa.obj(
+            {
+                "id": oa.string(),
+                "object": oa.string(choices=("model",)),
+                "created": {"type": "integer"},
+                "owned_by": oa.string(),
+            }
+        ),
+        "ModelList": oa.obj(
+            {"object": oa.string(choices=("list",)), "data": oa.array(oa.ref("Model"))}
+        ),
+    }
+
+
+def openapi() -> oa.Fragment:
+    completion = {
+        "description": (
+            "`stream: false`: a `chat.completion`. `stream: true`: `data:` "
+            "`chat.completion.chunk` objects (the first with the role, the last with "
+            "finish_reason; then one with `usage` when `stream_options.include_usage`), then "
+            "`data: [DONE]`. A failure after the first token is a `data:` error object ending "
+            f"the stream; one before it is an HTTP error. {oa.KEEPALIVE_NOTE}"
+        ),
+        "headers": oa.RATE_HEADERS,
+        "content": {
+            "application/json": {"schema": oa.ref("ChatCompletion")},
+            "text/event-stream": {"schema": oa.string()},
+        },
+    }
+    errors = dict.fromkeys((400, 401, 402, 403, 404, 429, 502, 504))
+    model_id = oa.path_parameter("model_id", "A model id; it may contain `/` (`demo/cheap`).")
+    return oa.Fragment(
+        paths={
+            "/v1/chat/completions": {
+                "post": oa.operation(
+                    "openai_chat_completions",
+                    "openai",
+                    "OpenAI-compatible chat completions",
+                    {"200": completion, **oa.errors("OpenAIError", errors)},
+                    body=schemas.OPENAI_REQUEST,
+                    security=AUTH,
+                )
+            },
+            "/v1/models": {
+                "get": oa.operation(
+                    "openai_models",
+                    "openai",
+                    "Models and quality tiers",
+                    {
+                        "200": oa.json_response("ModelList"),
+                        **oa.errors("OpenAIError", {401: None, 429: None}),
+                    },
+                    security=AUTH,
+                )
+            },
+            "/v1/models/{model_id}": {
+                "get": oa.operation(
+                    "openai_model",
+                    "openai",
+                    "One model or tier",
+                    {
+                        "200": oa.json_response("Model"),
+                        **oa.errors("OpenAIError", {401: None, 404: None, 429: None}),
+                    },
+                    security=AUTH,
+                    parameters=[model_id],
+                )
+            },
+        },
+        requests=(schemas.OPENAI_REQUEST,),
+        schemas=_schemas(),
+    )

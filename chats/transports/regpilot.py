@@ -16,6 +16,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from billing.models import Tenant
+from chatproject import openapi_fragments as oa
 from chatproject.errors import error_response
 from chatproject.json_body import read_json
 from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
@@ -162,3 +163,58 @@ async def chat_complete(request: HttpRequest) -> HttpResponse:
     for name, value in _end_headers(generation, end).items():
         response[name] = value
     return response
+
+
+# --- The OpenAPI description ---------------------------------------------------------------
+
+_ERRORS = {400: None, 401: None, 402: None, 403: None, 429: None, 502: None, 504: None}
+
+
+def openapi() -> oa.Fragment:
+    usage = {
+        name: {"type": "integer"} for name in ("prompt_tokens", "completion_tokens", "total_tokens")
+    }
+    usage.update(credits_charged={"type": "number"}, credits_remaining={"type": "number"})
+    completion = oa.obj(
+        {
+            "id": oa.string(format="uuid"),
+            "content": oa.string(),
+            "model": oa.string(),
+            "cache_status": oa.string(choices=("HIT", "MISS")),
+            "finish_reason": oa.string(),
+            "usage": oa.obj(usage),
+        }
+    )
+    stream = oa.stream(
+        'One `data: {"content": "<token>"}` event per token, then `event: usage` '
+        "(prompt/completion/total tokens, credits_charged, credits_remaining, model, "
+        "cache_status, finish_reason), then `data: [DONE]`. A failure after the first token "
+        "is `event: error` `{code, message, retryable, request_id}`, then the usage event and "
+        "`[DONE]`. Headers: `x-regpilot-model`, `x-cache-status`, `x-regpilot-prompt-tokens`, "
+        "`x-credits-remaining`, `x-governor-*`."
+    )
+    body = schemas.REGPILOT_REQUEST
+    return oa.Fragment(
+        paths={
+            "/api/ai/chat": {
+                "post": oa.operation(
+                    "ai_chat_stream",
+                    "ai-chat",
+                    "Streaming chat with routing, governor and credits",
+                    {"200": stream, **oa.errors("Error", _ERRORS)},
+                    body=body,
+                )
+            },
+            "/api/ai/chat/complete": {
+                "post": oa.operation(
+                    "ai_chat_complete",
+                    "ai-chat",
+                    "The same chat answered as one JSON object, every figure also a header",
+                    {"200": oa.json_response("AiChatCompletion"), **oa.errors("Error", _ERRORS)},
+                    body=body,
+                )
+            },
+        },
+        requests=(body,),
+        schemas={"AiChatCompletion": completion},
+    )

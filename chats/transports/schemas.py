@@ -17,15 +17,24 @@ from typing import Any
 
 from django.conf import settings
 
+from chatproject import openapi_fragments as oa
 from chatproject.errors import ApiError, ErrorCode
-from chats.catalog import QUALITY_TIERS
+from chats.catalog import DEFAULT_QUALITY, QUALITY_TIERS
 from chats.providers import TOOL_CHOICE_MODES, ToolSpec
 
+# The limits the parsers apply; the OpenAPI fragments below are built from the same ones.
 ROLES = ("user", "assistant", "system")
 HISTORY_ROLES = ("user", "assistant")
 DOCUMENT_TYPE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+DEFAULT_DOCUMENT_TYPE = "UNSORTED"
 MAX_ID_LENGTH = 255
+MAX_NAME_LENGTH = 100  # a model's or a user's name
 MAX_INTEGER = 2**31 - 1  # no count in a body is larger; a database column would refuse more
+TEMPERATURE = (0, 2)
+AISDK_TRIGGERS = ("submit-message", "regenerate-message")
+TIER_OR_MODEL = "A catalog model name, or a quality tier: " + ", ".join(
+    f"`{tier}`" for tier in QUALITY_TIERS
+)
 
 
 class Errors:
@@ -179,7 +188,24 @@ def _check_last_message(
         errors.add(f"{name}.content", f"Ensure this field has no more than {limit} characters.")
 
 
-# --- Seed 000: POST /api/ai/chat -----------------------------------------------------------
+def _role_content_schema(roles: tuple[str, ...], **extra: Any) -> oa.Schema:
+    item = oa.obj({"role": oa.string(choices=roles), "content": oa.string()}, ("role", "content"))
+    return oa.array(item, **extra)
+
+
+def _temperature_schema(default: float) -> oa.Schema:
+    low, high = TEMPERATURE
+    return {"type": "number", "minimum": low, "maximum": high, "default": default}
+
+
+def _last_message_note() -> str:
+    limit = settings.CHAT_MAX_MESSAGE_LENGTH
+    return f"The last message's content is at most {limit} characters."
+
+
+# --- POST /api/ai/chat and /api/ai/chat/complete -----------------------------------------
+
+REGPILOT_TEMPERATURE = 0.7
 
 
 @dataclass(frozen=True)
@@ -201,20 +227,60 @@ def parse_regpilot(body: dict[str, Any]) -> RegPilotRequest:
     messages = role_content_messages(items or [], "messages", errors, roles=ROLES)
     _check_last_message(messages, "messages", errors, must_be_user=False)
     quality = string(body, "quality", errors, choices=QUALITY_TIERS)
-    temperature = number(body, "temperature", errors, minimum=0, maximum=2)
-    model = string(body, "model", errors, blank=False, max_length=100)
+    temperature = number(
+        body, "temperature", errors, minimum=TEMPERATURE[0], maximum=TEMPERATURE[1]
+    )
+    model = string(body, "model", errors, blank=False, max_length=MAX_NAME_LENGTH)
     governor_metadata = json_object(body, "governorMetadata", errors)
     errors.raise_if_any()
     return RegPilotRequest(
         messages=messages,
         quality=quality,
-        temperature=0.7 if temperature is None else temperature,
+        temperature=REGPILOT_TEMPERATURE if temperature is None else temperature,
         model=model,
         governor_metadata=governor_metadata,
     )
 
 
-# --- Seed 001: POST /api/v1/chat/stream and the legacy /api/v1/chat/generate -------------
+def _regpilot_schema() -> oa.Schema:
+    return oa.obj(
+        {
+            "messages": _role_content_schema(ROLES, minItems=1, description=_last_message_note()),
+            "quality": oa.string(choices=QUALITY_TIERS, default=DEFAULT_QUALITY),
+            "temperature": _temperature_schema(REGPILOT_TEMPERATURE),
+            "model": oa.string(
+                blank=False,
+                max_length=MAX_NAME_LENGTH,
+                description="Overrides the quality routing.",
+            ),
+            "governorMetadata": oa.ref("GovernorMetadata"),
+        },
+        ("messages",),
+    )
+
+
+REGPILOT_REQUEST = oa.RequestBody(
+    "AiChatRequest",
+    parse_regpilot,
+    _regpilot_schema,
+    examples={
+        "question": {"messages": [{"role": "user", "content": "What is a credit?"}]},
+        "routed": {
+            "messages": [
+                {"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": "Hello"},
+                {"role": "assistant", "content": "Hi. How can I help?"},
+                {"role": "user", "content": "Summarise our refund policy."},
+            ],
+            "quality": "cheap",
+            "temperature": 0.2,
+            "governorMetadata": {"actionType": "customer_support", "senderId": "user_12345"},
+        },
+    },
+)
+
+
+# --- POST /api/v1/chat/stream and the older /api/v1/chat/generate ------------------------
 
 
 @dataclass(frozen=True)
@@ -243,7 +309,17 @@ def _doc_common(body: dict[str, Any], errors: Errors) -> tuple[str | None, str, 
         errors.add("document_type", "Use 1 to 64 letters, digits, '_', '.' or '-'.")
     items = array(body, "history", errors, max_items=settings.CHAT_MAX_HISTORY_MESSAGES)
     history = role_content_messages(items or [], "history", errors, roles=HISTORY_ROLES)
-    return message, document_type or "UNSORTED", history
+    return message, document_type or DEFAULT_DOCUMENT_TYPE, history
+
+
+def _doc_common_schema() -> oa.Schema:
+    return {
+        "message": oa.string(blank=False, max_length=settings.CHAT_MAX_MESSAGE_LENGTH),
+        "document_type": oa.string(
+            blank=False, pattern=DOCUMENT_TYPE.pattern, default=DEFAULT_DOCUMENT_TYPE
+        ),
+        "history": _role_content_schema(HISTORY_ROLES, maxItems=settings.CHAT_MAX_HISTORY_MESSAGES),
+    }
 
 
 def parse_doc_chat(body: dict[str, Any]) -> DocChatRequest:
@@ -251,7 +327,7 @@ def parse_doc_chat(body: dict[str, Any]) -> DocChatRequest:
     message, document_type, history = _doc_common(body, errors)
     conversation_id = string(body, "conversation_id", errors, blank=False, max_length=MAX_ID_LENGTH)
     project_id = string(body, "project_id", errors, blank=False, max_length=MAX_ID_LENGTH)
-    user_name = string(body, "user_name", errors, max_length=100)
+    user_name = string(body, "user_name", errors, max_length=MAX_NAME_LENGTH)
     documents = json_object(body, "existing_documents", errors) or {}
     for path, content in documents.items():
         if not isinstance(content, str):
@@ -269,6 +345,48 @@ def parse_doc_chat(body: dict[str, Any]) -> DocChatRequest:
         existing_documents=documents,
         metadata=metadata,
     )
+
+
+def _doc_chat_schema() -> oa.Schema:
+    key = oa.string(blank=False, max_length=MAX_ID_LENGTH)
+    return oa.obj(
+        {
+            **_doc_common_schema(),
+            "conversation_id": {**key, "description": "Any key; the same key continues the chat."},
+            "project_id": key,
+            "user_name": oa.string(max_length=MAX_NAME_LENGTH),
+            "existing_documents": {
+                "type": "object",
+                "additionalProperties": oa.string(),
+                "description": "Path → content.",
+            },
+            "metadata": {"type": "object"},
+        },
+        ("message",),
+    )
+
+
+DOC_CHAT_REQUEST = oa.RequestBody(
+    "DocChatRequest",
+    parse_doc_chat,
+    _doc_chat_schema,
+    examples={
+        "question": {"message": "What does the onboarding guide say about keys?"},
+        "project": {
+            "message": "Draft the security section.",
+            "conversation_id": "handbook-42",
+            "project_id": "handbook",
+            "user_name": "Ada",
+            "document_type": "SPEC",
+            "history": [
+                {"role": "user", "content": "We are writing the handbook."},
+                {"role": "assistant", "content": "Which section first?"},
+            ],
+            "existing_documents": {"docs/intro.md": "# Intro"},
+            "metadata": {"source": "editor"},
+        },
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -295,13 +413,35 @@ def parse_doc_generate(body: dict[str, Any]) -> DocGenerateRequest:
     )
 
 
-# --- Seed 003: POST /api/chat (AI SDK) -----------------------------------------------------
+def _doc_generate_schema() -> oa.Schema:
+    return oa.obj(
+        {**_doc_common_schema(), "metadata": oa.obj({"project_id": oa.string()})}, ("message",)
+    )
+
+
+DOC_GENERATE_REQUEST = oa.RequestBody(
+    "DocGenerateRequest",
+    parse_doc_generate,
+    _doc_generate_schema,
+    examples={
+        "question": {"message": "Write a release note."},
+        "project": {
+            "message": "Write a release note.",
+            "document_type": "NOTES",
+            "history": [{"role": "user", "content": "Version 2 is out."}],
+            "metadata": {"project_id": "handbook"},
+        },
+    },
+)
+
+
+# --- POST /api/chat (the Vercel AI SDK) --------------------------------------------------
 
 
 @dataclass(frozen=True)
 class AiSdkRequest:
     messages: list[dict[str, Any]]
-    room_id: uuid.UUID | None  # the seed's roomId: a chat id
+    room_id: uuid.UUID | None  # roomId: the id of a chat of the tenant
     chat_key: str | None  # DefaultChatTransport's chat id (any string the client made up)
     model: str | None
     artist_id: str | None
@@ -453,8 +593,8 @@ def parse_aisdk(body: dict[str, Any]) -> AiSdkRequest:
         except ValueError:
             errors.add("roomId", "Must be a UUID.")
     chat_key = string(body, "id", errors, blank=False, max_length=MAX_ID_LENGTH)
-    string(body, "trigger", errors, choices=("submit-message", "regenerate-message"))
-    model = string(body, "model", errors, blank=False, max_length=100)
+    string(body, "trigger", errors, choices=AISDK_TRIGGERS)
+    model = string(body, "model", errors, blank=False, max_length=MAX_NAME_LENGTH)
     artist_id = string(body, "artistId", errors, max_length=MAX_ID_LENGTH)
     excluded = array(body, "excludeTools", errors) or []
     if not all(isinstance(tool, str) for tool in excluded):
@@ -474,7 +614,108 @@ def parse_aisdk(body: dict[str, Any]) -> AiSdkRequest:
     )
 
 
+def _aisdk_schema() -> oa.Schema:
+    part = oa.obj(
+        {
+            "type": oa.string(
+                description="`text`, `step-start`, or an assistant's `tool-<name>` or "
+                "`dynamic-tool`; other types are skipped."
+            ),
+            "text": oa.string(description="A text part's text."),
+            "toolCallId": oa.string(),
+            "toolName": oa.string(description="A `dynamic-tool` part's tool."),
+            "state": oa.string(description="`output-available` or `output-error` carry a result."),
+            "input": {},
+            "output": {},
+            "errorText": oa.string(),
+        },
+        ("type",),
+    )
+    message = oa.obj(
+        {
+            "id": oa.string(),
+            "role": oa.string(choices=ROLES),
+            "parts": oa.array(part),
+            "content": {
+                "oneOf": [oa.string(), oa.array(part)],
+                "description": "Instead of `parts`: a string is one text part.",
+            },
+        },
+        ("role",),
+        anyOf=[{"required": ["parts"]}, {"required": ["content"]}],
+    )
+    key = oa.string(blank=False, max_length=MAX_ID_LENGTH)
+    return oa.obj(
+        {
+            "prompt": oa.string(blank=False),
+            "messages": oa.array(
+                message,
+                minItems=1,
+                description="AI SDK `UIMessage`s: their text parts, and the tool parts of "
+                "assistant messages. " + _last_message_note(),
+            ),
+            "roomId": oa.string(format="uuid", description="The chat; created when absent."),
+            "id": {**key, "description": "DefaultChatTransport's chat id, used without roomId."},
+            "trigger": oa.string(choices=AISDK_TRIGGERS),
+            "model": oa.string(blank=False, max_length=MAX_NAME_LENGTH, description=TIER_OR_MODEL),
+            "artistId": oa.string(max_length=MAX_ID_LENGTH),
+            "excludeTools": oa.array(
+                oa.string(), description="Tools not to offer; unknown names are ignored."
+            ),
+            "projectId": {**key, "description": "A project the model may `search_knowledge`."},
+            "tools": _tools_schema(),
+        },
+        oneOf=[{"required": ["prompt"]}, {"required": ["messages"]}],
+        description="Exactly one of `prompt` and `messages`.",
+    )
+
+
+AISDK_REQUEST = oa.RequestBody(
+    "AiSdkChatRequest",
+    parse_aisdk,
+    _aisdk_schema,
+    examples={
+        "prompt": {"prompt": "Hello"},
+        "useChat": {
+            "id": "my-chat",
+            "trigger": "submit-message",
+            "messages": [
+                {"id": "m1", "role": "user", "parts": [{"type": "text", "text": "Hello"}]},
+                {"id": "m2", "role": "assistant", "parts": [{"type": "text", "text": "Hi!"}]},
+                {"id": "m3", "role": "user", "parts": [{"type": "text", "text": "A haiku?"}]},
+            ],
+            "model": "cheap",
+        },
+        "content": {
+            "roomId": "5f0c1e52-0d4b-4c43-9a59-2f4c6b1e8a10",
+            "messages": [{"role": "user", "content": "Hello"}],
+        },
+        "toolResult": {
+            "messages": [
+                {"role": "user", "parts": [{"type": "text", "text": "Weather in Paris?"}]},
+                {
+                    "role": "assistant",
+                    "parts": [
+                        {
+                            "type": "tool-weather",
+                            "toolCallId": "call_1",
+                            "state": "output-available",
+                            "input": {"city": "Paris"},
+                            "output": {"celsius": 21},
+                        }
+                    ],
+                },
+            ],
+            "tools": [{"type": "function", "function": {"name": "weather"}}],
+            "excludeTools": ["search_knowledge"],
+        },
+    },
+)
+
+
 # --- POST /v1/chat/completions (OpenAI) ----------------------------------------------------
+
+OPENAI_TEMPERATURE = 1.0
 
 OPENAI_ROLES = {
     "system": "system",
@@ -524,7 +765,7 @@ def _openai_content(message: dict[str, Any], name: str, errors: Errors) -> str |
 
 def parse_openai_chat(body: dict[str, Any]) -> OpenAIChatRequest:
     errors = Errors()
-    model = string(body, "model", errors, required=True, blank=False, max_length=100)
+    model = string(body, "model", errors, required=True, blank=False, max_length=MAX_NAME_LENGTH)
     items = array(body, "messages", errors)
     if items is None and "messages" not in errors.fields:
         errors.add("messages", "This field is required.")
@@ -539,9 +780,7 @@ def parse_openai_chat(body: dict[str, Any]) -> OpenAIChatRequest:
             continue
         role = string(item, "role", errors, name=f"{name}.role", required=True)
         if role is not None and role not in OPENAI_ROLES:
-            errors.add(
-                f"{name}.role", "Only system, developer, user, assistant and tool are supported."
-            )
+            errors.add(f"{name}.role", f"Only {', '.join(OPENAI_ROLES)} are supported.")
             role = None
         content = _openai_content(item, name, errors)
         if role is None or content is None:
@@ -567,7 +806,9 @@ def parse_openai_chat(body: dict[str, Any]) -> OpenAIChatRequest:
     if parallel is not None and not isinstance(parallel, bool):
         errors.add("parallel_tool_calls", "Must be a boolean.")
 
-    temperature = number(body, "temperature", errors, minimum=0, maximum=2)
+    temperature = number(
+        body, "temperature", errors, minimum=TEMPERATURE[0], maximum=TEMPERATURE[1]
+    )
     max_completion = integer(body, "max_completion_tokens", errors, minimum=1)
     max_tokens = integer(body, "max_tokens", errors, minimum=1)
     n = integer(body, "n", errors, minimum=1)
@@ -582,7 +823,7 @@ def parse_openai_chat(body: dict[str, Any]) -> OpenAIChatRequest:
     return OpenAIChatRequest(
         messages=messages,
         model=model,
-        temperature=1.0 if temperature is None else temperature,
+        temperature=OPENAI_TEMPERATURE if temperature is None else temperature,
         max_tokens=max_completion or max_tokens,
         stream=stream,
         include_usage=include_usage,
@@ -590,6 +831,122 @@ def parse_openai_chat(body: dict[str, Any]) -> OpenAIChatRequest:
         tool_choice=tool_choice,
         parallel_tool_calls=parallel,
     )
+
+
+def _openai_schema() -> oa.Schema:
+    text_part = oa.obj(
+        {"type": oa.string(choices=("text",)), "text": oa.string()}, ("type", "text")
+    )
+    message = oa.obj(
+        {
+            "role": oa.string(choices=tuple(OPENAI_ROLES)),
+            "content": {
+                "oneOf": [oa.string(), oa.array(text_part)],
+                "nullable": True,
+                "description": "Required but for an assistant's message (null: no text).",
+            },
+            "tool_calls": oa.array(tool_call_schema()),
+            "tool_call_id": oa.string(description="A tool message's call."),
+        },
+        ("role",),
+    )
+    count = {"type": "integer", "minimum": 1, "maximum": MAX_INTEGER}
+    return oa.obj(
+        {
+            "model": oa.string(blank=False, max_length=MAX_NAME_LENGTH, description=TIER_OR_MODEL),
+            "messages": oa.array(message, minItems=1, description=_last_message_note()),
+            "temperature": _temperature_schema(OPENAI_TEMPERATURE),
+            "max_completion_tokens": count,
+            "max_tokens": count,
+            "n": {"type": "integer", "enum": [1]},
+            "stream": {"type": "boolean", "default": False},
+            "stream_options": oa.obj({"include_usage": {"type": "boolean"}}),
+            "user": oa.string(max_length=MAX_ID_LENGTH),
+            "tools": _tools_schema(),
+            "tool_choice": {
+                "oneOf": [
+                    oa.string(choices=TOOL_CHOICE_MODES),
+                    oa.obj(
+                        {
+                            "type": oa.string(choices=("function",)),
+                            "function": oa.obj({"name": oa.string()}, ("name",)),
+                        },
+                        ("function",),
+                    ),
+                ]
+            },
+            "parallel_tool_calls": {"type": "boolean"},
+        },
+        ("model", "messages"),
+        description="Images and n > 1 are refused with 400.",
+    )
+
+
+def tool_call_schema() -> oa.Schema:
+    return oa.obj(
+        {
+            "id": oa.string(),
+            "type": oa.string(choices=("function",)),
+            "function": oa.obj({"name": oa.string(), "arguments": oa.string()}),
+        }
+    )
+
+
+OPENAI_REQUEST = oa.RequestBody(
+    "ChatCompletionRequest",
+    parse_openai_chat,
+    _openai_schema,
+    examples={
+        "question": {"model": "cheap", "messages": [{"role": "user", "content": "Hello"}]},
+        "streaming": {
+            "model": "demo/balanced",
+            "messages": [
+                {"role": "developer", "content": "Answer briefly."},
+                {"role": "user", "content": [{"type": "text", "text": "Hello"}]},
+            ],
+            "temperature": 0.5,
+            "max_completion_tokens": 200,
+            "n": 1,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "user": "user-7",
+        },
+        "tools": {
+            "model": "balanced",
+            "messages": [
+                {"role": "user", "content": "Weather in Paris?"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "call_1", "content": '{"celsius": 21}'},
+            ],
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "weather",
+                        "description": "Today's weather in a city.",
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"city": {"type": "string"}},
+                        },
+                    },
+                }
+            ],
+            "tool_choice": "auto",
+            "parallel_tool_calls": False,
+            "max_tokens": 100,
+        },
+    },
+)
 
 
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -623,6 +980,24 @@ def tool_specs(body: dict[str, Any], errors: Errors, key: str = "tools") -> tupl
         elif tool_name is not None:
             specs.append(ToolSpec(tool_name, description or "", parameters or {"type": "object"}))
     return tuple(specs)
+
+
+def _tools_schema() -> oa.Schema:
+    function = oa.obj(
+        {
+            "name": oa.string(pattern=TOOL_NAME.pattern),
+            "description": oa.string(),
+            "parameters": {"type": "object", "description": "A JSON schema."},
+        },
+        ("name",),
+    )
+    tool = oa.obj(
+        {"type": oa.string(choices=("function",), default="function"), "function": function},
+        ("function",),
+    )
+    return oa.array(
+        tool, maxItems=MAX_TOOLS, description="Functions the client runs itself (OpenAI's format)."
+    )
 
 
 def _openai_tool_choice(

@@ -2,6 +2,9 @@ from django.urls import path
 
 from chats.transports import aisdk, docgen, openai_api, regpilot
 
+# Each wire format's module: its views below, its OpenAPI fragment from ``openapi()``.
+WIRE_FORMATS = (regpilot, docgen, aisdk, openai_api)
+
 urlpatterns = [
     # seed 000
     path("api/ai/chat", regpilot.chat_stream, name="regpilot-chat"),
