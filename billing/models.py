@@ -31,10 +31,6 @@ class Plan(models.Model):
     def __str__(self) -> str:
         return self.display_name
 
-    @property
-    def is_unlimited(self) -> bool:
-        return self.requests_per_minute is None
-
 
 class Tenant(models.Model):
     name = models.CharField(max_length=100, unique=True)

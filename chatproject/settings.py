@@ -184,7 +184,7 @@ METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 API_ERROR_FORMATS = {
     "/api/": "chatproject.errors.error_response",
     "/api/v1/chat/": "chats.transports.docgen.http_error",
-    "/v1/": "chats.transports.openai_api.error_response",
+    "/v1/": "chats.transports.openai_api.openai_error_response",
 }
 
 # --- Auth, i18n, static -----------------------------------------------------------------

@@ -4,7 +4,7 @@ called, check the output after the stream ends, and leave an audit record of bot
 The engine calls :func:`governor_parse_metadata` while building a request,
 :func:`governor_assess_input` and then :meth:`InputCheck.record` (with its own admission
 writes) before the provider, and :func:`governor_check_output` once after the stream
-ends. :func:`governor_check_input` is the first two in one call. A tool's result goes
+ends. A tool's result goes
 through :func:`governor_check_tool_result` before it is put into the prompt.
 :func:`output_guard` gives the engine the guard its tokens pass through while they stream
 (None when the policy changes nothing in answers).
@@ -105,35 +105,6 @@ def _rejection_message(result: dict[str, Any]) -> str:
     return f"The compliance governor rejected this request ({reason})."
 
 
-def governor_check_input(
-    *,
-    tenant: Tenant,
-    request_id: str,
-    text: str | None = None,
-    metadata: Any,
-    model_name: str,
-    parts: Sequence[tuple[str, str]] = (),
-    folded: Sequence[tuple[str, str]] = (),
-) -> GateDecision:
-    """Evaluate and audit a request; raises ApiError(GOVERNOR_REJECTED) when not approved.
-
-    Sync (the engine runs it in a worker thread). Writes one audit record, also for a
-    rejected request, so it must not run inside a transaction that the rejection rolls
-    back. The tenant's policy comes from a short in-process cache.
-    """
-    check = governor_assess_input(
-        tenant=tenant,
-        request_id=request_id,
-        text=text,
-        metadata=metadata,
-        model_name=model_name,
-        parts=parts,
-        folded=folded,
-    )
-    assert check is not None
-    return check.record()
-
-
 def governor_assess_input(
     *,
     tenant: Tenant,
@@ -145,9 +116,10 @@ def governor_assess_input(
     parts: Sequence[tuple[str, str]] = (),
     folded: Sequence[tuple[str, str]] = (),
 ) -> InputCheck | None:
-    """:func:`governor_check_input` in two steps: this evaluates (and writes nothing but a
-    tenant's first default policy); :meth:`InputCheck.record` writes the audit record, so
-    the caller can send it along with its own writes.
+    """Evaluate a request (writing nothing but a tenant's first default policy);
+    :meth:`InputCheck.record` then writes the audit record, so the caller can send it
+    along with its own writes, and raises ApiError(GOVERNOR_REJECTED) when not approved.
+    The record must not be written inside a transaction that the rejection rolls back.
 
     The input is ``text``, or ``parts``: ``(source, text)`` pairs, the source naming where
     the text came from ("message 2 (user)", "existing_documents: a.md") in the findings.
@@ -164,7 +136,7 @@ def governor_assess_input(
             return None
     if metadata is not None and not isinstance(metadata, GovernorMetadata):
         metadata = governor_parse_metadata(metadata)  # raw governorMetadata
-    evaluated = services.governor_assess_input(
+    evaluated = services.governor_evaluate_unsaved(
         tenant=tenant,
         request_id=request_id,
         text=text,

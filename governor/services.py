@@ -117,7 +117,7 @@ def governor_evaluate_input(
 
     One INSERT (plus, on a tenant's very first request, its default policy).
     """
-    evaluated = governor_assess_input(
+    evaluated = governor_evaluate_unsaved(
         tenant=tenant,
         request_id=request_id,
         text=text,
@@ -129,7 +129,7 @@ def governor_evaluate_input(
     return evaluated
 
 
-def governor_assess_input(
+def governor_evaluate_unsaved(
     *,
     tenant: Tenant,
     request_id: str,

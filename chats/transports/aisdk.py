@@ -54,7 +54,7 @@ from tools.registry import Toolbox, request_toolbox
 END_USER_ID = "ai-sdk"  # the end user that owns chats started over this API
 STREAM_HEADERS = {"x-vercel-ai-ui-message-stream": "v1", "Connection": "keep-alive"}
 # The engine reports OpenAI's names; the AI SDK accepts these in every version.
-FINISH_REASONS = {
+_AISDK_FINISH_REASONS = {
     "stop": "stop",
     "length": "length",
     "content_filter": "content-filter",
@@ -62,7 +62,7 @@ FINISH_REASONS = {
 }
 
 
-def _chunk(chunk_type: str, **fields: Any) -> bytes:
+def _ui_chunk(chunk_type: str, **fields: Any) -> bytes:
     return sse({"type": chunk_type, **fields})
 
 
@@ -105,19 +105,19 @@ class _Steps:
         chunks = []
         if self.text_id is None:
             self.text_id = f"text-{self.message_id}-{self.step}"
-            chunks.append(_chunk("text-start", id=self.text_id))
+            chunks.append(_ui_chunk("text-start", id=self.text_id))
         self.said_anything = True
-        return [*chunks, _chunk("text-delta", id=self.text_id, delta=delta)]
+        return [*chunks, _ui_chunk("text-delta", id=self.text_id, delta=delta)]
 
     def close_text(self, *, always: bool = False) -> list[bytes]:
         """The text part's end; ``always``: an empty part if the answer said nothing."""
         if self.text_id is None and always and not self.said_anything:
             self.text_id = f"text-{self.message_id}-{self.step}"
-            return [_chunk("text-start", id=self.text_id), *self.close_text()]
+            return [_ui_chunk("text-start", id=self.text_id), *self.close_text()]
         if self.text_id is None:
             return []
         text_id, self.text_id = self.text_id, None
-        return [_chunk("text-end", id=text_id)]
+        return [_ui_chunk("text-end", id=text_id)]
 
     def tool_piece(self, event: ToolCallEvent) -> list[bytes]:
         chunks = self.close_text()
@@ -126,7 +126,7 @@ class _Steps:
             self.pending[event.call_id] = event
             self.arguments[event.call_id] = ""
             chunks.append(
-                _chunk(
+                _ui_chunk(
                     "tool-input-start",
                     toolCallId=event.call_id,
                     toolName=event.name,
@@ -136,7 +136,9 @@ class _Steps:
         if event.arguments:
             self.arguments[event.call_id] += event.arguments
             chunks.append(
-                _chunk("tool-input-delta", toolCallId=event.call_id, inputTextDelta=event.arguments)
+                _ui_chunk(
+                    "tool-input-delta", toolCallId=event.call_id, inputTextDelta=event.arguments
+                )
             )
         return chunks
 
@@ -148,10 +150,10 @@ class _Steps:
             raw = self.arguments.pop(call_id) or "{}"
             fields = {"toolCallId": call_id, "toolName": call.name, **self._executed(call.name)}
             try:
-                chunks.append(_chunk("tool-input-available", input=json.loads(raw), **fields))
+                chunks.append(_ui_chunk("tool-input-available", input=json.loads(raw), **fields))
             except ValueError:
                 error = "The model's arguments are not valid JSON."
-                chunks.append(_chunk("tool-input-error", input=raw, errorText=error, **fields))
+                chunks.append(_ui_chunk("tool-input-error", input=raw, errorText=error, **fields))
         self.pending.clear()
         return chunks
 
@@ -161,13 +163,13 @@ class _Steps:
         if result.error is None:
             output = _output(result.output or "")
             chunks.append(
-                _chunk(
+                _ui_chunk(
                     "tool-output-available", toolCallId=result.call_id, output=output, **executed
                 )
             )
         else:
             chunks.append(
-                _chunk(
+                _ui_chunk(
                     "tool-output-error",
                     toolCallId=result.call_id,
                     errorText=result.error,
@@ -177,7 +179,7 @@ class _Steps:
         return chunks
 
     def next_step(self) -> list[bytes]:
-        chunks = [*self.inputs_done(), _chunk("finish-step"), _chunk("start-step")]
+        chunks = [*self.inputs_done(), _ui_chunk("finish-step"), _ui_chunk("start-step")]
         self.step += 1
         return chunks
 
@@ -203,8 +205,8 @@ async def _encode(
         "model": generation.model_name,
         "excludedTools": toolbox.excluded,
     }
-    yield _chunk("start", messageId=str(generation.message_id), messageMetadata=start_metadata)
-    yield _chunk("start-step")
+    yield _ui_chunk("start", messageId=str(generation.message_id), messageMetadata=start_metadata)
+    yield _ui_chunk("start-step")
     steps = _Steps(generation)
     async for event in events:
         if isinstance(event, TokenEvent):
@@ -219,17 +221,17 @@ async def _encode(
             chunks = steps.next_step()
         else:
             chunks = [*steps.inputs_done(), *steps.close_text(always=True)]
-            chunks.append(_chunk("finish-step"))
+            chunks.append(_ui_chunk("finish-step"))
             if isinstance(event, ErrorEvent):
                 error_text = _error_text(event.error, generation.request.request_id)
-                chunks.append(_chunk("error", errorText=error_text))
+                chunks.append(_ui_chunk("error", errorText=error_text))
             metadata = _metadata(generation, event, toolbox)
-            chunks.append(_chunk("message-metadata", messageMetadata=metadata))
+            chunks.append(_ui_chunk("message-metadata", messageMetadata=metadata))
             if isinstance(event, FinishedEvent):
-                reason = FINISH_REASONS.get(event.finish_reason, "other")
+                reason = _AISDK_FINISH_REASONS.get(event.finish_reason, "other")
             else:
                 reason = "error"
-            chunks.append(_chunk("finish", finishReason=reason))
+            chunks.append(_ui_chunk("finish", finishReason=reason))
         for chunk in chunks:
             yield chunk
     yield DONE

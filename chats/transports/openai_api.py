@@ -62,7 +62,7 @@ _ERRORS: dict[ErrorCode, tuple[int, str, str | None]] = {
     ErrorCode.STREAM_ERROR: (500, "server_error", None),
     ErrorCode.SERVICE_UNAVAILABLE: (503, "server_error", "service_unavailable"),
 }
-FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls", "function_call")
+_OPENAI_FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls", "function_call")
 
 
 def openai_error(error: ApiError) -> dict[str, Any]:
@@ -101,7 +101,7 @@ def error_status(error: ApiError) -> int:
     return _ERRORS.get(error.code, (error.status, "", None))[0]
 
 
-def error_response(error: ApiError) -> HttpResponse:
+def openai_error_response(error: ApiError) -> HttpResponse:
     response = JsonResponse(openai_error(error), status=error_status(error))
     for name, value in error.headers.items():
         response[name] = value
@@ -112,13 +112,13 @@ def error_response(error: ApiError) -> HttpResponse:
 
 
 def _finish_reason(reason: str) -> str:
-    return reason if reason in FINISH_REASONS else "stop"
+    return reason if reason in _OPENAI_FINISH_REASONS else "stop"
 
 
 # --- POST /v1/chat/completions -----------------------------------------------------------------
 
 
-def _chunk(
+def _completion_chunk(
     generation: Generation, created: int, include_usage: bool, **fields: Any
 ) -> dict[str, Any]:
     data = {
@@ -143,7 +143,7 @@ async def _encode_stream(
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
     yield sse(
-        _chunk(
+        _completion_chunk(
             generation,
             created,
             include_usage,
@@ -153,16 +153,18 @@ async def _encode_stream(
     async for event in events:
         if isinstance(event, TokenEvent):
             choices = _choice({"content": event.text})
-            yield sse(_chunk(generation, created, include_usage, choices=choices))
+            yield sse(_completion_chunk(generation, created, include_usage, choices=choices))
         elif isinstance(event, ToolCallEvent):
             choices = _choice({"tool_calls": [_call_piece(event)]})
-            yield sse(_chunk(generation, created, include_usage, choices=choices))
+            yield sse(_completion_chunk(generation, created, include_usage, choices=choices))
         elif isinstance(event, FinishedEvent):
             choices = _choice({}, _finish_reason(event.finish_reason))
-            yield sse(_chunk(generation, created, include_usage, choices=choices))
+            yield sse(_completion_chunk(generation, created, include_usage, choices=choices))
             if include_usage:
                 usage = event.usage.to_dict()
-                yield sse(_chunk(generation, created, include_usage, choices=[], usage=usage))
+                yield sse(
+                    _completion_chunk(generation, created, include_usage, choices=[], usage=usage)
+                )
             yield DONE
         elif isinstance(event, ErrorEvent):
             # As OpenAI does once a stream has begun: an error object as a data event, and
@@ -202,13 +204,13 @@ def _end_headers(end: FinishedEvent | ErrorEvent) -> dict[str, str]:
 
 
 def _error_first(end: ErrorEvent) -> HttpResponse:
-    response = error_response(end.error)
+    response = openai_error_response(end.error)
     for name, value in _end_headers(end).items():
         response[name] = value
     return response
 
 
-@endpoint(on_error=error_response)
+@endpoint(on_error=openai_error_response)
 async def chat_completions(request: HttpRequest) -> HttpResponse:
     tenant = await authenticate(request)
     body = schemas.parse_openai_chat(read_json(request))
@@ -238,7 +240,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
 
     end = await final_event(generation)
     if isinstance(end, ErrorEvent):
-        response = error_response(end.error)
+        response = openai_error_response(end.error)
     else:
         response = JsonResponse(
             {
@@ -281,13 +283,13 @@ async def _model_list() -> list[dict[str, Any]]:
     return models
 
 
-@endpoint(methods=("GET",), on_error=error_response)
+@endpoint(methods=("GET",), on_error=openai_error_response)
 async def models(request: HttpRequest) -> HttpResponse:
     await authenticate(request, rate_limit=True)
     return JsonResponse({"object": "list", "data": await _model_list()})
 
 
-@endpoint(methods=("GET",), on_error=error_response)
+@endpoint(methods=("GET",), on_error=openai_error_response)
 async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
     await authenticate(request, rate_limit=True)
     for model in await _model_list():

@@ -22,9 +22,9 @@ def audit(tenant, text="hello", *, request_id="req-1", **metadata) -> AuditRecor
     """Run the input check and return its audit record (rejected ones too)."""
     md = GovernorMetadata(sender_id="user_12345", **metadata) if metadata else None
     try:
-        decision = gate.governor_check_input(
+        decision = gate.governor_assess_input(
             tenant=tenant, request_id=request_id, text=text, metadata=md, model_name="demo/echo"
-        )
+        ).record()
         audit_id = decision.audit_id
     except ApiError as error:
         audit_id = error.details["audit_id"]
@@ -204,7 +204,7 @@ def test_search_by_recipient_email(staff_client, tenant):
 
 
 def test_change_page_explains_what_matched_and_where(staff_client, tenant):
-    decision = gate.governor_check_input(
+    decision = gate.governor_assess_input(
         tenant=tenant,
         request_id="req-injection",
         parts=[
@@ -214,7 +214,7 @@ def test_change_page_explains_what_matched_and_where(staff_client, tenant):
         folded=[("knowledge base: FAQ.md", "<script>steal()</script>")],
         metadata=None,
         model_name="demo/echo",
-    )
+    ).record()
     html = staff_client.get(f"{CHANGELIST}{decision.audit_id}/change/").content.decode()
     for explanation in (
         "Prompt injection in message 1 (user): an instruction override (an override verb aimed"

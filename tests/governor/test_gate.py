@@ -22,9 +22,9 @@ def md(action_type="customer_support", **kwargs) -> GovernorMetadata:
 
 
 def check(tenant, text, metadata=None, *, request_id="req-1") -> gate.GateDecision:
-    return gate.governor_check_input(
+    return gate.governor_assess_input(
         tenant=tenant, request_id=request_id, text=text, metadata=metadata, model_name="demo/echo"
-    )
+    ).record()
 
 
 def rejection(tenant, text, metadata=None) -> ApiError:
