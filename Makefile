@@ -32,9 +32,11 @@ run: install
 	$(BIN)/python manage.py setup_demo
 	$(BIN)/python -m chatproject.server -b $(HOST) -p $(PORT) chatproject.asgi:application
 
+# mypy imports the settings, which want a SECRET_KEY unless DEBUG is on.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	DEBUG=true $(BIN)/mypy
 
 test: lint $(JS_INSTALLED)
 	$(BIN)/python -m pytest

@@ -32,8 +32,14 @@ class PlanAdmin(admin.ModelAdmin):
 class ApiKeyInline(admin.TabularInline):
     model = ApiKey
     extra = 0
-    fields = ["prefix", "name", "created_at", "last_used_at", "expires_at", "revoked_at"]
-    readonly_fields = fields
+    fields = readonly_fields = (
+        "prefix",
+        "name",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+    )
     can_delete = False
     show_change_link = True
 

@@ -1,7 +1,9 @@
 """DRF authentication: ``X-API-Key`` (and ``Authorization: Bearer``) → tenant."""
 
 from rest_framework import authentication, exceptions, permissions
+from rest_framework.request import Request
 
+from billing.models import Tenant
 from billing.services import api_key_authenticate
 from chatproject.errors import ApiError
 
@@ -28,6 +30,15 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request) -> str:
         return 'ApiKey header="X-API-Key"'
+
+
+def request_tenant(request: Request) -> Tenant:
+    """The tenant :class:`ApiKeyAuthentication` found (:class:`IsTenant` lets no request
+    without one through)."""
+    tenant = getattr(request, "tenant", None)
+    if not isinstance(tenant, Tenant):
+        raise exceptions.NotAuthenticated()
+    return tenant
 
 
 class IsTenant(permissions.BasePermission):

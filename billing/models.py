@@ -1,12 +1,19 @@
 """Tenants, their plans and API keys, and the credit balance with its ledger."""
 
 from decimal import Decimal
+from typing import TypedDict
 
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-CREDIT_DIGITS = {"max_digits": 20, "decimal_places": 6}
+
+class _Digits(TypedDict):
+    max_digits: int
+    decimal_places: int
+
+
+CREDIT_DIGITS: _Digits = {"max_digits": 20, "decimal_places": 6}
 
 
 class Plan(models.Model):

@@ -23,7 +23,10 @@ application = with_backpressure(
     ProtocolTypeRouter(
         {
             "http": http_app,
-            "websocket": browser_origin_validator(URLRouter(websocket_urlpatterns)),
+            # Django's URL patterns, as Channels takes them (see chats.routing).
+            "websocket": browser_origin_validator(
+                URLRouter(websocket_urlpatterns)  # type: ignore[arg-type]
+            ),
         }
     )
 )

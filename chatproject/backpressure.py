@@ -67,7 +67,7 @@ def with_backpressure(app):
         protocol = _daphne_protocol(send)
         if protocol is None or scope["type"] not in ("http", "websocket"):
             return await app(scope, receive, send)
-        flow: _Flow | None = None
+        flow = None  # a _Flow once the response streams
         registered = False
 
         async def paced_send(message):

@@ -12,7 +12,7 @@ from django.db import close_old_connections, connection
 try:
     from psycopg_pool.base import AttemptWithBackoff
 except ImportError:  # SQLite only
-    AttemptWithBackoff = None
+    AttemptWithBackoff = None  # type: ignore[assignment,misc]  # absent, not a class
 
 if AttemptWithBackoff is not None:
     # psycopg_pool retries a failed connect after 1 s, then doubles the wait each time (up

@@ -128,7 +128,7 @@ def service_unavailable(message: str = "") -> ApiError:
 try:
     import psycopg
 except ImportError:  # SQLite only
-    psycopg = None
+    psycopg = None  # type: ignore[assignment]  # absent, not a module
 
 # PostgreSQL's answers that mean "not now" rather than "not this": the server is shutting
 # down, starting up, or out of connections (class 08, connection exceptions, aside).
@@ -236,8 +236,11 @@ def drf_exception_handler(exc: Exception, context: dict) -> Response | None:
         return None  # unexpected: Django's handler500 answers with the envelope
     headers = dict(error.headers)
     if isinstance(exc, drf_exceptions.APIException):
-        if getattr(exc, "auth_header", None):
-            headers["WWW-Authenticate"] = exc.auth_header
-        if getattr(exc, "wait", None):
-            headers["Retry-After"] = str(int(exc.wait))
+        # Set by DRF on authentication failures and throttles only.
+        auth_header = getattr(exc, "auth_header", None)
+        wait = getattr(exc, "wait", None)
+        if auth_header:
+            headers["WWW-Authenticate"] = auth_header
+        if wait:
+            headers["Retry-After"] = str(int(wait))
     return Response(error.body(), status=status, headers=headers)

@@ -33,6 +33,8 @@ async def _channel_layer_ready() -> bool:
     """A message through the WebSocket channel layer and back, on its own connections
     (which are not billing's: one can be broken while the other works)."""
     layer = get_channel_layer()
+    if layer is None:
+        return False
     channel = f"readyz.{uuid.uuid4().hex}"  # not process-local: received directly
     await layer.send(channel, {"type": "readyz"})
     return (await layer.receive(channel)).get("type") == "readyz"

@@ -2,6 +2,8 @@
 fragments (drf-spectacular cannot see those views), and the error envelope on the REST
 operations."""
 
+from typing import Any
+
 from chatproject import openapi_fragments as oa
 from chatproject.errors import error_schema
 
@@ -10,7 +12,7 @@ from chatproject.errors import error_schema
 SLASHED_PATHS = {"/api/v1/chats/"}
 
 
-def path_spelling(result, generator, request, public):
+def path_spelling(result: oa.Schema, generator: Any, request: Any, public: bool) -> oa.Schema:
     result["paths"] = {
         (path if path in SLASHED_PATHS else path.rstrip("/")): item
         for path, item in result["paths"].items()
@@ -25,7 +27,7 @@ def fragments() -> list[oa.Fragment]:
     return [module.openapi() for module in WIRE_FORMATS]
 
 
-def plain_view_paths(result, generator, request, public):
+def plain_view_paths(result: oa.Schema, generator: Any, request: Any, public: bool) -> oa.Schema:
     """Add the paths of the plain Django views, with their schemas and security."""
     components = result.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
@@ -46,7 +48,9 @@ def plain_view_paths(result, generator, request, public):
     return result
 
 
-def rest_error_responses(result, generator, request, public):
+def rest_error_responses(
+    result: oa.Schema, generator: Any, request: Any, public: bool
+) -> oa.Schema:
     """Document the error envelope on the REST (DRF) operations: every one can answer
     400, 401 and 429; those with ids in the path 404; those that take a body 413. The
     operations of the plain views declare their own errors already."""

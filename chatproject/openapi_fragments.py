@@ -7,12 +7,12 @@ Each wire format describes itself: its request bodies next to their parsers
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 Schema = dict[str, Any]
-API_KEY = [{"ApiKeyAuth": []}]
+API_KEY: list[dict[str, list[str]]] = [{"ApiKeyAuth": []}]
 KEEPALIVE_NOTE = "While the model is silent the server sends `: keep-alive` comment lines."
 
 
@@ -103,7 +103,7 @@ ERROR_MEANINGS = {
 }
 
 
-def errors(schema: str, statuses: dict[int, str | None]) -> dict[str, Schema]:
+def errors(schema: str, statuses: Mapping[int, str | None]) -> dict[str, Schema]:
     """The error responses ``statuses`` (a meaning, or None for the usual one), and 503,
     which every endpoint may answer while the database is down."""
     responses = {}
@@ -143,7 +143,7 @@ def operation(
     responses: dict[str, Schema],
     *,
     body: RequestBody | None = None,
-    security: list | None = None,
+    security: list[dict[str, list[str]]] | None = None,
     **extra: Any,
 ) -> Schema:
     schema: Schema = {

@@ -6,6 +6,8 @@ import re
 import uuid
 from contextvars import ContextVar
 
+from django.http import HttpRequest
+
 from chatproject.metrics import HTTP_RESPONSES
 from chatproject.middleware import Middleware
 
@@ -19,6 +21,11 @@ def new_request_id(client_value: str | None = None) -> str:
     if client_value and _CLIENT_ID.match(client_value):
         return client_value
     return uuid.uuid4().hex
+
+
+def request_id_of(request: HttpRequest) -> str:
+    """The id :class:`RequestIdMiddleware` gave the request."""
+    return getattr(request, "request_id", "-")
 
 
 class RequestIdMiddleware(Middleware):

@@ -6,7 +6,7 @@ from chatproject import health
 from chatproject.metrics import metrics_view
 
 # The API description is public; the endpoints it describes are not.
-PUBLIC = {"authentication_classes": [], "permission_classes": []}
+PUBLIC: dict[str, list] = {"authentication_classes": [], "permission_classes": []}
 
 urlpatterns = [
     path("admin/", admin.site.urls),

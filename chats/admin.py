@@ -30,7 +30,7 @@ class MessageInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = Message
     extra = 0
     can_delete = False
-    fields = [
+    fields = readonly_fields = (
         "created_at",
         "role",
         "status",
@@ -38,8 +38,7 @@ class MessageInline(ReadOnlyAdminMixin, admin.TabularInline):
         "content",
         "prompt_tokens",
         "completion_tokens",
-    ]
-    readonly_fields = fields
+    )
     ordering = ["created_at", "id"]
 
 

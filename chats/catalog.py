@@ -33,18 +33,20 @@ _catalog: tuple[float, list[LLMModel]] | None = None
 _providers: dict[tuple, Provider] = {}
 
 
-def _catalog_is_fresh() -> bool:
-    return (
-        _catalog is not None
-        and time.monotonic() - _catalog[0] <= settings.MODEL_CATALOG_TTL_SECONDS
-    )
+def _fresh_catalog() -> list[LLMModel] | None:
+    """The cached active models, unless they are older than the TTL."""
+    if _catalog is None or time.monotonic() - _catalog[0] > settings.MODEL_CATALOG_TTL_SECONDS:
+        return None
+    return _catalog[1]
 
 
 def _active_models() -> list[LLMModel]:
     global _catalog
-    if not _catalog_is_fresh():
-        _catalog = (time.monotonic(), list(LLMModel.objects.filter(is_active=True)))
-    return _catalog[1]
+    models = _fresh_catalog()
+    if models is None:
+        models = list(LLMModel.objects.filter(is_active=True))
+        _catalog = (time.monotonic(), models)
+    return models
 
 
 def clear_catalog_cache() -> None:
@@ -118,7 +120,9 @@ def resolve_model(*, quality: str | None = None, model: str | None = None) -> Re
 
 async def aresolve_model(*, quality: str | None = None, model: str | None = None) -> ResolvedModel:
     """:func:`resolve_model` from async code: the database only when the cache is stale."""
-    models = _catalog[1] if _catalog_is_fresh() else await db_call(_active_models)
+    models = _fresh_catalog()
+    if models is None:
+        models = await db_call(_active_models)
     return _resolve(models, quality, model)
 
 

@@ -11,7 +11,7 @@ from chatproject.errors import ApiError, ErrorCode
 from chats.models import Chat, Message
 
 
-def parse_chat_id(value: str) -> uuid.UUID:
+def parse_chat_id(value: str | uuid.UUID) -> uuid.UUID:
     try:
         return uuid.UUID(str(value))
     except ValueError:

@@ -25,7 +25,7 @@ def chat_create(
     chat = Chat.objects.create(
         tenant=tenant, end_user=end_user, title=title or "", metadata=metadata or {}
     )
-    chat.message_count = 0
+    chat.message_count = 0  # type: ignore[attr-defined]  # as the selectors annotate it
     return chat, user_created
 
 

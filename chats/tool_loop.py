@@ -43,7 +43,8 @@ class ToolError(Exception):
 
 
 class ServerTool(Protocol):
-    spec: ToolSpec
+    @property
+    def spec(self) -> ToolSpec: ...
 
     async def run(self, arguments: dict[str, Any], *, call_id: str) -> str:
         """The call's result as text (JSON); raises ToolError."""

@@ -64,7 +64,8 @@ class GovernorPolicyForm(forms.ModelForm):
         self.fields["enabled_rules"].initial = sorted(RULE_IDS - disabled)
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         if "enabled_rules" in cleaned:
             self.instance.disabled_rules = sorted(RULE_IDS - set(cleaned["enabled_rules"]))
         return cleaned
@@ -99,7 +100,8 @@ class AuditReviewForm(forms.ModelForm):
         fields = ["review_decision", "review_note"]
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        super().clean()
+        cleaned = self.cleaned_data
         decision = cleaned.get("review_decision")
         if not decision and (cleaned.get("review_note") or self.instance.is_reviewed):
             raise ValidationError({"review_decision": "Choose a review decision."})

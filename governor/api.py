@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from billing.authentication import request_tenant
 from chatproject.errors import ApiError, ErrorCode
 from chatproject.fields import StrictCharField
 from governor import gate, services
@@ -89,7 +90,8 @@ class GovernorViolationSerializer(serializers.Serializer):
     action = serializers.CharField()
     explanation = serializers.CharField()
     span = serializers.ListField(child=serializers.IntegerField(), allow_null=True)
-    source = serializers.CharField(
+    # DRF's metaclass takes declared fields off the class, so this hides no attribute.
+    source = serializers.CharField(  # type: ignore[assignment]
         allow_null=True, help_text="Where the text came from (a message, a document, a chunk)."
     )
     points = serializers.IntegerField()
@@ -141,7 +143,7 @@ class GovernorValidateView(APIView):
             raise ApiError(ErrorCode.VALIDATION_ERROR, "Invalid request.", details=errors)
 
         evaluated = services.governor_evaluate_input(
-            tenant=request.tenant,
+            tenant=request_tenant(request),
             request_id=getattr(request, "request_id", None) or uuid.uuid4().hex,
             parts=[(serializer.validated_data["source"], serializer.validated_data["text"])],
             metadata=metadata,

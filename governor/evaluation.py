@@ -56,6 +56,8 @@ __all__ = [
 
 DECISIONS = ("approved", "flagged", "review", "rejected")
 MARKUP_ACTIONS = ("neutralise", "block", "flag")
+MarkupAction = Literal["neutralise", "block", "flag"]
+ReviewMode = Literal["block", "review"]
 Decision = Literal["approved", "flagged", "review", "rejected"]
 
 # ISO 3166-1 alpha-2, the 249 officially assigned codes.
@@ -104,11 +106,11 @@ class Policy:
     version: int = 1
     disabled_rules: frozenset[str] = frozenset()
     block_threshold: str = "critical"
-    review_mode: Literal["block", "review"] = "review"
+    review_mode: ReviewMode = "review"
     allowed_roles: Mapping[str, Iterable[str]] = field(default_factory=dict, hash=False)
     sanctioned_countries: frozenset[str] = DEFAULT_SANCTIONED_COUNTRIES
     output_redact: frozenset[str] = frozenset()
-    markup_action: Literal["neutralise", "block", "flag"] = "neutralise"
+    markup_action: MarkupAction = "neutralise"
 
     def __post_init__(self) -> None:
         if self.block_threshold not in RISK_LEVELS:

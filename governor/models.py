@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -13,7 +13,14 @@ from django.utils import timezone
 
 from billing.models import Tenant
 from governor.detectors import KIND_PRIORITY
-from governor.evaluation import DECISIONS, ISO_3166_ALPHA2, MARKUP_ACTIONS, Policy
+from governor.evaluation import (
+    DECISIONS,
+    ISO_3166_ALPHA2,
+    MARKUP_ACTIONS,
+    MarkupAction,
+    Policy,
+    ReviewMode,
+)
 from governor.rules import (
     ACTION_TYPES,
     DEFAULT_SANCTIONED_COUNTRIES,
@@ -189,7 +196,7 @@ class GovernorPolicy(models.Model):
             version=self.version,
             disabled_rules=frozenset(self.disabled_rules or ()) & RULE_IDS,
             block_threshold=self.block_threshold,
-            review_mode=self.review_mode,
+            review_mode=cast(ReviewMode, self.review_mode),  # the field's choices
             allowed_roles={
                 action_type: roles
                 for action_type, roles in (self.allowed_roles or {}).items()
@@ -197,7 +204,7 @@ class GovernorPolicy(models.Model):
             },
             sanctioned_countries=frozenset(self.sanctioned_countries or ()),
             output_redact=frozenset(self.output_redact or ()) & frozenset(KIND_PRIORITY),
-            markup_action=self.markup_action,
+            markup_action=cast(MarkupAction, self.markup_action),  # the field's choices
         )
 
 
@@ -220,7 +227,7 @@ class AuditRecordQuerySet(models.QuerySet):
     def delete(self):
         raise AppendOnlyError("Audit records cannot be deleted.")
 
-    delete.queryset_only = True
+    delete.queryset_only = True  # type: ignore[attr-defined]  # a flag Django reads
 
     def update(self, **kwargs):
         fixed = _field_names(kwargs) - MUTABLE_FIELDS
@@ -228,7 +235,7 @@ class AuditRecordQuerySet(models.QuerySet):
             raise AppendOnlyError(f"Audit records are append-only; cannot update {sorted(fixed)}.")
         return super().update(**kwargs)
 
-    update.queryset_only = True
+    update.queryset_only = True  # type: ignore[attr-defined]  # a flag Django reads
 
 
 class AuditRecord(models.Model):

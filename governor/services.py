@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
@@ -221,7 +221,7 @@ def governor_evaluate_output(
 def audit_record_review(
     *,
     record: AuditRecord,
-    reviewer: AbstractBaseUser,
+    reviewer: User,
     decision: str,
     note: str = "",
 ) -> AuditRecord:

@@ -96,7 +96,9 @@ class StreamGuard:
     def _safe_cut(self, held: str) -> tuple[int, bool]:
         """Where the held text may be cut: nothing after it can grow into a finding that
         reaches before it. Forced when the hold would exceed ``HOLD_LIMIT``."""
-        cut = _TRAILING_WORD.search(held).start()
+        trailing = _TRAILING_WORD.search(held)
+        assert trailing is not None  # \S*\Z matches every string
+        cut = trailing.start()
         word = held[cut:]
         before = self._context + held[:cut]
         # "](" may straddle what was sent: the two characters before the word count too.

@@ -19,8 +19,7 @@ class DocumentInline(admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = True
-    fields = ["path", "document_type", "language", "size_bytes", "updated_at"]
-    readonly_fields = fields
+    fields = readonly_fields = ("path", "document_type", "language", "size_bytes", "updated_at")
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -39,7 +38,7 @@ class ProjectAdmin(admin.ModelAdmin):
 
     @admin.display(ordering="document_count", description="documents")
     def document_count(self, project: Project) -> int:
-        return project.document_count
+        return project.document_count  # type: ignore[attr-defined]  # get_queryset annotates it
 
     def get_readonly_fields(self, request, obj=None):
         # A project's tenant and id are what clients refer to it by: fixed once created.
@@ -50,8 +49,7 @@ class ChunkInline(admin.TabularInline):
     model = DocumentChunk
     extra = 0
     can_delete = False
-    fields = ["ordinal", "token_count", "text"]
-    readonly_fields = fields
+    fields = readonly_fields = ("ordinal", "token_count", "text")
     ordering = ["ordinal"]
 
     def has_add_permission(self, request, obj=None) -> bool:
@@ -69,7 +67,7 @@ class DocumentAdmin(admin.ModelAdmin):
     list_filter = ["document_type", "language", "project__tenant"]
     search_fields = ["path", "project__external_id", "project__tenant__name"]
     list_select_related = ["project"]
-    fields = [
+    fields = readonly_fields = (
         "id",
         "project",
         "path",
@@ -79,8 +77,7 @@ class DocumentAdmin(admin.ModelAdmin):
         "created_at",
         "updated_at",
         "content",
-    ]
-    readonly_fields = fields
+    )
     inlines = [ChunkInline]
 
     def has_add_permission(self, request) -> bool:

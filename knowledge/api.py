@@ -10,6 +10,7 @@ from rest_framework import status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from billing.authentication import request_tenant
 from chatproject.pagination import PageQuerySerializer, offset_page
 from knowledge import selectors, services
 from knowledge import serializers as s
@@ -48,26 +49,29 @@ class ProjectViewSet(viewsets.ViewSet):
     def create(self, request: Request) -> Response:
         serializer = s.ProjectCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        project = services.project_create(tenant=request.tenant, **serializer.validated_data)
-        project.document_count = 0
+        project = services.project_create(
+            tenant=request_tenant(request), **serializer.validated_data
+        )
+        project.document_count = 0  # type: ignore[attr-defined]  # as the selectors annotate it
         return Response(s.ProjectSerializer(project).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
         operation_id="v1_projects_list", parameters=PAGE_PARAMS, responses=s.ProjectPageSerializer
     )
     def page(self, request: Request) -> Response:
-        projects = selectors.project_list(tenant=request.tenant)
+        projects = selectors.project_list(tenant=request_tenant(request))
         return Response(_page(projects, request, "projects", s.ProjectSerializer))
 
     @extend_schema(responses=s.ProjectSerializer)
     def retrieve(self, request: Request, project_id: str) -> Response:
-        project = selectors.project_get(tenant=request.tenant, project_id=project_id)
-        project.document_count = selectors.project_document_count(project=project)
+        project = selectors.project_get(tenant=request_tenant(request), project_id=project_id)
+        # as the selectors annotate it
+        project.document_count = selectors.project_document_count(project=project)  # type: ignore[attr-defined]
         return Response(s.ProjectSerializer(project).data)
 
     @extend_schema(responses={204: None})
     def destroy(self, request: Request, project_id: str) -> Response:
-        project = selectors.project_get(tenant=request.tenant, project_id=project_id)
+        project = selectors.project_get(tenant=request_tenant(request), project_id=project_id)
         services.project_delete(project=project)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -82,7 +86,7 @@ class DocumentViewSet(viewsets.ViewSet):
         },
     )
     def create(self, request: Request, project_id: str) -> Response:
-        project = selectors.project_get(tenant=request.tenant, project_id=project_id)
+        project = selectors.project_get(tenant=request_tenant(request), project_id=project_id)
         limit = services.max_document_bytes()
         length = _content_length(request)
         if length > limit * _JSON_OVERHEAD + 65536:
@@ -101,19 +105,19 @@ class DocumentViewSet(viewsets.ViewSet):
         responses=s.DocumentPageSerializer,
     )
     def page(self, request: Request, project_id: str) -> Response:
-        project = selectors.project_get(tenant=request.tenant, project_id=project_id)
+        project = selectors.project_get(tenant=request_tenant(request), project_id=project_id)
         documents = selectors.document_list(project=project)
         return Response(_page(documents, request, "documents", s.DocumentSummarySerializer))
 
     @extend_schema(responses=s.DocumentSerializer)
     def retrieve(self, request: Request, project_id: str, document_id: str) -> Response:
-        project = selectors.project_get(tenant=request.tenant, project_id=project_id)
+        project = selectors.project_get(tenant=request_tenant(request), project_id=project_id)
         document = selectors.document_get(project=project, document_id=document_id)
         return Response(s.DocumentSerializer(document).data)
 
     @extend_schema(responses={204: None})
     def destroy(self, request: Request, project_id: str, document_id: str) -> Response:
-        project = selectors.project_get(tenant=request.tenant, project_id=project_id)
+        project = selectors.project_get(tenant=request_tenant(request), project_id=project_id)
         document = selectors.document_get(project=project, document_id=document_id)
         services.document_delete(document=document)
         return Response(status=status.HTTP_204_NO_CONTENT)

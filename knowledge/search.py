@@ -93,6 +93,7 @@ class PostgresBackend:
             return []
         raw = " | ".join(terms)  # only \w characters: nothing to_tsquery could misread
         chunks = DocumentChunk.objects.filter(project=project)
+        rank: SearchRank | Case
         if len(languages) == 1:  # the usual case: no need to look at the documents
             tsquery = SearchQuery(raw, search_type="raw", config=languages[0])
             chunks = chunks.filter(search_vector=tsquery)

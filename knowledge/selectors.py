@@ -92,7 +92,10 @@ def document_type_for(code: str | None) -> DocumentType:
     stored = DocumentType.objects.filter(code__in=[wanted, DocumentType.UNSORTED])
     types = {t.code: t for t in stored}
     found = types.get(wanted) or types.get(DocumentType.UNSORTED)
-    return found or _default_type(wanted) or _default_type(DocumentType.UNSORTED)
+    if found is None:
+        found = _default_type(wanted) or _default_type(DocumentType.UNSORTED)
+    assert found is not None  # UNSORTED is one of the built-in types
+    return found
 
 
 def _default_type(code: str) -> DocumentType | None:

@@ -155,7 +155,7 @@ def document_store(
             )
             for ordinal, chunk in enumerate(chunks)
         )
-    document.chunk_count = len(chunks)
+    document.chunk_count = len(chunks)  # type: ignore[attr-defined]  # as the selectors annotate it
     return document, created
 
 

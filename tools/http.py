@@ -60,7 +60,7 @@ async def public_destination(url: str) -> tuple[str, dict[str, Any]]:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
         raise ToolError(f"The tool's host {host!r} could not be resolved.") from None
-    addresses = [info[4][0] for info in infos]
+    addresses = [str(info[4][0]) for info in infos]
     if not addresses or not all(is_public(address) for address in addresses):
         raise ToolError(
             "The tool's URL is not a public address (loopback, private and link-local "
@@ -98,7 +98,7 @@ class HttpServerTool:
         }
         try:
             async with asyncio.timeout(self.timeout):
-                url, extensions = self.url, {}
+                url, extensions = self.url, dict[str, Any]()
                 if not settings.TOOLS_ALLOW_PRIVATE_URLS:
                     url, extensions = await public_destination(self.url)
                 status, raw = await self._post(url, body, headers, extensions)

@@ -6,6 +6,7 @@ from rest_framework import status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from billing.authentication import request_tenant
 from chatproject.pagination import PageQuerySerializer, offset_page
 from chats import selectors, services
 from chats.api import serializers as s
@@ -38,17 +39,17 @@ class ChatViewSet(viewsets.ViewSet):
     def create(self, request: Request) -> Response:
         serializer = s.ChatCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        chat, _ = services.chat_create(tenant=request.tenant, **serializer.validated_data)
+        chat, _ = services.chat_create(tenant=request_tenant(request), **serializer.validated_data)
         return Response(s.ChatSerializer(chat).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses=s.ChatSerializer)
     def retrieve(self, request: Request, chat_id: str) -> Response:
-        chat = selectors.chat_get(tenant=request.tenant, chat_id=chat_id)
+        chat = selectors.chat_get(tenant=request_tenant(request), chat_id=chat_id)
         return Response(s.ChatSerializer(chat).data)
 
     @extend_schema(responses={204: None})
     def destroy(self, request: Request, chat_id: str) -> Response:
-        chat = selectors.chat_get(tenant=request.tenant, chat_id=chat_id)
+        chat = selectors.chat_get(tenant=request_tenant(request), chat_id=chat_id)
         services.chat_delete(chat=chat)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -61,12 +62,12 @@ class ChatViewSet(viewsets.ViewSet):
     )
     def messages(self, request: Request, chat_id: str) -> Response:
         query = _query(s.MessagePageQuerySerializer, request)
-        chat = selectors.chat_get(tenant=request.tenant, chat_id=chat_id)
+        chat = selectors.chat_get(tenant=request_tenant(request), chat_id=chat_id)
         messages = selectors.message_list(chat=chat, descending=query["order"] == "desc")
         return Response(_page(messages, query, "messages", s.MessageSerializer))
 
     @extend_schema(parameters=PAGE_PARAMS, responses=s.ChatPageSerializer)
     def user(self, request: Request, user_id: str) -> Response:
         query = _query(PageQuerySerializer, request)
-        chats = selectors.chat_list_for_user(tenant=request.tenant, user_id=user_id)
+        chats = selectors.chat_list_for_user(tenant=request_tenant(request), user_id=user_id)
         return Response(_page(chats, query, "chats", s.ChatSerializer))

@@ -16,10 +16,11 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 
 from chatproject import openapi_fragments as oa
 from chatproject.errors import ApiError
@@ -198,7 +199,7 @@ def _output(text: str) -> Any:
 
 async def _encode(
     generation: Generation, events: AsyncIterator[Event], toolbox: Toolbox
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     chat = generation.request.chat
     start_metadata = {
         "chatId": str(chat.pk) if chat else None,
@@ -239,7 +240,7 @@ async def _encode(
 
 @cors
 @endpoint()
-async def chat(request: HttpRequest) -> HttpResponse:
+async def chat(request: HttpRequest) -> HttpResponseBase:
     tenant = await authenticate(request)
     body = schemas.parse_aisdk(read_json(request))
     key: str | uuid.UUID = body.room_id or body.chat_key or uuid.uuid4()
@@ -271,7 +272,9 @@ async def chat(request: HttpRequest) -> HttpResponse:
             server_tools=toolbox.server_tools,
         )
     )
-    chat_id = str(generation.request.chat.pk)
+    chat = generation.request.chat
+    assert chat is not None  # the admission opened it
+    chat_id = str(chat.pk)
     headers = {**STREAM_HEADERS, "x-chat-id": chat_id, **generation_headers(generation)}
     return await generation_response(
         generation, lambda events: _encode(generation, events, toolbox), headers=headers
@@ -280,7 +283,7 @@ async def chat(request: HttpRequest) -> HttpResponse:
 
 @cors
 @endpoint(methods=("GET",))
-async def resume(request: HttpRequest, chat_id: str) -> HttpResponse:
+async def resume(request: HttpRequest, chat_id: str) -> HttpResponseBase:
     """Resuming a stream (``GET /api/chat/<id>/stream``): streams are not kept, so there
     is never one to resume."""
     await authenticate(request, rate_limit=True)

@@ -21,16 +21,18 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 
 from billing.models import Tenant
 from chatproject import openapi_fragments as oa
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, error_response
 from chatproject.json_body import read_json
+from chatproject.request_id import request_id_of
 from chats import catalog
 from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
 from chats.providers import estimate_prompt_tokens
@@ -141,7 +143,7 @@ def _error_event(error: ApiError, request_id: str) -> bytes:
     return sse({**data, "request_id": request_id}, event="error")
 
 
-async def _only_error(error: ApiError, request_id: str) -> AsyncIterator[bytes]:
+async def _only_error(error: ApiError, request_id: str) -> AsyncGenerator[bytes, None]:
     yield _error_event(error, request_id)
 
 
@@ -184,7 +186,7 @@ async def _encode_stream(
     conversation_id: str,
     started: float,
     save=None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     request = generation.request
     async for event in events:
         if isinstance(event, TokenEvent):
@@ -232,7 +234,7 @@ def _project_notice(found: bool | None) -> dict[str, Any]:
 
 
 @endpoint(on_error=http_error)
-async def chat_stream(request: HttpRequest) -> HttpResponse:
+async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     started = time.monotonic()
     tenant = await authenticate(request)
     body = schemas.parse_doc_chat(read_json(request))
@@ -251,7 +253,7 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
     except ApiError as error:
         if error.code != ErrorCode.RAG_RETRIEVAL_ERROR:
             raise
-        return event_stream(_only_error(error, request.request_id))
+        return event_stream(_only_error(error, request_id_of(request)))
 
     conversation_id = body.conversation_id or str(uuid.uuid4())
     opener = functools.partial(
@@ -290,6 +292,7 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
         )
     )
     chat = generation.request.chat
+    assert chat is not None  # the admission opened it
     return await generation_response(
         generation,
         lambda events: _encode_stream(
@@ -314,11 +317,13 @@ def _legacy_error_event(error: ApiError) -> bytes:
     return sse({"code": str(code), "message": message}, event="error")
 
 
-async def _legacy_only_error(error: ApiError) -> AsyncIterator[bytes]:
+async def _legacy_only_error(error: ApiError) -> AsyncGenerator[bytes, None]:
     yield _legacy_error_event(error)
 
 
-async def _encode_legacy(events: AsyncIterator[Event], started: float) -> AsyncIterator[bytes]:
+async def _encode_legacy(
+    events: AsyncIterator[Event], started: float
+) -> AsyncGenerator[bytes, None]:
     async for event in events:
         if isinstance(event, TokenEvent):
             yield sse({"token": event.text, "index": event.index}, event="token")
@@ -328,12 +333,12 @@ async def _encode_legacy(events: AsyncIterator[Event], started: float) -> AsyncI
                 "duration_ms": _duration_ms(started),
             }
             yield sse(done, event="done")
-        else:
+        elif isinstance(event, ErrorEvent):  # tool events: this format has none
             yield _legacy_error_event(event.error)
 
 
 @endpoint(on_error=http_error)
-async def generate(request: HttpRequest) -> HttpResponse:
+async def generate(request: HttpRequest) -> HttpResponseBase:
     started = time.monotonic()
     tenant = await authenticate(request)
     body = schemas.parse_doc_generate(read_json(request))
@@ -369,7 +374,7 @@ async def generate(request: HttpRequest) -> HttpResponse:
 
 
 @endpoint(on_error=http_error)
-async def message(request: HttpRequest) -> HttpResponse:
+async def message(request: HttpRequest) -> HttpResponseBase:
     await authenticate(request, rate_limit=True)
     error = ApiError(
         ErrorCode.VALIDATION_ERROR,

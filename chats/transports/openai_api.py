@@ -12,10 +12,11 @@ tier (``cheap``, ``balanced``, ``frontier``). Nothing is stored in a chat.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 
 from chatproject import openapi_fragments as oa
 from chatproject.db import db_call
@@ -140,7 +141,7 @@ def _choice(delta: dict[str, Any], finish_reason: str | None = None) -> list[dic
 
 async def _encode_stream(
     generation: Generation, events: AsyncIterator[Event], include_usage: bool
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     created = int(time.time())
     yield sse(
         _completion_chunk(
@@ -211,7 +212,7 @@ def _error_first(end: ErrorEvent) -> HttpResponse:
 
 
 @endpoint(on_error=openai_error_response)
-async def chat_completions(request: HttpRequest) -> HttpResponse:
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     tenant = await authenticate(request)
     body = schemas.parse_openai_chat(read_json(request))
     quality, model = model_choice(body.model)
@@ -284,13 +285,13 @@ async def _model_list() -> list[dict[str, Any]]:
 
 
 @endpoint(methods=("GET",), on_error=openai_error_response)
-async def models(request: HttpRequest) -> HttpResponse:
+async def models(request: HttpRequest) -> HttpResponseBase:
     await authenticate(request, rate_limit=True)
     return JsonResponse({"object": "list", "data": await _model_list()})
 
 
 @endpoint(methods=("GET",), on_error=openai_error_response)
-async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
+async def model_detail(request: HttpRequest, model_id: str) -> HttpResponseBase:
     await authenticate(request, rate_limit=True)
     for model in await _model_list():
         if model["id"] == model_id:
@@ -300,7 +301,7 @@ async def model_detail(request: HttpRequest, model_id: str) -> HttpResponse:
 
 # --- The OpenAPI description ---------------------------------------------------------------
 
-AUTH = [{"BearerAuth": []}, {"ApiKeyAuth": []}]
+AUTH: list[dict[str, list[str]]] = [{"BearerAuth": []}, {"ApiKeyAuth": []}]
 
 
 def _schemas() -> dict[str, oa.Schema]:

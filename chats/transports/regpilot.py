@@ -10,10 +10,11 @@ chat id.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 
 from billing.models import Tenant
 from chatproject import openapi_fragments as oa
@@ -87,14 +88,16 @@ def _error_event(end: ErrorEvent, request_id: str) -> dict[str, Any]:
     return {**end.error.event(), "request_id": request_id}
 
 
-async def _encode(generation: Generation, events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+async def _encode(
+    generation: Generation, events: AsyncIterator[Event]
+) -> AsyncGenerator[bytes, None]:
     request_id = generation.request.request_id
     async for event in events:
         if isinstance(event, TokenEvent):
             yield sse({"content": event.text})
         elif isinstance(event, FinishedEvent):
             yield sse(_usage(generation, event), event="usage")
-        else:
+        elif isinstance(event, ErrorEvent):  # tool events: this format has none
             yield sse(_error_event(event, request_id), event="error")
             yield sse(_usage(generation, event), event="usage")
     yield DONE
@@ -123,7 +126,7 @@ def _failed(generation: Generation, end: ErrorEvent) -> HttpResponse:
 
 
 @endpoint()
-async def chat_stream(request: HttpRequest) -> HttpResponse:
+async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     tenant, generation = await _start(request)
     return await generation_response(
         generation,
@@ -134,7 +137,7 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
 
 
 @endpoint()
-async def chat_complete(request: HttpRequest) -> HttpResponse:
+async def chat_complete(request: HttpRequest) -> HttpResponseBase:
     """The whole answer as JSON, every figure also as a header."""
     _, generation = await _start(request)
     end = await final_event(generation)

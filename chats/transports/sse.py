@@ -16,13 +16,14 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from billing.authentication import presented_key
@@ -31,6 +32,7 @@ from billing.ratelimit import rate_limit_consume
 from billing.services import api_key_authenticate
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, error_response, outage_error
+from chatproject.request_id import request_id_of
 from chats.catalog import QUALITY_TIERS
 from chats.engine import (
     ErrorEvent,
@@ -94,7 +96,7 @@ class _Failed:
         self.error = error
 
 
-async def _produce(chunks: AsyncIterator[bytes], queue: asyncio.Queue) -> None:
+async def _produce(chunks: AsyncGenerator[bytes, None], queue: asyncio.Queue) -> None:
     try:
         async with contextlib.aclosing(chunks) as source:
             async for chunk in source:
@@ -116,7 +118,7 @@ class Producer:
     task that started it ends, rather than left waiting with a credit hold.
     """
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+    def __init__(self, chunks: AsyncGenerator[bytes, None]) -> None:
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=1)  # no token piles up here
         self.task = asyncio.create_task(_produce(chunks, self.queue))
         owner = asyncio.current_task()
@@ -134,8 +136,8 @@ class Producer:
 
 
 async def with_keepalive(
-    chunks: AsyncIterator[bytes] | Producer, interval: float
-) -> AsyncIterator[bytes]:
+    chunks: AsyncGenerator[bytes, None] | Producer, interval: float
+) -> AsyncGenerator[bytes, None]:
     """``chunks``, plus a keep-alive comment whenever none came for ``interval`` seconds.
 
     When the client disconnects, Django cancels the task iterating this generator; the
@@ -161,7 +163,7 @@ async def with_keepalive(
 
 
 def event_stream(
-    chunks: AsyncIterator[bytes] | Producer,
+    chunks: AsyncGenerator[bytes, None] | Producer,
     *,
     headers: Mapping[str, str] | None = None,
     content_type: str = "text/event-stream",
@@ -177,7 +179,8 @@ def event_stream(
     return response
 
 
-Encoder = Callable[[AsyncIterator[Event]], AsyncIterator[bytes]]
+# Encoders are async generators, so the stream's producer can close them.
+Encoder = Callable[[AsyncIterator[Event]], AsyncGenerator[bytes, None]]
 
 
 class GenerationStream(Producer):
@@ -193,7 +196,9 @@ class GenerationStream(Producer):
         self.first: asyncio.Future[Event | None] = asyncio.get_running_loop().create_future()
         super().__init__(self._encoded(generation, encode))
 
-    async def _encoded(self, generation: Generation, encode: Encoder) -> AsyncIterator[bytes]:
+    async def _encoded(
+        self, generation: Generation, encode: Encoder
+    ) -> AsyncGenerator[bytes, None]:
         try:
             async with events_of(generation) as events:
                 rest = aiter(events)
@@ -232,7 +237,7 @@ async def generation_response(
     headers: Mapping[str, str] | None = None,
     content_type: str = "text/event-stream",
     error_first: Callable[[ErrorEvent], HttpResponse] | None = None,
-) -> HttpResponse:
+) -> HttpResponseBase:
     """The streaming response of a generation, its events encoded by ``encode``.
 
     With ``error_first``, the status line waits for the engine's first event (at most
@@ -343,7 +348,7 @@ def credits_remaining(generation: Generation, tenant: Tenant) -> Decimal:
 # --- Views ---------------------------------------------------------------------------------
 
 ErrorEncoder = Callable[[ApiError], HttpResponse]
-View = Callable[..., Awaitable[HttpResponse]]
+View = Callable[..., Coroutine[Any, Any, HttpResponseBase]]
 
 
 def endpoint(
@@ -355,7 +360,8 @@ def endpoint(
 
     def decorator(view: View) -> View:
         @functools.wraps(view)
-        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+            response: HttpResponseBase
             try:
                 if request.method not in allowed:
                     raise ApiError(
@@ -367,16 +373,16 @@ def endpoint(
             except ApiError as error:
                 response = on_error(error)
             except Exception as exc:
-                request_id = getattr(request, "request_id", "-")
-                error = outage_error(exc)
-                if error is None:
+                failure = outage_error(exc)
+                if failure is None:
                     logger.exception("unexpected error before streaming")
-                    error = ApiError(
-                        ErrorCode.STREAM_ERROR, f"Internal error (request id {request_id})."
+                    failure = ApiError(
+                        ErrorCode.STREAM_ERROR,
+                        f"Internal error (request id {request_id_of(request)}).",
                     )
                 else:
                     logger.warning("database unavailable: %s", exc)
-                response = on_error(error)
+                response = on_error(failure)
             state = getattr(request, _RATE_LIMIT, None)
             if state is not None:
                 for name, value in state.headers().items():
@@ -417,7 +423,8 @@ def cors(view: View) -> View:
     """CORS headers on every answer of ``view`` (errors included); ``OPTIONS`` → 200."""
 
     @functools.wraps(view)
-    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        response: HttpResponseBase
         if request.method == "OPTIONS":
             response = HttpResponse(status=200)
         else:
