@@ -1,4 +1,4 @@
-"""The plans every installation starts with (seed 000's rate-limit table)."""
+"""The plans every installation starts with (RegPilot's rate-limit table)."""
 
 DEFAULT_PLANS = [
     # name, display name, requests per minute, burst (None: unlimited)

@@ -3,7 +3,7 @@
 Django answers some requests without a view of ours: an unknown URL, an exception no view
 handled. With ``DEBUG`` off it calls the handlers below; with it on it makes HTML debug
 pages, which the middleware replaces. Either way a path under an API prefix
-(``API_ERROR_FORMATS``: OpenAI's shape under ``/v1/``, the seeds' statuses under
+(``API_ERROR_FORMATS``: OpenAI's shape under ``/v1/``, the document chat's statuses under
 ``/api/v1/chat/``, the envelope under ``/api/``) is answered in that prefix's format, and
 any other path in the product's envelope.
 

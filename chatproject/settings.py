@@ -291,6 +291,6 @@ STREAM_END_WAIT_SECONDS = env.float("STREAM_END_WAIT_SECONDS", default=5.0)
 # A client that reads nothing of a stream for this long is disconnected (the answer ends
 # as cancelled); meanwhile the stream waits for it (chatproject/backpressure.py). 0: never.
 CLIENT_STALL_TIMEOUT_SECONDS = env.float("CLIENT_STALL_TIMEOUT_SECONDS", default=60.0)
-# Origins allowed to call POST /api/chat (seed 003) from a browser; "*" allows any (keys
+# Origins allowed to call POST /api/chat (the AI SDK's) from a browser; "*" allows any (keys
 # travel in a header, never in cookies, so a wildcard exposes nothing to other sites).
 CORS_ALLOWED_ORIGINS = env.list("CORS_ALLOWED_ORIGINS", default=["*"])

@@ -1,4 +1,4 @@
-"""The model catalog every installation starts with: seed 000's models and tiers, and the
+"""The model catalog every installation starts with: RegPilot's models and tiers, and the
 offline demo models that stand in for each tier when no provider is configured.
 
 Prices are credits per 1K tokens.

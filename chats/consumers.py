@@ -1,4 +1,4 @@
-"""``/ws/chat``: real-time messaging over WebSocket (seed 002, SPEC §4.2).
+"""``/ws/chat``: real-time messaging over WebSocket (docs/wire-formats.md: chat management).
 
 The consumer authenticates, resolves the chat, and for each client message runs the
 engine in its own task, so ``cancel``, ``ping`` and disconnects are heard mid-stream.

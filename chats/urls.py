@@ -2,8 +2,8 @@ from django.urls import re_path
 
 from chats.api.views import ChatViewSet
 
-# Seed 002 writes these paths without a trailing slash and the create path with one;
-# both spellings are accepted.
+# Clients write these paths without a trailing slash and the create path with one
+# (docs/wire-formats.md: chat management); both spellings are accepted.
 chat_create = ChatViewSet.as_view({"post": "create"})
 chat_detail = ChatViewSet.as_view({"get": "retrieve", "delete": "destroy"})
 chat_messages = ChatViewSet.as_view({"get": "messages"})

@@ -1,5 +1,6 @@
-"""The server → client events of ``/ws/chat`` (seed 002, SPEC §4.2): their types, and
-the functions that build them, so the consumer only decides when to send which."""
+"""The server → client events of ``/ws/chat`` (docs/wire-formats.md: chat management):
+their types, and the functions that build them, so the consumer only decides when to send
+which."""
 
 import json
 from typing import Any, Literal, NotRequired, TypedDict

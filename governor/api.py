@@ -27,7 +27,8 @@ DRY_RUN_MODEL = "dry-run"
 
 
 class GovernorMetadataSerializer(serializers.Serializer):
-    """The seed's ``governorMetadata`` (for the API description; validated by the governor)."""
+    """``governorMetadata`` as /api/ai/chat takes it (for the API description; validated by
+    the governor)."""
 
     actionType = serializers.ChoiceField(choices=ACTION_TYPES)
     senderId = serializers.CharField()

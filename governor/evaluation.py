@@ -262,7 +262,7 @@ def _country_error(value: str) -> str | None:
 def validate_metadata(
     raw: Mapping[str, Any] | None,
 ) -> tuple[GovernorMetadata | None, dict[str, list[str]]]:
-    """Parse the seed's camelCase ``governorMetadata``.
+    """Parse the camelCase ``governorMetadata`` of the routed chat format.
 
     Returns ``(metadata, {})`` or ``(None, errors)`` with errors keyed by the
     camelCase field name. ``None`` input gives ``(None, {})``. Unknown keys are

@@ -65,7 +65,7 @@ class GateDecision:
         return [{**m, "content": self.clean(m.get("content", ""))} for m in messages]
 
     def headers(self) -> dict[str, str]:
-        """The seed's ``x-governor-*`` response headers."""
+        """The ``x-governor-*`` response headers of /api/ai/chat."""
         if self.result is None:
             return {"x-governor-validated": "false"}
         headers = {

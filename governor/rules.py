@@ -61,7 +61,7 @@ RISK_LEVELS = ("low", "medium", "high", "critical")
 # What a violation asks for, mildest first.
 ACTIONS = ("allow", "flag", "redact", "neutralise", "review", "block")
 
-# The seed's action types with the risk it states for each.
+# RegPilot's action types with the risk it documents for each.
 ACTION_TYPE_RISK: dict[str, str] = {
     "customer_support": "low",
     "legal_advice": "medium",

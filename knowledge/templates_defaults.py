@@ -1,4 +1,5 @@
-"""The document types every installation starts with (seed 001), editable in the admin."""
+"""The document types every installation starts with (those of the document chat format),
+editable in the admin."""
 
 PROJECT_MANIFESTO = """\
 # <Project name>: manifesto

@@ -255,7 +255,9 @@ def check_validation(
 ) -> None:
     error = check_format(endpoint, response)
     expected = status or VALIDATION_STATUS[endpoint.format]
-    if endpoint.path == RETIRED and retired_reads:  # answers any body 400, unread (seed 001)
+    if (
+        endpoint.path == RETIRED and retired_reads
+    ):  # answers any body 400, unread (the retired endpoint)
         expected = 400
     assert response.status_code == expected, (response.status_code, error)
     code = error["code"]

@@ -1,4 +1,4 @@
-"""Chat management REST API (seed 002): parse, call a selector or service, encode."""
+"""Chat management REST API: parse, call a selector or service, encode."""
 
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema

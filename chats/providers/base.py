@@ -2,8 +2,9 @@
 
 A provider turns a `CompletionRequest` into an async stream of `TokenDelta` items that
 ends with exactly one `StreamEnd`, and reports every failure as a `ProviderError`
-subclass whose `code` and `retryable` flag are the ones of SPEC §6. Consumers should
-close the stream when they stop early, so that the upstream connection is released::
+subclass whose `code` and `retryable` flag are the product's (`chatproject.errors`).
+Consumers should close the stream when they stop early, so that the upstream connection
+is released::
 
     async with contextlib.aclosing(provider.stream(request)) as events:
         async for event in events:

@@ -1,6 +1,6 @@
 """The HTTP streaming transports: one module per wire format, all over ``chats.engine``.
 
-``regpilot`` (seed 000, ``/api/ai/chat``), ``docgen`` (seed 001, ``/api/v1/chat/*``),
-``aisdk`` (seed 003, ``/api/chat``), ``openai_api`` (``/v1/*``); ``sse`` holds what they
-share and ``schemas`` their request validation.
+``regpilot`` (``/api/ai/chat``), ``docgen`` (``/api/v1/chat/*``), ``aisdk``
+(``/api/chat``), ``openai_api`` (``/v1/*``), each described in docs/wire-formats.md;
+``sse`` holds what they share and ``schemas`` their request validation.
 """

@@ -1,4 +1,4 @@
-"""Seed 003: ``POST /api/chat``, the Vercel AI SDK UI message stream (``AISDK.md``).
+"""``POST /api/chat``, the Vercel AI SDK UI message stream (docs/wire-formats.md: AI SDK chat).
 
 Chunks, each ``data: <JSON>``: ``start`` (messageId, messageMetadata with the chat id),
 then per model step ``start-step``, ``text-start``, ``text-delta``…, ``text-end``, the
@@ -7,7 +7,7 @@ then for the server's own tools ``tool-output-available`` or ``tool-output-error
 ``finish-step``; then ``message-metadata`` (usage, model, chat id, credits), ``finish``,
 ``data: [DONE]``. A failure after the stream began is an ``error`` chunk (errorText), then
 ``finish`` with finishReason ``error``. The exchange is stored in a chat of the tenant:
-``roomId`` (the seed), else DefaultChatTransport's ``id``, else a new chat. CORS on every
+``roomId``, else DefaultChatTransport's ``id``, else a new chat. CORS on every
 answer.
 """
 

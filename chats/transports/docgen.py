@@ -1,4 +1,4 @@
-"""Seed 001: project document chat.
+"""Project document chat (docs/wire-formats.md: document chat).
 
 ``POST /api/v1/chat/stream``: ``event: message`` ``{"token", "done": false}`` per token,
 then ``event: done`` ``{"full_response", "document_types_used", "metadata", "done": true}``,
@@ -12,8 +12,8 @@ failed search is an ``event: error`` with ``RAG_RETRIEVAL_ERROR`` in a 200 strea
 "message"}``; not stored. ``POST /api/v1/chat/message`` is retired: 400 (after the key
 and the rate limit are checked, like any request).
 
-Errors before the stream use the product's envelope with the seed's statuses on these
-paths: 422 for validation, 403 for a bad key.
+Errors before the stream use the product's envelope with this format's own statuses: 422
+for validation, 403 for a bad key.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def http_error(error: ApiError) -> HttpResponse:
 
 
 def _stream_error(error: ApiError) -> tuple[str, str]:
-    """The seed's three codes (and SERVICE_UNAVAILABLE while the database is down):
+    """The format's three codes (and SERVICE_UNAVAILABLE while the database is down):
     upstream trouble of any kind is LLM_CONNECTION_ERROR, with a message that says which
     kind."""
     if error.code == ErrorCode.LLM_TIMEOUT:
@@ -382,7 +382,7 @@ async def message(request: HttpRequest) -> HttpResponseBase:
         details={"endpoint": ["/api/v1/chat/stream"]},
         headers={"Link": '</api/v1/chat/stream>; rel="alternate"'},
     )
-    return error_response(error, status=400)  # the seed's status, not this path's 422
+    return error_response(error, status=400)  # the format says 400 here, not its usual 422
 
 
 # --- The OpenAPI description ---------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""OpenAI-compatible API (SPEC §4.6): ``POST /v1/chat/completions`` and ``GET /v1/models``.
+"""OpenAI-compatible API: ``POST /v1/chat/completions`` and ``GET /v1/models``.
 
 The request and response shapes are OpenAI's, so the official SDKs work unchanged with a
 tenant key (``Authorization: Bearer`` or ``X-API-Key``). Errors use OpenAI's shape,
@@ -92,9 +92,9 @@ def upstream_status(error: ApiError) -> int | None:
 
 
 def error_status(error: ApiError) -> int:
-    """SPEC §6's status, except that the provider's own 429 stays a 429, so clients back
-    off (the OpenAI SDKs raise RateLimitError and retry), and a body over the size limit
-    keeps its 413."""
+    """The code's usual status (``chatproject.errors``), except that the provider's own
+    429 stays a 429, so clients back off (the OpenAI SDKs raise RateLimitError and
+    retry), and a body over the size limit keeps its 413."""
     if error.status == 413:
         return 413
     if upstream_status(error) == 429:

@@ -1,10 +1,11 @@
-"""Seed 000: ``POST /api/ai/chat`` (SSE) and ``POST /api/ai/chat/complete`` (JSON).
+"""``POST /api/ai/chat`` (SSE) and ``POST /api/ai/chat/complete`` (JSON), RegPilot's
+format (docs/wire-formats.md: routed chat).
 
 Stream: ``data: {"content": ...}`` per token, then ``event: usage`` with the settled
 figures, then ``data: [DONE]``. A failure before the first token is an HTTP error (the
-seed's 5xx), unless the first token was awaited longer than the keep-alive interval and
+format's 5xx), unless the first token was awaited longer than the keep-alive interval and
 the stream had begun; a failure after it is ``event: error`` (code, message,
-retryable), then the usage event, then ``[DONE]``. Not stored in a chat: the seed has no
+retryable), then the usage event, then ``[DONE]``. Not stored in a chat: the format has no
 chat id.
 """
 

@@ -160,7 +160,7 @@ def array(
 def role_content_messages(
     items: list[Any], key: str, errors: Errors, *, roles: tuple[str, ...]
 ) -> list[dict[str, str]]:
-    """``[{role, content}]`` with string content, as seeds 000 and 001 send them."""
+    """``[{role, content}]`` with string content, as /api/ai/chat and /api/v1/chat/* take them."""
     messages = []
     for index, item in enumerate(items):
         name = f"{key}[{index}]"

@@ -6,14 +6,14 @@ from chats.transports import aisdk, docgen, openai_api, regpilot
 WIRE_FORMATS = (regpilot, docgen, aisdk, openai_api)
 
 urlpatterns = [
-    # seed 000
+    # routed chat (RegPilot's format)
     path("api/ai/chat", regpilot.chat_stream, name="regpilot-chat"),
     path("api/ai/chat/complete", regpilot.chat_complete, name="regpilot-chat-complete"),
-    # seed 001
+    # document chat
     path("api/v1/chat/stream", docgen.chat_stream, name="docgen-stream"),
     path("api/v1/chat/generate", docgen.generate, name="docgen-generate"),
     path("api/v1/chat/message", docgen.message, name="docgen-message"),
-    # seed 003
+    # the Vercel AI SDK
     path("api/chat", aisdk.chat, name="aisdk-chat"),
     path("api/chat/<str:chat_id>/stream", aisdk.resume, name="aisdk-resume"),
     # OpenAI-compatible

@@ -24,7 +24,7 @@ def error_of(response, status: int, code: str) -> dict:
 # --- create -------------------------------------------------------------------------
 
 
-def test_create_chat_as_in_the_seed(api):
+def test_create_chat_as_documented(api):
     response = api.post("/api/v1/chats/", {"user_id": "user123"}, format="json")
     assert response.status_code == 201
     body = response.json()

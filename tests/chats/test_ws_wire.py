@@ -45,7 +45,7 @@ def tenant_chat():
     return make_key(tenant), make_chat(tenant, user_id="user123")
 
 
-async def test_seed_flow_over_the_wire(server, tenant_chat):
+async def test_documented_flow_over_the_wire(server, tenant_chat):
     key, chat = tenant_chat
     url = f"{server.ws_url}/ws/chat?api_key={key}&user_id=user123&chat_id={chat.id}"
     async with websockets.connect(url) as ws:

@@ -1,4 +1,4 @@
-"""The governor in the request path of POST /api/ai/chat, over the wire: the seed's
+"""The governor in the request path of POST /api/ai/chat, over the wire: RegPilot's
 headers, and a rejected request that never reaches the model and costs nothing."""
 
 import hashlib

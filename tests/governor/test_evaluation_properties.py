@@ -141,7 +141,7 @@ def meta(action_type="customer_support", **kwargs) -> GovernorMetadata:
     return GovernorMetadata(action_type=action_type, sender_id="user_12345", **kwargs)
 
 
-def test_seed_example_is_approved_at_medium_risk():
+def test_documented_example_is_approved_at_medium_risk():
     inp = EvaluationInput(
         "Can I sue my employer for discrimination?",
         meta("legal_advice", recipient_country="US", sender_role="customer_support"),
@@ -277,7 +277,7 @@ def test_policy_default_settings():
     assert {"KP", "IR", "SY", "CU"} <= policy.sanctioned_countries
 
 
-def test_action_types_are_the_seeds_eight():
+def test_action_types_are_the_documented_eight():
     assert set(ACTION_TYPES) == {
         "customer_support", "legal_advice", "medical_advice", "hr_message",
         "suspension", "refund_denial", "policy_warning", "other",
@@ -286,7 +286,7 @@ def test_action_types_are_the_seeds_eight():
 
 # --- metadata validation ---------------------------------------------------------
 
-SEED_METADATA = {
+EXAMPLE_METADATA = {
     "actionType": "legal_advice",
     "recipientCountry": "US",
     "senderId": "user_12345",
@@ -295,8 +295,8 @@ SEED_METADATA = {
 }
 
 
-def test_validate_metadata_accepts_the_seed_example():
-    metadata, errors = validate_metadata(SEED_METADATA)
+def test_validate_metadata_accepts_the_documented_example():
+    metadata, errors = validate_metadata(EXAMPLE_METADATA)
     assert errors == {}
     assert metadata == GovernorMetadata(
         action_type="legal_advice",
@@ -332,7 +332,7 @@ def test_validate_metadata_of_none_is_nothing():
     ],
 )
 def test_validate_metadata_reports_the_bad_field(changes, field):
-    raw = {**SEED_METADATA, **changes}
+    raw = {**EXAMPLE_METADATA, **changes}
     if changes.get(field, "") is None:
         del raw[field]
     metadata, errors = validate_metadata(raw)
@@ -347,13 +347,13 @@ def test_validate_metadata_reports_every_bad_field_at_once():
 
 
 def test_validate_metadata_suggests_gb_for_uk():
-    _, errors = validate_metadata({**SEED_METADATA, "recipientCountry": "UK"})
+    _, errors = validate_metadata({**EXAMPLE_METADATA, "recipientCountry": "UK"})
     assert "GB" in errors["recipientCountry"][0]
 
 
 def test_validate_metadata_normalises_country_case_and_ignores_unknown_keys():
     metadata, errors = validate_metadata(
-        {**SEED_METADATA, "recipientCountry": "de", "recipientEmail": "a@b.de", "extra": 1}
+        {**EXAMPLE_METADATA, "recipientCountry": "de", "recipientEmail": "a@b.de", "extra": 1}
     )
     assert errors == {}
     assert metadata.recipient_country == "DE"
@@ -361,7 +361,7 @@ def test_validate_metadata_normalises_country_case_and_ignores_unknown_keys():
 
 
 def test_validate_metadata_treats_null_optionals_as_absent():
-    metadata, errors = validate_metadata({**SEED_METADATA, "senderRole": None})
+    metadata, errors = validate_metadata({**EXAMPLE_METADATA, "senderRole": None})
     assert errors == {}
     assert metadata.sender_role is None
 

@@ -46,7 +46,7 @@ def test_parse_metadata_absent_is_none():
     assert gate.governor_parse_metadata(None) is None
 
 
-def test_parse_metadata_as_in_the_seed():
+def test_parse_metadata_as_documented():
     metadata = gate.governor_parse_metadata(
         {
             "actionType": "legal_advice",

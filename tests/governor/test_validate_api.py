@@ -8,7 +8,7 @@ pytestmark = pytest.mark.django_db
 
 URL = "/api/governor/validate"
 SECRET = "sk_live_a1B2c3D4e5F6g7H8i9J0kL"
-SEED_METADATA = {
+EXAMPLE_METADATA = {
     "actionType": "legal_advice",
     "recipientCountry": "US",
     "senderId": "user_12345",
@@ -39,11 +39,11 @@ def error_details(response) -> dict:
     return error["details"]
 
 
-def test_seed_request_is_approved(api, tenant):
+def test_documented_request_is_approved(api, tenant):
     body = {
         "messages": [{"role": "user", "content": "Can I sue my employer for discrimination?"}],
         "quality": "balanced",
-        "governorMetadata": SEED_METADATA,
+        "governorMetadata": EXAMPLE_METADATA,
     }
     response = validate(api, body)
     result = response.json()
@@ -81,7 +81,7 @@ def test_text_with_a_secret_is_rejected(api):
 
 
 def test_sanctioned_recipient_is_rejected(api):
-    metadata = {**SEED_METADATA, "actionType": "customer_support", "recipientCountry": "kp"}
+    metadata = {**EXAMPLE_METADATA, "actionType": "customer_support", "recipientCountry": "kp"}
     result = validate(api, {"text": "Your parcel ships today.", "governorMetadata": metadata})
     assert result.json()["approved"] is False
     assert [v["rule"] for v in result.json()["violations"]] == ["sanctioned_destination"]
@@ -109,7 +109,7 @@ def test_findings_name_the_message_they_are_in(api):
 
 def test_the_tenant_policy_applies(api, tenant):
     policy_update(tenant=tenant, allowed_roles={"legal_advice": ["lawyer"]})
-    result = validate(api, {"text": "Can I sue?", "governorMetadata": SEED_METADATA}).json()
+    result = validate(api, {"text": "Can I sue?", "governorMetadata": EXAMPLE_METADATA}).json()
     assert result["approved"] is False
     assert result["policy_version"] == GovernorPolicy.objects.get(tenant=tenant).version == 2
 

@@ -1,4 +1,4 @@
-"""Seed 003: POST /api/chat, the Vercel AI SDK UI message stream, over the wire; the real
+"""POST /api/chat, the Vercel AI SDK UI message stream, over the wire; the real
 `ai` client runs in tests/js (Node)."""
 
 import json
@@ -92,7 +92,7 @@ def test_the_ai_package_parses_every_chunk_and_yields_the_answer(server, keepali
         ("user", "complete"),
         ("assistant", "complete"),
     ] * 2
-    # The seed's prompt request got a new chat of the tenant, with the exchange in it.
+    # The documented prompt request got a new chat of the tenant, with the exchange in it.
     prompt_chat = Chat.objects.get(pk=results["prompt"]["chatId"])
     assert prompt_chat.tenant_id == account.tenant.pk
     assert stored(prompt_chat.pk)[1][1] == "complete"
@@ -356,7 +356,7 @@ def test_resume_answers_204(server, account):
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_seed_curl_example_works_as_printed(server, account):
+def test_documented_curl_example_works_as_printed(server, account):
     command = f"""curl -N -X POST "{chat_url(server)}" \\
   -H "Content-Type: application/json" \\
   -H "x-api-key: {account.key}" \\

@@ -15,9 +15,9 @@ from tests.transports.conftest import events, unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# The seed's caching example, run as printed (its host and key aside) under Node: the
+# RegPilot's documented caching example, run as printed (its host and key aside) under Node: the
 # second request goes out as soon as the first one's headers are in.
-SEED_CACHING_EXAMPLE = """
+CACHING_EXAMPLE = """
 // First request - Cache MISS
 const response1 = await fetch('%(url)s/api/ai/chat', {
   method: 'POST',
@@ -89,10 +89,10 @@ def _charges(tenant_id: int) -> int:
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
-def test_seed_caching_example_prints_miss_hit_and_no_credits(slow, account, tmp_path):
+def test_documented_caching_example_prints_miss_hit_and_no_credits(slow, account, tmp_path):
     question = json.dumps(f"What is 2+2? {unique()}")
     script = tmp_path / "caching.mjs"
-    script.write_text(SEED_CACHING_EXAMPLE % {"url": slow[0].url, "question": question})
+    script.write_text(CACHING_EXAMPLE % {"url": slow[0].url, "question": question})
     result = subprocess.run(
         ["node", str(script)],
         env={**os.environ, "REGPILOT_API_KEY": account.key},
@@ -106,7 +106,7 @@ def test_seed_caching_example_prints_miss_hit_and_no_credits(slow, account, tmp_
 
 def _stream_with_joiner(first_url: str, second_url: str, account, question: str):
     """The first request streamed; the identical second one sent once the first's
-    headers are in (as the seed does), both read to the end."""
+    headers are in (as that example does), both read to the end."""
     results: dict[str, tuple[httpx.Response, list]] = {}
     headers_in = threading.Event()
 

@@ -1,4 +1,4 @@
-"""Seed 001: POST /api/v1/chat/stream, the legacy /generate and the retired /message."""
+"""POST /api/v1/chat/stream, the legacy /generate and the retired /message."""
 
 import asyncio
 import json
@@ -27,8 +27,8 @@ from tests.transports.conftest import (
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-# The request shape of the seed, every field set.
-SEED_REQUEST = {
+# The format's request, every field set.
+FULL_REQUEST = {
     "message": "Draft the manifesto for a bike-sharing app.",
     "conversation_id": "conv-2024-001",
     "project_id": "proj-bikes",
@@ -51,8 +51,8 @@ def assistant_message(chat_id) -> Message | None:
     return Message.objects.filter(chat_id=chat_id, role="assistant").first()
 
 
-def test_seed_request_streams_message_events_then_a_filled_done(server, account):
-    request = {**SEED_REQUEST, "message": unique(SEED_REQUEST["message"])}
+def test_full_request_streams_message_events_then_a_filled_done(server, account):
+    request = {**FULL_REQUEST, "message": unique(FULL_REQUEST["message"])}
     response, stream = post_events(stream_url(server), request, account.headers)
 
     assert response.headers["content-type"] == "text/event-stream"

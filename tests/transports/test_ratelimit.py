@@ -84,7 +84,7 @@ def test_the_retired_message_endpoint_needs_a_key(server):
     response = httpx.post(
         f"{server.url}/api/v1/chat/message", json={"message": "hi"}, headers={"X-API-Key": "no"}
     )
-    assert response.status_code == 403  # seed 001's status for a bad key
+    assert response.status_code == 403  # the document chat's status for a bad key
     assert error_body(response)["code"] == "UNAUTHORIZED"
 
 

@@ -1,4 +1,4 @@
-"""Seed 000: POST /api/ai/chat (SSE) and /api/ai/chat/complete, over the wire."""
+"""POST /api/ai/chat (SSE) and /api/ai/chat/complete, over the wire."""
 
 import json
 import shutil
@@ -53,7 +53,7 @@ def test_stream_sends_one_event_per_token_then_usage_then_done(server, account):
     assert Decimal(str(usage["credits_charged"])) == before - after > 0
 
 
-def test_stream_headers_as_in_the_seed(server, account):
+def test_stream_headers_as_documented(server, account):
     response, _ = post_events(
         f"{server.url}/api/ai/chat",
         body(unique()),
@@ -247,7 +247,7 @@ def test_upstream_error_before_the_first_token_is_502(server, account, status):
         headers={**account.headers, "X-Request-ID": request_id},
         timeout=30,
     )
-    assert response.status_code == 502  # SPEC §6: the provider's failure, whatever it said
+    assert response.status_code == 502  # LLM_PROVIDER_ERROR's status, whatever the provider said
     error = error_body(response)
     assert error["code"] == "LLM_PROVIDER_ERROR"
     assert f"HTTP {status}" in error["message"]
@@ -319,11 +319,11 @@ def test_complete_client_disconnect_settles_the_hold(server, account):
     assert_hold_settled(account, request_id, before)
 
 
-# --- The seed's own snippets, host and key changed --------------------------------------
+# --- RegPilot's documented snippets, host and key changed --------------------------------------
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_seed_curl_example_works_as_printed(server, account):
+def test_documented_curl_example_works_as_printed(server, account):
     command = f"""curl -X POST {server.url}/api/ai/chat \\
   -H "X-API-Key: $REGPILOT_API_KEY" \\
   -H "Content-Type: application/json" \\
@@ -349,8 +349,8 @@ def test_seed_curl_example_works_as_printed(server, account):
     assert result.stdout.rstrip().endswith("data: [DONE]")
 
 
-def test_seed_python_example_works_with_httpx(server, account):
-    # The seed uses requests(stream=True).iter_content(chunk_size=None); httpx's
+def test_documented_python_example_works_with_httpx(server, account):
+    # The documented example uses requests(stream=True).iter_content(chunk_size=None); httpx's
     # iter_raw is the same thing.
     printed = []
     with httpx.stream(
