@@ -1,17 +1,23 @@
 import pytest
 from rest_framework.test import APIClient
 
-from tests.factories import make_key, make_tenant
+from tests.factories import Account, make_account
 
 
 @pytest.fixture
-def tenant(db):
-    return make_tenant(name="acme", credits=1000)
+def account(db) -> Account:
+    """The tenant a test calls the API as: 1000 credits, the default plan, a key."""
+    return make_account(name="acme", credits=1000)
 
 
 @pytest.fixture
-def api_key(tenant) -> str:
-    return make_key(tenant)
+def tenant(account):
+    return account.tenant
+
+
+@pytest.fixture
+def api_key(account) -> str:
+    return account.key
 
 
 @pytest.fixture

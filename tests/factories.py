@@ -1,6 +1,7 @@
 """Small factories for the models the tests need."""
 
 import itertools
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 
@@ -34,6 +35,31 @@ def make_tenant(*, name: str | None = None, plan: str = "enterprise", credits=0)
 
 def make_key(tenant: Tenant, **kwargs) -> str:
     return api_key_create(tenant=tenant, **kwargs)[1]
+
+
+@dataclass
+class Account:
+    """A tenant and one of its API keys: what a client calls the API with."""
+
+    tenant: Tenant
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.key}
+
+    def balance(self) -> Decimal:
+        return Tenant.objects.values_list("credit_balance", flat=True).get(pk=self.tenant.pk)
+
+
+def account_for(tenant: Tenant) -> Account:
+    """``tenant`` with a new key."""
+    return Account(tenant, make_key(tenant))
+
+
+def make_account(**tenant_fields) -> Account:
+    """A new tenant (see :func:`make_tenant`) with a key."""
+    return account_for(make_tenant(**tenant_fields))
 
 
 def make_chat(tenant: Tenant, *, user_id: str = "user123", title: str = "") -> Chat:

@@ -13,17 +13,11 @@ from django.utils import timezone
 from billing.models import Plan
 from chatproject.asgi import application
 from chats.models import Chat, EndUser, Message
-from tests.factories import make_chat, make_key, make_tenant
+from tests.factories import make_chat, make_tenant
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 TIMEOUT = 10
-
-
-@pytest.fixture
-def tenant_key():
-    tenant = make_tenant(name="acme", credits=1000)
-    return tenant, make_key(tenant)
 
 
 async def connect(key, *, user_id="user123", chat_id=None, headers=None, query=None):
@@ -58,8 +52,8 @@ async def expect_close(communicator, code: int) -> dict:
     return error
 
 
-async def test_full_event_sequence(tenant_key):
-    tenant, key = tenant_key
+async def test_full_event_sequence(account):
+    tenant, key = account.tenant, account.key
     chat = await sync_to_async(make_chat)(tenant)
     ws, connected, _ = await connect(key, chat_id=chat.id)
     assert connected
@@ -102,8 +96,8 @@ async def test_full_event_sequence(tenant_key):
     await ws.disconnect()
 
 
-async def test_history_reaches_the_model(tenant_key):
-    tenant, key = tenant_key
+async def test_history_reaches_the_model(account):
+    tenant, key = account.tenant, account.key
     chat = await sync_to_async(make_chat)(tenant)
     ws, _, _ = await connect(key, chat_id=chat.id)
     await receive(ws)
@@ -116,8 +110,8 @@ async def test_history_reaches_the_model(tenant_key):
     await ws.disconnect()
 
 
-async def test_without_chat_id_a_chat_and_user_are_created(tenant_key):
-    tenant, key = tenant_key
+async def test_without_chat_id_a_chat_and_user_are_created(account):
+    tenant, key = account.tenant, account.key
     ws, connected, _ = await connect(key, user_id="newcomer")
     assert connected
     established = await receive(ws)
@@ -128,8 +122,8 @@ async def test_without_chat_id_a_chat_and_user_are_created(tenant_key):
     await ws.disconnect()
 
 
-async def test_key_in_header_is_accepted(tenant_key):
-    _, key = tenant_key
+async def test_key_in_header_is_accepted(account):
+    key = account.key
     ws, connected, _ = await connect(None, headers=[(b"x-api-key", key.encode())])
     assert connected
     assert (await receive(ws))["type"] == "connection_established"
@@ -137,40 +131,40 @@ async def test_key_in_header_is_accepted(tenant_key):
 
 
 @pytest.mark.parametrize("key", [None, "sk_live_unknown_key_0000000000000000"])
-async def test_bad_key_closes_4001(tenant_key, key):
+async def test_bad_key_closes_4001(account, key):
     ws, _, _ = await connect(key)
     error = await expect_close(ws, 4001)
     assert error["code"] == "UNAUTHORIZED"
 
 
-async def test_unknown_chat_closes_4004(tenant_key):
-    _, key = tenant_key
+async def test_unknown_chat_closes_4004(account):
+    key = account.key
     ws, _, _ = await connect(key, chat_id=uuid.uuid4())
     await expect_close(ws, 4004)
 
 
-async def test_malformed_chat_id_closes_4004(tenant_key):
-    _, key = tenant_key
+async def test_malformed_chat_id_closes_4004(account):
+    key = account.key
     ws, _, _ = await connect(key, chat_id="not-a-uuid")
     await expect_close(ws, 4004)
 
 
-async def test_foreign_chat_closes_4004(tenant_key):
-    _, key = tenant_key
+async def test_foreign_chat_closes_4004(account):
+    key = account.key
     other_chat = await sync_to_async(make_chat)(await sync_to_async(make_tenant)(name="other"))
     ws, _, _ = await connect(key, chat_id=other_chat.id)
     await expect_close(ws, 4004)
 
 
-async def test_another_users_chat_closes_4004(tenant_key):
-    tenant, key = tenant_key
+async def test_another_users_chat_closes_4004(account):
+    tenant, key = account.tenant, account.key
     chat = await sync_to_async(make_chat)(tenant, user_id="alice")
     ws, _, _ = await connect(key, user_id="mallory", chat_id=chat.id)
     await expect_close(ws, 4004)
 
 
-async def test_missing_user_id_closes_4400(tenant_key):
-    _, key = tenant_key
+async def test_missing_user_id_closes_4400(account):
+    key = account.key
     communicator = WebsocketCommunicator(application, f"/ws/chat?api_key={key}")
     await communicator.connect(timeout=TIMEOUT)
     assert (await expect_close(communicator, 4400))["code"] == "VALIDATION_ERROR"
@@ -189,8 +183,8 @@ async def test_missing_user_id_closes_4400(tenant_key):
         (json.dumps({"type": "dance"}), "Unknown message type"),
     ],
 )
-async def test_bad_input_is_an_error_event_and_the_connection_stays(tenant_key, frame, fragment):
-    _, key = tenant_key
+async def test_bad_input_is_an_error_event_and_the_connection_stays(account, frame, fragment):
+    key = account.key
     ws, _, _ = await connect(key)
     await receive(ws)
     await receive(ws)  # user_created
@@ -205,8 +199,8 @@ async def test_bad_input_is_an_error_event_and_the_connection_stays(tenant_key, 
     await ws.disconnect()
 
 
-async def test_more_than_ten_messages_per_second_is_rate_limited(tenant_key):
-    _, key = tenant_key
+async def test_more_than_ten_messages_per_second_is_rate_limited(account):
+    key = account.key
     ws, _, _ = await connect(key)
     await receive(ws)
     await receive(ws)
@@ -234,8 +228,8 @@ async def wait_for_message(chat_id, status: str) -> Message:
 SLOW = "[demo:tokens=200][demo:delay=20] tell me a long story"
 
 
-async def test_cancel_stops_the_stream_and_keeps_partial_content(tenant_key):
-    tenant, key = tenant_key
+async def test_cancel_stops_the_stream_and_keeps_partial_content(account):
+    tenant, key = account.tenant, account.key
     chat = await sync_to_async(make_chat)(tenant)
     ws, _, _ = await connect(key, chat_id=chat.id)
     await receive(ws)
@@ -261,8 +255,8 @@ async def test_cancel_stops_the_stream_and_keeps_partial_content(tenant_key):
     await ws.disconnect()
 
 
-async def test_disconnect_mid_stream_stores_cancelled_partial(tenant_key):
-    tenant, key = tenant_key
+async def test_disconnect_mid_stream_stores_cancelled_partial(account):
+    tenant, key = account.tenant, account.key
     chat = await sync_to_async(make_chat)(tenant)
     ws, _, _ = await connect(key, chat_id=chat.id)
     await receive(ws)
@@ -278,8 +272,8 @@ async def test_disconnect_mid_stream_stores_cancelled_partial(tenant_key):
     assert len(message.content) < len("lorem ") * 200
 
 
-async def test_upstream_failure_mid_stream(tenant_key):
-    tenant, key = tenant_key
+async def test_upstream_failure_mid_stream(account):
+    tenant, key = account.tenant, account.key
     chat = await sync_to_async(make_chat)(tenant)
     ws, _, _ = await connect(key, chat_id=chat.id)
     await receive(ws)
@@ -296,8 +290,8 @@ async def test_upstream_failure_mid_stream(tenant_key):
     await ws.disconnect()
 
 
-async def test_ping_during_a_stream_is_answered(tenant_key):
-    _, key = tenant_key
+async def test_ping_during_a_stream_is_answered(account):
+    key = account.key
     ws, _, _ = await connect(key)
     await receive(ws)
     await receive(ws)
@@ -312,8 +306,8 @@ async def test_ping_during_a_stream_is_answered(tenant_key):
     await ws.disconnect()
 
 
-async def test_the_51st_connection_is_refused_4029(tenant_key):
-    _, key = tenant_key
+async def test_the_51st_connection_is_refused_4029(account):
+    key = account.key
     sockets = []
     for _ in range(50):
         ws, connected, _ = await connect(key)
@@ -329,8 +323,8 @@ async def test_the_51st_connection_is_refused_4029(tenant_key):
         await ws.disconnect()
 
 
-async def test_browser_origin_must_be_an_allowed_host(tenant_key):
-    _, key = tenant_key
+async def test_browser_origin_must_be_an_allowed_host(account):
+    key = account.key
     _, connected, _ = await connect(key, headers=[(b"origin", b"https://evil.example")])
     assert not connected
     ws, connected, _ = await connect(key, headers=[(b"origin", b"http://localhost:8000")])
@@ -338,8 +332,8 @@ async def test_browser_origin_must_be_an_allowed_host(tenant_key):
     await ws.disconnect()
 
 
-async def test_end_user_is_created_once(tenant_key):
-    tenant, key = tenant_key
+async def test_end_user_is_created_once(account):
+    tenant, key = account.tenant, account.key
     for _ in range(2):
         ws, _, _ = await connect(key, user_id="repeat")
         await receive(ws)
@@ -347,13 +341,13 @@ async def test_end_user_is_created_once(tenant_key):
     assert await EndUser.objects.filter(tenant=tenant, external_id="repeat").acount() == 1
 
 
-async def test_live_connections_keep_their_slots(tenant_key, settings):
+async def test_live_connections_keep_their_slots(account, settings):
     """Slots lapse unless refreshed; the process refreshes its live connections."""
     from billing import ratelimit
     from chats import ws_slots
 
     settings.WS_CONNECTION_SLOT_TTL_SECONDS = 0.3
-    tenant, key = tenant_key
+    tenant, key = account.tenant, account.key
     await Plan.objects.filter(pk=tenant.plan_id).aupdate(ws_max_connections=1)
     first, connected, _ = await connect(key)
     assert connected
@@ -367,13 +361,13 @@ async def test_live_connections_keep_their_slots(tenant_key, settings):
 
 
 async def test_a_refresh_on_its_way_when_a_connection_closes_does_not_keep_its_slot(
-    tenant_key, settings, monkeypatch
+    account, settings, monkeypatch
 ):
     from billing import ratelimit
     from chats import ws_slots
 
     settings.WS_CONNECTION_SLOT_TTL_SECONDS = 30  # the periodic refresh stays out of it
-    tenant, _ = tenant_key
+    tenant = account.tenant
     await Plan.objects.filter(pk=tenant.plan_id).aupdate(ws_max_connections=1)
     assert await ratelimit.connection_slot_acquire(tenant, "closing")
     on_its_way = asyncio.Event()
@@ -396,27 +390,27 @@ async def test_a_refresh_on_its_way_when_a_connection_closes_does_not_keep_its_s
         ws_slots._task.cancel()
 
 
-async def test_an_unexpected_failure_while_connecting_closes_4500(tenant_key, monkeypatch):
+async def test_an_unexpected_failure_while_connecting_closes_4500(account, monkeypatch):
     from chats import consumers
 
     def broken(*args, **kwargs):
         raise RuntimeError("database went away")
 
     monkeypatch.setattr(consumers.services, "chat_create", broken)
-    _, key = tenant_key
+    key = account.key
     ws, _, _ = await connect(key)
     error = await expect_close(ws, 4500)
     assert error["code"] == "STREAM_ERROR"
     assert "database" not in error["message"]
 
 
-async def test_cancel_while_the_request_is_admitted(tenant_key, monkeypatch):
+async def test_cancel_while_the_request_is_admitted(account, monkeypatch):
     """A cancel that arrives before the first token stops the answer from starting."""
     import time
 
     from chats.engine import admission
 
-    tenant, key = tenant_key
+    tenant, key = account.tenant, account.key
     chat = await sync_to_async(make_chat)(tenant)
     real_admit = admission._admit
 
@@ -437,12 +431,12 @@ async def test_cancel_while_the_request_is_admitted(tenant_key, monkeypatch):
     await ws.disconnect()
 
 
-async def test_a_key_revoked_while_connected_closes_4001(tenant_key, monkeypatch):
+async def test_a_key_revoked_while_connected_closes_4001(account, monkeypatch):
     from billing.models import ApiKey
     from chats import consumers
 
     monkeypatch.setattr(consumers, "KEY_RECHECK_SECONDS", 0)
-    _, key = tenant_key
+    key = account.key
     ws, _, _ = await connect(key)
     await receive(ws)
     await receive(ws)
@@ -483,8 +477,8 @@ async def still_answers(ws) -> None:
     ],
     ids=["deep-1000", "deep-10000", "nul", "surrogate", "nul-metadata", "long-id", "huge", "nan"],
 )
-async def test_hostile_frames_are_validation_errors_and_the_socket_survives(tenant_key, frame):
-    _, key = tenant_key
+async def test_hostile_frames_are_validation_errors_and_the_socket_survives(account, frame):
+    key = account.key
     ws = await connected_socket(key)
     await ws.send_to(text_data=frame)
     error = await receive(ws)
@@ -495,7 +489,7 @@ async def test_hostile_frames_are_validation_errors_and_the_socket_survives(tena
 
 
 async def test_a_bug_while_handling_a_message_is_answered_and_the_socket_survives(
-    tenant_key, monkeypatch
+    account, monkeypatch
 ):
     from chats import consumers
 
@@ -503,7 +497,7 @@ async def test_a_bug_while_handling_a_message_is_answered_and_the_socket_survive
         raise RuntimeError("boom")
 
     monkeypatch.setattr(consumers, "_option_error", broken)
-    _, key = tenant_key
+    key = account.key
     ws = await connected_socket(key)
     await ws.send_json_to({"content": "hello"})
     error = await receive(ws)
@@ -514,14 +508,14 @@ async def test_a_bug_while_handling_a_message_is_answered_and_the_socket_survive
     await ws.disconnect()
 
 
-async def test_a_consumer_that_dies_gives_its_slot_back(tenant_key, monkeypatch):
+async def test_a_consumer_that_dies_gives_its_slot_back(account, monkeypatch):
     from billing import ratelimit
     from chats import consumers, ws_slots
 
     async def broken(self, message):
         raise RuntimeError("a bug outside any handler's own error handling")
 
-    tenant, key = tenant_key
+    tenant, key = account.tenant, account.key
     await Plan.objects.filter(pk=tenant.plan_id).aupdate(ws_max_connections=1)
     chat = await sync_to_async(make_chat)(tenant)
     ws = await connected_socket(key, chat_id=chat.id)
@@ -534,12 +528,12 @@ async def test_a_consumer_that_dies_gives_its_slot_back(tenant_key, monkeypatch)
     assert await ratelimit.connection_slot_acquire(tenant, "after-the-crash")
 
 
-async def test_the_refresher_releases_the_slot_of_a_consumer_that_is_gone(tenant_key, settings):
+async def test_the_refresher_releases_the_slot_of_a_consumer_that_is_gone(account, settings):
     from billing import ratelimit
     from chats import ws_slots
 
     settings.WS_CONNECTION_SLOT_TTL_SECONDS = 30  # the periodic refresh stays out of it
-    tenant, _ = tenant_key
+    tenant = account.tenant
     await Plan.objects.filter(pk=tenant.plan_id).aupdate(ws_max_connections=1)
     assert await ratelimit.connection_slot_acquire(tenant, "gone")
     ended = asyncio.ensure_future(asyncio.sleep(0))
@@ -554,13 +548,13 @@ async def test_the_refresher_releases_the_slot_of_a_consumer_that_is_gone(tenant
 
 
 @pytest.mark.parametrize("user_id", ["a%00b", "%00"])
-async def test_a_nul_in_the_user_id_closes_4400(tenant_key, user_id):
-    _, key = tenant_key
+async def test_a_nul_in_the_user_id_closes_4400(account, user_id):
+    key = account.key
     ws, _, _ = await connect(key, user_id=user_id)
     assert (await expect_close(ws, 4400))["code"] == "VALIDATION_ERROR"
 
 
-async def test_a_nul_in_the_chat_id_closes_4004(tenant_key):
-    _, key = tenant_key
+async def test_a_nul_in_the_chat_id_closes_4004(account):
+    key = account.key
     ws, _, _ = await connect(key, chat_id="abc%00")
     await expect_close(ws, 4004)

@@ -11,6 +11,7 @@ from asgiref.sync import sync_to_async
 from chats.models import Message
 from tests.factories import make_chat, make_key, make_tenant
 from tests.live import start_server
+from tests.polling import apoll
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -48,6 +49,7 @@ def tenant_chat():
 async def test_documented_flow_over_the_wire(server, tenant_chat):
     key, chat = tenant_chat
     url = f"{server.ws_url}/ws/chat?api_key={key}&user_id=user123&chat_id={chat.id}"
+    closed_before = server.log().count("WSDISCONNECT")
     async with websockets.connect(url) as ws:
         assert (await next_event(ws))["type"] == "connection_established"
         await ws.send(json.dumps({"content": "Hello, I need help with my account"}))
@@ -58,7 +60,9 @@ async def test_documented_flow_over_the_wire(server, tenant_chat):
     stored = await Message.objects.aget(pk=events[-1]["message_id"])
     assert stored.content == events[-1]["content"]
     assert stored.status == "complete"
-    await asyncio.sleep(0.2)  # let the access log flush
+    # Every access line of the connection (its query string held the key) is written once
+    # its disconnection's is.
+    await apoll(lambda: server.log().count("WSDISCONNECT") > closed_before)
     assert key not in server.log()
 
 

@@ -18,7 +18,8 @@ from chats.models import Message
 from governor.models import AuditRecord
 from governor.services import policy_update
 from tests.factories import make_chat, make_key, make_tenant
-from tests.transports.conftest import events, poll
+from tests.polling import poll
+from tests.transports.conftest import events
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -2,40 +2,23 @@
 the live daphne server (``server`` fixture)."""
 
 import json
-import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 from httpx_sse import EventSource
 
-from billing.models import LedgerEntry, Tenant
-from tests.factories import make_key, make_tenant
-
-T = TypeVar("T")
-
-
-@dataclass
-class Account:
-    tenant: Tenant
-    key: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"X-API-Key": self.key}
-
-    def balance(self) -> Decimal:
-        return Tenant.objects.values_list("credit_balance", flat=True).get(pk=self.tenant.pk)
+from billing.models import LedgerEntry
+from tests.factories import Account
+from tests.polling import poll
 
 
 @pytest.fixture
-def account(server) -> Account:
-    tenant = make_tenant(credits=1000)
-    return Account(tenant, make_key(tenant))
+def account(server, account) -> Account:
+    """The test's account (tests/conftest.py), committed where the live server sees it."""
+    return account
 
 
 @pytest.fixture(scope="session")
@@ -71,18 +54,6 @@ def post_events(url: str, body: dict, headers: dict[str, str]) -> tuple[httpx.Re
     with httpx.stream("POST", url, json=body, headers=headers, timeout=30) as response:
         assert response.status_code == 200, response.read()
         return response, events(response)
-
-
-def poll(check: Callable[[], T], *, timeout: float = 15, interval: float = 0.05) -> T:
-    """``check()``'s first truthy value, waiting up to ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(interval)
 
 
 def read_then_disconnect(url: str, body: dict, headers: dict[str, str], *, lines: int) -> None:

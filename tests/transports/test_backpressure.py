@@ -17,7 +17,7 @@ from billing.models import CreditHold
 from chats.models import LLMModel, Message
 from tests.factories import make_chat, make_key, make_tenant
 from tests.live import start_server
-from tests.transports.conftest import poll
+from tests.polling import poll
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

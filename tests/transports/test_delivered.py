@@ -10,7 +10,8 @@ import pytest
 from billing import pricing
 from billing.models import CreditHold
 from chats.models import LLMModel, Message
-from tests.transports.conftest import poll, unique
+from tests.polling import poll
+from tests.transports.conftest import unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

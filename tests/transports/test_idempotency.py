@@ -77,11 +77,10 @@ def test_a_failed_answer_is_not_kept_for_retries(server, account):
 
 
 def test_keys_are_per_tenant(server, account):
-    from tests.factories import make_key, make_tenant
-    from tests.transports.conftest import Account
+    from tests.factories import account_for, make_tenant
 
     other_tenant = make_tenant(credits=100)
-    other = Account(other_tenant, make_key(other_tenant))
+    other = account_for(other_tenant)
     key = uuid.uuid4().hex
     complete(server, account, unique(), key)
     theirs = complete(server, other, unique(), key)

@@ -10,8 +10,8 @@ import redis
 from django.conf import settings
 
 from billing.ratelimit import rate_key
-from tests.factories import make_key, make_tenant
-from tests.transports.conftest import Account, error_body
+from tests.factories import Account, account_for, make_tenant
+from tests.transports.conftest import error_body
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,7 +27,7 @@ def free_account(server) -> Account:
         client = redis.Redis.from_url(settings.REDIS_URL)
         client.delete(rate_key(tenant.pk))
         client.close()
-    return Account(tenant, make_key(tenant))
+    return account_for(tenant)
 
 
 def _burst(method: str, url: str, account: Account, **kwargs) -> list[httpx.Response]:

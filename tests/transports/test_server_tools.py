@@ -13,9 +13,9 @@ from chats.models import LLMModel, Message
 from chats.providers import estimate_prompt_tokens
 from governor.models import AuditRecord
 from knowledge import services as knowledge_services
-from tests.factories import make_key, make_tenant
+from tests.factories import Account, account_for, make_tenant
 from tests.fakes.tool_server import running_tool_server
-from tests.transports.conftest import Account, assert_hold_settled, error_body, post_events, unique
+from tests.transports.conftest import assert_hold_settled, error_body, post_events, unique
 from tools.models import HttpTool
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -70,7 +70,7 @@ def tooled(server, webhook) -> Account:
             timeout_seconds=timeout,
             signing_secret=SECRET,
         )
-    return Account(tenant, make_key(tenant))
+    return account_for(tenant)
 
 
 def chat(server, account, body: dict) -> list[dict]:
