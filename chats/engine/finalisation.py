@@ -147,11 +147,12 @@ def release_claim(generation: Generation) -> None:
 async def close_idempotency_claim(
     generation: Generation,
     answer: response_cache.CachedAnswer | None,
-    charged: Decimal,
-    remaining: Decimal,
+    charged: Decimal = ZERO,
+    remaining: Decimal = ZERO,
 ) -> None:
-    """Keep the answer for retries with the same key once it is settled; give the key
-    up for an answer that failed or was cancelled."""
+    """Keep the answer for retries with the same key once it is settled (its receipt
+    holds ``charged`` and ``remaining``); give the key up for an answer that failed, was
+    cancelled or could not be stored."""
     if generation.idempotency_claim is None:
         return
     tenant_id, key = generation.request.tenant.pk, generation.request.idempotency_key

@@ -6,14 +6,21 @@ from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connection
+from django.db import InterfaceError, connection
 
 from billing import ratelimit, response_cache
 from billing.models import LedgerEntry, Tenant
 from chatproject.errors import ApiError
 from chats import catalog
 from chats.context import trim_to_budget
-from chats.engine import ErrorEvent, FinishedEvent, GenerationRequest, TokenEvent, start_generation
+from chats.engine import (
+    ErrorEvent,
+    FinishedEvent,
+    GenerationRequest,
+    TokenEvent,
+    finalisation,
+    start_generation,
+)
 from chats.models import Chat, LLMModel, Message
 from governor import gate
 from governor.models import AuditRecord
@@ -503,3 +510,22 @@ async def test_a_rate_limited_request_writes_nothing(db, settings):
     assert outcomes.count("RATE_LIMITED") == 5
     assert await AuditRecord.objects.filter(tenant=tenant).acount() == 20
     assert await Message.objects.filter(chat=chat, role="user").acount() == 20
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_an_answer_the_database_cannot_take_is_given_up_cleanly(tenant_chat, monkeypatch):
+    """The database stays down while the answer is stored: the client is told so, and
+    finalising gives up (leaving the hold to the sweeper) instead of failing."""
+    tenant, chat = tenant_chat
+
+    async def database_down(*args):
+        raise InterfaceError("connection already closed")
+
+    monkeypatch.setattr(finalisation, "write_final", database_down)
+    generation, events = await run(
+        GenerationRequest(tenant=tenant, chat=chat, messages=[{"role": "user", "content": "hi"}])
+    )
+    assert isinstance(events[-1], ErrorEvent)
+    assert events[-1].error.code == "SERVICE_UNAVAILABLE"
+    assert await generation._finishing is None
