@@ -1,13 +1,14 @@
 """Idempotency-Key: a retried request replays the stored answer and is charged once."""
 
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
+from billing.models import LedgerEntry
 from chats.models import Message
+from tests.polling import poll
 from tests.transports.conftest import post_events, unique
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -109,7 +110,12 @@ def test_a_concurrent_duplicate_is_refused_not_charged_twice(server, account):
     content = unique("[demo:tokens=20][demo:delay=50] slow")
     with ThreadPoolExecutor(max_workers=2) as pool:
         first = pool.submit(complete, server, account, content, key)
-        time.sleep(0.3)  # the first holds the key by now
+        # The key is claimed before the credits are held: once the hold is there, it is.
+        poll(
+            lambda: LedgerEntry.objects.filter(
+                tenant=account.tenant, kind=LedgerEntry.Kind.HOLD
+            ).exists()
+        )
         second = pool.submit(complete, server, account, content, key)
         statuses = sorted([first.result().status_code, second.result().status_code])
     assert statuses == [200, 409]
