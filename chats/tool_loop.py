@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -103,7 +103,7 @@ async def run_steps(
     max_steps: int,
     result_chars: int,
     guard: Guard | None = None,
-) -> AsyncIterator[LoopItem]:
+) -> AsyncGenerator[LoopItem, None]:
     """The steps of one answer (see the module doc)."""
     messages = list(request.messages)
     prompt_tokens = completion_tokens = 0

@@ -150,10 +150,11 @@ class _Reading(Reading):
 
     def take(self, event: str, payload: dict[str, Any]) -> Iterable[StreamItem]:
         kind = payload.get("type") or event
+        index = payload.get("index")  # the content block's
         if kind == "content_block_delta":
             delta = payload.get("delta") or {}
             if delta.get("type") == "input_json_delta":
-                call = self.call_of_block.get(payload.get("index"))
+                call = self.call_of_block.get(index) if isinstance(index, int) else None
                 piece = delta.get("partial_json") or ""
                 if call is None or not piece:
                     return ()
@@ -162,8 +163,8 @@ class _Reading(Reading):
             return (self.text(text),) if text else ()
         if kind == "content_block_start":
             block = payload.get("content_block") or {}
-            if block.get("type") == "tool_use":
-                call = self.call_of_block[payload.get("index")] = len(self.call_of_block)
+            if block.get("type") == "tool_use" and isinstance(index, int):
+                call = self.call_of_block[index] = len(self.call_of_block)
                 given = block.get("input")  # {} when streamed; whole otherwise
                 arguments = json.dumps(given) if given else ""
                 return (

@@ -25,7 +25,7 @@ import functools
 import json
 import ssl
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -150,7 +150,7 @@ class Provider(ABC):
     name: str
 
     @abstractmethod
-    def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
+    def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamItem, None]:
         """Yields TokenDelta and ToolCallDelta items then exactly one StreamEnd; raises
         ProviderError subclasses."""
 
@@ -472,7 +472,7 @@ class HTTPProvider(Provider):
     def stream_error(self, event: str, payload: dict[str, Any]) -> LLMProviderError | None:
         """The error an event reports inside a 200 stream, or None for any other event."""
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamItem, None]:
         reading = self.new_reading()
         with client_lease(self._client) as client:
             try:

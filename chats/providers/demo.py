@@ -40,7 +40,7 @@ import contextlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from .base import (
@@ -143,7 +143,7 @@ class DemoProvider(Provider):
     def __init__(self, token_delay: float = 0.0) -> None:
         self.token_delay = token_delay
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamItem]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamItem, None]:
         last_user = next(
             (m.get("content") or "" for m in reversed(request.messages) if m.get("role") == "user"),
             "",
@@ -165,6 +165,7 @@ class DemoProvider(Provider):
 
         count = directives.get("tokens")
         # Filler is made token by token: `[demo:tokens=N]` costs no memory however large N is.
+        reply: list[str] | None
         if results:
             reply = split_tokens(
                 " ".join(f"The tool {name} returned: {content}" for name, content in results)
@@ -201,7 +202,7 @@ class DemoProvider(Provider):
 
     async def _call_tools(
         self, request: CompletionRequest, calls: list[tuple[str, str]]
-    ) -> AsyncIterator[StreamItem]:
+    ) -> AsyncGenerator[StreamItem, None]:
         if request.parallel_tool_calls is False:
             calls = calls[:1]
         for index, (name, arguments) in enumerate(calls):

@@ -209,7 +209,9 @@ class _Reading(Reading):
         self.completion_tokens = usage_count(usage, "completion_tokens", None)
 
     def _call_piece(self, call: dict[str, Any], position: int) -> ToolCallDelta:
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        function = call.get("function")
+        if not isinstance(function, dict):
+            function = {}
         index = call.get("index")
         return self.call_piece(
             ToolCallDelta(
