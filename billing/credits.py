@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
-from typing import Generic, TypeVar
+from typing import Generic, NoReturn, TypeVar, cast
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -123,7 +123,7 @@ def _settle_change(hold: Hold, charged: Decimal) -> Change:
     )
 
 
-def _refuse(tenant_id: int, amount: Decimal):
+def _refuse(tenant_id: int, amount: Decimal) -> NoReturn:
     current = _balance(tenant_id)  # raises Tenant.DoesNotExist for a missing tenant
     raise ApiError(
         ErrorCode.INSUFFICIENT_CREDITS,
@@ -192,13 +192,15 @@ class Pending(Generic[T]):
             with self._cursor as cursor:
                 row = cursor.fetchone()
             self._cursor = None
+            read = self._read
+            assert read is not None  # given with every cursor
             try:
-                self._value = self._read(row)
+                self._value = read(row)
             except ApiError as refusal:
                 self._refusal = refusal
         if self._refusal is not None:
             raise self._refusal
-        return self._value
+        return cast(T, self._value)  # by now computed, or read from the cursor
 
 
 def _send(sql: str, params: dict, read: Callable[[tuple | None], T]) -> Pending[T]:
@@ -306,6 +308,7 @@ def _settle_portably(
     *, hold: Hold, charged: Decimal, prompt_tokens: int, completion_tokens: int
 ) -> Settlement:
     tokens = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+    assert hold.hold_id is not None  # a zero hold is settled without a row
     # No savepoint when the caller's transaction wraps this (the engine writes the
     # assistant message in the same one): nothing here is meant to fail and be caught.
     with transaction.atomic(savepoint=False):
@@ -322,6 +325,7 @@ def _settled_before(hold: Hold) -> Settlement:
     """What a hold closed before was charged, and the balance now. Charging it again
     would take credits other requests may have been admitted on (the sweeper closed it,
     its lease having lapsed), and the client would be told a charge the ledger has not."""
+    assert hold.hold_id is not None  # only a hold with a row was closed before
     charged = CreditHold.objects.values_list("charged", flat=True).get(pk=hold.hold_id)
     return Settlement(as_credits(charged or 0), as_credits(_balance(hold.tenant_id)))
 

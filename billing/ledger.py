@@ -15,7 +15,7 @@ same transaction, so the ledger's amounts always sum to the balance. Two forms:
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, overload
 
 from django.db import connection
 from django.utils import timezone
@@ -83,10 +83,14 @@ def as_credits(value) -> Decimal:
     return Decimal(str(value)).quantize(QUANTUM)
 
 
+@overload
+def change_apply(change: Change) -> LedgerEntry: ...
+@overload
+def change_apply(change: Change, *, cover: Decimal | None) -> LedgerEntry | None: ...
 def change_apply(change: Change, *, cover: Decimal | None = None) -> LedgerEntry | None:
     """Make ``change`` and write its entry; None when ``cover`` is given and the balance
     is below it (nothing is written then). Call inside a transaction: the two statements
-    must commit together.
+    must commit together. Raises Tenant.DoesNotExist for a tenant that is gone.
 
     A change that would take the balance below zero raises IntegrityError (the tenant
     table's CHECK constraint).
@@ -100,6 +104,8 @@ def change_apply(change: Change, *, cover: Decimal | None = None) -> LedgerEntry
         cursor.execute(sql + " RETURNING credit_balance", params)
         row = cursor.fetchone()
     if row is None:
+        if cover is None:
+            raise Tenant.DoesNotExist(f"No tenant {change.tenant_id}.")
         return None
     return LedgerEntry.objects.create(
         tenant_id=change.tenant_id,
