@@ -215,9 +215,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     def _resolve_chat(self, user_id: str, chat_id: str | None) -> tuple[Chat, bool]:
         """The requested chat of this end user, or a new chat when none is named."""
         if chat_id:
-            chat = selectors.chat_get(tenant=self.tenant, chat_id=chat_id)
-            if chat.end_user.external_id != user_id:
-                raise ApiError(ErrorCode.CHAT_NOT_FOUND, "Chat not found.")
+            chat = selectors.chat_get_for_user(tenant=self.tenant, chat_id=chat_id, user_id=user_id)
             return chat, False
         return services.chat_create(tenant=self.tenant, user_id=user_id)
 

@@ -35,6 +35,15 @@ def chat_get(*, tenant: Tenant, chat_id: uuid.UUID | str) -> Chat:
     return chat
 
 
+def chat_get_for_user(*, tenant: Tenant, chat_id: uuid.UUID | str, user_id: str) -> Chat:
+    """The tenant's chat of end user ``user_id``; another user's chat is as missing as a
+    deleted one."""
+    chat = chat_get(tenant=tenant, chat_id=chat_id)
+    if chat.end_user.external_id != user_id:
+        raise ApiError(ErrorCode.CHAT_NOT_FOUND, "Chat not found.")
+    return chat
+
+
 def chat_list_for_user(*, tenant: Tenant, user_id: str) -> QuerySet[Chat]:
     """An end user's chats, newest first."""
     return (

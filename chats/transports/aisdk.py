@@ -25,6 +25,7 @@ from django.http.response import HttpResponseBase
 from chatproject import openapi_fragments as oa
 from chatproject.errors import ApiError
 from chatproject.json_body import read_json
+from chats import services
 from chats.engine import (
     ErrorEvent,
     Event,
@@ -40,7 +41,6 @@ from chats.transports import schemas
 from chats.transports.sse import (
     DONE,
     authenticate,
-    conversation_chat,
     cors,
     credits_number,
     endpoint,
@@ -245,11 +245,11 @@ async def chat(request: HttpRequest) -> HttpResponseBase:
     body = schemas.parse_aisdk(read_json(request))
     key: str | uuid.UUID = body.room_id or body.chat_key or uuid.uuid4()
     opener = functools.partial(
-        conversation_chat,
+        services.chat_open,
         tenant=tenant,
         key=key,
         fresh=not (body.room_id or body.chat_key),
-        end_user_id=END_USER_ID,
+        user_id=END_USER_ID,
         title=body.title,
         metadata={"source": "ai-sdk", "chat_key": body.chat_key, "artist_id": body.artist_id},
     )

@@ -3,7 +3,7 @@
 ``POST /api/v1/chat/stream``: ``event: message`` ``{"token", "done": false}`` per token,
 then ``event: done`` ``{"full_response", "document_types_used", "metadata", "done": true}``,
 or ``event: error`` ``{"error", "code", "retryable"}``. The conversation is a chat of the
-tenant (created on first use, see ``sse.conversation_chat``) and the exchange is stored
+tenant (created on first use, see ``chats.services.chat_open``) and the exchange is stored
 in it. The system prompt comes from the knowledge base (``knowledge.retrieval``); a
 failed search is an ``event: error`` with ``RAG_RETRIEVAL_ERROR`` in a 200 stream.
 
@@ -33,13 +33,12 @@ from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, error_response
 from chatproject.json_body import read_json
 from chatproject.request_id import request_id_of
-from chats import catalog
+from chats import catalog, services
 from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
 from chats.providers import estimate_prompt_tokens
 from chats.transports import schemas
 from chats.transports.sse import (
     authenticate,
-    conversation_chat,
     credits_number,
     endpoint,
     event_stream,
@@ -257,11 +256,11 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
 
     conversation_id = body.conversation_id or str(uuid.uuid4())
     opener = functools.partial(
-        conversation_chat,
+        services.chat_open,
         tenant=tenant,
         key=conversation_id,
         fresh=body.conversation_id is None,
-        end_user_id=END_USER_ID,
+        user_id=END_USER_ID,
         title=body.message[:100],
         metadata={
             "source": "docgen",

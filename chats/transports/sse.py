@@ -1,6 +1,6 @@
 """What the HTTP streaming transports share: SSE framing, the streaming response (with
 keep-alive comments and prompt cancellation on disconnect), authentication, JSON bodies,
-error handling around a view, the response headers of a generation, and chat lookup.
+error handling around a view and the response headers of a generation.
 
 A transport view is: parse the body (``schemas``), build a ``GenerationRequest``
 (:func:`generation_request`), ``await start_generation(...)`` (refusals raise
@@ -21,7 +21,6 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
@@ -41,8 +40,6 @@ from chats.engine import (
     Generation,
     GenerationRequest,
 )
-from chats.models import Chat
-from chats.services import end_user_get_or_create
 
 logger = logging.getLogger(__name__)
 
@@ -434,85 +431,3 @@ def cors(view: View) -> View:
         return response
 
     return csrf_exempt(wrapper)
-
-
-# --- Chats named by the client -------------------------------------------------------------
-
-# Client-chosen conversation keys map to chat ids in this namespace (with the tenant's id),
-# so the same key always finds the same chat and two tenants' keys never meet.
-CONVERSATION_NAMESPACE = uuid.UUID("6f1c2d4e-8a43-5b9e-9c1d-3f2b7a6e5d10")
-
-
-def conversation_chat_id(tenant: Tenant, key: str) -> uuid.UUID:
-    return uuid.uuid5(CONVERSATION_NAMESPACE, f"{tenant.pk}:{key}")
-
-
-def conversation_chat(
-    *,
-    tenant: Tenant,
-    key: str | uuid.UUID,
-    end_user_id: str,
-    title: str = "",
-    metadata: dict[str, Any] | None = None,
-    fresh: bool = False,
-) -> tuple[Chat, bool]:
-    """The tenant's chat for a client-chosen key, created on first use, and whether this
-    call created it. Sync (database).
-
-    A key that is the id of one of the tenant's own chats (one made through the REST API)
-    is that chat. Any other key maps to ``uuid5(tenant, key)``: stable across requests,
-    and the same whether or not another tenant has a chat with that id, so the answer
-    never depends on other tenants' data. ``fresh``: the key is a UUID the server just
-    made for a new conversation, and becomes the chat's id.
-    """
-    if fresh:
-        found = _chat_get_or_create(tenant, uuid.UUID(str(key)), end_user_id, title, metadata)
-        assert found is not None, "a new random chat id is never another tenant's"
-        return found
-    own_id = _as_uuid(key)
-    if own_id is not None:
-        key = str(own_id)  # one spelling per UUID
-        own = Chat.objects.filter(pk=own_id, tenant=tenant).only("id", "tenant_id").first()
-        if own is not None:
-            return own, False
-    found = _chat_get_or_create(
-        tenant, conversation_chat_id(tenant, str(key)), end_user_id, title, metadata
-    )
-    if found is None:  # the derived id is taken: only a deliberate collision gets here
-        found = _chat_get_or_create(tenant, uuid.uuid4(), end_user_id, title, metadata)
-    assert found is not None, "a new random chat id is never another tenant's"
-    return found
-
-
-def _as_uuid(key: str | uuid.UUID) -> uuid.UUID | None:
-    if isinstance(key, uuid.UUID):
-        return key
-    try:
-        return uuid.UUID(key)
-    except ValueError:
-        return None
-
-
-def _chat_get_or_create(
-    tenant: Tenant, chat_id: uuid.UUID, end_user_id: str, title: str, metadata: dict | None
-) -> tuple[Chat, bool] | None:
-    """The tenant's chat ``chat_id`` and whether it was created now (no chat had that
-    id); None if another tenant's chat has it."""
-    for _ in range(2):
-        existing = Chat.objects.filter(pk=chat_id).only("id", "tenant_id").first()
-        if existing is not None:
-            return (existing, False) if existing.tenant_id == tenant.pk else None
-        end_user, _ = end_user_get_or_create(tenant=tenant, external_id=end_user_id)
-        try:
-            with transaction.atomic():
-                chat = Chat.objects.create(
-                    id=chat_id,
-                    tenant=tenant,
-                    end_user=end_user,
-                    title=title[:255],
-                    metadata=metadata or {},
-                )
-                return chat, True
-        except IntegrityError:  # created concurrently: read it again
-            continue
-    return None

@@ -440,9 +440,9 @@ async def test_a_failing_write_in_finalisation_still_stores_and_settles_once(
 
 
 def _opener(tenant: Tenant, key: str):
-    from chats.transports.sse import conversation_chat
+    from chats.services import chat_open
 
-    return lambda: conversation_chat(tenant=tenant, key=key, end_user_id="u")
+    return lambda: chat_open(tenant=tenant, key=key, user_id="u")
 
 
 @pytest.mark.asyncio

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from chats.models import Chat, Message
-from chats.transports.sse import conversation_chat_id
+from chats.services import conversation_chat_id
 from knowledge import services as knowledge_services
 from tests.factories import make_chat, make_key, make_tenant
 from tests.transports.conftest import (

@@ -9,8 +9,8 @@ import pytest
 from django.test import AsyncClient
 
 from chats.models import Chat, Message
+from chats.services import conversation_chat_id
 from chats.transports import docgen
-from chats.transports.sse import conversation_chat_id
 from governor.models import AuditRecord
 from knowledge.models import Project
 from knowledge.retrieval import RetrievalError

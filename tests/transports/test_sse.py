@@ -14,14 +14,11 @@ from chats.transports.sse import (
     KEEPALIVE,
     GenerationStream,
     Producer,
-    conversation_chat,
-    conversation_chat_id,
     credits_text,
     generation_response,
     sse,
     with_keepalive,
 )
-from tests.factories import make_chat, make_tenant
 
 
 def test_sse_frames_json_and_event_names():
@@ -257,30 +254,6 @@ async def test_a_view_cancelled_while_waiting_for_the_first_event_closes_the_eve
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert generation.closed
-
-
-@pytest.mark.django_db
-def test_conversation_keys_map_to_one_chat_per_tenant():
-    tenant, other = make_tenant(), make_tenant()
-    first, created = conversation_chat(tenant=tenant, key="conv-1", end_user_id="docgen")
-    again, created_again = conversation_chat(tenant=tenant, key="conv-1", end_user_id="docgen")
-    elsewhere, _ = conversation_chat(tenant=other, key="conv-1", end_user_id="docgen")
-    assert (created, created_again) == (True, False)
-    assert first.pk == again.pk == conversation_chat_id(tenant, "conv-1")
-    assert elsewhere.pk != first.pk
-    assert elsewhere.tenant_id == other.pk
-
-
-@pytest.mark.django_db
-def test_a_uuid_key_is_the_chat_id_unless_another_tenant_has_it():
-    tenant = make_tenant()
-    own = make_chat(tenant)
-    assert conversation_chat(tenant=tenant, key=str(own.pk), end_user_id="x") == (own, False)
-    foreign = make_chat(make_tenant())
-    chat, created = conversation_chat(tenant=tenant, key=str(foreign.pk), end_user_id="x")
-    assert created
-    assert chat.pk == conversation_chat_id(tenant, str(foreign.pk))
-    assert chat.tenant_id == tenant.pk
 
 
 @pytest.mark.django_db(transaction=True)
