@@ -36,6 +36,13 @@ class RetrievedContext:
     chunks: list[RetrievedChunk] = field(default_factory=list)
     document_types_used: list[str] = field(default_factory=list)
     project_found: bool | None = None  # None: no project was asked for
+    # What the client put into the prompt (its name, its documents), as (source, text).
+    client_parts: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def folded(self) -> list[tuple[str, str]]:
+        """The knowledge-base chunks in the prompt, as (source, text)."""
+        return [(f"knowledge base: {chunk.source}", chunk.text) for chunk in self.chunks]
 
 
 def build_context(
@@ -82,7 +89,16 @@ def build_context(
         chunks=chunks,
         document_types_used=types,
         project_found=(project is not None) if project_id else None,
+        client_parts=_client_parts(user_name, existing_documents),
     )
+
+
+def _client_parts(user_name: str | None, documents: dict[str, str]) -> list[tuple[str, str]]:
+    parts = [("user_name", user_name or "")]
+    parts += [
+        (f"existing_documents: {path}", f"{path}\n{content}") for path, content in documents.items()
+    ]
+    return parts
 
 
 def search_knowledge(

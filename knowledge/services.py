@@ -2,6 +2,7 @@
 transaction that stores it, so search never sees half a document."""
 
 import re
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -11,6 +12,7 @@ from chatproject.errors import ApiError, ErrorCode, PayloadTooLarge
 from knowledge import search, selectors
 from knowledge.chunking import chunk_document
 from knowledge.models import DEFAULT_LANGUAGE, LANGUAGES, Document, DocumentChunk, Project
+from knowledge.retrieval import RetrievalError, RetrievedContext, build_context
 
 DEFAULT_MAX_DOCUMENT_BYTES = 1024 * 1024
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -199,3 +201,59 @@ def document_save_generated(
     if code not in selectors.document_type_codes():
         code = "UNSORTED"
     return document_store(project=project, path=path, content=content, document_type=code)
+
+
+# --- document generation ------------------------------------------------------------------
+
+
+def generation_context(
+    *,
+    tenant: Tenant,
+    query: str,
+    project_id: str | None,
+    document_type: str,
+    budget_tokens: int,
+    user_name: str | None = None,
+    existing_documents: dict[str, str] | None = None,
+) -> RetrievedContext:
+    """The system prompt of a document generation, at most ``budget_tokens`` long (what
+    the model leaves after the conversation). Sync (database); raises
+    ApiError(RAG_RETRIEVAL_ERROR) when the knowledge base fails."""
+    try:
+        return build_context(
+            tenant=tenant,
+            project_id=project_id,
+            query=query,
+            document_type=document_type,
+            user_name=user_name,
+            existing_documents=existing_documents or {},
+            budget_tokens=max(0, budget_tokens),
+        )
+    except RetrievalError as exc:
+        raise ApiError(
+            ErrorCode.RAG_RETRIEVAL_ERROR, f"The knowledge base search failed: {exc}"
+        ) from None
+
+
+def generated_answer_keep(
+    *,
+    tenant: Tenant,
+    project_external_id: str,
+    path: str,
+    document_type: str | None,
+    content: str,
+) -> dict[str, Any]:
+    """Store a generated answer at ``path`` in the project's knowledge base, so later
+    generations see it, and say how that went. The answer is delivered either way: a
+    refusal (too large, a bad path) is reported, not raised. Sync (database)."""
+    try:
+        document, created = document_save_generated(
+            tenant=tenant,
+            project_external_id=project_external_id,
+            path=path,
+            document_type=document_type,
+            content=content,
+        )
+    except ApiError as error:
+        return {"path": path, "saved": False, "error": error.message}
+    return {"path": path, "saved": True, "id": str(document.pk), "created": created}

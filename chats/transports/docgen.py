@@ -47,8 +47,8 @@ from chats.transports.sse import (
     generation_response,
     sse,
 )
-from knowledge.retrieval import RetrievalError, RetrievedContext, build_context
-from knowledge.services import document_save_generated
+from knowledge import services as knowledge_services
+from knowledge.retrieval import RetrievedContext
 from tools.registry import request_toolbox
 
 END_USER_ID = "docgen"  # the end user that owns conversations started over this API
@@ -82,55 +82,14 @@ def _duration_ms(started: float) -> int:
     return round((time.monotonic() - started) * 1000)
 
 
-async def _context(
-    tenant: Tenant,
-    *,
-    query: str,
-    conversation: list[dict[str, str]],
-    project_id: str | None,
-    document_type: str,
-    user_name: str | None = None,
-    existing_documents: dict[str, str] | None = None,
-) -> RetrievedContext:
-    """The system prompt, sized to what the default model leaves after the conversation.
-    Raises ApiError(RAG_RETRIEVAL_ERROR) when the knowledge base fails."""
+async def _context(tenant: Tenant, conversation: list[dict[str, str]], **options: Any):
+    """The knowledge base's system prompt, sized to what the default model leaves after
+    the conversation."""
     model = await catalog.aresolve_model()
-    budget = max(
-        0,
-        model.context_window - model.max_output_tokens - estimate_prompt_tokens(conversation),
+    budget = model.context_window - model.max_output_tokens - estimate_prompt_tokens(conversation)
+    return await db_call(
+        knowledge_services.generation_context, tenant=tenant, budget_tokens=budget, **options
     )
-    try:
-        return await db_call(
-            build_context,
-            tenant=tenant,
-            project_id=project_id,
-            query=query,
-            document_type=document_type,
-            user_name=user_name,
-            existing_documents=existing_documents or {},
-            budget_tokens=budget,
-        )
-    except RetrievalError as exc:
-        raise ApiError(
-            ErrorCode.RAG_RETRIEVAL_ERROR, f"The knowledge base search failed: {exc}"
-        ) from None
-
-
-def _client_context(
-    user_name: str | None, documents: dict[str, str] | None
-) -> list[tuple[str, str]]:
-    """What the client supplied for the system prompt, as the governor reads it."""
-    parts = [("user_name", user_name or "")]
-    parts += [
-        (f"existing_documents: {path}", f"{path}\n{content}")
-        for path, content in (documents or {}).items()
-    ]
-    return parts
-
-
-def _folded(context: RetrievedContext) -> list[tuple[str, str]]:
-    """The knowledge-base chunks in the system prompt, as the governor reads them."""
-    return [(f"knowledge base: {chunk.source}", chunk.text) for chunk in context.chunks]
 
 
 # --- POST /api/v1/chat/stream ---------------------------------------------------------------
@@ -144,38 +103,6 @@ def _error_event(error: ApiError, request_id: str) -> bytes:
 
 async def _only_error(error: ApiError, request_id: str) -> AsyncGenerator[bytes, None]:
     yield _error_event(error, request_id)
-
-
-def _save_target(body) -> str | None:
-    """The path the client asked the answer to be saved at (``metadata.save_as``)."""
-    save_as = body.metadata.get("save_as")
-    if save_as is None:
-        return None
-    problem = None
-    if not isinstance(save_as, str) or not save_as.strip():
-        problem = "Must be a non-empty document path."
-    elif not body.project_id:
-        problem = "Saving a generated document needs a project_id."
-    if problem:
-        raise ApiError(ErrorCode.VALIDATION_ERROR, problem, details={"metadata.save_as": [problem]})
-    return save_as.strip()
-
-
-async def _save_document(tenant, body, path: str, content: str) -> dict[str, Any]:
-    """Store the answer in the project's knowledge base, so later generations see it.
-    The answer is delivered either way; a refusal is reported in the metadata."""
-    try:
-        document, created = await db_call(
-            document_save_generated,
-            tenant=tenant,
-            project_external_id=body.project_id,
-            path=path,
-            document_type=body.document_type,
-            content=content,
-        )
-    except ApiError as error:
-        return {"path": path, "saved": False, "error": error.message}
-    return {"path": path, "saved": True, "id": str(document.pk), "created": created}
 
 
 async def _encode_stream(
@@ -206,7 +133,7 @@ async def _encode_stream(
                 "request_id": request.request_id,
             }
             if save is not None:
-                metadata["saved_document"] = await save(event.content)
+                metadata["saved_document"] = await db_call(save, content=event.content)
             done = {
                 "full_response": event.content,
                 "document_types_used": context.document_types_used,
@@ -237,13 +164,12 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     started = time.monotonic()
     tenant = await authenticate(request)
     body = schemas.parse_doc_chat(read_json(request))
-    save_as = _save_target(body)
     user_message = {"role": "user", "content": body.message}
     try:
         context = await _context(
             tenant,
+            [*body.history, user_message],
             query=body.message,
-            conversation=[*body.history, user_message],
             project_id=body.project_id,
             document_type=body.document_type,
             user_name=body.user_name,
@@ -285,8 +211,8 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
             messages,
             chat_opener=opener,  # opened in the admission, not kept if refused
             trusted_messages=1,
-            client_context=_client_context(body.user_name, body.existing_documents),
-            folded=_folded(context),
+            client_context=context.client_parts,
+            folded=context.folded,
             server_tools=toolbox.server_tools,
         )
     )
@@ -300,8 +226,14 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
             context,
             conversation_id,
             started,
-            save=(lambda content: _save_document(tenant, body, save_as, content))
-            if save_as
+            save=functools.partial(
+                knowledge_services.generated_answer_keep,
+                tenant=tenant,
+                project_external_id=body.project_id,
+                path=body.save_as,
+                document_type=body.document_type,
+            )
+            if body.save_as
             else None,
         ),
         headers={"x-chat-id": str(chat.pk), **generation_headers(generation)},
@@ -345,8 +277,8 @@ async def generate(request: HttpRequest) -> HttpResponseBase:
     try:
         context = await _context(
             tenant,
+            [*body.history, user_message],
             query=body.message,
-            conversation=[*body.history, user_message],
             project_id=body.project_id,
             document_type=body.document_type,
         )
@@ -360,7 +292,7 @@ async def generate(request: HttpRequest) -> HttpResponseBase:
         user_message,
     ]
     generation = await start_generation(
-        generation_request(request, tenant, messages, trusted_messages=1, folded=_folded(context))
+        generation_request(request, tenant, messages, trusted_messages=1, folded=context.folded)
     )
     return await generation_response(
         generation,

@@ -293,6 +293,7 @@ class DocChatRequest:
     history: list[dict[str, str]]
     existing_documents: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    save_as: str | None = None  # metadata.save_as: where the answer is kept, if anywhere
 
 
 def _doc_common(body: dict[str, Any], errors: Errors) -> tuple[str | None, str, list]:
@@ -333,6 +334,12 @@ def parse_doc_chat(body: dict[str, Any]) -> DocChatRequest:
         if not isinstance(content, str):
             errors.add(f"existing_documents.{path}", "Must be a string (the file's content).")
     metadata = json_object(body, "metadata", errors) or {}
+    save_as = metadata.get("save_as")
+    if save_as is not None:
+        if not isinstance(save_as, str) or not save_as.strip():
+            errors.add("metadata.save_as", "Must be a non-empty document path.")
+        elif not project_id:
+            errors.add("metadata.save_as", "Saving a generated document needs a project_id.")
     errors.raise_if_any()
     assert message is not None
     return DocChatRequest(
@@ -344,6 +351,7 @@ def parse_doc_chat(body: dict[str, Any]) -> DocChatRequest:
         history=history,
         existing_documents=documents,
         metadata=metadata,
+        save_as=save_as.strip() if save_as is not None else None,
     )
 
 

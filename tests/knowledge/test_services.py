@@ -123,3 +123,66 @@ def test_concurrent_stores_at_one_path_leave_one_whole_document(project):
     assert len(chunks) > 1
     version = document.content.split("\n")[0]
     assert all(c.text.startswith(version) for c in chunks)  # no chunk of another version
+
+
+# --- what a document generation asks of the knowledge base ------------------------------
+
+
+def test_a_kept_answer_is_reported_with_its_document(tenant, project):
+    report = services.generated_answer_keep(
+        tenant=tenant,
+        project_external_id="proj-1",
+        path="NOTES.md",
+        document_type="ARCHITECTURE_SPEC",
+        content="Kept text.",
+    )
+    document = Document.objects.get(project=project, path="NOTES.md")
+    assert report == {"path": "NOTES.md", "saved": True, "id": str(document.pk), "created": True}
+
+
+def test_a_refused_answer_is_reported_not_raised(tenant, project, settings):
+    settings.KNOWLEDGE_MAX_DOCUMENT_BYTES = 5
+    report = services.generated_answer_keep(
+        tenant=tenant,
+        project_external_id="proj-1",
+        path="NOTES.md",
+        document_type=None,
+        content="Far too long for the limit.",
+    )
+    assert report["saved"] is False and "at most 5 bytes" in report["error"]
+    assert not Document.objects.exists()
+
+
+def test_generation_context_names_what_the_client_put_in_and_what_was_retrieved(tenant, project):
+    services.document_store(project=project, path="QUEUES.md", content="Queues hold jobs.")
+    context = services.generation_context(
+        tenant=tenant,
+        query="queues",
+        project_id="proj-1",
+        document_type="ARCHITECTURE_SPEC",
+        budget_tokens=2000,
+        user_name="Ada",
+        existing_documents={"README.md": "hello"},
+    )
+    assert ("knowledge base: QUEUES.md", "Queues hold jobs.") in context.folded
+    assert context.client_parts == [
+        ("user_name", "Ada"),
+        ("existing_documents: README.md", "README.md\nhello"),
+    ]
+
+
+def test_a_failed_search_is_a_rag_retrieval_error(tenant, project, monkeypatch):
+    def broken(**kwargs):
+        raise RuntimeError("index gone")
+
+    monkeypatch.setattr(services.search, "get_backend", broken)
+    with pytest.raises(ApiError) as raised:
+        services.generation_context(
+            tenant=tenant,
+            query="queues",
+            project_id="proj-1",
+            document_type="UNSORTED",
+            budget_tokens=100,
+        )
+    assert raised.value.code == "RAG_RETRIEVAL_ERROR"
+    assert raised.value.retryable

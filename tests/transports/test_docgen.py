@@ -10,8 +10,8 @@ from django.test import AsyncClient
 
 from chats.models import Chat, Message
 from chats.services import conversation_chat_id
-from chats.transports import docgen
 from governor.models import AuditRecord
+from knowledge import services as knowledge_services
 from knowledge.models import Project
 from knowledge.retrieval import RetrievalError
 from tests.factories import make_chat, make_tenant
@@ -270,7 +270,7 @@ def test_retrieval_failure_is_a_rag_error_event(account, monkeypatch):
     def broken(**kwargs):
         raise RetrievalError("index unavailable")
 
-    monkeypatch.setattr(docgen, "build_context", broken)
+    monkeypatch.setattr(knowledge_services, "build_context", broken)
 
     async def run():
         response = await AsyncClient().post(
