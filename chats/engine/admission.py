@@ -29,7 +29,7 @@ from chats import catalog, stream_log
 from chats.context import trim_to_budget
 from chats.engine.background import _in_background
 from chats.engine.generation import Generation
-from chats.engine.types import GenerationRequest, StoredMessage, offered_tools
+from chats.engine.types import GenerationRequest, StoredMessage, SystemPrompt, offered_tools
 from chats.models import Chat, Message
 from chats.providers import estimate_prompt_tokens, message_text
 from governor import gate
@@ -87,6 +87,9 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
     model = await catalog.aresolve_model(quality=request.quality, model=request.model)
 
     max_tokens = min(request.max_tokens or model.max_output_tokens, model.max_output_tokens)
+    prompt = None
+    if request.system_prompt is not None:
+        prompt = await _lead_with_system_prompt(request, model.context_window - max_tokens)
     messages = trim_to_budget(request.messages, model.context_window - max_tokens)
     prompt_tokens = estimate_prompt_tokens(messages)
 
@@ -199,6 +202,7 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
         slot=slot,
         joined=joined,
         claimed=claimed,
+        system_prompt=prompt,
     )
 
 
@@ -251,6 +255,20 @@ def _release_abandoned_hold(admission: asyncio.Future) -> None:
     hold = admission.result()[1]
     if hold is not None:
         _in_background(db_call(credits.credits_release, hold=hold))
+
+
+async def _lead_with_system_prompt(request: GenerationRequest, budget: int) -> SystemPrompt:
+    """The request's own system prompt, in what ``budget`` leaves after the conversation,
+    put first: the server wrote it, so it is trusted but for what it says came from the
+    client, and for what it retrieved."""
+    assert request.system_prompt is not None
+    conversation = estimate_prompt_tokens(request.messages)
+    prompt = await db_call(request.system_prompt, max(0, budget - conversation))
+    request.messages = [{"role": "system", "content": prompt.system_prompt}, *request.messages]
+    request.trusted_messages += 1
+    request.client_context = [*request.client_context, *prompt.client_parts]
+    request.folded = [*request.folded, *prompt.folded]
+    return prompt
 
 
 def _governed_parts(request: GenerationRequest) -> list[tuple[str, str]]:

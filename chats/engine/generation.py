@@ -20,6 +20,7 @@ from django.db import DatabaseError
 
 from billing import credits, idempotency, ratelimit, response_cache
 from chatproject import metrics
+from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, service_unavailable
 from chats import catalog, checkpoints, stream_log, tool_loop
 from chats.engine import finalisation
@@ -33,6 +34,7 @@ from chats.engine.types import (
     Outcome,
     StepEvent,
     StoredMessage,
+    SystemPrompt,
     TokenEvent,
     ToolCallEvent,
     Usage,
@@ -79,6 +81,7 @@ class Generation:
         slot: GenerationSlot | None = None,
         joined: str | None = None,
         claimed: bool = False,
+        system_prompt: SystemPrompt | None = None,
     ) -> None:
         self.request = request
         self.model = model
@@ -103,6 +106,7 @@ class Generation:
         # requests (claimed: its cache key names this log) and resuming clients read.
         self.joined = joined
         self.claimed = claimed
+        self.system_prompt = system_prompt  # the one the request built, if it built one
         self.log = stream_log.LogWriter(self.message_id.hex) if self.generates else None
         self.guard = gate.output_guard(decision)  # redacts the answer as it streams, or None
         self.started = time.monotonic()  # when admission began (set by start_generation)
@@ -228,12 +232,24 @@ class Generation:
                     charged,
                     remaining,
                     tuple(calls.all()),
+                    await self._keep_answer(content),
                 )
             else:
                 yield ErrorEvent(error, self.message_id, content, usage, charged, remaining)
         finally:  # once the last event is out, or the consumer stopped there
             self._start_cache_fill()
         await self._cache_filled()
+
+    async def _keep_answer(self, content: str) -> Any:
+        """What the request's ``keep_answer`` returns for the complete answer; None without
+        one, or when it failed (the answer is delivered and settled either way)."""
+        if self.request.keep_answer is None:
+            return None
+        try:
+            return await db_call(self.request.keep_answer, content)
+        except Exception:
+            logger.exception("keeping the answer %s failed", self.message_id)
+            return None
 
     async def _provider_stream(self) -> AsyncIterator[tool_loop.LoopItem]:
         request = CompletionRequest(

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from billing.models import Tenant
 from chatproject.errors import ApiError
@@ -16,6 +16,23 @@ from chats.providers import ToolSpec
 from chats.tool_loop import ServerTool, ToolResult, ToolStarted
 
 # --- What transports send in ------------------------------------------------------------
+
+
+class SystemPrompt(Protocol):
+    """A system prompt the server builds for a request (a knowledge base's, say)."""
+
+    @property
+    def system_prompt(self) -> str: ...
+
+    @property
+    def client_parts(self) -> list[tuple[str, str]]:
+        """What the client put into it, as (source, text): governed like its messages."""
+        ...
+
+    @property
+    def folded(self) -> list[tuple[str, str]]:
+        """What the server retrieved into it, as (source, text): checked for injection."""
+        ...
 
 
 @dataclass
@@ -54,6 +71,14 @@ class GenerationRequest:
     parallel_tool_calls: bool | None = None
     # Tools the server runs itself, by name, in a loop of at most TOOL_MAX_STEPS model calls.
     server_tools: dict[str, ServerTool] = field(default_factory=dict)
+    # Builds the system prompt once the model is known, given the tokens the model leaves
+    # after the conversation. Sync (database); may raise ApiError. It leads the messages,
+    # trusted, and its client and folded parts are governed (see SystemPrompt).
+    system_prompt: Callable[[int], SystemPrompt] | None = None
+    # Runs on a complete answer once it is stored and settled, before its FinishedEvent,
+    # which carries what it returns as ``kept`` (keeping the answer elsewhere too, say).
+    # Sync (database); it reports its own refusals in what it returns.
+    keep_answer: Callable[[str], Any] | None = None
 
 
 def offered_tools(request: GenerationRequest) -> tuple[ToolSpec, ...]:
@@ -99,6 +124,7 @@ class FinishedEvent:
     # Every tool call of the answer, {"id", "name", "arguments"} plus "output" or "error"
     # for those the server ran; the ones without either are the client's to answer.
     tool_calls: tuple[dict[str, Any], ...] = ()
+    kept: Any = None  # what the request's keep_answer returned
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,10 @@
 then ``event: done`` ``{"full_response", "document_types_used", "metadata", "done": true}``,
 or ``event: error`` ``{"error", "code", "retryable"}``. The conversation is a chat of the
 tenant (created on first use, see ``chats.services.chat_open``) and the exchange is stored
-in it. The system prompt comes from the knowledge base (``knowledge.retrieval``); a
-failed search is an ``event: error`` with ``RAG_RETRIEVAL_ERROR`` in a 200 stream.
+in it. The system prompt comes from the knowledge base (``knowledge.services``, called by
+the engine once it knows the model); a failed search is an ``event: error`` with
+``RAG_RETRIEVAL_ERROR`` in a 200 stream. ``metadata.save_as`` keeps the answer in the
+project's knowledge base (the engine's ``keep_answer``).
 
 ``POST /api/v1/chat/generate`` (legacy): ``event: token`` ``{"token", "index"}``, then
 ``event: done`` ``{"total_tokens", "duration_ms"}`` or ``event: error`` ``{"code",
@@ -21,7 +23,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse
@@ -29,13 +31,11 @@ from django.http.response import HttpResponseBase
 
 from billing.models import Tenant
 from chatproject import openapi_fragments as oa
-from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, error_response
 from chatproject.json_body import read_json
 from chatproject.request_id import request_id_of
-from chats import catalog, services
+from chats import services
 from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
-from chats.providers import estimate_prompt_tokens
 from chats.transports import schemas
 from chats.transports.sse import (
     authenticate,
@@ -82,13 +82,27 @@ def _duration_ms(started: float) -> int:
     return round((time.monotonic() - started) * 1000)
 
 
-async def _context(tenant: Tenant, conversation: list[dict[str, str]], **options: Any):
-    """The knowledge base's system prompt, sized to what the default model leaves after
-    the conversation."""
-    model = await catalog.aresolve_model()
-    budget = model.context_window - model.max_output_tokens - estimate_prompt_tokens(conversation)
-    return await db_call(
-        knowledge_services.generation_context, tenant=tenant, budget_tokens=budget, **options
+def _knowledge_prompt(tenant: Tenant, body, **client: Any) -> Callable[[int], RetrievedContext]:
+    """The engine's ``system_prompt`` seam: the knowledge base's prompt for this body, in
+    the tokens the model leaves for it (``client``: what the client put into it)."""
+    return lambda budget: knowledge_services.generation_context(
+        tenant=tenant,
+        query=body.message,
+        project_id=body.project_id,
+        document_type=body.document_type,
+        budget_tokens=budget,
+        **client,
+    )
+
+
+def _keep_in_project(tenant: Tenant, body) -> Callable[[str], dict[str, Any]]:
+    """The engine's ``keep_answer`` seam: the answer kept at ``metadata.save_as``."""
+    return lambda content: knowledge_services.generated_answer_keep(
+        tenant=tenant,
+        project_external_id=body.project_id,
+        path=body.save_as,
+        document_type=body.document_type,
+        content=content,
     )
 
 
@@ -108,12 +122,12 @@ async def _only_error(error: ApiError, request_id: str) -> AsyncGenerator[bytes,
 async def _encode_stream(
     generation: Generation,
     events: AsyncIterator[Event],
-    context: RetrievedContext,
     conversation_id: str,
     started: float,
-    save=None,
 ) -> AsyncGenerator[bytes, None]:
     request = generation.request
+    context = generation.system_prompt
+    assert isinstance(context, RetrievedContext)
     async for event in events:
         if isinstance(event, TokenEvent):
             yield sse({"token": event.text, "done": False}, event="message")
@@ -132,8 +146,8 @@ async def _encode_stream(
                 "duration_ms": _duration_ms(started),
                 "request_id": request.request_id,
             }
-            if save is not None:
-                metadata["saved_document"] = await db_call(save, content=event.content)
+            if request.keep_answer is not None:
+                metadata["saved_document"] = event.kept
             done = {
                 "full_response": event.content,
                 "document_types_used": context.document_types_used,
@@ -164,22 +178,6 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     started = time.monotonic()
     tenant = await authenticate(request)
     body = schemas.parse_doc_chat(read_json(request))
-    user_message = {"role": "user", "content": body.message}
-    try:
-        context = await _context(
-            tenant,
-            [*body.history, user_message],
-            query=body.message,
-            project_id=body.project_id,
-            document_type=body.document_type,
-            user_name=body.user_name,
-            existing_documents=body.existing_documents,
-        )
-    except ApiError as error:
-        if error.code != ErrorCode.RAG_RETRIEVAL_ERROR:
-            raise
-        return event_stream(_only_error(error, request_id_of(request)))
-
     conversation_id = body.conversation_id or str(uuid.uuid4())
     opener = functools.partial(
         services.chat_open,
@@ -195,47 +193,34 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
             "metadata": body.metadata,
         },
     )
-    messages = [
-        {"role": "system", "content": context.system_prompt},
-        *body.history,
-        user_message,
-    ]
     # The model may search the project's knowledge base beyond what the prompt holds.
     toolbox = await request_toolbox(tenant=tenant, project_id=body.project_id)
-    # The system prompt is the server's own (template and knowledge base), but for what the
-    # client put into it: its name and its documents are governed with its messages.
-    generation = await start_generation(
-        generation_request(
-            request,
-            tenant,
-            messages,
-            chat_opener=opener,  # opened in the admission, not kept if refused
-            trusted_messages=1,
-            client_context=context.client_parts,
-            folded=context.folded,
-            server_tools=toolbox.server_tools,
+    try:
+        generation = await start_generation(
+            generation_request(
+                request,
+                tenant,
+                [*body.history, {"role": "user", "content": body.message}],
+                system_prompt=_knowledge_prompt(
+                    tenant,
+                    body,
+                    user_name=body.user_name,
+                    existing_documents=body.existing_documents,
+                ),
+                chat_opener=opener,  # opened in the admission, not kept if refused
+                keep_answer=_keep_in_project(tenant, body) if body.save_as else None,
+                server_tools=toolbox.server_tools,
+            )
         )
-    )
+    except ApiError as error:
+        if error.code != ErrorCode.RAG_RETRIEVAL_ERROR:
+            raise
+        return event_stream(_only_error(error, request_id_of(request)))
     chat = generation.request.chat
     assert chat is not None  # the admission opened it
     return await generation_response(
         generation,
-        lambda events: _encode_stream(
-            generation,
-            events,
-            context,
-            conversation_id,
-            started,
-            save=functools.partial(
-                knowledge_services.generated_answer_keep,
-                tenant=tenant,
-                project_external_id=body.project_id,
-                path=body.save_as,
-                document_type=body.document_type,
-            )
-            if body.save_as
-            else None,
-        ),
+        lambda events: _encode_stream(generation, events, conversation_id, started),
         headers={"x-chat-id": str(chat.pk), **generation_headers(generation)},
     )
 
@@ -273,27 +258,19 @@ async def generate(request: HttpRequest) -> HttpResponseBase:
     started = time.monotonic()
     tenant = await authenticate(request)
     body = schemas.parse_doc_generate(read_json(request))
-    user_message = {"role": "user", "content": body.message}
     try:
-        context = await _context(
-            tenant,
-            [*body.history, user_message],
-            query=body.message,
-            project_id=body.project_id,
-            document_type=body.document_type,
+        generation = await start_generation(
+            generation_request(
+                request,
+                tenant,
+                [*body.history, {"role": "user", "content": body.message}],
+                system_prompt=_knowledge_prompt(tenant, body),
+            )
         )
     except ApiError as error:
         if error.code != ErrorCode.RAG_RETRIEVAL_ERROR:
             raise
         return event_stream(_legacy_only_error(error))
-    messages = [
-        {"role": "system", "content": context.system_prompt},
-        *body.history,
-        user_message,
-    ]
-    generation = await start_generation(
-        generation_request(request, tenant, messages, trusted_messages=1, folded=context.folded)
-    )
     return await generation_response(
         generation,
         lambda events: _encode_legacy(events, started),

@@ -22,6 +22,7 @@ from chats.engine import (
     start_generation,
 )
 from chats.models import Chat, LLMModel, Message
+from chats.providers import estimate_prompt_tokens
 from governor import gate
 from governor.models import AuditRecord
 from governor.policies import policy_for_tenant
@@ -529,3 +530,76 @@ async def test_an_answer_the_database_cannot_take_is_given_up_cleanly(tenant_cha
     assert isinstance(events[-1], ErrorEvent)
     assert events[-1].error.code == "SERVICE_UNAVAILABLE"
     assert await generation._finishing is None
+
+
+# --- the seams a transport's own logic plugs into -----------------------------------------
+
+
+class _Prompt:
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.system_prompt = "You write specs."
+        self.client_parts = [("user_name", "Ada")]
+        self.folded = [("knowledge base: A.md", "Queues hold jobs.")]
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_system_prompt_is_built_for_what_the_model_leaves_and_leads(tenant_chat):
+    tenant, chat = tenant_chat
+    conversation = [{"role": "user", "content": "hi " * 50}]
+    generation, events = await run(
+        GenerationRequest(tenant=tenant, chat=chat, messages=conversation, system_prompt=_Prompt)
+    )
+    prompt = generation.system_prompt
+    model = generation.model
+    left = model.context_window - model.max_output_tokens - estimate_prompt_tokens(conversation)
+    assert prompt.budget == left
+    assert generation.messages[0] == {"role": "system", "content": "You write specs."}
+    assert generation.request.trusted_messages == 1
+    assert generation.request.folded == prompt.folded
+    assert generation.request.client_context == prompt.client_parts
+    assert isinstance(events[-1], FinishedEvent)
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_kept_answers_are_reported_on_the_finished_event(tenant_chat):
+    tenant, chat = tenant_chat
+    kept: list[str] = []
+
+    def keep(content: str) -> dict:
+        kept.append(content)
+        return {"saved": True}
+
+    _, events = await run(
+        GenerationRequest(
+            tenant=tenant, chat=chat, messages=[{"role": "user", "content": "hi"}], keep_answer=keep
+        )
+    )
+    finished = events[-1]
+    assert finished.kept == {"saved": True}
+    assert kept == [finished.content]
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_failing_keep_answer_still_delivers_and_settles_the_answer(tenant_chat):
+    tenant, chat = tenant_chat
+
+    def broken(content: str) -> dict:
+        raise RuntimeError("elsewhere is down")
+
+    _, events = await run(
+        GenerationRequest(
+            tenant=tenant,
+            chat=chat,
+            messages=[{"role": "user", "content": "hi"}],
+            keep_answer=broken,
+        )
+    )
+    finished = events[-1]
+    assert isinstance(finished, FinishedEvent) and finished.kept is None
+    stored = await Message.objects.aget(pk=finished.message_id)
+    assert (stored.status, stored.content) == ("complete", finished.content)
+    assert await ledger_sum(tenant) == await balance(tenant)
