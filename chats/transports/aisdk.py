@@ -38,6 +38,7 @@ from chats.engine import (
 )
 from chats.tool_loop import ToolResult, ToolStarted
 from chats.transports import schemas
+from chats.transports.requests import model_choice
 from chats.transports.sse import (
     DONE,
     authenticate,
@@ -47,7 +48,6 @@ from chats.transports.sse import (
     generation_headers,
     generation_request,
     generation_response,
-    model_choice,
     sse,
 )
 from tools.registry import Toolbox, request_toolbox

@@ -33,6 +33,7 @@ from chats.engine import (
     start_generation,
 )
 from chats.transports import schemas
+from chats.transports.requests import model_choice
 from chats.transports.sse import (
     DONE,
     authenticate,
@@ -42,7 +43,6 @@ from chats.transports.sse import (
     generation_headers,
     generation_request,
     generation_response,
-    model_choice,
     sse,
 )
 

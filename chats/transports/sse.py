@@ -32,7 +32,6 @@ from billing.services import api_key_authenticate
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, error_response, outage_error
 from chatproject.request_id import request_id_of
-from chats.catalog import QUALITY_TIERS
 from chats.engine import (
     ErrorEvent,
     Event,
@@ -40,6 +39,7 @@ from chats.engine import (
     Generation,
     GenerationRequest,
 )
+from chats.transports import requests
 
 logger = logging.getLogger(__name__)
 
@@ -277,29 +277,17 @@ async def authenticate(request: HttpRequest, *, rate_limit: bool = False) -> Ten
     return api_key.tenant
 
 
-def wants_cache(request: HttpRequest) -> bool:
-    """False when the client sent ``Cache-Control: no-cache`` (or ``no-store``)."""
-    directives = request.headers.get("Cache-Control", "").lower()
-    return "no-cache" not in directives and "no-store" not in directives
-
-
-def model_choice(name: str | None) -> tuple[str | None, str | None]:
-    """``(quality, model)`` for a client's model name: a tier name routes like ``quality``."""
-    if name in QUALITY_TIERS:
-        return name, None
-    return None, name
-
-
 def generation_request(
-    request: HttpRequest, tenant: Tenant, messages: list[dict[str, str]], **options: Any
+    request: HttpRequest, tenant: Tenant, messages: list[dict[str, Any]], **options: Any
 ) -> GenerationRequest:
-    """A GenerationRequest carrying the request's id, cache preference and idempotency key."""
-    options.setdefault("use_cache", wants_cache(request))
-    options.setdefault("idempotency_key", request.headers.get("Idempotency-Key", "")[:255])
-    return GenerationRequest(
-        tenant=tenant,
-        messages=messages,
-        request_id=getattr(request, "request_id", None) or uuid.uuid4().hex,
+    """The shared GenerationRequest builder (:mod:`chats.transports.requests`) given the
+    request's id and its ``Cache-Control`` and ``Idempotency-Key`` headers."""
+    return requests.generation_request(
+        tenant,
+        messages,
+        request_id=getattr(request, "request_id", None),
+        cache_control=request.headers.get("Cache-Control", ""),
+        idempotency_key=request.headers.get("Idempotency-Key", ""),
         **options,
     )
 
