@@ -149,7 +149,7 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
     # Not one offering tools: the stream log carries text, and its answer may call them.
     joinable = cached is None and cache_key is not None and not offered_tools(request)
     joined = None
-    if joinable:
+    if joinable and cache_key is not None:
         joined = await stream_log.claim(cache_key, message_id.hex)
     claimed = joinable and joined is None
     steps = settings.TOOL_MAX_STEPS if request.server_tools else 1
@@ -180,7 +180,7 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
             _in_background(
                 idempotency.idempotency_abandon(request.tenant.pk, request.idempotency_key)
             )
-        if claimed:  # identical requests must not wait on a log nobody writes
+        if claimed and cache_key is not None:  # nobody must wait on a log nobody writes
             _in_background(stream_log.release(cache_key, message_id.hex))
         raise
     return Generation(
@@ -316,6 +316,7 @@ def _admit(
                 metadata=metadata,
                 model_name=model_name,
             )
+            assert check is not None  # None only when asked for a cached policy alone
             # The audit record, the hold and the message go out together: one round trip.
             with pipelined():
                 decision = check.record()  # raises for a rejection, its record sent
@@ -343,8 +344,8 @@ def _admit(
             hold = pending.result() if pending else None
         except ApiError as error:
             refusal = error
-            if opened_new:  # with the message sent alongside a refused hold, if any
-                Chat.objects.filter(pk=request.chat.pk).delete()
+            if opened_new and request.chat is not None:  # with the message sent alongside
+                Chat.objects.filter(pk=request.chat.pk).delete()  # a refused hold, if any
             elif user_message is not None:  # sent alongside a hold that was refused
                 Message.objects.filter(pk=user_message.id).delete()
     if refusal is not None:

@@ -234,6 +234,8 @@ def finalise(
 
 
 def settle(generation: Generation, usage: Usage) -> credits.Pending[credits.Settlement]:
+    hold = generation.hold
+    assert hold is not None  # only a held generation is settled
     charged = min(
         pricing.cost(
             input_price_per_1k=generation.model.input_price_per_1k,
@@ -241,10 +243,10 @@ def settle(generation: Generation, usage: Usage) -> credits.Pending[credits.Sett
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
         ),
-        generation.hold.amount,
+        hold.amount,
     )
     return credits.credits_settle_pending(
-        hold=generation.hold,
+        hold=hold,
         charged=charged,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
@@ -257,7 +259,9 @@ def store_answer(
     """The assistant message, unless its chat was deleted meanwhile; either way the
     settlement in the same transaction commits. The chat row is locked against a
     concurrent delete (foreign keys are only checked at commit, too late to catch)."""
-    chat = Chat.objects.select_for_update(no_key=True).filter(pk=generation.request.chat.pk)
+    answered = generation.request.chat
+    assert answered is not None  # only an answer in a chat is stored
+    chat = Chat.objects.select_for_update(no_key=True).filter(pk=answered.pk)
     if chat.values_list("pk", flat=True).first() is None:
         logger.info("chat of answer %s was deleted; answer not stored", generation.message_id)
         return
@@ -275,7 +279,7 @@ def store_answer(
         else:
             Message.objects.create(
                 id=generation.message_id,
-                chat=generation.request.chat,
+                chat=answered,
                 role=Message.Role.ASSISTANT,
                 model=generation.model.name,
                 **fields,

@@ -11,7 +11,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -155,6 +155,7 @@ class Generation:
         self._parts = parts
         checkpoints.join(self)
         calls = self._calls = _AnswerCalls()
+        source: AsyncGenerator[tool_loop.LoopItem, None]
         try:
             if self.cached:
                 source = self._replay()
@@ -224,6 +225,7 @@ class Generation:
             charged, remaining, usage = figures
         try:
             if error is None:
+                assert charged is not None and remaining is not None  # stored and settled
                 yield FinishedEvent(
                     self.message_id,
                     content,
@@ -251,7 +253,7 @@ class Generation:
             logger.exception("keeping the answer %s failed", self.message_id)
             return None
 
-    async def _provider_stream(self) -> AsyncIterator[tool_loop.LoopItem]:
+    async def _provider_stream(self) -> AsyncGenerator[tool_loop.LoopItem, None]:
         request = CompletionRequest(
             model=self.model.upstream_model,
             messages=self.messages,
@@ -290,7 +292,7 @@ class Generation:
                     deadline.reschedule(None)
                     yield item
 
-    async def _follow(self) -> AsyncIterator[TokenDelta | StreamEnd]:
+    async def _follow(self) -> AsyncGenerator[TokenDelta | StreamEnd, None]:
         """The answer of the identical request this one joined, as it streams."""
         assert self.joined is not None
         async for item in stream_log.follow(self.joined):
@@ -304,7 +306,7 @@ class Generation:
                     retryable=True,
                 )
 
-    async def _replay(self) -> AsyncIterator[TokenDelta | StreamEnd]:
+    async def _replay(self) -> AsyncGenerator[TokenDelta | StreamEnd, None]:
         cached = self.cached
         assert cached is not None
         for token in cached.tokens:
@@ -371,6 +373,7 @@ class Generation:
     def write_checkpoint(self, point: Checkpoint) -> None:
         """Store the answer so far with status ``streaming`` (stateless: its token counts
         on the hold). Sync, one statement, committed on its own; a failure is logged."""
+        assert self.hold is not None and self.hold.hold_id is not None  # checkpoint_due's
         try:
             if self.request.chat is None:
                 credits.hold_checkpoint(
