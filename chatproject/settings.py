@@ -170,6 +170,9 @@ if not 0 < STREAM_CHECKPOINT_SECONDS < HOLD_LEASE_SECONDS:
 STREAM_LOG_FLUSH_MS = env.float("STREAM_LOG_FLUSH_MS", default=20.0)
 STREAM_LOG_BATCH = env.int("STREAM_LOG_BATCH", default=32)
 STREAM_LOG_TTL_SECONDS = env.float("STREAM_LOG_TTL_SECONDS", default=300.0)
+# Streams a client can resume (their chunks kept in the stream log), which therefore run
+# to the end when the client leaves; false: a client that leaves cancels its answer.
+STREAM_RESUME = env.bool("STREAM_RESUME", default=True)
 # How long an answer is kept for retries that send the same Idempotency-Key.
 IDEMPOTENCY_TTL_SECONDS = env.int("IDEMPOTENCY_TTL_SECONDS", default=86400)
 # A WebSocket connection slot lapses unless refreshed within this time (crashed processes).

@@ -5,6 +5,10 @@ engine in its own task, so ``cancel``, ``ping`` and disconnects are heard mid-st
 Tokens go straight to this socket; only whole events (a message received, an answer
 ended) are fanned out through the channel layer to the chat's other sockets, which may
 live in other processes.
+
+An answer's events also go to its stream log (``chats.stream_log``): a socket that
+disconnects leaves its answer running to the end, and a new connection to the same chat,
+on any process, resumes it with ``{"type": "resume", "message_id", "after_index"}``.
 """
 
 import asyncio
@@ -27,7 +31,7 @@ from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, outage_error, service_unavailable
 from chatproject.json_body import parse_json
 from chatproject.request_id import current_request_id
-from chats import selectors, services, ws_events, ws_slots
+from chats import selectors, services, stream_log, ws_events, ws_slots
 from chats.engine import (
     ErrorEvent,
     FinishedEvent,
@@ -37,7 +41,9 @@ from chats.engine import (
     start_generation,
 )
 from chats.models import Chat
+from chats.stream_log import LogWriter, WireChunk
 from chats.tool_loop import ToolResult, ToolStarted
+from chats.transports.sse import resumable_log
 from tools.registry import request_toolbox
 
 logger = logging.getLogger(__name__)
@@ -66,6 +72,8 @@ CLIENT_OPTIONS = (
     "excludeTools",
 )
 MAX_CLIENT_MESSAGE_ID_LENGTH = 100  # Message.client_message_id
+MAX_INDEX = 2**31 - 1
+STREAM_FORMAT = "ws"  # the stream log's name for this transport's chunks
 
 
 class MessageRate:
@@ -110,6 +118,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
     generation: Generation | None = None
     accepted = False
     streaming = False  # a reply is under way (until its final event is sent)
+    log: LogWriter | None = None  # the running answer's stream log, when resumable
+    detached = False  # the socket is gone: the answer runs on, sending nothing
+    resuming: str | None = None  # the stream this socket follows after a resume message
     # The chat's answered turns, loaded once per socket and kept up to date from this
     # socket's exchanges and the other sockets' fanned-out events (best effort, like the
     # channel layer: a lost event costs the model one turn of context, nothing stored).
@@ -227,8 +238,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         """Runs on the client's disconnect and again when the consumer ends (``__call__``):
-        each step is done once."""
-        await self._stop_generation()
+        each step is done once. A resumable answer under way is left running."""
+        await self._stop_generation(keep_running=True)
         if self._fanning_out is not None:
             with contextlib.suppress(Exception):
                 await self._fanning_out
@@ -301,11 +312,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self._cancel()
         elif kind == "message":
             await self._start(payload)
+        elif kind == "resume":
+            await self._resume(payload)
         else:
             await self._error(
                 ErrorCode.VALIDATION_ERROR,
                 f"Unknown message type {kind!r}.",
-                details={"type": ["Use message (default), cancel or ping."]},
+                details={"type": ["Use message (default), resume, cancel or ping."]},
             )
 
     async def _start(self, payload: dict[str, Any]) -> None:
@@ -337,30 +350,99 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not self.streaming:
             await self._error(ErrorCode.VALIDATION_ERROR, "Nothing is streaming.")
             return
-        generation = self.generation  # None while the request is still being admitted
-        await self._stop_generation()
-        if generation is None:
-            return  # nothing started: the engine gives an admitted hold back itself
-        outcome = await generation.finished()
-        if outcome is not None:
-            await self._send_ended(generation, "cancelled", outcome.content, "cancelled", outcome)
-        elif generation.outcome is None:  # the database is down: saved once it is back
-            await self._send(
-                ws_events.error_event(
-                    service_unavailable(
-                        "Cancelled; the answer is saved once the database is back."
-                    ),
-                    message_id=str(generation.message_id),
-                )
-            )
+        if self.resuming is not None:  # its process ends it; the log brings the end here
+            await stream_log.request_stop(self.resuming)
+            return
+        if self.generation is None:  # still being admitted: nothing to store yet
+            await self._stop_generation()
+            return
+        # Stored cancelled and settled; the stream then ends with message_stream_ended.
+        self.generation.stop()
 
-    async def _stop_generation(self) -> None:
+    async def _stop_generation(self, *, keep_running: bool = False) -> None:
         self.streaming = False
         task, self.task = self.task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if task is None or task.done():
+            return
+        if keep_running and self.log is not None and self.resuming is None:
+            self.detached = True  # runs to its end, for a client that resumes
+            _detached.add(task)
+            task.add_done_callback(_detached.discard)
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    # --- resuming an answer ---------------------------------------------------------------
+
+    async def _resume(self, payload: dict[str, Any]) -> None:
+        """Replay a running (or just ended) answer of this chat after a token index, then
+        follow it live: the client lost the connection it was streaming on."""
+        message_id, after = payload.get("message_id"), payload.get("after_index", -1)
+        details: dict[str, list[str]] = {}
+        log_id = None
+        if isinstance(message_id, str) and len(message_id) <= 64:
+            with contextlib.suppress(ValueError):
+                log_id = uuid.UUID(message_id).hex
+        if log_id is None:
+            details["message_id"] = ["Must be the id of an answer (message_stream_started)."]
+        if isinstance(after, bool) or not isinstance(after, int) or not -1 <= after <= MAX_INDEX:
+            details["after_index"] = ["Must be the index of the last token you had, or -1."]
+        if details:
+            await self._error(
+                ErrorCode.VALIDATION_ERROR, "Invalid resume message.", details=details
+            )
+            return
+        if self.streaming:
+            await self._error(
+                ErrorCode.VALIDATION_ERROR,
+                'A reply is still streaming: wait for it or send {"type": "cancel"}.',
+                retryable=True,
+            )
+            return
+        header = await stream_log.wire_header(log_id)
+        if (
+            header is None
+            or header.format != STREAM_FORMAT
+            or header.tenant_id != self.tenant.pk
+            or header.chat_id != str(self.chat.id)
+        ):
+            await self._error(
+                ErrorCode.NOT_FOUND,
+                "No answer with this message_id to resume in this chat (or it ended too long ago).",
+            )
+            return
+        self.streaming, self.resuming = True, log_id
+        self.task = asyncio.create_task(self._follow(log_id, after))
+
+    async def _follow(self, log_id: str, after: int) -> None:
+        """The logged events after token ``after`` (all of them for -1), then live ones."""
+        skipping = after >= 0  # until token ``after``: what came before it is skipped
+        try:
+            async for item in stream_log.follow_wire(log_id):
+                if not isinstance(item, WireChunk):
+                    break
+                if skipping:
+                    kind = item.data[: item.data.find(",")]  # '{"type": "..."'
+                    if "message_stream_token" in kind:
+                        skipping = json.loads(item.data)["index"] < after
+                        continue
+                    if "message_stream_ended" not in kind and '"error"' not in kind:
+                        continue
+                await self.send(text_data=item.data)
+        except (TimeoutError, stream_log.LogTrimmed):
+            await self._send(
+                ws_events.error_event(
+                    ApiError(
+                        ErrorCode.STREAM_ERROR,
+                        "The answer's stream broke off: the server running it sent nothing more.",
+                        retryable=True,
+                    ),
+                    message_id=str(uuid.UUID(log_id)),
+                )
+            )
+        finally:
+            self.streaming, self.resuming = False, None
 
     # --- one generation ---------------------------------------------------------------
 
@@ -431,29 +513,40 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._send(received)
         self._remember("user", stored.content)
         self._fan_out(received)
-        await self._send(ws_events.message_stream_started(self.chat.id, generation))
-        async with contextlib.aclosing(generation.events()) as events:
-            await self._stream(generation, events, request_id)
+        self.log = resumable_log(generation, STREAM_FORMAT)
+        status = "cancelled"
+        try:
+            await self._send_stream(ws_events.message_stream_started(self.chat.id, generation))
+            async with contextlib.aclosing(generation.events()) as events:
+                status = await self._stream(generation, events, request_id)
+        finally:
+            log, self.log = self.log, None
+            if log is not None:
+                _in_background(log.close_wire(status))
 
-    async def _stream(self, generation: Generation, events, request_id: str) -> None:
+    async def _stream(self, generation: Generation, events, request_id: str) -> str:
+        """Send the answer's events; how it ended (complete, failed or cancelled)."""
         message_id = str(generation.message_id)
+        status = "cancelled"
         async for event in events:
             if isinstance(event, TokenEvent):
-                await self._send(
+                await self._send_stream(
                     ws_events.message_stream_token(message_id, event.text, event.index)
                 )
             elif isinstance(event, ToolStarted):
-                await self._send(ws_events.tool_call_started(message_id, event))
+                await self._send_stream(ws_events.tool_call_started(message_id, event))
             elif isinstance(event, ToolResult):
-                await self._send(ws_events.tool_call_ended(message_id, event))
+                await self._send_stream(ws_events.tool_call_ended(message_id, event))
             elif isinstance(event, FinishedEvent):
                 self.streaming = False
+                status = event.status
                 await self._send_ended(
-                    generation, "complete", event.content, event.finish_reason, event
+                    generation, event.status, event.content, event.finish_reason, event
                 )
             elif isinstance(event, ErrorEvent):
                 self.streaming = False
-                await self._send(
+                status = "failed"
+                await self._send_stream(
                     ws_events.error_event(
                         event.error,
                         message_id=message_id,
@@ -471,6 +564,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                         figures=event,
                     )
                 )
+        return status
 
     async def _send_ended(
         self, generation: Generation, status: str, content: str, reason: str, figures
@@ -478,7 +572,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         ended = ws_events.message_stream_ended(
             self.chat.id, generation, status=status, content=content, reason=reason, figures=figures
         )
-        await self._send(ended)
+        await self._send_stream(ended)
         if status == "complete":
             self._remember("assistant", content, ended.get("tool_calls"))
         self._fan_out(ended)
@@ -491,7 +585,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- sending ------------------------------------------------------------------------
 
     async def _send(self, event: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(event))
+        if not self.detached:
+            await self.send(text_data=json.dumps(event))
+
+    async def _send_stream(self, event: dict[str, Any]) -> None:
+        """Send an event of the answer, and keep it in its stream log for resuming."""
+        text = json.dumps(event)
+        if self.log is not None:
+            self.log.append_chunk(text)
+        if not self.detached:
+            await self.send(text_data=text)
 
     async def _error(self, code: ErrorCode, message: str, **kwargs) -> None:
         await self._send(ws_events.error_event(ApiError(code, message, **kwargs)))
@@ -523,6 +626,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         elif event["type"] == "message_stream_ended" and event["status"] == "complete":
             self._remember("assistant", event["content"], event.get("tool_calls"))
         await self._send(event)
+
+
+_detached: set[asyncio.Task] = set()  # answers whose socket left, running to the end
+
+
+def _in_background(coroutine) -> None:
+    task = asyncio.ensure_future(coroutine)
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
 
 
 def _unavailable(exc: BaseException) -> ApiError | None:

@@ -93,6 +93,11 @@ URL_ENDPOINTS = [
     Endpoint("GET", "/api/v1/projects/{project}/documents/{document}", ENVELOPE),
     Endpoint("DELETE", "/api/v1/projects/{project}/documents/{document}", ENVELOPE),
     Endpoint("GET", "/api/chat/{chat}/stream", ENVELOPE),
+    Endpoint("POST", "/api/chat/{chat}/stop", ENVELOPE),
+    Endpoint("GET", "/api/ai/chat/streams/{stream}", ENVELOPE),
+    Endpoint("DELETE", "/api/ai/chat/streams/{stream}", ENVELOPE),
+    Endpoint("GET", "/api/v1/chat/streams/{stream}", DOCGEN),
+    Endpoint("GET", "/v1/chat/streams/{stream}", OPENAI),
     Endpoint("GET", "/v1/models", OPENAI),
     Endpoint("GET", "/v1/models/{model}", OPENAI),
 ]
@@ -228,6 +233,7 @@ def url_of(live, endpoint: Endpoint, data: Data, **override: str) -> str:
         "document": data.document,
         "user": "user123",
         "model": "demo",
+        "stream": uuid.uuid4().hex,
         **override,
     }
     return live.url + re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], endpoint.path)

@@ -119,6 +119,8 @@ class Generation:
         # The answer's tokens while it streams, and what the last checkpoint wrote.
         self._parts: list[str] | None = None
         self._checkpointed = Checkpoint("", 0)
+        self._stop_requested = False
+        self._upstream_wait: asyncio.Timeout | None = None  # armed while the model is awaited
         self._answer_row = False  # a checkpoint stored the answer (status streaming)
         self._calls = _AnswerCalls()
 
@@ -144,6 +146,17 @@ class Generation:
             return self.receipt.credits_remaining
         return self.hold.balance_after if self.hold else None
 
+    def stop(self) -> None:
+        """End the answer at its next token, or now if it waits on the model: it is stored
+        ``cancelled`` with what it had and settled for that, and :meth:`events` ends with a
+        FinishedEvent of status ``cancelled`` (so its stream ends in its format for whoever
+        reads it, which a consumer closing the events early would not give)."""
+        if self._stop_requested or self._finished:
+            return
+        self._stop_requested = True
+        if self._upstream_wait is not None:
+            self._upstream_wait.reschedule(asyncio.get_running_loop().time())
+
     async def events(self) -> AsyncIterator[Event]:
         """Tokens (and tool calls, tool results, steps), then one FinishedEvent or
         ErrorEvent. Always finalises, even when the consumer stops early (cancel,
@@ -152,6 +165,7 @@ class Generation:
         end: StreamEnd | None = None
         error: ApiError | None = None
         status = Message.Status.CANCELLED  # unless the loop below reaches an ending
+        stopped = False  # by stop(): cancelled, and the last event still sent
         self._parts = parts
         checkpoints.join(self)
         calls = self._calls = _AnswerCalls()
@@ -163,6 +177,8 @@ class Generation:
                 source = self._follow() if self.joined else self._provider_stream()
             async with contextlib.aclosing(source) as stream:
                 async for item in stream:
+                    if self._stop_requested:
+                        raise _Stopped
                     if isinstance(item, TokenDelta):
                         text = self.guard.feed(item.text) if self.guard else item.text
                         if not text:  # held back until the guard can tell it is safe
@@ -191,12 +207,17 @@ class Generation:
                     self.log.append(text)
                 yield TokenEvent(text, len(parts) - 1)
             status = Message.Status.COMPLETE
+        except _Stopped:
+            stopped = True
         except ProviderError as exc:
             error = _provider_error(exc)
             status = Message.Status.FAILED
         except TimeoutError:
-            error = ApiError(ErrorCode.LLM_TIMEOUT, "The model did not answer in time.")
-            status = Message.Status.FAILED
+            if self._stop_requested:  # stop() cut the wait on the model short
+                stopped = True
+            else:
+                error = ApiError(ErrorCode.LLM_TIMEOUT, "The model did not answer in time.")
+                status = Message.Status.FAILED
         except Exception:
             logger.exception("unexpected error while streaming")
             error = ApiError(
@@ -205,11 +226,11 @@ class Generation:
             )
             status = Message.Status.FAILED
         finally:
-            if status == Message.Status.CANCELLED:
+            if status == Message.Status.CANCELLED and not stopped:
                 # Cancelled or closed by the consumer: settle and store, then let the
                 # cancellation go on. In a task of its own, so a second cancel cannot skip it.
                 await self._finished_within(self._start_finishing(status, parts, end))
-        if status == Message.Status.CANCELLED:
+        if status == Message.Status.CANCELLED and not stopped:
             return
         figures = await self._finished_within(self._start_finishing(status, parts, end))
         content = "".join(parts)
@@ -229,12 +250,13 @@ class Generation:
                 yield FinishedEvent(
                     self.message_id,
                     content,
-                    end.finish_reason if end else "stop",
+                    "cancelled" if stopped else end.finish_reason if end else "stop",
                     usage,
                     charged,
                     remaining,
                     tuple(calls.all()),
-                    await self._keep_answer(content),
+                    None if stopped else await self._keep_answer(content),
+                    status,
                 )
             else:
                 yield ErrorEvent(error, self.message_id, content, usage, charged, remaining)
@@ -282,13 +304,18 @@ class Generation:
             iterator = aiter(stream)
             async with asyncio.timeout(None) as deadline:
                 while True:
+                    if self._stop_requested:
+                        raise _Stopped
                     # The idle timeout covers waiting on the upstream only, not the time
                     # the consumer takes with a token.
                     deadline.reschedule(loop.time() + idle)
+                    self._upstream_wait = deadline  # stop() expires it
                     try:
                         item = await anext(iterator)
                     except StopAsyncIteration:
                         return
+                    finally:
+                        self._upstream_wait = None
                     deadline.reschedule(None)
                     yield item
 
@@ -400,6 +427,10 @@ class Generation:
         except DatabaseError:  # its chat was deleted, or the database is away
             logger.warning("checkpoint of %s failed", self.message_id, exc_info=True)
         self._checkpointed = point  # a failed one is not retried until the answer grows
+
+
+class _Stopped(Exception):
+    """Generation.stop() was called."""
 
 
 class _AnswerCalls:

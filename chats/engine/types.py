@@ -125,6 +125,7 @@ class FinishedEvent:
     # for those the server ran; the ones without either are the client's to answer.
     tool_calls: tuple[dict[str, Any], ...] = ()
     kept: Any = None  # what the request's keep_answer returned
+    status: str = "complete"  # or "cancelled": ended by Generation.stop()
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,10 +22,11 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
+from billing.models import Tenant
 from chatproject import openapi_fragments as oa
-from chatproject.errors import ApiError
+from chatproject.errors import ApiError, ErrorCode
 from chatproject.json_body import read_json
-from chats import services
+from chats import services, stream_log
 from chats.engine import (
     ErrorEvent,
     Event,
@@ -39,6 +40,13 @@ from chats.engine import (
 from chats.tool_loop import ToolResult, ToolStarted
 from chats.transports import schemas
 from chats.transports.requests import model_choice
+from chats.transports.resume import (
+    LAST_EVENT_ID,
+    STOPPED,
+    last_event_id,
+    resume_response,
+    stop_response,
+)
 from chats.transports.sse import (
     DONE,
     authenticate,
@@ -53,6 +61,7 @@ from chats.transports.sse import (
 from tools.registry import Toolbox, request_toolbox
 
 END_USER_ID = "ai-sdk"  # the end user that owns chats started over this API
+STREAM_FORMAT = "aisdk"  # the stream log's name for this format's chunks
 STREAM_HEADERS = {"x-vercel-ai-ui-message-stream": "v1", "Connection": "keep-alive"}
 # The engine reports OpenAI's names; the AI SDK accepts these in every version.
 _AISDK_FINISH_REASONS = {
@@ -276,18 +285,74 @@ async def chat(request: HttpRequest) -> HttpResponseBase:
     assert chat is not None  # the admission opened it
     chat_id = str(chat.pk)
     headers = {**STREAM_HEADERS, "x-chat-id": chat_id, **generation_headers(generation)}
+    headers["x-stream-id"] = generation.message_id.hex
     return await generation_response(
-        generation, lambda events: _encode(generation, events, toolbox), headers=headers
+        generation,
+        lambda events: _encode(generation, events, toolbox),
+        headers=headers,
+        resumable=STREAM_FORMAT,
     )
+
+
+def _chat_ids(tenant: Tenant, key: str) -> list[str]:
+    """The ids the chat a client calls ``key`` may have (see ``sse.conversation_chat``):
+    the tenant's own chat of that id, or the one derived from the key. Only the tenant's
+    own streams are looked up under them."""
+    if not key or len(key) > schemas.MAX_ID_LENGTH:
+        problem = f"Must be the chat's id (1 to {schemas.MAX_ID_LENGTH} characters)."
+        raise ApiError(ErrorCode.VALIDATION_ERROR, problem, details={"chatId": [problem]})
+    try:
+        ids = [str(uuid.UUID(key))]
+    except ValueError:
+        ids = []
+    return [*ids, str(services.conversation_chat_id(tenant, ids[0] if ids else key))]
+
+
+def _lost(error: ApiError) -> list[bytes]:
+    return [
+        _ui_chunk("error", errorText=error.message),
+        _ui_chunk("finish", finishReason="error"),
+        DONE,
+    ]
 
 
 @cors
 @endpoint(methods=("GET",))
 async def resume(request: HttpRequest, chat_id: str) -> HttpResponseBase:
-    """Resuming a stream (``GET /api/chat/<id>/stream``): streams are not kept, so there
-    is never one to resume."""
-    await authenticate(request, rate_limit=True)
-    return HttpResponse(status=204)
+    """``GET /api/chat/<chatId>/stream`` (``useChat({resume: true})``): the chat's active
+    stream from its first chunk (or after ``Last-Event-ID``), then live to its end, from
+    whichever process runs it; 204 when the chat has none."""
+    tenant = await authenticate(request, rate_limit=True)
+    after = last_event_id(request)
+    log_id = await stream_log.active_stream(tenant.pk, STREAM_FORMAT, _chat_ids(tenant, chat_id))
+    if log_id is None:
+        return HttpResponse(status=204)
+    try:
+        return await resume_response(
+            tenant=tenant,
+            stream_format=STREAM_FORMAT,
+            log_id=log_id,
+            after=after,
+            lost=_lost,
+            headers=STREAM_HEADERS,
+        )
+    except ApiError as error:
+        if error.code == ErrorCode.NOT_FOUND:  # it ended just now
+            return HttpResponse(status=204)
+        raise
+
+
+@cors
+@endpoint()
+async def stop(request: HttpRequest, chat_id: str) -> HttpResponseBase:
+    """``POST /api/chat/<chatId>/stop``: end the chat's active stream (stored
+    ``cancelled``, settled for what it had), whichever process runs it. 200 with
+    ``{"messageId", "status"}`` once it has ended; 204 when the chat has none."""
+    tenant = await authenticate(request, rate_limit=True)
+    log_id = await stream_log.active_stream(tenant.pk, STREAM_FORMAT, _chat_ids(tenant, chat_id))
+    if log_id is None:
+        return HttpResponse(status=204)
+    return await stop_response(tenant, log_id)
 
 
 # --- The OpenAPI description ---------------------------------------------------------------
@@ -302,6 +367,7 @@ def openapi() -> oa.Fragment:
         "chat (`x-chat-id`). CORS headers on every answer; OPTIONS answers 200."
     )
     errors = {400: None, 401: None, 402: None, 403: None, 429: None}
+    chat_id = oa.path_parameter("chat_id", "The chat's id (useChat's `id`).")
     return oa.Fragment(
         paths={
             "/api/chat": {
@@ -317,14 +383,35 @@ def openapi() -> oa.Fragment:
                 "get": oa.operation(
                     "ai_sdk_chat_resume",
                     "ai-sdk",
-                    "Resume a stream: streams are not kept, so there is never one to resume",
+                    "Resume the chat's running stream: from its first chunk, then live",
                     {
-                        "204": {"description": "No stream to resume.", "headers": oa.RATE_HEADERS},
-                        **oa.errors("Error", {401: None, 429: None}),
+                        "200": oa.stream("The chat's running stream, from its first chunk."),
+                        "204": {
+                            "description": "No stream runs in this chat.",
+                            "headers": oa.RATE_HEADERS,
+                        },
+                        **oa.errors("Error", {400: None, 401: None, 429: None}),
                     },
-                    parameters=[oa.path_parameter("chat_id", "The chat's id.")],
+                    parameters=[chat_id, LAST_EVENT_ID],
+                )
+            },
+            "/api/chat/{chat_id}/stop": {
+                "post": oa.operation(
+                    "ai_sdk_chat_stop",
+                    "ai-sdk",
+                    "Stop the chat's running stream: stored cancelled, settled for what it had",
+                    {
+                        "200": oa.json_response("StreamStopped"),
+                        "204": {
+                            "description": "No stream runs in this chat.",
+                            "headers": oa.RATE_HEADERS,
+                        },
+                        **oa.errors("Error", {400: None, 401: None, 429: None}),
+                    },
+                    parameters=[chat_id],
                 )
             },
         },
         requests=(schemas.AISDK_REQUEST,),
+        schemas={"StreamStopped": STOPPED},
     )

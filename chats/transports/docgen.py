@@ -37,6 +37,7 @@ from chatproject.request_id import request_id_of
 from chats import services
 from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
 from chats.transports import schemas
+from chats.transports.resume import last_event_id, openapi_paths, resume_response, stream_id
 from chats.transports.sse import (
     authenticate,
     credits_number,
@@ -46,12 +47,14 @@ from chats.transports.sse import (
     generation_request,
     generation_response,
     sse,
+    stream_headers,
 )
 from knowledge import services as knowledge_services
 from knowledge.retrieval import RetrievedContext
 from tools.registry import request_toolbox
 
 END_USER_ID = "docgen"  # the end user that owns conversations started over this API
+RESUME_PATH = "/api/v1/chat/streams/{stream_id}"
 _STATUS = {ErrorCode.UNAUTHORIZED: 403, ErrorCode.VALIDATION_ERROR: 422}
 
 
@@ -221,7 +224,28 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     return await generation_response(
         generation,
         lambda events: _encode_stream(generation, events, conversation_id, started),
-        headers={"x-chat-id": str(chat.pk), **generation_headers(generation)},
+        headers={
+            "x-chat-id": str(chat.pk),
+            **generation_headers(generation),
+            **stream_headers(generation, RESUME_PATH),
+        },
+        resumable="docgen",
+    )
+
+
+@endpoint(methods=("GET", "DELETE"), on_error=http_error)
+async def resume(request: HttpRequest, stream: str) -> HttpResponseBase:
+    """``GET /api/v1/chat/streams/<id>``: a stream of ``POST /api/v1/chat/stream`` again,
+    after its ``Last-Event-ID`` (see :mod:`chats.transports.resume`)."""
+    tenant = await authenticate(request, rate_limit=True)
+    request_id = request_id_of(request)
+    return await resume_response(
+        tenant=tenant,
+        stream_format="docgen",
+        method=request.method,
+        log_id=stream_id(stream),
+        after=last_event_id(request),
+        lost=lambda error: [_error_event(error, request_id)],
     )
 
 
@@ -323,6 +347,9 @@ def openapi() -> oa.Fragment:
     }
     return oa.Fragment(
         paths={
+            **openapi_paths(
+                "docgen_chat", "docgen", "/api/v1/chat/streams/{stream_id}", "Error", 422
+            ),
             "/api/v1/chat/stream": {
                 "post": oa.operation(
                     "docgen_chat_stream",

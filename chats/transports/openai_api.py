@@ -34,6 +34,7 @@ from chats.engine import (
 )
 from chats.transports import schemas
 from chats.transports.requests import model_choice
+from chats.transports.resume import last_event_id, openapi_paths, resume_response, stream_id
 from chats.transports.sse import (
     DONE,
     authenticate,
@@ -44,7 +45,10 @@ from chats.transports.sse import (
     generation_request,
     generation_response,
     sse,
+    stream_headers,
 )
+
+RESUME_PATH = "/v1/chat/streams/{stream_id}"
 
 # code → (HTTP status, OpenAI error type, OpenAI error code)
 _ERRORS: dict[ErrorCode, tuple[int, str, str | None]] = {
@@ -235,8 +239,9 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         return await generation_response(
             generation,
             lambda events: _encode_stream(generation, events, body.include_usage),
-            headers=headers,
+            headers={**headers, **stream_headers(generation, RESUME_PATH)},
             error_first=_error_first,
+            resumable="openai",
         )
 
     end = await final_event(generation)
@@ -265,6 +270,22 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     for name, value in headers.items():
         response[name] = value
     return response
+
+
+@endpoint(methods=("GET", "DELETE"), on_error=openai_error_response)
+async def resume(request: HttpRequest, stream: str) -> HttpResponseBase:
+    """``GET /v1/chat/streams/<id>``: a stream of ``POST /v1/chat/completions`` again,
+    after its ``Last-Event-ID`` (see :mod:`chats.transports.resume`); the id may be the
+    chunks' ``chatcmpl-`` id."""
+    tenant = await authenticate(request, rate_limit=True)
+    return await resume_response(
+        tenant=tenant,
+        stream_format="openai",
+        method=request.method,
+        log_id=stream_id(stream),
+        after=last_event_id(request),
+        lost=lambda error: [sse(openai_error(error))],
+    )
 
 
 # --- GET /v1/models --------------------------------------------------------------------------
@@ -372,6 +393,9 @@ def openapi() -> oa.Fragment:
     model_id = oa.path_parameter("model_id", "A model id; it may contain `/` (`demo/cheap`).")
     return oa.Fragment(
         paths={
+            **openapi_paths(
+                "openai_chat", "openai", "/v1/chat/streams/{stream_id}", "OpenAIError", 400, AUTH
+            ),
             "/v1/chat/completions": {
                 "post": oa.operation(
                     "openai_chat_completions",

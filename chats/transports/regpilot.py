@@ -19,10 +19,11 @@ from django.http.response import HttpResponseBase
 
 from billing.models import Tenant
 from chatproject import openapi_fragments as oa
-from chatproject.errors import error_response
+from chatproject.errors import ApiError, error_response
 from chatproject.json_body import read_json
 from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
 from chats.transports import schemas
+from chats.transports.resume import last_event_id, openapi_paths, resume_response, stream_id
 from chats.transports.sse import (
     DONE,
     authenticate,
@@ -35,7 +36,10 @@ from chats.transports.sse import (
     generation_request,
     generation_response,
     sse,
+    stream_headers,
 )
+
+RESUME_PATH = "/api/ai/chat/streams/{stream_id}"
 
 
 async def _start(request: HttpRequest) -> tuple[Tenant, Generation]:
@@ -132,8 +136,28 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     return await generation_response(
         generation,
         lambda events: _encode(generation, events),
-        headers=_headers(generation, tenant),
+        headers={**_headers(generation, tenant), **stream_headers(generation, RESUME_PATH)},
         error_first=lambda end: _failed(generation, end),
+        resumable="regpilot",
+    )
+
+
+def _lost(error: ApiError) -> list[bytes]:
+    return [sse(error.event(), event="error"), DONE]
+
+
+@endpoint(methods=("GET", "DELETE"))
+async def resume(request: HttpRequest, stream: str) -> HttpResponseBase:
+    """``GET /api/ai/chat/streams/<id>``: a stream of ``POST /api/ai/chat`` again, after
+    its ``Last-Event-ID`` (see :mod:`chats.transports.resume`)."""
+    tenant = await authenticate(request, rate_limit=True)
+    return await resume_response(
+        tenant=tenant,
+        stream_format="regpilot",
+        method=request.method,
+        log_id=stream_id(stream),
+        after=last_event_id(request),
+        lost=_lost,
     )
 
 
@@ -200,6 +224,7 @@ def openapi() -> oa.Fragment:
     body = schemas.REGPILOT_REQUEST
     return oa.Fragment(
         paths={
+            **openapi_paths("ai_chat", "ai-chat", "/api/ai/chat/streams/{stream_id}", "Error", 400),
             "/api/ai/chat": {
                 "post": oa.operation(
                     "ai_chat_stream",

@@ -39,13 +39,17 @@ from chats.engine import (
     Generation,
     GenerationRequest,
 )
+from chats.stream_log import LogWriter, WireHeader
 from chats.transports import requests
 
 logger = logging.getLogger(__name__)
 
 # --- Framing -------------------------------------------------------------------------------
 
-KEEPALIVE = b": keep-alive\n\n"
+# A comment line with no blank line after it: a blank line would end an event, and SSE
+# parsers that keep the last event id (httpx-sse, the OpenAI SDKs) then hand over an empty
+# event for it once a stream's events carry ids.
+KEEPALIVE = b": keep-alive\n"
 
 
 def to_json(value: Any) -> str:
@@ -93,17 +97,6 @@ class _Failed:
         self.error = error
 
 
-async def _produce(chunks: AsyncGenerator[bytes, None], queue: asyncio.Queue) -> None:
-    try:
-        async with contextlib.aclosing(chunks) as source:
-            async for chunk in source:
-                await queue.put(chunk)
-    except Exception as exc:
-        await queue.put(_Failed(exc))
-        return
-    await queue.put(_END)
-
-
 class Producer:
     """``chunks``, produced in a task of their own and handed over one at a time.
 
@@ -113,16 +106,56 @@ class Producer:
     exchange and settles its credits before the request is over. A producer nobody
     consumes (the client left between the view and the response) is cancelled when the
     task that started it ends, rather than left waiting with a credit hold.
+
+    With ``keep_running`` (a stream clients can resume) the producer is detached instead
+    of cancelled, in both cases: it produces to the end with nobody reading (its chunks
+    are kept in the stream log for a client that resumes).
     """
 
-    def __init__(self, chunks: AsyncGenerator[bytes, None]) -> None:
+    def __init__(self, chunks: AsyncGenerator[bytes, None], *, keep_running: bool = False) -> None:
         self.queue: asyncio.Queue = asyncio.Queue(maxsize=1)  # no token piles up here
-        self.task = asyncio.create_task(_produce(chunks, self.queue))
+        self.keep_running = keep_running
+        self.detached = False
+        self.task = asyncio.create_task(self._produce(chunks))
         owner = asyncio.current_task()
         if owner is not None:
-            owner.add_done_callback(lambda _: self.task.cancel())
+            owner.add_done_callback(lambda _: self._owner_done())
+
+    async def _produce(self, chunks: AsyncGenerator[bytes, None]) -> None:
+        try:
+            async with contextlib.aclosing(chunks) as source:
+                async for chunk in source:
+                    if not self.detached:
+                        await self.queue.put(chunk)
+        except Exception as exc:
+            if self.detached:
+                logger.exception("a stream whose client left failed")
+            else:
+                await self.queue.put(_Failed(exc))
+            return
+        if not self.detached:
+            await self.queue.put(_END)
+
+    def _owner_done(self) -> None:
+        if self.keep_running:
+            self.detach()
+        else:
+            self.task.cancel()
+
+    def detach(self) -> None:
+        """Nobody reads any more: produce to the end without handing chunks over."""
+        if self.detached or self.task.done():
+            return
+        self.detached = True
+        while not self.queue.empty():  # a producer waiting to put goes on
+            self.queue.get_nowait()
+        _detached.add(self.task)  # asyncio keeps only weak references to tasks
+        self.task.add_done_callback(_detached.discard)
 
     async def aclose(self) -> None:
+        if self.keep_running:
+            self.detach()
+            return
         if not self.task.done():
             self.task.cancel()
         # asyncio.wait never cancels what it waits for: a second cancellation of this task
@@ -130,6 +163,9 @@ class Producer:
         await asyncio.wait({self.task})
         if not self.task.cancelled():
             self.task.exception()  # retrieved: errors were delivered through the queue
+
+
+_detached: set[asyncio.Task] = set()  # producers whose client left, running to the end
 
 
 async def with_keepalive(
@@ -187,15 +223,24 @@ class GenerationStream(Producer):
     and is closed there (so the exchange is finalised however the stream ends). The first
     event is published on :attr:`first` before ``encode`` sees it, so a view can wait for
     it and still choose the status line (:func:`generation_response`).
+
+    With ``log`` (a wired stream log, see :func:`resumable_log`) every chunk is kept there
+    and sent with its position as the SSE event ``id``, and the stream runs to its end
+    when the client leaves.
     """
 
-    def __init__(self, generation: Generation, encode: Encoder) -> None:
+    def __init__(
+        self, generation: Generation, encode: Encoder, *, log: LogWriter | None = None
+    ) -> None:
         self.first: asyncio.Future[Event | None] = asyncio.get_running_loop().create_future()
-        super().__init__(self._encoded(generation, encode))
+        self.log = log
+        self.last: Event | None = None
+        super().__init__(self._encoded(generation, encode), keep_running=log is not None)
 
     async def _encoded(
         self, generation: Generation, encode: Encoder
     ) -> AsyncGenerator[bytes, None]:
+        log = self.log
         try:
             async with events_of(generation) as events:
                 rest = aiter(events)
@@ -203,12 +248,24 @@ class GenerationStream(Producer):
                 self.first.set_result(first)
                 if first is None:
                     return
-                async with contextlib.aclosing(encode(_prepend(first, rest))) as chunks:
+                async with contextlib.aclosing(encode(self._watched(first, rest))) as chunks:
                     async for chunk in chunks:
+                        if log is not None:
+                            seq = log.append_chunk(chunk.decode())
+                            chunk = b"id: %d\n%b" % (seq, chunk)
                         yield chunk
         finally:
             if not self.first.done():
                 self.first.set_result(None)
+            if log is not None:
+                in_background(log.close_wire(_wire_status(self.last)))
+
+    async def _watched(self, first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
+        self.last = first
+        yield first
+        async for event in rest:
+            self.last = event
+            yield event
 
     async def first_event(self, timeout: float) -> Event | None:
         """The engine's first event, if it comes within ``timeout`` seconds (no limit if
@@ -221,10 +278,42 @@ class GenerationStream(Producer):
         return self.first.result() if self.first.done() else None
 
 
-async def _prepend(first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
-    yield first
-    async for event in rest:
-        yield event
+def _wire_status(last: Event | None) -> str:
+    """How a stream ended, from its last event."""
+    if isinstance(last, FinishedEvent):
+        return last.status
+    return "failed" if isinstance(last, ErrorEvent) else "cancelled"
+
+
+def resumable_log(generation: Generation, stream_format: str) -> LogWriter | None:
+    """The generation's stream log, wired to keep what its client is sent in
+    ``stream_format`` so the client can resume (None when streams are not resumable, or
+    for an Idempotency-Key replay: it is the first answer again, under that answer's id)."""
+    if not settings.STREAM_RESUME or generation.replayed:
+        return None
+    log = generation.log
+    if log is None:  # a cached or joined answer: the log holds its chunks only
+        log = generation.log = LogWriter(generation.message_id.hex)
+    chat = generation.request.chat
+    header = WireHeader(stream_format, generation.request.tenant.pk, str(chat.pk) if chat else None)
+    log.wire(header, on_stop=generation.stop)
+    return log
+
+
+def stream_headers(generation: Generation, path: str) -> dict[str, str]:
+    """Where a client that lost the stream resumes it (``GET`` with ``Last-Event-ID``)."""
+    stream_id = generation.message_id.hex
+    return {"x-stream-id": stream_id, "x-stream-url": path.format(stream_id=stream_id)}
+
+
+def in_background(coroutine) -> asyncio.Future:
+    task = asyncio.ensure_future(coroutine)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
+
+
+_background: set[asyncio.Future] = set()
 
 
 async def generation_response(
@@ -234,8 +323,12 @@ async def generation_response(
     headers: Mapping[str, str] | None = None,
     content_type: str = "text/event-stream",
     error_first: Callable[[ErrorEvent], HttpResponse] | None = None,
+    resumable: str | None = None,
 ) -> HttpResponseBase:
     """The streaming response of a generation, its events encoded by ``encode``.
+
+    With ``resumable`` (the stream's format) the stream can be resumed: its chunks carry
+    ids and are kept in the stream log, and it runs to the end when the client leaves.
 
     With ``error_first``, the status line waits for the engine's first event (at most
     ``SSE_KEEPALIVE_SECONDS``; after that the stream starts with keep-alives): when that
@@ -243,7 +336,8 @@ async def generation_response(
     ``error_first(event)`` (an HTTP error, which clients can tell and retry) instead of a
     200 stream carrying an error event. Its ``headers`` are set on either answer.
     """
-    stream = GenerationStream(generation, encode)
+    log = resumable_log(generation, resumable) if resumable else None
+    stream = GenerationStream(generation, encode, log=log)
     if error_first is not None:
         first = await stream.first_event(settings.SSE_KEEPALIVE_SECONDS)
         if isinstance(first, ErrorEvent):
@@ -396,7 +490,8 @@ def cors_headers(request: HttpRequest) -> dict[str, str]:
             "content-type, x-api-key, authorization, x-request-id, cache-control"
         ),
         "Access-Control-Expose-Headers": "x-request-id, x-vercel-ai-ui-message-stream, "
-        "x-chat-id, retry-after, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset",
+        "x-chat-id, x-stream-id, retry-after, x-ratelimit-limit, x-ratelimit-remaining, "
+        "x-ratelimit-reset",
         "Access-Control-Max-Age": "86400",
     }
     if allow_origin != "*":

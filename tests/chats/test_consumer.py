@@ -255,7 +255,25 @@ async def test_cancel_stops_the_stream_and_keeps_partial_content(account):
     await ws.disconnect()
 
 
-async def test_disconnect_mid_stream_stores_cancelled_partial(account):
+async def test_a_disconnect_mid_stream_leaves_the_answer_running_to_the_end(account):
+    tenant, key = account.tenant, account.key
+    chat = await sync_to_async(make_chat)(tenant)
+    ws, _, _ = await connect(key, chat_id=chat.id)
+    await receive(ws)
+    await ws.send_json_to({"content": "[demo:tokens=40][demo:delay=20] tell me a story"})
+    tokens = []
+    while len(tokens) < 3:
+        event = await receive(ws)
+        if event["type"] == "message_stream_token":
+            tokens.append(event["token"])
+    await ws.disconnect()
+    message = await wait_for_message(chat.id, "complete")
+    assert message.content.startswith("".join(tokens))
+    assert message.completion_tokens == 40
+
+
+async def test_without_resuming_a_disconnect_mid_stream_cancels(account, settings):
+    settings.STREAM_RESUME = False
     tenant, key = account.tenant, account.key
     chat = await sync_to_async(make_chat)(tenant)
     ws, _, _ = await connect(key, chat_id=chat.id)

@@ -235,6 +235,66 @@ async def test_consumer_closing_early_stores_cancelled_and_settles(tenant_chat):
 
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
+async def test_stop_ends_the_events_with_a_cancelled_finish_stored_and_settled(tenant_chat):
+    tenant, chat = tenant_chat
+    before = await balance(tenant)
+    generation = await start_generation(
+        GenerationRequest(
+            tenant=tenant,
+            chat=chat,
+            messages=[{"role": "user", "content": "[demo:tokens=100] go"}],
+        )
+    )
+    events = []
+    async for event in generation.events():
+        events.append(event)
+        if len(events) == 4:
+            generation.stop()
+    tokens, end = events[:-1], events[-1]
+    assert len(tokens) == 4 and all(isinstance(t, TokenEvent) for t in tokens)
+    assert isinstance(end, FinishedEvent)
+    assert (end.status, end.finish_reason) == ("cancelled", "cancelled")
+    assert end.content == "".join(t.text for t in tokens)
+    stored = await Message.objects.aget(pk=generation.message_id)
+    assert (stored.status, stored.content, stored.completion_tokens) == (
+        "cancelled",
+        end.content,
+        4,
+    )
+    assert await balance(tenant) == before - end.credits_charged
+    assert await ledger_sum(tenant) == await balance(tenant)
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_stop_cuts_a_wait_on_the_model_short(tenant_chat):
+    tenant, chat = tenant_chat
+    generation = await start_generation(
+        GenerationRequest(
+            tenant=tenant,
+            chat=chat,
+            messages=[{"role": "user", "content": "[demo:stall-after=2] hello there"}],
+        )
+    )
+    events = []
+
+    async def consume():
+        async for event in generation.events():
+            events.append(event)
+
+    consuming = asyncio.ensure_future(consume())
+    while len(events) < 2:
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    generation.stop()
+    await asyncio.wait_for(consuming, 5)
+    assert time.monotonic() - started < 2  # not the model's timeout
+    assert (events[-1].status, len(events)) == ("cancelled", 3)
+    assert (await Message.objects.aget(pk=generation.message_id)).status == "cancelled"
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
 async def test_openai_compatible_upstream_over_http(tenant_chat, fresh_catalog):
     tenant, chat = tenant_chat
     async with FakeUpstream("tokens-7") as upstream:

@@ -77,3 +77,94 @@ async def test_a_claim_lapses_after_the_model_timeout(memory_or_redis, settings)
     assert await stream_log.claim(cache_key, "dead") is None
     await asyncio.sleep(0.3)
     assert await stream_log.claim(cache_key, "alive") is None
+
+
+# --- Resumable streams: the chunks a client was sent ------------------------------------
+
+HEADER = stream_log.WireHeader("aisdk", 7, "chat-1")
+
+
+async def collect_wire(log_id: str, after: int = -1) -> list:
+    return [item async for item in stream_log.follow_wire(log_id, after)]
+
+
+@pytest.mark.asyncio
+async def test_a_wired_log_replays_its_chunks_after_any_position_then_live(memory_or_redis):
+    log_id = uuid.uuid4().hex
+    writer = LogWriter(log_id)
+    writer.wire(stream_log.WireHeader("aisdk", 7, f"chat-{log_id}"), on_stop=lambda: None)
+    seqs = [writer.append_chunk(f"chunk {n}") for n in range(5)]
+    assert seqs == [0, 1, 2, 3, 4]
+    writer.append("token")
+    await asyncio.sleep(0.05)
+    assert (await stream_log.wire_header(log_id)).chat_id == f"chat-{log_id}"
+    late = asyncio.ensure_future(collect_wire(log_id, after=2))
+    await writer.close(END)  # the tokens' end: joiners stop here, the chunks go on
+    assert await collect(log_id) == [LogToken(0, "token"), END]
+    writer.append_chunk("last chunk")
+    await writer.close_wire("complete")
+    expected = [stream_log.WireChunk(n, f"chunk {n}") for n in (3, 4)]
+    expected += [stream_log.WireChunk(5, "last chunk"), stream_log.WireEnd("complete")]
+    assert await asyncio.wait_for(late, 10) == expected
+    assert len(await collect_wire(log_id)) == 7
+
+
+@pytest.mark.asyncio
+async def test_a_chats_stream_is_active_until_its_last_chunk(memory_or_redis):
+    log_id, chat_id = uuid.uuid4().hex, f"chat-{uuid.uuid4().hex}"
+    writer = LogWriter(log_id)
+    writer.wire(stream_log.WireHeader("aisdk", 7, chat_id), on_stop=lambda: None)
+    await asyncio.sleep(0.05)
+    assert await stream_log.active_stream(7, "aisdk", ["other", chat_id]) == log_id
+    assert await stream_log.active_stream(8, "aisdk", [chat_id]) is None  # another tenant's
+    assert await stream_log.active_stream(7, "ws", [chat_id]) is None  # another format's
+    await writer.close(END)
+    assert await stream_log.active_stream(7, "aisdk", [chat_id]) == log_id
+    await writer.close_wire("complete")
+    assert await stream_log.active_stream(7, "aisdk", [chat_id]) is None
+
+
+@pytest.mark.asyncio
+async def test_a_stream_over_within_one_flush_is_not_left_active(memory_or_redis):
+    log_id, chat_id = uuid.uuid4().hex, f"chat-{uuid.uuid4().hex}"
+    writer = LogWriter(log_id)
+    writer.wire(stream_log.WireHeader("aisdk", 7, chat_id), on_stop=lambda: None)
+    writer.append_chunk("all of it")  # header, chunk and both ends go out together
+    await writer.close(END)
+    await writer.close_wire("complete")
+    assert await stream_log.active_stream(7, "aisdk", [chat_id]) is None
+    assert await stream_log.wire_state(log_id) == (stream_log.WireHeader("aisdk", 7, chat_id), 1)
+
+
+@pytest.mark.asyncio
+async def test_a_stop_request_reaches_the_writer_in_this_process_or_through_redis(
+    memory_or_redis,
+):
+    stopped = asyncio.Event()
+    log_id = uuid.uuid4().hex
+    writer = LogWriter(log_id)
+    writer.wire(HEADER, on_stop=stopped.set)
+    await stream_log.request_stop(log_id)
+    assert stopped.is_set()
+    await writer.close_wire("cancelled")
+    if memory_or_redis != "redis":
+        return
+    # As if another process asked: the writer sees it with its next flush, or when idle.
+    stopped.clear()
+    log_id = uuid.uuid4().hex
+    writer = LogWriter(log_id)
+    writer.wire(HEADER, on_stop=stopped.set)
+    del stream_log._local_writers[log_id]
+    await stream_log.request_stop(log_id)
+    await asyncio.wait_for(stopped.wait(), stream_log.STOP_CHECK_SECONDS + 2)
+    await writer.close_wire("cancelled")
+
+
+@pytest.mark.asyncio
+async def test_a_resume_of_an_unknown_stream_finds_nothing(memory_or_redis):
+    assert await stream_log.wire_header(uuid.uuid4().hex) is None
+    plain = uuid.uuid4().hex
+    writer = LogWriter(plain)  # not resumable: no header
+    writer.append("x")
+    await writer.close(END)
+    assert await stream_log.wire_header(plain) is None

@@ -253,3 +253,29 @@ test(
     report('serverTool', { chatId: last.metadata.chatId, toolCallId: tool.toolCallId });
   },
 );
+
+test('useChat({resume: true}): reconnectToStream replays the active stream to its end', { skip }, async () => {
+  const transport = new DefaultChatTransport({ api: url, headers: { 'x-api-key': key } });
+  const chatId = `resume-${nonce}`;
+  const abort = new AbortController();
+  const stream = await transport.sendMessages({
+    chatId,
+    trigger: 'submit-message',
+    messageId: undefined,
+    messages: [userMessage(`[demo:tokens=40][demo:delay=25] resume ${nonce}`)],
+    abortSignal: abort.signal,
+  });
+  const reader = stream.getReader();
+  for (let i = 0; i < 5; i += 1) await reader.read();
+  abort.abort(); // the page goes away mid-answer; the answer goes on
+  await reader.cancel().catch(() => {});
+
+  const resumed = await transport.reconnectToStream({ chatId });
+  assert.ok(resumed, 'the chat has an active stream');
+  const last = await lastMessage(resumed);
+  const text = textOf(last);
+  assert.equal(text.trim().split(/\s+/).length, 40);
+  assert.equal(last.metadata.usage.outputTokens, 40);
+  assert.equal(await transport.reconnectToStream({ chatId }), null, 'over: 204');
+  report('resume', { chatId: last.metadata.chatId, text });
+});

@@ -23,10 +23,13 @@ def account(server, account) -> Account:
 
 @pytest.fixture(scope="session")
 def keepalive_process(live_server_process, tmp_path_factory):
-    """A second server whose SSE keep-alive interval is 0.2 s (same test database)."""
+    """A second server whose SSE keep-alive interval is 0.2 s and whose model times out
+    after 3 s of silence (same test database)."""
     from tests.live import start_server
 
-    server = start_server(tmp_path_factory.mktemp("keepalive"), SSE_KEEPALIVE_SECONDS="0.2")
+    server = start_server(
+        tmp_path_factory.mktemp("keepalive"), SSE_KEEPALIVE_SECONDS="0.2", LLM_TIMEOUT_SECONDS="3"
+    )
     yield server
     server.stop()
 
@@ -34,6 +37,25 @@ def keepalive_process(live_server_process, tmp_path_factory):
 @pytest.fixture
 def keepalive_server(keepalive_process, server):
     return keepalive_process
+
+
+@pytest.fixture(scope="session")
+def slow_servers(live_server_process, tmp_path_factory):
+    """Two more server processes on the test database (and on Redis, when set) whose demo
+    model takes a while, so a second request meets the first still generating."""
+    from tests.live import start_server
+
+    servers = [
+        start_server(tmp_path_factory.mktemp("slow"), DEMO_TOKEN_DELAY_MS="20") for _ in range(2)
+    ]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def slow(slow_servers, server):
+    return slow_servers
 
 
 def unique(text: str = "hello") -> str:

@@ -1,6 +1,7 @@
 """A client that stops reading: the server stops generating (memory stays bounded), and
-once the client has read nothing for CLIENT_STALL_TIMEOUT_SECONDS the answer ends as
-cancelled, settled for what was generated. Real sockets against a daphne process."""
+once the client has read nothing for CLIENT_STALL_TIMEOUT_SECONDS it is disconnected;
+with resuming off (``STREAM_RESUME=false``) the answer then ends as cancelled, settled for
+what was generated. Real sockets against a daphne process."""
 
 import asyncio
 import json
@@ -27,7 +28,7 @@ STALL = 2.0
 
 @pytest.fixture
 def stall_server(tmp_path):
-    server = start_server(tmp_path, CLIENT_STALL_TIMEOUT_SECONDS=str(STALL))
+    server = start_server(tmp_path, CLIENT_STALL_TIMEOUT_SECONDS=str(STALL), STREAM_RESUME="false")
     yield server
     server.stop()
 

@@ -49,25 +49,6 @@ console.log('Credits:', response2.headers.get('x-credits-charged')); // 0 (free!
 """
 
 
-@pytest.fixture(scope="module")
-def slow_servers(live_server_process, tmp_path_factory):
-    """Two more server processes on the test database (and on Redis, when set) whose demo
-    model takes a while, so a second request meets the first still generating."""
-    from tests.live import start_server
-
-    servers = [
-        start_server(tmp_path_factory.mktemp("slow"), DEMO_TOKEN_DELAY_MS="20") for _ in range(2)
-    ]
-    yield servers
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def slow(slow_servers, server):
-    return slow_servers
-
-
 def body(question: str) -> dict:
     return {"messages": [{"role": "user", "content": question}], "quality": "cheap"}
 

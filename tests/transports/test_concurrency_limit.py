@@ -61,7 +61,15 @@ def test_every_http_format_answers_429_while_a_generation_runs(server, one_at_on
         chat = make_chat(tenant)
         url = f"{server.ws_url}/ws/chat?api_key={key}&user_id={chat.end_user.external_id}"
         assert asyncio.run(ws_error(f"{url}&chat_id={chat.id}"))["code"] == "CONCURRENCY_LIMIT"
-    # The stream closed: its slot comes back.
+        stream_url = f"{server.url}{running.headers['x-stream-url']}"
+    # Its client left, and the answer runs on in its slot until it is stopped.
+    assert (
+        httpx.post(
+            f"{server.url}/api/ai/chat", json={"messages": QUICK}, headers=headers
+        ).status_code
+        == 429
+    )
+    assert httpx.delete(stream_url, headers=headers, timeout=30).json()["status"] == "cancelled"
     response = httpx.post(
         f"{server.url}/api/ai/chat/complete", json={"messages": QUICK}, headers=headers
     )

@@ -288,14 +288,14 @@ def test_upstream_failure_without_streaming_is_502(server, account):
     assert info.value.type == "api_error"
 
 
-def test_client_disconnect_settles_the_hold(server, account):
+def test_a_streaming_client_that_leaves_is_settled_once_the_answer_ends(server, account):
     before = account.balance()
     request_id = f"oai-{uuid.uuid4().hex}"
     read_then_disconnect(
         f"{server.url}/v1/chat/completions",
         {
             "model": "balanced",
-            "messages": user("[demo:tokens=400][demo:delay=20] long"),
+            "messages": user("[demo:tokens=40][demo:delay=20] long"),
             "stream": True,
         },
         {**account.headers, "X-Request-ID": request_id},

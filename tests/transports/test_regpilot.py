@@ -257,12 +257,12 @@ def test_upstream_error_before_the_first_token_is_502(server, account, status):
     assert_hold_settled(account, request_id, before)
 
 
-def test_client_disconnect_cancels_and_settles_the_hold(server, account):
+def test_a_client_that_leaves_is_settled_for_the_answer_run_to_its_end(server, account):
     before = account.balance()
     request_id = unique("disconnect").replace(" #", "-")
     read_then_disconnect(
         f"{server.url}/api/ai/chat",
-        body("[demo:tokens=400][demo:delay=20] long"),
+        body("[demo:tokens=40][demo:delay=20] long"),
         {**account.headers, "X-Request-ID": request_id},
         lines=3,
     )
