@@ -1,6 +1,6 @@
 """Idempotency-Key: one request per key, its answer replayed to retries.
 
-A request claims its key atomically (``SET NX`` in Redis, ``cache.add`` in process) with a
+A request claims its key atomically (:meth:`billing.store.Store.add`) with a
 fingerprint of what it asks. A retry then finds the claim: while the first is still
 running it is refused (409, retry later); once the first completed, the stored answer is
 replayed; with a different request under the same key it is refused (400). A request
@@ -18,12 +18,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
 
-import redis
 from django.conf import settings
-from django.core.cache import caches
 
 from billing.response_cache import CachedAnswer, decode_answer, encode_answer, idempotency_key
-from chatproject.redis import get_redis
+from billing.store import StoreUnavailable, get_store
 
 logger = logging.getLogger(__name__)
 
@@ -79,18 +77,12 @@ async def idempotency_claim(tenant_id: int, key: str, fingerprint: str) -> Claim
     """Claim ``key`` for this request, or say what an earlier one left there."""
     storage_key = idempotency_key(tenant_id, key)
     pending = _value(fingerprint, None)
+    store = get_store()
     try:
-        if settings.REDIS_URL:
-            client = get_redis()
-            if await client.set(storage_key, pending, nx=True, ex=PENDING_SECONDS):
-                return Claim("claimed")
-            raw = await client.get(storage_key)
-        else:
-            backend = caches["default"]
-            if backend.add(storage_key, pending, PENDING_SECONDS):
-                return Claim("claimed")
-            raw = backend.get(storage_key)
-    except redis.RedisError:  # without the store, behave as if no key had been sent
+        if await store.add(storage_key, pending, PENDING_SECONDS):
+            return Claim("claimed")
+        raw = await store.get(storage_key)
+    except StoreUnavailable:  # without the store, behave as if no key had been sent
         logger.warning("idempotency store unavailable; request runs unclaimed", exc_info=True)
         return Claim("claimed")
     if raw is None:  # expired between the two calls: claim again
@@ -126,16 +118,11 @@ async def idempotency_abandon(tenant_id: int, key: str) -> None:
 
 async def _write(tenant_id: int, key: str, value: str | None, ttl: float) -> None:
     storage_key = idempotency_key(tenant_id, key)
+    store = get_store()
     try:
-        if settings.REDIS_URL:
-            client = get_redis()
-            if value is None or ttl <= 0:
-                await client.delete(storage_key)
-            else:
-                await client.set(storage_key, value, ex=max(1, round(ttl)))
-        elif value is None or ttl <= 0:
-            caches["default"].delete(storage_key)
+        if value is None or ttl <= 0:
+            await store.delete(storage_key)
         else:
-            caches["default"].set(storage_key, value, ttl)
-    except redis.RedisError:
+            await store.put(storage_key, value, ttl)
+    except StoreUnavailable:
         logger.warning("idempotency store unavailable; claim not updated", exc_info=True)

@@ -3,9 +3,9 @@
 A request's key is a SHA-256 over a canonical JSON of everything that shapes the answer
 (tenant, resolved model, messages and every generation parameter), under a prefix naming
 the tenant, so no two tenants can ever share an entry. Entries live for
-``RESPONSE_CACHE_TTL_SECONDS`` (0 turns the cache off) in Redis when ``REDIS_URL`` is set,
-in Django's default (in-process) cache otherwise. A cache that fails is a miss, never an
-error.
+``RESPONSE_CACHE_TTL_SECONDS`` (0 turns the cache off) in the billing store (Redis when
+``REDIS_URL`` is set, this process's memory otherwise). A cache that fails is a miss,
+never an error.
 
 The same storage keeps idempotent replies: an answer stored under a client's
 ``Idempotency-Key``, scoped to its tenant.
@@ -18,15 +18,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-import redis
 from django.conf import settings
-from django.core.cache import caches
-from django.core.cache.backends.locmem import LocMemCache
 
 from billing import ratelimit
 from billing.models import Tenant
-from billing.ratelimit import RateLimitState, redis_gate
-from chatproject.redis import get_redis
+from billing.ratelimit import RateLimitState
+from billing.store import StoreUnavailable, get_store
 
 logger = logging.getLogger(__name__)
 
@@ -122,37 +119,19 @@ def decode_answer(raw: str | bytes) -> CachedAnswer | None:
 
 
 async def _load(key: str) -> CachedAnswer | None:
-    if settings.REDIS_URL:
-        try:
-            async with redis_gate():
-                raw = await get_redis().get(key)
-        except redis.RedisError:
-            logger.warning("response cache: Redis unavailable, treated as a miss", exc_info=True)
-            return None
-    else:
-        backend = caches["default"]
-        # The in-process cache never blocks: no hop to a worker thread for it.
-        if isinstance(backend, LocMemCache):
-            raw = backend.get(key)
-        else:
-            raw = await backend.aget(key)
+    try:
+        raw = await get_store().get(key)
+    except StoreUnavailable:
+        logger.warning("response cache: store unavailable, treated as a miss", exc_info=True)
+        return None
     return None if raw is None else decode_answer(raw)
 
 
 async def _store(key: str, answer: CachedAnswer, ttl: float) -> None:
-    value = encode_answer(answer)
-    if settings.REDIS_URL:
-        try:
-            async with redis_gate():
-                await get_redis().set(key, value, px=max(1, round(ttl * 1000)))
-        except redis.RedisError:
-            logger.warning("response cache: Redis unavailable, answer not stored", exc_info=True)
-    else:
-        backend = caches["default"]
-        if isinstance(backend, LocMemCache):
-            backend.set(key, value, ttl)
-        else:
-            await backend.aset(key, value, ttl)
+    try:
+        await get_store().put(key, encode_answer(answer), ttl)
+    except StoreUnavailable:
+        logger.warning("response cache: store unavailable, answer not stored", exc_info=True)
 
 
 def _ttl() -> int:
@@ -172,13 +151,11 @@ async def rate_limit_and_cache_get(
     """A request's first two checks: its rate limit (raises when spent, see
     :func:`~billing.ratelimit.rate_limit_consume`) and its stored answer (None: a miss).
 
-    With Redis holding both they are one call, so billing costs a request one round trip
-    to Redis, not two.
+    The store answers both in one call, so billing costs a request one round trip to
+    Redis, not two.
     """
     if key is None or _ttl() <= 0:
         return await ratelimit.rate_limit_consume(tenant), None
-    if not settings.REDIS_URL:
-        return await ratelimit.rate_limit_consume(tenant), await _load(key)
     state, raw = await ratelimit.rate_limit_consume_and_read(tenant, key)
     return state, None if raw is None else decode_answer(raw)
 

@@ -34,7 +34,6 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from billing.ratelimit import redis_gate
 from chatproject.redis import get_redis
 
 logger = logging.getLogger(__name__)
@@ -324,7 +323,7 @@ class LogWriter:
         key = _log_key(self.log_id)
         wired = self._header
         try:
-            async with redis_gate(), get_redis().pipeline(transaction=False) as pipe:
+            async with get_redis().pipeline(transaction=False) as pipe:
                 for entry in entries:
                     pipe.xadd(key, entry, maxlen=MAX_ENTRIES, approximate=True)
                 pipe.pexpire(key, _ttl_ms())
@@ -587,10 +586,9 @@ async def claim(cache_key: str, log_id: str) -> str | None:
         _memory_claims[cache_key] = (log_id, now + ttl)
         return None
     try:
-        async with redis_gate():
-            held = await get_redis().set(
-                _claim_key(cache_key), log_id, nx=True, get=True, px=max(1, round(ttl * 1000))
-            )
+        held = await get_redis().set(
+            _claim_key(cache_key), log_id, nx=True, get=True, px=max(1, round(ttl * 1000))
+        )
     except redis.RedisError:
         logger.warning("in-flight claim: Redis unavailable, request runs on its own")
         return None
@@ -605,8 +603,7 @@ async def release(cache_key: str, log_id: str) -> None:
             del _memory_claims[cache_key]
         return
     try:
-        async with redis_gate():
-            await get_redis().eval(_DELETE_IF_LUA, 1, _claim_key(cache_key), log_id)
+        await get_redis().eval(_DELETE_IF_LUA, 1, _claim_key(cache_key), log_id)
     except redis.RedisError:  # the claim then lapses after STREAM_LOG_TTL_SECONDS
         logger.warning("in-flight claim: Redis unavailable, claim left to expire")
 

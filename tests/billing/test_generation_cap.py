@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from billing import concurrency
+from billing import concurrency, store
 from billing.models import Plan
 from billing.services import credits_top_up
 from chatproject.errors import ApiError
@@ -24,7 +24,7 @@ LONG = [{"role": "user", "content": "[demo:tokens=100] go"}]
 
 @pytest.fixture(autouse=True)
 def _fresh_slots():
-    concurrency.reset_memory_slots()
+    store.reset_memory_store()
 
 
 @pytest.fixture
@@ -127,7 +127,7 @@ async def test_slots_are_shared_through_redis(capped):
     first = await admit(tenant)
     # Another process's generation: its slot is in Redis, not in this process's memory.
     await concurrency.generation_slot_acquire(tenant, "elsewhere")
-    concurrency.reset_memory_slots()
+    store.reset_memory_store()
     with pytest.raises(ApiError):
         await admit(tenant)
     await concurrency.generation_slot_release(tenant.pk, "elsewhere")

@@ -11,15 +11,14 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from billing import ratelimit
+from billing import ratelimit, store
+from billing.gcra import Rate, gcra
 from billing.models import Plan, Tenant
 from billing.ratelimit import (
-    Rate,
     RateLimitState,
     connection_slot_acquire,
     connection_slot_refresh,
     connection_slot_release,
-    gcra,
     rate_limit_consume,
     rate_limit_consume_sync,
 )
@@ -57,9 +56,9 @@ def clock(settings) -> FakeClock:
     """In-process limits with a clock the test moves."""
     settings.REDIS_URL = ""
     fake = FakeClock()
-    ratelimit.reset_memory_backend(fake)
+    store.reset_memory_store(fake)
     yield fake
-    ratelimit.reset_memory_backend()
+    store.reset_memory_store()
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -70,7 +69,7 @@ def backend(request, settings) -> str:
             pytest.skip("needs REDIS_URL")
     else:
         settings.REDIS_URL = ""
-        ratelimit.reset_memory_backend()
+        store.reset_memory_store()
     return request.param
 
 

@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import InterfaceError, connection
 
-from billing import ratelimit, response_cache
+from billing import response_cache, store
 from billing.models import LedgerEntry, Tenant
 from chatproject.errors import ApiError
 from chats import catalog
@@ -552,7 +552,7 @@ async def test_a_refused_request_keeps_the_chat_it_found(tenant_chat):
 @pytest.mark.django_db(transaction=True)
 async def test_a_rate_limited_request_writes_nothing(db, settings):
     settings.REDIS_URL = ""
-    ratelimit.reset_memory_backend()
+    store.reset_memory_store()
     tenant = await sync_to_async(make_tenant)(plan="free", credits=100)
     chat = await sync_to_async(make_chat)(tenant)
     await sync_to_async(policy_for_tenant)(tenant=tenant)  # cached: evaluated meanwhile
