@@ -57,7 +57,7 @@ from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 
 from bench.support import database_version, with_throwaway_database  # noqa: E402
-from billing import concurrency, credits, ratelimit, response_cache  # noqa: E402
+from billing import credits, limits, response_cache  # noqa: E402
 from billing.credits import credits_reserve, credits_settle  # noqa: E402
 from billing.models import Plan, Tenant  # noqa: E402
 from billing.services import credits_top_up  # noqa: E402
@@ -127,8 +127,8 @@ def billing_replaced_by_no_ops():
     replaced = [
         (response_cache, "rate_limit_and_cache_get", _no_limit_no_lookup),
         (response_cache, "cache_put", _no_cache_fill),
-        (concurrency, "generation_slot_acquire", _no_slot),
-        (concurrency, "generation_slot_release", _no_slot),
+        (limits, "generation_admit", _no_slot),
+        (limits, "generation_release", _no_slot),
         (credits, "credits_reserve_pending", _no_hold),
         (credits, "credits_settle_pending", _no_settle),
     ]
@@ -247,7 +247,7 @@ async def bench(tenant: Tenant, args) -> tuple:
     steps = await bench_steps(tenant, args.requests, args.warmup)
     if settings.REDIS_URL:
         client = get_redis()
-        await client.delete(ratelimit.rate_key(tenant.pk))
+        await client.delete(limits.rate_key(tenant.pk))
         prefix = f"{response_cache.KEY_PREFIX}:rc:{response_cache.KEY_VERSION}:{tenant.pk}:*"
         async for key in client.scan_iter(match=prefix, count=1000):
             await client.delete(key)

@@ -29,6 +29,12 @@ class Rate:
     burst: int
 
     @classmethod
+    def per_second(cls, count: int) -> "Rate":
+        """``count`` a second, in bursts of as many."""
+        count = max(1, count)
+        return cls(interval_us=max(1, round(MICROS / count)), burst=count)
+
+    @classmethod
     def of(cls, plan: Plan) -> "Rate | None":
         """The plan's request rate; None when it is unlimited."""
         if plan.requests_per_minute is None:

@@ -29,7 +29,7 @@ class Plan(models.Model):
     burst = models.PositiveIntegerField(null=True, blank=True)
     ws_messages_per_second = models.PositiveIntegerField(default=10)
     ws_max_connections = models.PositiveIntegerField(default=50)
-    # Generations running at once, over every transport and process (billing.concurrency).
+    # Generations running at once, over every transport and process (billing.limits).
     max_concurrent_generations = models.PositiveIntegerField(default=50)
 
     class Meta:

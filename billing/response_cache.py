@@ -20,9 +20,9 @@ from typing import Any
 
 from django.conf import settings
 
-from billing import ratelimit
+from billing import limits
+from billing.limits import RateLimitState
 from billing.models import Tenant
-from billing.ratelimit import RateLimitState
 from billing.store import StoreUnavailable, get_store
 
 logger = logging.getLogger(__name__)
@@ -149,14 +149,14 @@ async def rate_limit_and_cache_get(
     tenant: Tenant, key: str | None
 ) -> tuple[RateLimitState | None, CachedAnswer | None]:
     """A request's first two checks: its rate limit (raises when spent, see
-    :func:`~billing.ratelimit.rate_limit_consume`) and its stored answer (None: a miss).
+    :func:`~billing.limits.request_admit`) and its stored answer (None: a miss).
 
     The store answers both in one call, so billing costs a request one round trip to
     Redis, not two.
     """
     if key is None or _ttl() <= 0:
-        return await ratelimit.rate_limit_consume(tenant), None
-    state, raw = await ratelimit.rate_limit_consume_and_read(tenant, key)
+        return (await limits.request_admit(tenant))[0], None
+    state, raw = await limits.request_admit(tenant, read=key)
     return state, None if raw is None else decode_answer(raw)
 
 

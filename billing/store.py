@@ -102,6 +102,11 @@ class MemoryStore:
                 self._tats = {k: v for k, v in self._tats.items() if v > now_us}
             return decision
 
+    def forget(self, key: str) -> None:
+        """Drop the bucket at ``key`` (its owner is gone)."""
+        with self._lock:
+            self._tats.pop(key, None)
+
     async def consume(
         self, key: str, rate: Rate | None, *, read: str | None = None
     ) -> tuple[Decision | None, Value | None]:

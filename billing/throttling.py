@@ -1,4 +1,5 @@
-"""Plan rate limits on every REST endpoint, as a DRF throttle.
+"""The plan's request limits (:func:`billing.limits.request_admit_sync`) on every REST
+endpoint, as a DRF throttle.
 
 A DRF throttle can only say yes or no, so this one raises the product's ``ApiError``
 itself (the exception handler turns it into the 429 envelope with ``Retry-After`` and
@@ -11,7 +12,7 @@ Views that run the streaming engine consume the allowance there; they set
 
 from rest_framework.throttling import BaseThrottle
 
-from billing.ratelimit import rate_limit_consume_sync
+from billing.limits import request_admit_sync
 
 
 class PlanRateThrottle(BaseThrottle):
@@ -19,7 +20,7 @@ class PlanRateThrottle(BaseThrottle):
         tenant = getattr(request, "tenant", None)
         if tenant is None:  # public endpoints (schema, docs): nothing to count against
             return True
-        state = rate_limit_consume_sync(tenant)  # raises ApiError(RATE_LIMITED)
+        state = request_admit_sync(tenant)  # raises ApiError(RATE_LIMITED)
         if state is not None:
             view.headers.update(state.headers())
         return True

@@ -9,7 +9,7 @@ database call off the event loop:
   token counts on its hold;
 
 and, meanwhile, the leases of their concurrent-generation slots in Redis, in one round
-trip (:mod:`billing.concurrency`).
+trip (:mod:`billing.limits`).
 
 So the sweeper tells a dead process's holds by their lapsed leases, and settles them for
 what was checkpointed. Nothing here runs per token.
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
-from billing import concurrency, credits
+from billing import credits, limits
 from chatproject.db import db_call
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ async def tick() -> None:
         return
     _tick = asyncio.gather(
         db_call(_write, hold_ids, due),
-        concurrency.generation_slots_renew(slots),
+        limits.generation_slots_renew(slots),
         return_exceptions=True,
     )
     for outcome in await asyncio.shield(_tick):

@@ -24,7 +24,7 @@ import redis
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from billing import ratelimit
+from billing import limits
 from billing.services import api_key_authenticate, api_key_recheck
 from chatproject import metrics
 from chatproject.db import db_call
@@ -74,24 +74,6 @@ CLIENT_OPTIONS = (
 MAX_CLIENT_MESSAGE_ID_LENGTH = 100  # Message.client_message_id
 MAX_INDEX = 2**31 - 1
 STREAM_FORMAT = "ws"  # the stream log's name for this transport's chunks
-
-
-class MessageRate:
-    """A per-connection token bucket: ``rate`` messages per second, bursts of ``rate``."""
-
-    def __init__(self, rate: int) -> None:
-        self.rate = float(rate)
-        self.tokens = float(rate)
-        self.updated = time.monotonic()
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
 
 
 def _query(scope) -> dict[str, str]:
@@ -200,21 +182,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except ApiError as error:
             await self._refuse(error, CLOSE_CHAT_NOT_FOUND)
             return
-        if not await ratelimit.connection_slot_acquire(self.tenant, self.connection_id):
-            await self._refuse(
-                ApiError(
-                    ErrorCode.CONNECTION_LIMIT,
-                    "Too many concurrent connections for this tenant.",
-                    details={"limit": self.tenant.plan.ws_max_connections},
-                ),
-                CLOSE_CONNECTION_LIMIT,
-            )
+        try:
+            await limits.connection_admit(self.tenant, self.connection_id)
+        except ApiError as error:
+            await self._refuse(error, CLOSE_CONNECTION_LIMIT)
             return
         self.slot_held = True
         metrics.WEBSOCKETS.inc()
         ws_slots.keep(self.connection_id, self.tenant, self._slot_lost, asyncio.current_task())
         self.user_id = user_id
-        self.rate = MessageRate(self.tenant.plan.ws_messages_per_second)
         await self.channel_layer.group_add(_group(self.chat.id), self.channel_name)
         await self.accept()
         await self._send(
@@ -289,11 +265,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
         if not self.slot_held:  # a refused connection is closing; it takes no messages
             return
-        if not self.rate.allow():
-            await self._error(
-                ErrorCode.RATE_LIMITED,
-                f"More than {self.tenant.plan.ws_messages_per_second} messages per second.",
-            )
+        try:
+            limits.message_admit(self.tenant, self.connection_id)
+        except ApiError as error:
+            await self._send(ws_events.error_event(error))
             return
         try:
             payload = parse_json(

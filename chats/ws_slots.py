@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from django.conf import settings
 
-from billing import ratelimit
+from billing import limits
 from billing.models import Tenant
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ async def release(tenant: Tenant, connection_id: str) -> None:
     refresh = _refreshing.get(connection_id)
     if refresh is not None:
         await asyncio.wait([refresh])  # its outcome is the refresher's to handle
-    await ratelimit.connection_slot_release(tenant, connection_id)
+    await limits.connection_release(tenant, connection_id)
 
 
 async def refresh_all() -> None:
@@ -58,7 +58,7 @@ async def refresh_all() -> None:
             except Exception:  # the store is down: the slot lapses by itself
                 logger.exception("releasing the slot of an ended connection failed")
             continue
-        refresh = asyncio.ensure_future(ratelimit.connection_slot_refresh(tenant, connection_id))
+        refresh = asyncio.ensure_future(limits.connection_refresh(tenant, connection_id))
         _refreshing[connection_id] = refresh
         try:
             kept = await refresh

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from billing import concurrency, credits, idempotency, pricing, response_cache
+from billing import credits, idempotency, limits, pricing, response_cache
 from billing.models import Tenant
 from chatproject import metrics
 from chatproject.db import db_call, pipelined
@@ -53,7 +53,7 @@ async def start_generation(request: GenerationRequest) -> Generation:
 
 
 class GenerationSlot:
-    """One of the tenant's concurrent generations (:mod:`billing.concurrency`), taken
+    """One of the tenant's concurrent generations (:mod:`billing.limits`), taken
     while admission's Redis call is out and given back in every ending."""
 
     def __init__(self, tenant_id: int, slot_id: str) -> None:
@@ -61,7 +61,7 @@ class GenerationSlot:
         self._taking: asyncio.Future | None = None
 
     def take(self, tenant: Tenant) -> asyncio.Future:
-        self._taking = asyncio.ensure_future(concurrency.generation_slot_acquire(tenant, self.id))
+        self._taking = asyncio.ensure_future(limits.generation_admit(tenant, self.id))
         return self._taking
 
     def give_back(self) -> None:
@@ -73,7 +73,7 @@ class GenerationSlot:
 
     def _release_if_taken(self, taking: asyncio.Future) -> None:
         if not taking.cancelled() and taking.exception() is None:
-            _in_background(concurrency.generation_slot_release(self.tenant_id, self.id))
+            _in_background(limits.generation_release(self.tenant_id, self.id))
 
 
 async def _start_generation(request: GenerationRequest, slot: GenerationSlot) -> Generation:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.db import DatabaseError
 
-from billing import credits, idempotency, ratelimit, response_cache
+from billing import credits, idempotency, limits, response_cache
 from chatproject import metrics
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, service_unavailable
@@ -73,7 +73,7 @@ class Generation:
         cached: response_cache.CachedAnswer | None,
         cache_key: str | None,
         user_message: StoredMessage | None,
-        rate_limit: ratelimit.RateLimitState | None,
+        rate_limit: limits.RateLimitState | None,
         replayed: bool = False,
         idempotency_claim: str | None = None,
         receipt: idempotency.Receipt | None = None,

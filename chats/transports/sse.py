@@ -26,8 +26,8 @@ from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from billing.authentication import presented_key
+from billing.limits import request_admit
 from billing.models import Tenant
-from billing.ratelimit import rate_limit_consume
 from billing.services import api_key_authenticate
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, error_response, outage_error
@@ -365,7 +365,7 @@ async def authenticate(request: HttpRequest, *, rate_limit: bool = False) -> Ten
     """
     api_key = await db_call(api_key_authenticate, presented_key(request))
     if rate_limit:
-        state = await rate_limit_consume(api_key.tenant)
+        state, _ = await request_admit(api_key.tenant)
         if state is not None:
             setattr(request, _RATE_LIMIT, state)
     return api_key.tenant

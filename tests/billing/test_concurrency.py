@@ -119,7 +119,7 @@ import asyncio, json, os, sys, time
 import django
 django.setup()
 from billing.models import Plan, Tenant
-from billing import ratelimit
+from billing import limits
 from chatproject.errors import ApiError
 
 mode, tenant_id, parties, count, name = sys.argv[1:6]
@@ -129,13 +129,17 @@ tenant = Tenant(pk=int(tenant_id), name="t", plan=plan)
 
 async def consume():
     try:
-        await ratelimit.rate_limit_consume(tenant)
+        await limits.request_admit(tenant)
         return True
     except ApiError:
         return False
 
 async def acquire(i):
-    return await ratelimit.connection_slot_acquire(tenant, f"{name}-{i}")
+    try:
+        await limits.connection_admit(tenant, f"{name}-{i}")
+        return True
+    except ApiError:
+        return False
 
 async def start_together():
     # A barrier in Redis: go when every process has arrived.

@@ -8,7 +8,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from billing import concurrency, store
+from billing import limits, store
 from billing.models import Plan
 from billing.services import credits_top_up
 from chatproject.errors import ApiError
@@ -95,8 +95,8 @@ async def test_a_slot_nobody_renews_lapses(capped, settings):
     settings.HOLD_LEASE_SECONDS = 0.5
     settings.STREAM_CHECKPOINT_SECONDS = 0.1
     # Two slots taken by a process that then died: never given back, never renewed.
-    await concurrency.generation_slot_acquire(tenant, "dead-1")
-    await concurrency.generation_slot_acquire(tenant, "dead-2")
+    await limits.generation_admit(tenant, "dead-1")
+    await limits.generation_admit(tenant, "dead-2")
     with pytest.raises(ApiError):
         await admit(tenant)
     await asyncio.sleep(0.6)
@@ -126,11 +126,11 @@ async def test_slots_are_shared_through_redis(capped):
     tenant, _ = capped
     first = await admit(tenant)
     # Another process's generation: its slot is in Redis, not in this process's memory.
-    await concurrency.generation_slot_acquire(tenant, "elsewhere")
+    await limits.generation_admit(tenant, "elsewhere")
     store.reset_memory_store()
     with pytest.raises(ApiError):
         await admit(tenant)
-    await concurrency.generation_slot_release(tenant.pk, "elsewhere")
+    await limits.generation_release(tenant.pk, "elsewhere")
     second = await admit(tenant)
     for generation in (first, second):
         await generation.events().aclose()

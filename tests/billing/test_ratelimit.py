@@ -1,4 +1,4 @@
-"""Plan rate limits (GCRA) and WebSocket connection slots, in process and in Redis."""
+"""Plan request limits (GCRA) and WebSocket connection slots, in process and in Redis."""
 
 import asyncio
 import random
@@ -11,17 +11,17 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from billing import ratelimit, store
+from billing import limits, store
 from billing.gcra import Rate, gcra
-from billing.models import Plan, Tenant
-from billing.ratelimit import (
+from billing.limits import (
     RateLimitState,
-    connection_slot_acquire,
-    connection_slot_refresh,
-    connection_slot_release,
-    rate_limit_consume,
-    rate_limit_consume_sync,
+    connection_admit,
+    connection_refresh,
+    connection_release,
+    request_admit,
+    request_admit_sync,
 )
+from billing.models import Plan, Tenant
 from chatproject.errors import ApiError, ErrorCode
 from tests.factories import make_key, make_tenant
 
@@ -73,8 +73,22 @@ def backend(request, settings) -> str:
     return request.param
 
 
+async def admit(tenant: Tenant) -> RateLimitState | None:
+    return (await request_admit(tenant))[0]
+
+
+async def slot(tenant: Tenant, connection_id: str) -> bool:
+    """Whether the connection got a slot."""
+    try:
+        await connection_admit(tenant, connection_id)
+    except ApiError as refused:
+        assert refused.code == ErrorCode.CONNECTION_LIMIT
+        return False
+    return True
+
+
 def consume_n(tenant: Tenant, n: int) -> list[RateLimitState]:
-    return [rate_limit_consume_sync(tenant) for _ in range(n)]
+    return [request_admit_sync(tenant) for _ in range(n)]
 
 
 # --- the algorithm ------------------------------------------------------------------
@@ -110,10 +124,10 @@ def test_rate_of_plans():
 @pytest.mark.asyncio
 async def test_burst_is_admitted_then_limited(clock):
     tenant = tenant_on(**FREE)
-    states = [await rate_limit_consume(tenant) for _ in range(20)]
+    states = [await admit(tenant) for _ in range(20)]
     assert [s.remaining for s in states] == list(range(19, -1, -1))
     with pytest.raises(ApiError) as raised:
-        await rate_limit_consume(tenant)
+        await admit(tenant)
     error = raised.value
     assert error.code == ErrorCode.RATE_LIMITED and error.status == 429 and error.retryable
     assert error.headers == {
@@ -128,32 +142,32 @@ async def test_burst_is_admitted_then_limited(clock):
 async def test_allowance_refills_over_time(clock):
     tenant = tenant_on(**FREE)
     for _ in range(20):
-        await rate_limit_consume(tenant)
+        await admit(tenant)
     clock.advance(5.9)
     with pytest.raises(ApiError) as raised:
-        await rate_limit_consume(tenant)
+        await admit(tenant)
     assert raised.value.headers["Retry-After"] == "1"
     clock.advance(0.1)
-    assert (await rate_limit_consume(tenant)).remaining == 0
+    assert (await admit(tenant)).remaining == 0
     clock.advance(60)  # ten more
-    remaining = [(await rate_limit_consume(tenant)).remaining for _ in range(10)]
+    remaining = [(await admit(tenant)).remaining for _ in range(10)]
     assert remaining == list(range(9, -1, -1))
     with pytest.raises(ApiError):
-        await rate_limit_consume(tenant)
+        await admit(tenant)
 
 
 @pytest.mark.asyncio
 async def test_an_idle_tenant_gets_its_whole_burst_back(clock):
     tenant = tenant_on(**FREE)
     for _ in range(20):
-        await rate_limit_consume(tenant)
+        await admit(tenant)
     clock.advance(3600)
-    assert (await rate_limit_consume(tenant)).remaining == 19
+    assert (await admit(tenant)).remaining == 19
 
 
 @pytest.mark.asyncio
 async def test_headers_of_an_admitted_request(clock):
-    state = await rate_limit_consume(tenant_on(requests_per_minute=100, burst=200))
+    state = await admit(tenant_on(requests_per_minute=100, burst=200))
     assert state.headers() == {
         "X-RateLimit-Limit": "200",
         "X-RateLimit-Remaining": "199",
@@ -165,8 +179,8 @@ async def test_headers_of_an_admitted_request(clock):
 async def test_tenants_have_separate_allowances(clock):
     first, second = tenant_on(**FREE), tenant_on(**FREE)
     for _ in range(20):
-        await rate_limit_consume(first)
-    assert (await rate_limit_consume(second)).remaining == 19
+        await admit(first)
+    assert (await admit(second)).remaining == 19
 
 
 def test_in_process_limit_holds_across_threads(clock):
@@ -176,7 +190,7 @@ def test_in_process_limit_holds_across_threads(clock):
 
     def attempt(_) -> bool:
         try:
-            rate_limit_consume_sync(tenant)
+            request_admit_sync(tenant)
             return True
         except ApiError:
             return False
@@ -191,17 +205,17 @@ def test_in_process_limit_holds_across_threads(clock):
 @pytest.mark.asyncio
 async def test_unlimited_plan_is_not_counted(backend):
     tenant = tenant_on(requests_per_minute=None, burst=None)
-    assert [await rate_limit_consume(tenant) for _ in range(50)] == [None] * 50
-    assert rate_limit_consume_sync(tenant) is None
+    assert [await admit(tenant) for _ in range(50)] == [None] * 50
+    assert request_admit_sync(tenant) is None
 
 
 @pytest.mark.asyncio
 async def test_burst_then_429_in_each_backend(backend):
     tenant = tenant_on(requests_per_minute=1, burst=5)
-    remaining = [(await rate_limit_consume(tenant)).remaining for _ in range(5)]
+    remaining = [(await admit(tenant)).remaining for _ in range(5)]
     assert remaining == [4, 3, 2, 1, 0]
     with pytest.raises(ApiError) as raised:
-        await rate_limit_consume(tenant)
+        await admit(tenant)
     assert 59 <= int(raised.value.headers["Retry-After"]) <= 60
     assert raised.value.headers["X-RateLimit-Remaining"] == "0"
 
@@ -209,8 +223,8 @@ async def test_burst_then_429_in_each_backend(backend):
 def test_sync_and_async_share_one_allowance(backend):
     tenant = tenant_on(requests_per_minute=1, burst=4)
     consume_n(tenant, 2)
-    assert asyncio.run(rate_limit_consume(tenant)).remaining == 1
-    assert rate_limit_consume_sync(tenant).remaining == 0
+    assert asyncio.run(admit(tenant)).remaining == 1
+    assert request_admit_sync(tenant).remaining == 0
 
 
 @pytest.mark.asyncio
@@ -220,7 +234,7 @@ async def test_many_concurrent_requests_in_one_process_are_all_counted(backend):
 
     async def attempt() -> bool:
         try:
-            return await rate_limit_consume(tenant) is not None
+            return await admit(tenant) is not None
         except ApiError:
             return False
 
@@ -232,9 +246,9 @@ async def test_redis_keys_expire_when_the_bucket_is_full_again():
     if not django_settings.REDIS_URL:
         pytest.skip("needs REDIS_URL")
     tenant = tenant_on(requests_per_minute=600, burst=2)  # 0.1 s per request
-    await rate_limit_consume(tenant)
+    await admit(tenant)
     client = redis.Redis.from_url(django_settings.REDIS_URL)
-    assert 0 < client.pttl(ratelimit.rate_key(tenant.pk)) <= 100
+    assert 0 < client.pttl(limits.rate_key(tenant.pk)) <= 100
     client.close()
 
 
@@ -242,18 +256,18 @@ async def test_redis_keys_expire_when_the_bucket_is_full_again():
 async def test_a_redis_outage_limits_in_this_process_instead(settings, clock):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
     tenant = tenant_on(requests_per_minute=10, burst=4, ws_max_connections=1)
-    assert (await rate_limit_consume(tenant)).remaining == 3
-    assert rate_limit_consume_sync(tenant).remaining == 2  # one allowance, sync or not
-    await rate_limit_consume(tenant)
-    rate_limit_consume_sync(tenant)
+    assert (await admit(tenant)).remaining == 3
+    assert request_admit_sync(tenant).remaining == 2  # one allowance, sync or not
+    await admit(tenant)
+    request_admit_sync(tenant)
     with pytest.raises(ApiError) as refused:
-        await rate_limit_consume(tenant)
+        await admit(tenant)
     assert refused.value.code == ErrorCode.RATE_LIMITED
     assert refused.value.headers["Retry-After"] == "6"
-    assert await connection_slot_acquire(tenant, "c1") is True
-    assert await connection_slot_acquire(tenant, "c2") is False  # the cap holds too
-    await connection_slot_release(tenant, "c1")
-    assert await connection_slot_acquire(tenant, "c2") is True
+    assert await slot(tenant, "c1") is True
+    assert await slot(tenant, "c2") is False  # the cap holds too
+    await connection_release(tenant, "c1")
+    assert await slot(tenant, "c2") is True
 
 
 # --- connection slots -----------------------------------------------------------------
@@ -262,42 +276,42 @@ async def test_a_redis_outage_limits_in_this_process_instead(settings, clock):
 @pytest.mark.asyncio
 async def test_slots_up_to_the_plans_cap(backend):
     tenant = tenant_on(ws_max_connections=3)
-    granted = [await connection_slot_acquire(tenant, f"c{i}") for i in range(5)]
+    granted = [await slot(tenant, f"c{i}") for i in range(5)]
     assert granted == [True, True, True, False, False]
-    await connection_slot_release(tenant, "c1")
-    assert await connection_slot_acquire(tenant, "c9") is True
-    assert await connection_slot_acquire(tenant, "c10") is False
+    await connection_release(tenant, "c1")
+    assert await slot(tenant, "c9") is True
+    assert await slot(tenant, "c10") is False
 
 
 @pytest.mark.asyncio
 async def test_acquiring_a_held_slot_again_takes_no_second_slot(backend):
     tenant = tenant_on(ws_max_connections=2)
-    assert await connection_slot_acquire(tenant, "c1")
-    assert await connection_slot_acquire(tenant, "c1")
-    assert await connection_slot_refresh(tenant, "c1")
-    assert await connection_slot_acquire(tenant, "c2")
-    assert not await connection_slot_acquire(tenant, "c3")
+    assert await slot(tenant, "c1")
+    assert await slot(tenant, "c1")
+    assert await connection_refresh(tenant, "c1")
+    assert await slot(tenant, "c2")
+    assert not await slot(tenant, "c3")
 
 
 @pytest.mark.asyncio
 async def test_releasing_a_slot_not_held_is_harmless(backend):
     tenant = tenant_on(ws_max_connections=1)
-    await connection_slot_release(tenant, "never")
-    assert await connection_slot_acquire(tenant, "c1")
+    await connection_release(tenant, "never")
+    assert await slot(tenant, "c1")
 
 
 @pytest.mark.asyncio
 async def test_lapsed_slots_are_reclaimed_and_refreshed_ones_kept(clock, settings):
     settings.WS_CONNECTION_SLOT_TTL_SECONDS = 30
     tenant = tenant_on(ws_max_connections=2)
-    assert await connection_slot_acquire(tenant, "crashed")
-    assert await connection_slot_acquire(tenant, "live")
+    assert await slot(tenant, "crashed")
+    assert await slot(tenant, "live")
     clock.advance(20)
-    assert await connection_slot_refresh(tenant, "live")
-    assert not await connection_slot_acquire(tenant, "new")
+    assert await connection_refresh(tenant, "live")
+    assert not await slot(tenant, "new")
     clock.advance(15)  # "crashed" lapsed at 30 s; "live" was refreshed at 20 s
-    assert await connection_slot_acquire(tenant, "new")
-    assert not await connection_slot_acquire(tenant, "another")
+    assert await slot(tenant, "new")
+    assert not await slot(tenant, "another")
 
 
 @pytest.mark.asyncio
@@ -306,16 +320,16 @@ async def test_lapsed_slots_are_reclaimed_in_redis(settings):
         pytest.skip("needs REDIS_URL")
     settings.WS_CONNECTION_SLOT_TTL_SECONDS = 0.3
     tenant = tenant_on(ws_max_connections=2)
-    assert await connection_slot_acquire(tenant, "a")
-    assert await connection_slot_acquire(tenant, "b")
-    assert not await connection_slot_acquire(tenant, "c")
+    assert await slot(tenant, "a")
+    assert await slot(tenant, "b")
+    assert not await slot(tenant, "c")
     await asyncio.sleep(0.2)
-    assert await connection_slot_refresh(tenant, "b")
+    assert await connection_refresh(tenant, "b")
     await asyncio.sleep(0.2)  # "a" lapsed, "b" still held
-    assert await connection_slot_acquire(tenant, "c")
-    assert not await connection_slot_acquire(tenant, "d")
+    assert await slot(tenant, "c")
+    assert not await slot(tenant, "d")
     client = redis.Redis.from_url(django_settings.REDIS_URL)
-    assert {m.decode() for m in client.zrange(ratelimit.slots_key(tenant.pk), 0, -1)} == {
+    assert {m.decode() for m in client.zrange(limits.connection_slots_key(tenant.pk), 0, -1)} == {
         "b",
         "c",
     }
@@ -335,7 +349,7 @@ def tiny_plan_key(db, client_for, backend):
     tenant.save(update_fields=["plan"])
     if backend == "redis":
         client = redis.Redis.from_url(django_settings.REDIS_URL)
-        client.delete(ratelimit.rate_key(tenant.pk))
+        client.delete(limits.rate_key(tenant.pk))
         client.close()
     return client_for(make_key(tenant))
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 import uuid
 
 import pytest
@@ -10,7 +11,7 @@ from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.utils import timezone
 
-from billing.models import Plan
+from billing.models import Plan, Tenant
 from chatproject.asgi import application
 from chats.models import Chat, EndUser, Message
 from tests.factories import make_chat, make_tenant
@@ -216,6 +217,42 @@ async def test_more_than_ten_messages_per_second_is_rate_limited(account):
     await ws.disconnect()
 
 
+async def pongs_until_refused(ws) -> tuple[int, dict, float]:
+    """Ping until refused: the pongs before, the refusal, and the seconds it took."""
+    began, pongs = time.monotonic(), 0
+    while True:
+        await ws.send_json_to({"type": "ping"})
+        reply = await receive(ws)
+        if reply["type"] != "pong":
+            return pongs, reply, time.monotonic() - began
+        pongs += 1
+        assert pongs < 50
+
+
+@pytest.mark.parametrize("before, after", [(5, 2), (2, 5)])
+async def test_the_message_rate_is_the_current_plans(account, monkeypatch, before, after):
+    """After a plan change, the rate enforced is the new plan's, as the error says."""
+    from chats import consumers
+
+    tenant, key = account.tenant, account.key
+    old = await Plan.objects.acreate(name="old", display_name="Old", ws_messages_per_second=before)
+    new = await Plan.objects.acreate(name="new", display_name="New", ws_messages_per_second=after)
+    await Tenant.objects.filter(pk=tenant.pk).aupdate(plan=old)
+    ws, _, _ = await connect(key)
+    await receive(ws)
+    await receive(ws)
+    await Tenant.objects.filter(pk=tenant.pk).aupdate(plan=new)
+    monkeypatch.setattr(consumers, "KEY_RECHECK_SECONDS", 0)  # the next message rereads it
+    await ws.send_json_to({"content": "[demo:tokens=1] hi"})
+    assert (await receive_until(ws, "message_stream_ended"))[-1]["type"] != "error"
+    await asyncio.sleep(1.1)  # a full allowance again, whichever the plan
+    pongs, limited, seconds = await pongs_until_refused(ws)
+    assert after <= pongs <= after + int(seconds * after)  # (it refills meanwhile)
+    assert limited["code"] == "RATE_LIMITED"
+    assert f"More than {after} messages per second" in limited["message"]
+    await ws.disconnect()
+
+
 async def wait_for_message(chat_id, status: str) -> Message:
     for _ in range(100):
         message = await Message.objects.filter(chat_id=chat_id, role="assistant").afirst()
@@ -361,7 +398,7 @@ async def test_end_user_is_created_once(account):
 
 async def test_live_connections_keep_their_slots(account, settings):
     """Slots lapse unless refreshed; the process refreshes its live connections."""
-    from billing import ratelimit
+    from billing import limits
     from chats import ws_slots
 
     settings.WS_CONNECTION_SLOT_TTL_SECONDS = 0.3
@@ -375,35 +412,35 @@ async def test_live_connections_keep_their_slots(account, settings):
     assert (await expect_close(second, 4029))["code"] == "CONNECTION_LIMIT"
     await first.disconnect()
     assert not ws_slots._held
-    assert await ratelimit.connection_slot_acquire(tenant, "after-release")
+    await limits.connection_admit(tenant, "after-release")
 
 
 async def test_a_refresh_on_its_way_when_a_connection_closes_does_not_keep_its_slot(
     account, settings, monkeypatch
 ):
-    from billing import ratelimit
+    from billing import limits
     from chats import ws_slots
 
     settings.WS_CONNECTION_SLOT_TTL_SECONDS = 30  # the periodic refresh stays out of it
     tenant = account.tenant
     await Plan.objects.filter(pk=tenant.plan_id).aupdate(ws_max_connections=1)
-    assert await ratelimit.connection_slot_acquire(tenant, "closing")
+    await limits.connection_admit(tenant, "closing")
     on_its_way = asyncio.Event()
-    real_refresh = ratelimit.connection_slot_refresh
+    real_refresh = limits.connection_refresh
 
     async def slow_refresh(tenant, connection_id):
         on_its_way.set()
         await asyncio.sleep(0.05)
         return await real_refresh(tenant, connection_id)
 
-    monkeypatch.setattr(ratelimit, "connection_slot_refresh", slow_refresh)
+    monkeypatch.setattr(limits, "connection_refresh", slow_refresh)
     ws_slots.keep("closing", tenant, on_lost=None, owner=None)
     try:
         refreshing = asyncio.ensure_future(ws_slots.refresh_all())
         await on_its_way.wait()
         await ws_slots.release(tenant, "closing")  # the connection closes meanwhile
         await refreshing
-        assert await ratelimit.connection_slot_acquire(tenant, "next")
+        await limits.connection_admit(tenant, "next")
     finally:
         ws_slots._task.cancel()
 
@@ -527,7 +564,7 @@ async def test_a_bug_while_handling_a_message_is_answered_and_the_socket_survive
 
 
 async def test_a_consumer_that_dies_gives_its_slot_back(account, monkeypatch):
-    from billing import ratelimit
+    from billing import limits
     from chats import consumers, ws_slots
 
     async def broken(self, message):
@@ -543,24 +580,24 @@ async def test_a_consumer_that_dies_gives_its_slot_back(account, monkeypatch):
     with pytest.raises(RuntimeError):  # the consumer ended with the bug
         await ws.receive_output(timeout=1)
     assert not ws_slots._held
-    assert await ratelimit.connection_slot_acquire(tenant, "after-the-crash")
+    await limits.connection_admit(tenant, "after-the-crash")
 
 
 async def test_the_refresher_releases_the_slot_of_a_consumer_that_is_gone(account, settings):
-    from billing import ratelimit
+    from billing import limits
     from chats import ws_slots
 
     settings.WS_CONNECTION_SLOT_TTL_SECONDS = 30  # the periodic refresh stays out of it
     tenant = account.tenant
     await Plan.objects.filter(pk=tenant.plan_id).aupdate(ws_max_connections=1)
-    assert await ratelimit.connection_slot_acquire(tenant, "gone")
+    await limits.connection_admit(tenant, "gone")
     ended = asyncio.ensure_future(asyncio.sleep(0))
     await ended
     ws_slots.keep("gone", tenant, on_lost=None, owner=ended)
     try:
         await ws_slots.refresh_all()
         assert "gone" not in ws_slots._held
-        assert await ratelimit.connection_slot_acquire(tenant, "next")
+        await limits.connection_admit(tenant, "next")
     finally:
         ws_slots._task.cancel()
 

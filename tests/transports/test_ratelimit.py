@@ -9,7 +9,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from billing.ratelimit import rate_key
+from billing.limits import rate_key
 from tests.factories import Account, account_for, make_tenant
 from tests.transports.conftest import error_body
 
