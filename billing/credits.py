@@ -374,3 +374,10 @@ def hold_checkpoint(*, hold_id: int, prompt_tokens: int, completion_tokens: int)
     CreditHold.objects.filter(pk=hold_id, status=CreditHold.Status.OPEN).update(
         prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
     )
+
+
+def hold_rename_model(*, hold_id: int, model: str) -> None:
+    """Name on a hold the model that uses it, when another than the one it was reserved
+    for answers (a fallback): the sweeper prices a stale hold, and usage by model counts
+    it, by that model."""
+    CreditHold.objects.filter(pk=hold_id).update(model=model)

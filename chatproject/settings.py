@@ -274,6 +274,11 @@ LLM_TIMEOUT_SECONDS = env.float("LLM_TIMEOUT_SECONDS", default=60.0)  # no byte 
 DEMO_TOKEN_DELAY_MS = env.float("DEMO_TOKEN_DELAY_MS", default=15.0)  # so demo replies stream
 # The model catalog is cached per process; admin edits take effect within this many seconds.
 MODEL_CATALOG_TTL_SECONDS = env.float("MODEL_CATALOG_TTL_SECONDS", default=10.0)
+# Failing before the first token: how many deployments a request may try (the first
+# included), and the cool-down of a deployment that failed this often within this long.
+MODEL_FALLBACK_ATTEMPTS = env.int("MODEL_FALLBACK_ATTEMPTS", default=3)
+MODEL_COOLDOWN_FAILURES = env.int("MODEL_COOLDOWN_FAILURES", default=3)
+MODEL_COOLDOWN_SECONDS = env.float("MODEL_COOLDOWN_SECONDS", default=30.0)
 
 # --- Tools ------------------------------------------------------------------------------
 # Most model calls in one request when the server runs tools (the credit hold covers them).

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.utils.text import Truncator
 
 from chats import catalog
-from chats.models import Chat, EndUser, LLMModel, Message
+from chats.models import Chat, EndUser, LLMModel, Message, ModelFallback
 
 
 class ReadOnlyAdminMixin:
@@ -63,6 +63,16 @@ class MessageAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         return Truncator(message.content).chars(90)
 
 
+class FallbackInline(admin.TabularInline):
+    """The models tried, in order, when this one fails before its first token."""
+
+    model = ModelFallback
+    fk_name = "model"
+    extra = 1
+    fields = ["position", "fallback"]
+    autocomplete_fields = ["fallback"]
+
+
 @admin.register(LLMModel)
 class LLMModelAdmin(admin.ModelAdmin):
     list_display = [
@@ -71,6 +81,7 @@ class LLMModelAdmin(admin.ModelAdmin):
         "upstream_model",
         "tier",
         "priority",
+        "weight",
         "context_window",
         "prices",
         "is_active",
@@ -78,7 +89,8 @@ class LLMModelAdmin(admin.ModelAdmin):
     ]
     list_filter = ["provider", "tier", "is_active"]
     search_fields = ["name", "upstream_model"]
-    list_editable = ["is_active", "priority"]
+    list_editable = ["is_active", "priority"]  # weight on the model's page: the list is full
+    inlines = [FallbackInline]
 
     @admin.display(description="credits per 1K in / out")
     def prices(self, model: LLMModel) -> str:

@@ -1,16 +1,26 @@
-"""Model routing: a quality tier or an explicit model name → a configured model and its
-provider instance."""
+"""Model routing: a quality tier or an explicit model name → the configured models
+(deployments) to try, in order, with their provider instances.
+
+A tier's deployments are its active, configured models: the lowest priority first, the
+models of equal priority taking turns in proportion to their weights (a smooth weighted
+round robin, per process: over any run of requests each gets its share to within one);
+then the tier's other models, by priority. After them come the catalog fallbacks of the
+first one, in their order. An explicit model is followed by its fallbacks only. An
+offline model (the demo) follows only other offline models, unless listed as a fallback
+by name: a real model that fails must not be answered by the stand-in. At most
+``MODEL_FALLBACK_ATTEMPTS`` deployments are tried; see ``chats.failover``.
+"""
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
 
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode
-from chats.models import LLMModel
+from chats.models import LLMModel, ModelFallback
 from chats.providers import Provider, Upstream, provider_kind
 
 QUALITY_TIERS: tuple[str, ...] = tuple(LLMModel.Tier.values)
@@ -27,31 +37,63 @@ class ResolvedModel:
     input_price_per_1k: Decimal
     output_price_per_1k: Decimal
     provider: Provider
+    offline: bool = False  # the demo: no upstream behind it
 
 
-_catalog: tuple[float, list[LLMModel]] | None = None
+@dataclass(frozen=True)
+class Route:
+    """What a request is answered by: its deployments in the order they are tried."""
+
+    asked: str  # what the client named: a model's name, or ``tier:<name>``
+    deployments: tuple[ResolvedModel, ...]
+
+    @property
+    def first(self) -> ResolvedModel:
+        return self.deployments[0]
+
+
+@dataclass
+class _Catalog:
+    loaded: float
+    models: list[LLMModel]
+    fallbacks: dict[str, list[str]] = field(default_factory=dict)  # name → its fallbacks
+
+
+_catalog: _Catalog | None = None
 _providers: dict[tuple, Provider] = {}
+# Smooth weighted round robin: the running score of each model of a group of equal
+# priority, by the group's names.
+_turns: dict[tuple[str, ...], dict[str, int]] = {}
 
 
-def _fresh_catalog() -> list[LLMModel] | None:
-    """The cached active models, unless they are older than the TTL."""
-    if _catalog is None or time.monotonic() - _catalog[0] > settings.MODEL_CATALOG_TTL_SECONDS:
+def _fresh_catalog() -> _Catalog | None:
+    """The cached catalog, unless it is older than the TTL."""
+    if _catalog is None or time.monotonic() - _catalog.loaded > settings.MODEL_CATALOG_TTL_SECONDS:
         return None
-    return _catalog[1]
+    return _catalog
+
+
+def _load() -> _Catalog:
+    global _catalog
+    loaded = _fresh_catalog()
+    if loaded is None:
+        links = ModelFallback.objects.filter(model__is_active=True, fallback__is_active=True)
+        fallbacks: dict[str, list[str]] = {}
+        for model, fallback in links.values_list("model__name", "fallback__name"):
+            fallbacks.setdefault(model, []).append(fallback)  # in position order
+        models = list(LLMModel.objects.filter(is_active=True))
+        loaded = _catalog = _Catalog(time.monotonic(), models, fallbacks)
+    return loaded
 
 
 def _active_models() -> list[LLMModel]:
-    global _catalog
-    models = _fresh_catalog()
-    if models is None:
-        models = list(LLMModel.objects.filter(is_active=True))
-        _catalog = (time.monotonic(), models)
-    return models
+    return _load().models
 
 
 def clear_catalog_cache() -> None:
     global _catalog
     _catalog = None
+    _turns.clear()
 
 
 def _credential(model: LLMModel) -> str | None:
@@ -110,23 +152,44 @@ def _resolved(model: LLMModel) -> ResolvedModel:
         input_price_per_1k=model.input_price_per_1k,
         output_price_per_1k=model.output_price_per_1k,
         provider=_provider_for(model),
+        offline=_is_offline(model),
     )
 
 
+def _is_offline(model: LLMModel) -> bool:
+    kind = provider_kind(model.provider)
+    return kind is not None and kind.offline
+
+
 def resolve_model(*, quality: str | None = None, model: str | None = None) -> ResolvedModel:
-    """An explicit ``model`` wins over ``quality``; errors are MODEL_NOT_FOUND."""
-    return _resolve(_active_models(), quality, model)
+    """The model a request would be answered by (for sizing a prompt): the first
+    deployment of :func:`resolve_route`, without taking a turn of its tier's spread."""
+    return _route(_load(), quality, model, turn=False).first
 
 
 async def aresolve_model(*, quality: str | None = None, model: str | None = None) -> ResolvedModel:
     """:func:`resolve_model` from async code: the database only when the cache is stale."""
-    models = _fresh_catalog()
-    if models is None:
-        models = await db_call(_active_models)
-    return _resolve(models, quality, model)
+    loaded = _fresh_catalog()
+    if loaded is None:
+        loaded = await db_call(_load)
+    return _route(loaded, quality, model, turn=False).first
 
 
-def _resolve(models: list[LLMModel], quality: str | None, model: str | None) -> ResolvedModel:
+def resolve_route(*, quality: str | None = None, model: str | None = None) -> Route:
+    """An explicit ``model`` wins over ``quality``; errors are MODEL_NOT_FOUND."""
+    return _route(_load(), quality, model)
+
+
+async def aresolve_route(*, quality: str | None = None, model: str | None = None) -> Route:
+    """:func:`resolve_route` from async code: the database only when the cache is stale."""
+    loaded = _fresh_catalog()
+    if loaded is None:
+        loaded = await db_call(_load)
+    return _route(loaded, quality, model)
+
+
+def _route(loaded: _Catalog, quality: str | None, model: str | None, *, turn: bool = True) -> Route:
+    models = loaded.models
     if model:
         found = next((m for m in models if m.name == model), None)
         if found is None or not is_configured(found):
@@ -140,7 +203,7 @@ def _resolve(models: list[LLMModel], quality: str | None, model: str | None) -> 
                 problem,
                 details={"model": [f"Choose one of: {usable}."]},
             )
-        return _resolved(found)
+        return _ordered(loaded, model, [found])
     tier = quality or DEFAULT_QUALITY
     if tier not in QUALITY_TIERS:  # a bad parameter, as the HTTP bodies' validation says
         raise ApiError(
@@ -148,12 +211,53 @@ def _resolve(models: list[LLMModel], quality: str | None, model: str | None) -> 
             f"Unknown quality tier {tier!r}.",
             details={"quality": [f"Choose one of: {', '.join(QUALITY_TIERS)}."]},
         )
-    candidates = sorted(
-        (m for m in models if m.tier == tier and is_configured(m)), key=lambda m: m.priority
-    )
+    candidates = [m for m in models if m.tier == tier and is_configured(m)]
     if not candidates:
         raise ApiError(ErrorCode.MODEL_NOT_FOUND, f"No configured model serves tier {tier!r}.")
-    return _resolved(candidates[0])
+    return _ordered(loaded, f"tier:{tier}", _tier_order(candidates, turn))
+
+
+def _tier_order(candidates: list[LLMModel], turn: bool) -> list[LLMModel]:
+    """The tier's models by priority, the first group's turn-taker first (with ``turn``)."""
+    groups: dict[int, list[LLMModel]] = {}
+    for m in sorted(candidates, key=lambda m: (m.priority, -m.weight, m.name)):
+        groups.setdefault(m.priority, []).append(m)
+    ordered = [m for _, group in sorted(groups.items()) for m in group]
+    first_group = groups[min(groups)]
+    if turn and len(first_group) > 1:
+        chosen = _take_turn(first_group)
+        ordered.remove(chosen)
+        ordered.insert(0, chosen)
+    return ordered
+
+
+def _take_turn(group: list[LLMModel]) -> LLMModel:
+    """Smooth weighted round robin: each model's score grows by its weight, the highest
+    serves and gives back the group's total weight (deterministic, evenly interleaved)."""
+    key = tuple(m.name for m in group)
+    scores = _turns.setdefault(key, dict.fromkeys(key, 0))
+    for m in group:
+        scores[m.name] += max(1, m.weight)
+    chosen = max(group, key=lambda m: scores[m.name])
+    scores[chosen.name] -= sum(max(1, m.weight) for m in group)
+    return chosen
+
+
+def _ordered(loaded: _Catalog, asked: str, ordered: list[LLMModel]) -> Route:
+    """The route: ``ordered`` then the first one's fallbacks, each once, configured ones
+    only, an offline model only after offline ones (or when listed by name), bounded."""
+    by_name = {m.name: m for m in loaded.models}
+    first = ordered[0]
+    named = [by_name[name] for name in loaded.fallbacks.get(first.name, ()) if name in by_name]
+    chosen: list[LLMModel] = []
+    for m in [*ordered, *named]:
+        if m in chosen or not is_configured(m):
+            continue
+        if _is_offline(m) and not _is_offline(first) and m not in named:
+            continue
+        chosen.append(m)
+    limit = max(1, settings.MODEL_FALLBACK_ATTEMPTS)
+    return Route(asked, tuple(_resolved(m) for m in chosen[:limit]))
 
 
 def _enabled_by(model: LLMModel) -> str:

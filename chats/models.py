@@ -4,6 +4,7 @@ import uuid
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -91,11 +92,13 @@ class Message(models.Model):
 
 
 class LLMModel(models.Model):
-    """A model the service can route to, with its provider, limits and prices.
+    """A model the service can route to (a deployment), with its provider, limits and prices.
 
     Quality tiers route to the active models of that tier whose provider is configured,
-    lowest ``priority`` first, so a tier falls back to the offline demo model when no
-    provider credentials are set.
+    lowest ``priority`` first, models of equal priority sharing the tier's requests by
+    ``weight``, so a tier falls back to the offline demo model when no provider
+    credentials are set. A model that fails before its first token is followed by the
+    rest of its tier, then by its own ``fallbacks`` (see ``chats.catalog``).
     """
 
     class Tier(models.TextChoices):
@@ -123,6 +126,11 @@ class LLMModel(models.Model):
     )
     tier = models.CharField(max_length=16, choices=Tier.choices, blank=True)
     priority = models.PositiveIntegerField(default=100, help_text="Lower wins within a tier.")
+    weight = models.PositiveIntegerField(
+        default=1,
+        validators=[MinValueValidator(1)],
+        help_text="Its share of the tier's requests among the models of equal priority.",
+    )
     context_window = models.PositiveIntegerField(default=128000)
     max_output_tokens = models.PositiveIntegerField(default=1024)
     input_price_per_1k = models.DecimalField(max_digits=12, decimal_places=6, default=0)
@@ -135,3 +143,24 @@ class LLMModel(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ModelFallback(models.Model):
+    """A model tried, in ``position`` order, when ``model`` fails before its first token."""
+
+    model = models.ForeignKey(LLMModel, on_delete=models.CASCADE, related_name="fallback_links")
+    fallback = models.ForeignKey(LLMModel, on_delete=models.CASCADE, related_name="+")
+    position = models.PositiveIntegerField(default=0, help_text="Lower is tried first.")
+
+    class Meta:
+        ordering = ["position", "id"]
+        verbose_name = "fallback"
+        constraints = [
+            models.UniqueConstraint(fields=["model", "fallback"], name="fallback_once_per_model"),
+            models.CheckConstraint(
+                condition=~models.Q(model=models.F("fallback")), name="fallback_not_itself"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} → {self.fallback}"

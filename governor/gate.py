@@ -270,10 +270,12 @@ def governor_check_output(
     text: str,
     guard: StreamGuard | None = None,
     tool_calls: list[dict[str, Any]] | None = None,
+    model_name: str | None = None,
 ) -> None:
     """Evaluate the answer (phase ``output``) and record its findings on the request's
     audit record, with what ``guard`` changed while it streamed and the answer's tool calls
-    (name, id, and whether they ran). Post-hoc: the answer has been delivered, nothing is
+    (name, id, and whether they ran); ``model_name`` when another model than the one
+    recorded at input answered. Post-hoc: the answer has been delivered, nothing is
     refused here."""
     if decision.audit_id is None:
         return
@@ -285,6 +287,7 @@ def governor_check_output(
         streamed=guard.report() if guard is not None else None,
         folded=decision.folded_findings,
         tool_calls=[_audited_call(call) for call in tool_calls or ()],
+        model_name=model_name,
     )
     if result.violations:
         logger.info(

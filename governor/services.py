@@ -197,9 +197,11 @@ def governor_evaluate_output(
     streamed: dict[str, int] | None = None,
     folded: list[dict[str, Any]] | None = None,
     tool_calls: list[dict[str, Any]] | None = None,
+    model_name: str | None = None,
 ) -> GovernorResult:
     """Evaluate an answer (phase ``output``) and store the findings on the request's record,
-    with the answer's ``tool_calls`` when it made any.
+    with the answer's ``tool_calls`` when it made any, and as ``answered_by`` the model
+    that answered when ``model_name`` says it was another than the one recorded.
 
     With ``metadata`` and ``policy`` from the input phase this is one UPDATE; without
     them they are recovered from the record (and the tenant's current policy).
@@ -212,6 +214,8 @@ def governor_evaluate_output(
     findings = output_findings(result, streamed, folded)
     if tool_calls:
         findings["tool_calls"] = tool_calls
+    if model_name:  # the record is append-only: its model stays the one asked for
+        findings["answered_by"] = storable(model_name[:200])
     AuditRecord.objects.filter(pk=audit_id).update(
         output_findings=findings, completed_at=timezone.now()
     )

@@ -79,7 +79,8 @@ def _end_database_sessions(django_db_setup, django_db_blocker):
 def _forget_earlier_runs_in_redis():
     """Test databases number tenants from 1 again, so the limits, slots and cached answers
     an earlier run left in Redis under those ids would leak into this one: clear the
-    product's keys (``billing:*``) in the configured Redis database first."""
+    product's keys (``billing:*``, and models' cool-downs ``models:*``) in the configured
+    Redis database first."""
     import redis
     from django.conf import settings
 
@@ -87,8 +88,9 @@ def _forget_earlier_runs_in_redis():
         return
     client = redis.Redis.from_url(settings.REDIS_URL)
     try:
-        for key in client.scan_iter(match="billing:*", count=1000):
-            client.delete(key)
+        for pattern in ("billing:*", "models:*"):
+            for key in client.scan_iter(match=pattern, count=1000):
+                client.delete(key)
     finally:
         client.close()
 

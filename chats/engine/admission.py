@@ -84,7 +84,8 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
             "At least one message is required.",
             details={"messages": ["This list may not be empty."]},
         )
-    model = await catalog.aresolve_model(quality=request.quality, model=request.model)
+    route = await catalog.aresolve_route(quality=request.quality, model=request.model)
+    model = route.first
 
     max_tokens = min(request.max_tokens or model.max_output_tokens, model.max_output_tokens)
     prompt = None
@@ -133,7 +134,7 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
     receipt = None
     if request.idempotency_key:
         fingerprint = idempotency.request_fingerprint(
-            model=model.name,
+            model=route.asked,  # not the deployment: a tier's turns change it
             messages=messages,
             temperature=request.temperature,
             max_tokens=max_tokens,
@@ -154,7 +155,12 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
     claimed = joinable and joined is None
     steps = settings.TOOL_MAX_STEPS if request.server_tools else 1
     reservation = (
-        ZERO if cached or joined else _most_it_costs(model, prompt_tokens, max_tokens, steps)
+        ZERO
+        if cached or joined
+        else max(  # the dearest deployment that may answer
+            _most_it_costs(d, prompt_tokens, min(max_tokens, d.max_output_tokens), steps)
+            for d in route.deployments
+        )
     )
     admission = asyncio.ensure_future(
         db_call(
@@ -186,6 +192,7 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
     return Generation(
         request=request,
         model=model,
+        deployments=route.deployments,
         messages=decision.clean_messages(messages),  # markup neutralised, if the policy says
         prompt_tokens=prompt_tokens,
         max_tokens=max_tokens,

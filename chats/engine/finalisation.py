@@ -119,6 +119,9 @@ async def fill_cache(generation: Generation, answer: response_cache.CachedAnswer
     identical requests join this one's stream log until it is kept."""
     if answer is None or not generation.generates or not generation.cache_key:
         return
+    if generation.fell_back:  # the key names the first deployment: a hit must be its answer
+        release_claim(generation)
+        return
     try:
         await response_cache.cache_put(generation.cache_key, answer)
     except Exception:  # a cache outage must not fail a delivered answer
@@ -216,6 +219,7 @@ def finalise(
                     text=content,
                     guard=generation.guard,
                     tool_calls=generation._calls.all(),
+                    model_name=generation.model.name if generation.fell_back else None,
                 )
         except DatabaseError:
             if together:

@@ -22,7 +22,7 @@ from billing import credits, idempotency, limits, response_cache
 from chatproject import metrics
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, service_unavailable
-from chats import catalog, checkpoints, stream_log, tool_loop
+from chats import catalog, checkpoints, failover, stream_log, tool_loop
 from chats.engine import finalisation
 from chats.engine.background import _in_background
 from chats.engine.types import (
@@ -47,6 +47,7 @@ from chats.providers import (
     StreamEnd,
     TokenDelta,
     ToolCallDelta,
+    estimate_prompt_tokens,
 )
 from chats.tool_loop import StepEnd, ToolResult, ToolStarted
 from governor import gate
@@ -66,6 +67,7 @@ class Generation:
         request: GenerationRequest,
         model: catalog.ResolvedModel,
         messages: list[dict[str, str]],
+        deployments: tuple[catalog.ResolvedModel, ...] = (),
         prompt_tokens: int,
         max_tokens: int,
         decision: gate.GateDecision,
@@ -84,7 +86,9 @@ class Generation:
         system_prompt: SystemPrompt | None = None,
     ) -> None:
         self.request = request
-        self.model = model
+        self.model = model  # the deployment answering: the first, or one it fell back to
+        # The deployments it may be answered by, in the order they are tried.
+        self.deployments = deployments or (model,)
         self.messages = messages
         self.prompt_tokens = prompt_tokens
         self.max_tokens = max_tokens
@@ -127,6 +131,23 @@ class Generation:
     @property
     def model_name(self) -> str:
         return self.model.name
+
+    @property
+    def fell_back(self) -> bool:
+        """Another deployment than the first answers (the first failed before a token)."""
+        return self.model is not self.deployments[0]
+
+    def _served(self, deployment: catalog.ResolvedModel, request: CompletionRequest) -> None:
+        """The deployment that answers, known before its first token is passed on: its
+        name and prices are the answer's from here on."""
+        if deployment is not self.model:
+            self.model = deployment
+            self.prompt_tokens = estimate_prompt_tokens(request.messages)
+            self.max_tokens = request.max_tokens or self.max_tokens
+            if self.hold is not None and self.hold.hold_id is not None:
+                # The hold names the model whose prices the sweeper settles it at, should
+                # this process die, and usage by model: the one answering, from now on.
+                _in_background(_rename_hold(self.hold.hold_id, deployment.name))
 
     @property
     def generates(self) -> bool:
@@ -285,10 +306,12 @@ class Generation:
             tool_choice=self.request.tool_choice,
             parallel_tool_calls=self.request.parallel_tool_calls,
         )
+        # The first deployment, or the next one when it fails before its first token.
+        provider = failover.provider_for(self.deployments, self._served)
         # One model call, unless the server runs tools (then a bounded loop of them).
         steps = (
             tool_loop.run_steps(
-                self.model.provider,
+                provider,
                 request,
                 server_tools=self.request.server_tools,
                 max_steps=settings.TOOL_MAX_STEPS,
@@ -296,9 +319,14 @@ class Generation:
                 guard=functools.partial(gate.governor_check_tool_text, self.decision),
             )
             if self.request.server_tools
-            else self.model.provider.stream(request)
+            else provider.stream(request)
         )
         idle = settings.LLM_TIMEOUT_SECONDS
+        # Trying deployments in turn, the first item may take one idle timeout each: the
+        # failover bounds each attempt's wait, this is only a backstop.
+        wait = idle
+        if provider is not self.model.provider:
+            wait = idle * (len(self.deployments) + 1)
         loop = asyncio.get_running_loop()
         async with contextlib.aclosing(steps) as stream:
             iterator = aiter(stream)
@@ -308,7 +336,8 @@ class Generation:
                         raise _Stopped
                     # The idle timeout covers waiting on the upstream only, not the time
                     # the consumer takes with a token.
-                    deadline.reschedule(loop.time() + idle)
+                    deadline.reschedule(loop.time() + wait)
+                    wait = idle
                     self._upstream_wait = deadline  # stop() expires it
                     try:
                         item = await anext(iterator)
@@ -477,6 +506,13 @@ class _AnswerCalls:
             {**call, "arguments": call["arguments"] or "{}"}
             for _, call in sorted(self.calls.items())
         ]
+
+
+async def _rename_hold(hold_id: int, model: str) -> None:
+    try:
+        await db_call(credits.hold_rename_model, hold_id=hold_id, model=model)
+    except Exception:  # the settlement is right either way; only the hold's label is not
+        logger.exception("could not name model %s on hold %s", model, hold_id)
 
 
 def _provider_error(exc: ProviderError) -> ApiError:

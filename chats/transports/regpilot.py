@@ -60,7 +60,7 @@ async def _start(request: HttpRequest) -> tuple[Tenant, Generation]:
 
 
 def _headers(generation: Generation, tenant: Tenant) -> dict[str, str]:
-    """What is known before the first token; on a cache hit that is every figure."""
+    """What is known at the first token; on a cache hit that is every figure."""
     cached = generation.cached
     headers = {
         "x-regpilot-model": generation.model_name,
@@ -136,7 +136,8 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     return await generation_response(
         generation,
         lambda events: _encode(generation, events),
-        headers={**_headers(generation, tenant), **stream_headers(generation, RESUME_PATH)},
+        # Made at the first event, so that they name the model that answers.
+        headers=lambda: {**_headers(generation, tenant), **stream_headers(generation, RESUME_PATH)},
         error_first=lambda end: _failed(generation, end),
         resumable="regpilot",
     )

@@ -320,7 +320,7 @@ async def generation_response(
     generation: Generation,
     encode: Encoder,
     *,
-    headers: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | Callable[[], Mapping[str, str]] | None = None,
     content_type: str = "text/event-stream",
     error_first: Callable[[ErrorEvent], HttpResponse] | None = None,
     resumable: str | None = None,
@@ -334,7 +334,9 @@ async def generation_response(
     ``SSE_KEEPALIVE_SECONDS``; after that the stream starts with keep-alives): when that
     event is an error (the provider failed before any token), the answer is
     ``error_first(event)`` (an HTTP error, which clients can tell and retry) instead of a
-    200 stream carrying an error event. Its ``headers`` are set on either answer.
+    200 stream carrying an error event. Its ``headers`` are set on either answer; given as
+    a function, they are made once that first event came (or the wait ended), so that
+    they can name the model that answers when the first one failed before a token.
     """
     log = resumable_log(generation, resumable) if resumable else None
     stream = GenerationStream(generation, encode, log=log)
@@ -343,10 +345,16 @@ async def generation_response(
         if isinstance(first, ErrorEvent):
             await stream.aclose()  # the engine has finalised the exchange already
             response = error_first(first)
-            for name, value in (headers or {}).items():
+            for name, value in _made(headers).items():
                 response.setdefault(name, value)
             return response
-    return event_stream(stream, headers=headers, content_type=content_type)
+    return event_stream(stream, headers=_made(headers), content_type=content_type)
+
+
+def _made(
+    headers: Mapping[str, str] | Callable[[], Mapping[str, str]] | None,
+) -> Mapping[str, str]:
+    return (headers() if callable(headers) else headers) or {}
 
 
 # --- Request side --------------------------------------------------------------------------

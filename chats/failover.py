@@ -1,0 +1,168 @@
+"""One provider over a request's deployments: the next one when one fails before a token.
+
+:class:`Failover` streams from the first deployment of a route (``chats.catalog``) that
+answers. A deployment that fails before its first item (connection error, time-out, 429
+or 5xx: the retryable errors) is counted for its cool-down (``chats.cooldown``) and the
+next one is tried, each with the request fitted to its own limits; deployments cooling
+down are skipped. Once one has sent an item the request stays on it: a failure after that
+ends the stream as it would without fallbacks, since trying again would send the client
+the answer's beginning twice. Later model calls of the same request (the steps of a tool
+loop) go to the deployment that answered the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+
+from django.conf import settings
+
+from chats import cooldown
+from chats.catalog import ResolvedModel
+from chats.context import trim_to_budget
+from chats.providers import (
+    CompletionRequest,
+    LLMConnectionError,
+    LLMProviderError,
+    LLMTimeoutError,
+    Provider,
+    ProviderError,
+    StreamItem,
+)
+
+logger = logging.getLogger(__name__)
+
+Served = Callable[[ResolvedModel, CompletionRequest], None]
+
+
+def provider_for(deployments: Sequence[ResolvedModel], on_served: Served) -> Provider:
+    """The provider a request streams from: its one deployment's own when there is
+    nothing to fall back on and no cool-down to keep (no overhead), else a Failover."""
+    if len(deployments) == 1 and not _counts(deployments[0]):
+        return deployments[0].provider
+    return Failover(deployments, on_served)
+
+
+def _counts(deployment: ResolvedModel) -> bool:
+    """Whether the deployment's failures are counted: cool-downs are on, and it has an
+    upstream (the offline demo has none to spare)."""
+    return settings.MODEL_COOLDOWN_FAILURES > 0 and not deployment.offline
+
+
+class Failover(Provider):
+    """Streams from the first of ``deployments`` that answers; ``on_served`` hears which
+    one did (and the request it was sent) before its first item is passed on. The
+    request given to :meth:`stream` is fitted to the first deployment already."""
+
+    def __init__(self, deployments: Sequence[ResolvedModel], on_served: Served) -> None:
+        self.deployments = tuple(deployments)
+        self.name = self.deployments[0].provider.name
+        self._on_served = on_served
+        self._serving: ResolvedModel | None = None
+
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamItem, None]:
+        if self._serving is not None:  # a later step of the same request
+            async for item in self._stream_on(self._serving, self._fit(request, self._serving)):
+                yield item
+            return
+        candidates = await self._candidates()
+        for position, deployment in enumerate(candidates):
+            attempt = self._fit(request, deployment)
+            stream = deployment.provider.stream(attempt)
+            try:
+                # Each attempt waits for its first item as long as one provider call would.
+                async with asyncio.timeout(settings.LLM_TIMEOUT_SECONDS):
+                    first = await anext(stream)
+            except (ProviderError, TimeoutError, StopAsyncIteration) as exc:
+                await stream.aclose()
+                error = _as_provider_error(exc, deployment)
+                if not error.retryable:
+                    raise error from None
+                await self._failed(deployment)
+                if position == len(candidates) - 1:
+                    raise error from None
+                logger.warning(
+                    "model %s failed before its first token (%s); trying %s",
+                    deployment.name,
+                    error.code,
+                    candidates[position + 1].name,
+                )
+                continue
+            self._serving = deployment
+            self._on_served(deployment, attempt)
+            async with contextlib.aclosing(_prepend(first, stream)) as items:
+                async for item in self._counted(deployment, items):
+                    yield item
+            return
+
+    async def _candidates(self) -> list[ResolvedModel]:
+        counted = [d.name for d in self.deployments if _counts(d)]
+        cooling = await cooldown.cooling(counted) if counted else set()
+        candidates = [d for d in self.deployments if d.name not in cooling]
+        if not candidates:
+            names = ", ".join(d.name for d in self.deployments)
+            raise LLMProviderError(
+                f"Every model this request may use ({names}) failed repeatedly and is "
+                f"cooling down for up to {settings.MODEL_COOLDOWN_SECONDS:g} s; retry later.",
+                status=503,
+            )
+        return candidates
+
+    async def _stream_on(
+        self, deployment: ResolvedModel, request: CompletionRequest
+    ) -> AsyncGenerator[StreamItem, None]:
+        async with contextlib.aclosing(deployment.provider.stream(request)) as items:
+            async for item in self._counted(deployment, items):
+                yield item
+
+    async def _counted(
+        self, deployment: ResolvedModel, items: AsyncIterator[StreamItem]
+    ) -> AsyncGenerator[StreamItem, None]:
+        """``items``, a retryable failure among them counted against the deployment."""
+        try:
+            async for item in items:
+                yield item
+        except ProviderError as exc:
+            if exc.retryable:
+                await self._failed(deployment)
+            raise
+
+    async def _failed(self, deployment: ResolvedModel) -> None:
+        if _counts(deployment):
+            await cooldown.record_failure(deployment.name)
+
+    def _fit(self, request: CompletionRequest, deployment: ResolvedModel) -> CompletionRequest:
+        """The request for ``deployment``: its upstream id, output limit and context."""
+        if deployment is self.deployments[0]:
+            return request  # what the engine planned for
+        max_tokens = deployment.max_output_tokens
+        if request.max_tokens is not None:
+            max_tokens = min(request.max_tokens, max_tokens)
+        messages = trim_to_budget(request.messages, deployment.context_window - max_tokens)
+        return dataclasses.replace(
+            request, model=deployment.upstream_model, max_tokens=max_tokens, messages=messages
+        )
+
+
+def _as_provider_error(exc: BaseException, deployment: ResolvedModel) -> ProviderError:
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return LLMTimeoutError(
+            f"Model {deployment.name!r} did not answer within {settings.LLM_TIMEOUT_SECONDS:g}s"
+        )
+    return LLMConnectionError(f"Model {deployment.name!r} ended its stream without an answer")
+
+
+async def _prepend(
+    first: StreamItem, rest: AsyncGenerator[StreamItem, None]
+) -> AsyncGenerator[StreamItem, None]:
+    try:
+        yield first
+        async for item in rest:
+            yield item
+    finally:
+        await rest.aclose()
