@@ -456,10 +456,29 @@ def print_table(rows: list[Row], direct: Row, tokens: int) -> None:
         )
 
 
+def profiler(pid: int, args) -> subprocess.Popen:
+    """py-spy sampling who holds the GIL in ``pid`` during the load, as collapsed stacks."""
+    command = [
+        str(Path(sys.executable).parent / "py-spy"),
+        "record",
+        "--gil",
+        "--nonblocking",
+        "-r",
+        "200",
+        "-f",
+        "raw",
+    ]
+    command += ["-d", str(int(args.seconds)), "-p", str(pid), "-o", args.profile]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
 async def measure(target: Target, args) -> Row:
     await ttft(target, args.warmup)
     times = await ttft(target, args.runs)
+    spy = profiler(target.pid, args) if args.profile and target.name == "this service" else None
     rps, cpu, failed = await load(target, 32, args.seconds)
+    if spy is not None:
+        await asyncio.to_thread(spy.wait)
     per_token = await cpu_per_token(target, args.long_requests) if target.pid else None
     return Row(target.name, p(times, 50), p(times, 99), rps, cpu, failed, per_token)
 
@@ -560,6 +579,11 @@ if __name__ == "__main__":
         "--long-requests", type=int, default=40, help="requests per CPU-per-token sample"
     )
     parser.add_argument("--litellm", action="store_true", help="also measure LiteLLM's proxy")
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="write py-spy's collapsed stacks (--gil) of the service under load to FILE",
+    )
     parser.add_argument("--server", choices=("daphne", "uvicorn", "granian"), default="daphne")
     parser.add_argument(
         "--server-log",

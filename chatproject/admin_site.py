@@ -24,3 +24,7 @@ class ChatAdminSite(admin.AdminSite):
 
 class ChatAdminConfig(AdminConfig):
     default_site = "chatproject.admin_site.ChatAdminSite"
+
+    def ready(self) -> None:
+        super().ready()
+        from chatproject import checks  # noqa: F401 (registers the middleware checks)

@@ -9,6 +9,9 @@ any other path in the product's envelope.
 
 It also refuses, before routing, a path or query string holding a NUL character: path and
 query parameters reach database queries as text, and no database column takes NUL.
+
+API paths (and the probes) skip the middleware of pages for browsers: sessions, CSRF,
+users and messages (``BrowserMiddleware``).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import functools
 import sys
 from collections.abc import Callable
 
+from asgiref.sync import iscoroutinefunction
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
 
@@ -135,3 +139,64 @@ class ApiPathMiddleware(Middleware):
         if "Allow" in response:
             replaced["Allow"] = response["Allow"]
         return replaced
+
+
+def is_api_path(path: str) -> bool:
+    """Paths answered to API keys, never to a browser's session: the API prefixes and
+    the probes."""
+    return error_encoder(path) is not None or path in _PROBES
+
+
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class BrowserMiddleware(Middleware):
+    """``settings.BROWSER_MIDDLEWARE`` (sessions, CSRF, users, messages) around every
+    path but the API's.
+
+    API requests carry a key, not a cookie: they skip those middleware and the thread
+    hand-offs they make in async mode. Every other page (the admin, the playground, any
+    page added later) keeps them. Their ``process_view`` hooks (CSRF's check) are called
+    here, since Django collects those only from ``MIDDLEWARE``.
+    """
+
+    def __init__(self, get_response):
+        super().__init__(get_response)
+        chain = get_response
+        hooks = []
+        for path in reversed(settings.BROWSER_MIDDLEWARE):
+            chain = import_string(path)(chain)
+            for unsupported in ("process_exception", "process_template_response"):
+                if hasattr(chain, unsupported):
+                    raise ImproperlyConfigured(f"{path}: {unsupported} is not run here.")
+            if hasattr(chain, "process_view"):
+                hooks.insert(0, chain.process_view)
+        self.browser = chain
+        self.view_hooks = hooks
+        # An async hook in async mode, so Django calls it without a thread hand-off.
+        self.process_view = (
+            self._aprocess_view if iscoroutinefunction(self) else self._sprocess_view
+        )
+
+    def __call__(self, request):
+        if iscoroutinefunction(self):
+            return self.__acall__(request)
+        return (self.get_response if is_api_path(request.path) else self.browser)(request)
+
+    async def __acall__(self, request):
+        if is_api_path(request.path):
+            return await self.get_response(request)
+        return await self.browser(request)
+
+    def _sprocess_view(self, request, view, args, kwargs):
+        if is_api_path(request.path):
+            return None
+        for hook in self.view_hooks:
+            response = hook(request, view, args, kwargs)
+            if response is not None:
+                return response
+        return None
+
+    async def _aprocess_view(self, request, view, args, kwargs):
+        # CSRF's check reads the cookie, the header and the form: no I/O.
+        return self._sprocess_view(request, view, args, kwargs)

@@ -1,8 +1,14 @@
-"""The shape of this project's middleware: sync and async capable, so async views stay
-fully asynchronous, with a hook before the view and one on the response."""
+"""This project's middleware: sync and async capable, so async views stay fully
+asynchronous, with no thread hand-off on the way.
+
+``Middleware`` is the shape of ours, with a hook before the view and one on the response.
+Django's own middleware that only read settings and headers run on the event loop
+(``InlineHooks``).
+"""
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
+from django.middleware import clickjacking, common, security
 
 
 class Middleware:
@@ -34,3 +40,32 @@ class Middleware:
         if answer is not None:
             return answer
         return self.after(request, await self.get_response(request))
+
+
+class InlineHooks:
+    """A Django middleware whose hooks only read settings and headers, run on the event
+    loop in async mode.
+
+    Django's ``MiddlewareMixin`` hands each hook to ``sync_to_async`` in async mode: a
+    thread hand-off per hook, and a new thread per request (every request has its own
+    thread-sensitive context). Hooks that do no I/O need neither.
+    """
+
+    async def __acall__(self, request):
+        response = self.process_request(request) if hasattr(self, "process_request") else None
+        response = response or await self.get_response(request)
+        if hasattr(self, "process_response"):
+            response = self.process_response(request, response)
+        return response
+
+
+class SecurityMiddleware(InlineHooks, security.SecurityMiddleware):
+    """HTTPS redirect, HSTS, nosniff, referrer and opener policies, on every answer."""
+
+
+class CommonMiddleware(InlineHooks, common.CommonMiddleware):
+    """Slash redirects, disallowed user agents, Content-Length, on every answer."""
+
+
+class XFrameOptionsMiddleware(InlineHooks, clickjacking.XFrameOptionsMiddleware):
+    """``X-Frame-Options`` on every answer."""
