@@ -21,6 +21,12 @@ Side by side in one run, each printed with its ratio to the upstream alone:
   5. with ``--litellm``: LiteLLM's proxy (installed with pip into a throwaway virtualenv
      under /tmp; one worker, no database) against the same upstream, 1, 2 and 4.
 
+``--server daphne uvicorn granian`` runs one process under each ASGI server;
+``--baseline DIR`` also runs the code of another checkout (``git worktree add DIR main``)
+on the same database; ``--rounds N`` alternates the service measurements N times, since
+figures on a shared machine drift within minutes. ``--profile FILE`` writes py-spy's
+collapsed stacks (GIL holders) of this checkout's server under the 32-client load.
+
 The load generator is a small HTTP/1.1 client on raw asyncio streams, so that the
 client's own cost stays small next to what it measures.
 """
@@ -448,7 +454,7 @@ def print_table(rows: list[Row], direct: Row, tokens: int) -> None:
         lambda r: "" if r.per_token is None else f"{r.per_token:.1f} µs",
     )
     print(f"({tokens}-token answers; ratio: the upstream's requests/s to the target's)")
-    if len(rows) == 3:
+    if len(rows) >= 3 and rows[1].name.startswith("LiteLLM"):
         litellm, service = rows[1], rows[2]
         print(
             f"this service against {litellm.name}: {service.rps / litellm.rps:.2f}x the "
@@ -475,7 +481,7 @@ def profiler(pid: int, args) -> subprocess.Popen:
 async def measure(target: Target, args) -> Row:
     await ttft(target, args.warmup)
     times = await ttft(target, args.runs)
-    spy = profiler(target.pid, args) if args.profile and target.name == "this service" else None
+    spy = profiler(target.pid, args) if args.profile and target.name.startswith("this") else None
     rps, cpu, failed = await load(target, 32, args.seconds)
     if spy is not None:
         await asyncio.to_thread(spy.wait)
@@ -483,9 +489,51 @@ async def measure(target: Target, args) -> Row:
     return Row(target.name, p(times, 50), p(times, 99), rps, cpu, failed, per_token)
 
 
+@dataclass
+class Service:
+    """One server process of the service: this checkout's code or another's, under one
+    ASGI server."""
+
+    name: str
+    code: Path
+    kind: str
+    port: int = 0
+    process: subprocess.Popen | None = None
+
+
+def services(args) -> list[Service]:
+    codes = [("this service", ROOT)]
+    if args.baseline:
+        codes.append(("baseline", Path(args.baseline).resolve()))
+    return [
+        Service(name if len(args.server) == 1 else f"{name} ({kind})", code, kind)
+        for name, code in codes
+        for kind in args.server
+    ]
+
+
+def print_ws(rows: list[Row], direct: Row) -> None:
+    print("\n/ws/chat, each exchange stored in a chat:")
+    for row in rows:
+        print(
+            f"  {row.name}: time to first token p50 {row.ttft_p50:.2f} ms "
+            f"(+{row.ttft_p50 - direct.ttft_p50:.2f} ms over the upstream's), p99 "
+            f"{row.ttft_p99:.2f} ms; {row.rps:,.1f} exchanges/s at 32 concurrent "
+            f"(1/{direct.rps / row.rps:.0f} of the upstream's), server CPU {row.cpu * 100:.0f} %, "
+            f"{row.failed} failed"
+        )
+
+
+async def measure_ws(service: Service, key: str, args) -> Row:
+    await ws_ttft(service.port, key, args.warmup)
+    times = await ws_ttft(service.port, key, args.runs)
+    rps, cpu, failed = await ws_load(service.port, key, service.process.pid, 32, args.seconds)
+    return Row(service.name, p(times, 50), p(times, 99), rps, cpu, failed)
+
+
 async def main(args) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
-    upstream_port, server_port, litellm_port = (streaming.free_port() for _ in range(3))
+    upstream_port, litellm_port = streaming.free_port(), streaming.free_port()
     upstream = streaming.start(
         [
             *(sys.executable, "-m", "tests.fakes.upstream", "--port", str(upstream_port)),
@@ -498,20 +546,24 @@ async def main(args) -> None:
     log = open(args.server_log, "w")  # noqa: SIM115 (kept open for the whole run)
     try:
         key = await asyncio.to_thread(setup_database, upstream_url)
-        server = streaming.start(
-            server_command(args.server, server_port),
-            server_port,
-            env=streaming.server_env(),
-            log=log,
-        )
-        processes.append(server)
+        servers = services(args)
+        for service in servers:
+            service.port = streaming.free_port()
+            service.process = streaming.start(
+                server_command(service.kind, service.port),
+                service.port,
+                env=streaming.server_env(),
+                log=log,
+                cwd=service.code,
+            )
+            processes.append(service.process)
         db = os.environ.get("DATABASE_URL", "sqlite").split(":")[0]
         print(
             f"database: {db}; redis: {'yes' if os.environ.get('REDIS_URL') else 'no'}; "
-            f"server: {args.server}; load average {os.getloadavg()[0]:.1f}",
+            f"load average {os.getloadavg()[0]:.1f}",
             flush=True,
         )
-        targets = [
+        others = [
             Target(
                 "upstream direct",
                 upstream_port,
@@ -525,7 +577,7 @@ async def main(args) -> None:
                 start_litellm, upstream_url, litellm_port, log
             )
             processes.append(litellm)
-            targets.append(
+            others.append(
                 Target(
                     f"LiteLLM {version}",
                     litellm_port,
@@ -534,32 +586,29 @@ async def main(args) -> None:
                     pid=litellm.pid,
                 )
             )
-        targets.append(
-            Target(
-                "this service",
-                server_port,
-                "/v1/chat/completions",
-                {"Authorization": f"Bearer {key}"},
-                pid=server.pid,
-            )
-        )
         rows = []
-        for target in targets:
+        for target in others:
             rows.append(await measure(target, args))
             print(f"  measured {target.name}", flush=True)
+        ws_rows = []
+        for round_ in range(args.rounds):
+            for service in servers:
+                name = service.name if args.rounds == 1 else f"{service.name} #{round_ + 1}"
+                target = Target(
+                    name,
+                    service.port,
+                    "/v1/chat/completions",
+                    {"Authorization": f"Bearer {key}"},
+                    pid=service.process.pid,
+                )
+                rows.append(await measure(target, args))
+                if not args.no_ws:
+                    ws_rows.append(await measure_ws(service, key, args))
+                    ws_rows[-1].name = name
+                print(f"  measured {name}", flush=True)
         print_table(rows, rows[0], SHORT)
-
-        await ws_ttft(server_port, key, args.warmup)
-        ws_times = await ws_ttft(server_port, key, args.runs)
-        ws_rps, ws_cpu, ws_failed = await ws_load(server_port, key, server.pid, 32, args.seconds)
-        direct = rows[0]
-        print(
-            f"\n/ws/chat (each exchange stored in a chat): time to first token p50 "
-            f"{p(ws_times, 50):.2f} ms (+{p(ws_times, 50) - direct.ttft_p50:.2f} ms over the "
-            f"upstream's), p99 {p(ws_times, 99):.2f} ms; {ws_rps:,.1f} exchanges/s at 32 "
-            f"concurrent (1/{direct.rps / ws_rps:.0f} of the upstream's), server CPU "
-            f"{ws_cpu * 100:.0f} %, {ws_failed} failed"
-        )
+        if ws_rows:
+            print_ws(ws_rows, rows[0])
     finally:
         for process in processes:
             process.terminate()
@@ -584,7 +633,20 @@ if __name__ == "__main__":
         metavar="FILE",
         help="write py-spy's collapsed stacks (--gil) of the service under load to FILE",
     )
-    parser.add_argument("--server", choices=("daphne", "uvicorn", "granian"), default="daphne")
+    parser.add_argument(
+        "--server",
+        nargs="+",
+        choices=("daphne", "uvicorn", "granian"),
+        default=["daphne"],
+        help="the ASGI server(s) to run the service under, side by side",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="another checkout of the code (git worktree add DIR REF) measured alongside",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="service measurements, alternated")
+    parser.add_argument("--no-ws", action="store_true", help="skip /ws/chat")
     parser.add_argument(
         "--server-log",
         default=os.path.join(tempfile.gettempdir(), "bench-gateway-server.log"),

@@ -122,10 +122,12 @@ def setup_database(upstream_url: str) -> str:
     return api_key_create(tenant=tenant)[1]
 
 
-def start(cmd: list[str], port: int, env=None, log=subprocess.DEVNULL) -> subprocess.Popen:
+def start(
+    cmd: list[str], port: int, env=None, log=subprocess.DEVNULL, cwd: Path = ROOT
+) -> subprocess.Popen:
     process = subprocess.Popen(
         cmd,
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
