@@ -6,4 +6,6 @@ class BillingConfig(AppConfig):
     verbose_name = "Tenants and billing"
 
     def ready(self) -> None:
-        from billing import schema  # noqa: F401  (registers the OpenAPI auth extension)
+        from billing import key_cache, schema  # noqa: F401  (schema: the OpenAPI auth extension)
+
+        key_cache.connect_signals()

@@ -3,8 +3,8 @@
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
+from billing.key_cache import api_key_resolve
 from billing.models import Tenant
-from billing.services import api_key_authenticate
 from chatproject.errors import ApiError
 
 
@@ -22,7 +22,7 @@ def presented_key(request) -> str | None:
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request):
         try:
-            api_key = api_key_authenticate(presented_key(request))
+            api_key = api_key_resolve(presented_key(request))
         except ApiError as error:
             raise exceptions.AuthenticationFailed(error.message) from None
         request.tenant = api_key.tenant

@@ -294,6 +294,9 @@ MODEL_CATALOG_TTL_SECONDS = env.float("MODEL_CATALOG_TTL_SECONDS", default=10.0)
 MODEL_FALLBACK_ATTEMPTS = env.int("MODEL_FALLBACK_ATTEMPTS", default=3)
 MODEL_COOLDOWN_FAILURES = env.int("MODEL_COOLDOWN_FAILURES", default=3)
 MODEL_COOLDOWN_SECONDS = env.float("MODEL_COOLDOWN_SECONDS", default=30.0)
+# A key read (with its tenant and plan) is reused this long per process (billing.key_cache);
+# a revoked key, a deactivated tenant, a changed plan reach every process within it.
+API_KEY_CACHE_SECONDS = env.float("API_KEY_CACHE_SECONDS", default=1.0)
 
 # --- Tools ------------------------------------------------------------------------------
 # Most model calls in one request when the server runs tools (the credit hold covers them).

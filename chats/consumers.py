@@ -25,7 +25,8 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from billing import limits
-from billing.services import api_key_authenticate, api_key_recheck
+from billing.key_cache import api_key_resolve_async
+from billing.services import api_key_recheck
 from chatproject import metrics
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, outage_error, service_unavailable
@@ -158,7 +159,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         query = _query(self.scope)
         raw_key = query.get("api_key") or _header(self.scope, b"x-api-key")
         try:
-            api_key = await db_call(api_key_authenticate, raw_key)
+            api_key = await api_key_resolve_async(raw_key)
         except ApiError as error:
             await self._refuse(error, CLOSE_UNAUTHORIZED)
             return

@@ -12,6 +12,7 @@ chat id.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -59,7 +60,7 @@ async def _start(request: HttpRequest) -> tuple[Tenant, Generation]:
     return tenant, generation
 
 
-def _headers(generation: Generation, tenant: Tenant) -> dict[str, str]:
+def _headers(generation: Generation, remaining: Decimal) -> dict[str, str]:
     """What is known at the first token; on a cache hit that is every figure."""
     cached = generation.cached
     headers = {
@@ -68,7 +69,7 @@ def _headers(generation: Generation, tenant: Tenant) -> dict[str, str]:
         "x-regpilot-prompt-tokens": str(
             cached.prompt_tokens if cached else generation.prompt_tokens
         ),
-        "x-credits-remaining": credits_text(credits_remaining(generation, tenant)),
+        "x-credits-remaining": credits_text(remaining),
     }
     if not generation.generates:  # a cache hit, or an identical request's answer joined
         headers["x-credits-charged"] = "0"
@@ -133,11 +134,15 @@ def _failed(generation: Generation, end: ErrorEvent) -> HttpResponse:
 @endpoint()
 async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     tenant, generation = await _start(request)
+    remaining = await credits_remaining(generation, tenant)
     return await generation_response(
         generation,
         lambda events: _encode(generation, events),
         # Made at the first event, so that they name the model that answers.
-        headers=lambda: {**_headers(generation, tenant), **stream_headers(generation, RESUME_PATH)},
+        headers=lambda: {
+            **_headers(generation, remaining),
+            **stream_headers(generation, RESUME_PATH),
+        },
         error_first=lambda end: _failed(generation, end),
         resumable="regpilot",
     )

@@ -26,9 +26,9 @@ from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from billing.authentication import presented_key
+from billing.key_cache import api_key_resolve_async
 from billing.limits import request_admit
 from billing.models import Tenant
-from billing.services import api_key_authenticate
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, error_response, outage_error
 from chatproject.request_id import request_id_of
@@ -371,7 +371,7 @@ async def authenticate(request: HttpRequest, *, rate_limit: bool = False) -> Ten
     A spent allowance raises RATE_LIMITED (429, ``Retry-After``, ``X-RateLimit-*``);
     otherwise :func:`endpoint` puts the ``X-RateLimit-*`` headers on the answer.
     """
-    api_key = await db_call(api_key_authenticate, presented_key(request))
+    api_key = await api_key_resolve_async(presented_key(request))
     if rate_limit:
         state, _ = await request_admit(api_key.tenant)
         if state is not None:
@@ -425,11 +425,14 @@ async def final_event(generation: Generation) -> FinishedEvent | ErrorEvent:
     return end
 
 
-def credits_remaining(generation: Generation, tenant: Tenant) -> Decimal:
+async def credits_remaining(generation: Generation, tenant: Tenant) -> Decimal:
     """The balance as known before the stream: after the hold, or (no hold: a cache hit)
-    the balance read when the key was checked."""
+    read now (the tenant came with its key, perhaps from the key cache a second ago)."""
     remaining = generation.credits_remaining
-    return tenant.credit_balance if remaining is None else remaining
+    if remaining is not None:
+        return remaining
+    balance = Tenant.objects.values_list("credit_balance", flat=True)
+    return await db_call(balance.get, pk=tenant.pk)
 
 
 # --- Views ---------------------------------------------------------------------------------
