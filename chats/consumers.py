@@ -13,13 +13,13 @@ on any process, resumes it with ``{"type": "resume", "message_id", "after_index"
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
+import orjson
 import redis
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -401,7 +401,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 if skipping:
                     kind = item.data[: item.data.find(",")]  # '{"type": "..."'
                     if "message_stream_token" in kind:
-                        skipping = json.loads(item.data)["index"] < after
+                        skipping = orjson.loads(item.data)["index"] < after
                         continue
                     if "message_stream_ended" not in kind and '"error"' not in kind:
                         continue
@@ -562,11 +562,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def _send(self, event: dict[str, Any]) -> None:
         if not self.detached:
-            await self.send(text_data=json.dumps(event))
+            await self.send(text_data=orjson.dumps(event).decode())
 
     async def _send_stream(self, event: dict[str, Any]) -> None:
         """Send an event of the answer, and keep it in its stream log for resuming."""
-        text = json.dumps(event)
+        text = orjson.dumps(event).decode()
         if self.log is not None:
             self.log.append_chunk(text)
         if not self.detached:

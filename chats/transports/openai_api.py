@@ -37,6 +37,7 @@ from chats.transports.requests import model_choice
 from chats.transports.resume import last_event_id, openapi_paths, resume_response, stream_id
 from chats.transports.sse import (
     DONE,
+    Template,
     authenticate,
     credits_text,
     endpoint,
@@ -147,6 +148,13 @@ async def _encode_stream(
     generation: Generation, events: AsyncIterator[Event], include_usage: bool
 ) -> AsyncGenerator[bytes, None]:
     created = int(time.time())
+    token = Template(
+        sse(
+            _completion_chunk(
+                generation, created, include_usage, choices=_choice({"content": Template.SLOT})
+            )
+        )
+    )
     yield sse(
         _completion_chunk(
             generation,
@@ -157,8 +165,7 @@ async def _encode_stream(
     )
     async for event in events:
         if isinstance(event, TokenEvent):
-            choices = _choice({"content": event.text})
-            yield sse(_completion_chunk(generation, created, include_usage, choices=choices))
+            yield token.fill(event.text)
         elif isinstance(event, ToolCallEvent):
             choices = _choice({"tool_calls": [_call_piece(event)]})
             yield sse(_completion_chunk(generation, created, include_usage, choices=choices))

@@ -12,8 +12,10 @@ from chatproject.errors import ApiError, ErrorCode
 from chats.engine import ErrorEvent, TokenEvent, Usage
 from chats.transports.sse import (
     KEEPALIVE,
+    QUEUED_CHUNKS,
     GenerationStream,
     Producer,
+    Template,
     credits_text,
     generation_response,
     sse,
@@ -142,8 +144,8 @@ async def test_a_producer_nobody_consumes_is_stopped_when_its_task_ends():
 
     async def engine():
         try:
-            yield b"first"
-            yield b"second"  # waits for a consumer that never comes
+            for _ in range(QUEUED_CHUNKS + 2):  # the last waits for a consumer never coming
+                yield b"chunk"
         finally:
             cleaned.set()
 
@@ -197,7 +199,8 @@ async def test_the_first_event_is_published_and_the_stream_goes_on_from_it():
     stream = GenerationStream(generation, encode)
     assert await stream.first_event(5) == token(0)
     items = await _collect(with_keepalive(stream, 10))
-    assert items == [b"", b"head", b"t0", b"t1"]
+    assert items[0] == b""  # the headers, at once
+    assert b"".join(items) == b"headt0t1"
     assert generation.closed
 
 
@@ -209,7 +212,7 @@ async def test_a_late_first_event_is_not_waited_for_and_not_lost():
     items = await _collect(with_keepalive(stream, 0.1))
     assert items[0] == b""
     assert KEEPALIVE in items
-    assert [item for item in items if item not in (b"", KEEPALIVE)] == [b"head", b"t0"]
+    assert b"".join(item for item in items if item != KEEPALIVE) == b"headt0"
 
 
 @pytest.mark.asyncio
@@ -241,7 +244,7 @@ async def test_an_error_after_the_first_token_stays_in_the_stream(settings):
         generation, encode_errors, error_first=lambda end: JsonResponse({}, status=502)
     )
     assert response.status_code == 200
-    assert [chunk async for chunk in response] == [b"", b"t0", b"error"]
+    assert b"".join([chunk async for chunk in response]) == b"t0error"
 
 
 @pytest.mark.asyncio
@@ -277,3 +280,42 @@ def test_oversized_bodies_are_413_on_the_streaming_endpoints(server, account, pa
     )
     assert response.status_code == 413
     assert format_key in response.json()
+
+
+@pytest.mark.asyncio
+async def test_chunks_ready_together_go_out_in_one_write_and_a_lone_one_at_once():
+    arrived = asyncio.Event()
+
+    async def engine():
+        for index in range(5):  # five tokens from one upstream read
+            yield b"t%d" % index
+        await arrived.wait()  # then the upstream is slow
+        yield b"late"
+
+    writes = with_keepalive(Producer(engine()), 10)
+    assert await anext(writes) == b""
+    assert await anext(writes) == b"t0t1t2t3t4"
+    late = asyncio.create_task(anext(writes))
+    await asyncio.sleep(0.05)
+    assert not late.done()
+    arrived.set()
+    assert await asyncio.wait_for(late, 1) == b"late"
+    assert await anext(writes, None) is None
+
+
+@pytest.mark.parametrize("text", ["plain", 'quote " and \\', "line\nbreak", "é ☃ \u2028", ""])
+def test_a_template_fills_in_what_encoding_the_whole_event_gives(text):
+    def event(content):
+        return {"id": "x", "choices": [{"delta": {"content": content}, "finish_reason": None}]}
+
+    assert Template(sse(event(Template.SLOT))).fill(text) == sse(event(text))
+    assert Template(sse(event(Template.SLOT), event="e")).fill(text) == sse(event(text), event="e")
+
+
+def test_sse_framing():
+    assert sse({"a": "é", "n": 1.5}) == 'data: {"a":"é","n":1.5}\n\n'.encode()
+    assert sse("[DONE]") == b"data: [DONE]\n\n"
+    assert sse("one\ntwo", event="x") == b"event: x\ndata: one\ndata: two\n\n"
+    assert sse({"d": Decimal("1.25"), "u": uuid.UUID(int=1)}) == (
+        b'data: {"d":1.25,"u":"00000000-0000-0000-0000-000000000001"}\n\n'
+    )
