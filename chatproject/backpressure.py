@@ -6,9 +6,9 @@ since (a whole answer, however long). This wrapper of the ASGI application makes
 ``send`` of a streamed HTTP body chunk, or of a WebSocket message, wait while the
 connection's send buffer is full (Twisted's push-producer signals: over 64 KiB unsent,
 with the socket's own kernel buffer held at 64 KiB too).
-The sender waits, and with it the engine: the SSE producer's queue holds one chunk and
-the WebSocket consumer awaits each send, so the engine stops at its next token and the
-provider stream is no longer read. Memory per stream stays bounded whatever the reader
+The sender waits, and with it the engine: the SSE producer's queue holds a few chunks
+(``QUEUED_CHUNKS``) and the WebSocket consumer awaits each send, so the engine stops
+within a few tokens and the provider stream is no longer read. Memory per stream stays bounded whatever the reader
 does.
 
 A reader that stays stalled for ``CLIENT_STALL_TIMEOUT_SECONDS`` is disconnected; its
