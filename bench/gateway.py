@@ -169,7 +169,7 @@ def start_litellm(upstream_url: str, port: int, log) -> tuple[subprocess.Popen, 
     }
     command = [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
-    return streaming.start(command, port, env=env, log=log), version
+    return streaming.start(command, port, env=env, log=log, timeout=180), version
 
 
 # --- the client -----------------------------------------------------------------------------
@@ -448,6 +448,10 @@ def print_table(rows: list[Row], direct: Row, tokens: int) -> None:
         lambda r: f"{r.rps:,.1f}" if r is direct else f"{r.rps:,.1f} (1/{direct.rps / r.rps:.0f})",
     )
     line("  server CPU meanwhile", lambda r: "" if r is direct else f"{r.cpu * 100:.0f} %")
+    line(
+        "  server CPU per request",
+        lambda r: "" if r is direct or not r.rps else f"{r.cpu / r.rps * 1000:.2f} ms",
+    )
     line("  failed requests", lambda r: str(r.failed))
     line(
         f"server CPU per token ({LONG - SHORT} more)",
@@ -519,8 +523,8 @@ def print_ws(rows: list[Row], direct: Row) -> None:
             f"  {row.name}: time to first token p50 {row.ttft_p50:.2f} ms "
             f"(+{row.ttft_p50 - direct.ttft_p50:.2f} ms over the upstream's), p99 "
             f"{row.ttft_p99:.2f} ms; {row.rps:,.1f} exchanges/s at 32 concurrent "
-            f"(1/{direct.rps / row.rps:.0f} of the upstream's), server CPU {row.cpu * 100:.0f} %, "
-            f"{row.failed} failed"
+            f"(1/{direct.rps / row.rps:.0f} of the upstream's), server CPU {row.cpu * 100:.0f} % "
+            f"({row.cpu / row.rps * 1000:.2f} ms an exchange), {row.failed} failed"
         )
 
 

@@ -123,7 +123,12 @@ def setup_database(upstream_url: str) -> str:
 
 
 def start(
-    cmd: list[str], port: int, env=None, log=subprocess.DEVNULL, cwd: Path = ROOT
+    cmd: list[str],
+    port: int,
+    env=None,
+    log=subprocess.DEVNULL,
+    cwd: Path = ROOT,
+    timeout: float = 30,
 ) -> subprocess.Popen:
     process = subprocess.Popen(
         cmd,
@@ -133,7 +138,7 @@ def start(
         stderr=subprocess.STDOUT,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000)),
     )
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
