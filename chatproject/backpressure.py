@@ -8,8 +8,8 @@ connection's send buffer is full (Twisted's push-producer signals: over 64 KiB u
 with the socket's own kernel buffer held at 64 KiB too).
 The sender waits, and with it the engine: the SSE producer's queue holds a few chunks
 (``QUEUED_CHUNKS``) and the WebSocket consumer awaits each send, so the engine stops
-within a few tokens and the provider stream is no longer read. Memory per stream stays bounded whatever the reader
-does.
+within a few tokens and the provider stream is no longer read. Memory per stream stays
+bounded whatever the reader does.
 
 A reader that stays stalled for ``CLIENT_STALL_TIMEOUT_SECONDS`` is disconnected; its
 request then ends like any disconnect (the answer stored as ``cancelled``, settled for
