@@ -1,5 +1,7 @@
 """DRF authentication: ``X-API-Key`` (and ``Authorization: Bearer``) → tenant."""
 
+from collections.abc import Mapping
+
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
@@ -8,12 +10,13 @@ from billing.models import Tenant
 from chatproject.errors import ApiError
 
 
-def presented_key(request) -> str | None:
-    """The key from ``X-API-Key``, else from ``Authorization: Bearer``."""
-    key = request.headers.get("X-API-Key")
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    """The key from ``X-API-Key``, else from ``Authorization: Bearer`` (``headers``: a
+    request's, or a WebSocket handshake's; names case-insensitive)."""
+    key = headers.get("X-API-Key")
     if key:
         return key.strip()
-    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    scheme, _, credentials = headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
     return None
@@ -22,7 +25,7 @@ def presented_key(request) -> str | None:
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request):
         try:
-            api_key = api_key_resolve(presented_key(request))
+            api_key = api_key_resolve(presented_key(request.headers))
         except ApiError as error:
             raise exceptions.AuthenticationFailed(error.message) from None
         request.tenant = api_key.tenant

@@ -133,9 +133,13 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
     replayed = False
     receipt = None
     if request.idempotency_key:
+        # What the client sent: not the server's own part of the prompt (a chat's stored
+        # history, a system prompt it built), which a retry finds changed by the first try.
         fingerprint = idempotency.request_fingerprint(
             model=route.asked,  # not the deployment: a tier's turns change it
-            messages=messages,
+            chat=str(request.chat.pk) if request.chat else None,
+            messages=request.messages[request.trusted_messages :],
+            client_context=request.client_context,
             temperature=request.temperature,
             max_tokens=max_tokens,
             tools=[dataclasses.asdict(tool) for tool in offered_tools(request)],

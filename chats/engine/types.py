@@ -17,6 +17,10 @@ from chats.tool_loop import ServerTool, ToolResult, ToolStarted
 
 # --- What transports send in ------------------------------------------------------------
 
+# Where a client leaves it out; a wire format whose own contract says otherwise (OpenAI's
+# is 1) passes its own.
+DEFAULT_TEMPERATURE = 0.7
+
 
 class SystemPrompt(Protocol):
     """A system prompt the server builds for a request (a knowledge base's, say)."""
@@ -48,7 +52,7 @@ class GenerationRequest:
     chat_opener: Callable[[], tuple[Chat, bool]] | None = None
     quality: str | None = None
     model: str | None = None
-    temperature: float = 0.7
+    temperature: float = DEFAULT_TEMPERATURE
     max_tokens: int | None = None
     governor_metadata: Any = None  # raw governorMetadata as the client sent it
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)

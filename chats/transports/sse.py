@@ -402,7 +402,7 @@ async def authenticate(request: HttpRequest, *, rate_limit: bool = False) -> Ten
     A spent allowance raises RATE_LIMITED (429, ``Retry-After``, ``X-RateLimit-*``);
     otherwise :func:`endpoint` puts the ``X-RateLimit-*`` headers on the answer.
     """
-    api_key = await api_key_resolve_async(presented_key(request))
+    api_key = await api_key_resolve_async(presented_key(request.headers))
     if rate_limit:
         state, _ = await request_admit(api_key.tenant)
         if state is not None:

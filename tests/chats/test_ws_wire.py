@@ -8,6 +8,7 @@ import pytest
 import websockets
 from asgiref.sync import sync_to_async
 
+from billing.models import LedgerEntry
 from chats.models import Message
 from tests.factories import make_chat, make_key, make_tenant
 from tests.live import start_server
@@ -120,3 +121,54 @@ async def test_two_processes_serve_one_chat(server, second_server, tenant_chat):
         Message.objects.filter(chat=chat, role="assistant").values_list("status", flat=True)
     )
     assert stored == ["complete", "complete"]
+
+
+# --- the options HTTP clients send in headers ---------------------------------------------
+
+
+async def exchange(server, key: str, message: dict) -> list[dict]:
+    """One message on a new chat of user123: its events, up to the answer's end."""
+    async with websockets.connect(f"{server.ws_url}/ws/chat?api_key={key}&user_id=user123") as ws:
+        await until(ws, "connection_established")
+        await ws.send(json.dumps(message))
+        return await until(ws, "message_stream_ended")
+
+
+async def test_cache_control_no_cache_opts_a_message_out_of_the_response_cache(server, tenant_chat):
+    key, _ = tenant_chat
+    question = {"content": "[demo:tokens=5] the same question on two new chats"}
+
+    def status(events) -> str:
+        assert events[-1]["type"] == "message_stream_ended", events[-1]
+        return next(e for e in events if e["type"] == "message_stream_started")["cache_status"]
+
+    assert status(await exchange(server, key, question)) == "MISS"
+    assert status(await exchange(server, key, {**question, "cacheControl": "no-cache"})) == "MISS"
+    hit = await exchange(server, key, question)
+    assert status(hit) == "HIT" and hit[-1]["credits_charged"] == 0
+
+
+async def test_an_idempotency_key_replays_the_answer_once_stored_and_charged(server, tenant_chat):
+    key, chat = tenant_chat
+    url = f"{server.ws_url}/ws/chat?api_key={key}&user_id=user123&chat_id={chat.id}"
+    message = {"content": "[demo:tokens=8] charge me once", "idempotencyKey": "order-17"}
+    async with websockets.connect(url) as ws:
+        await until(ws, "connection_established")
+        await ws.send(json.dumps(message))
+        first = (await until(ws, "message_stream_ended"))[-1]
+    async with websockets.connect(url) as ws:  # the client reconnects and sends it again
+        await until(ws, "connection_established")
+        await ws.send(json.dumps(message))
+        again = await until(ws, "message_stream_ended")
+        await ws.send(json.dumps({**message, "content": "something else"}))
+        conflict = (await until(ws, "error"))[-1]
+    replay = again[-1]
+    assert first["type"] == replay["type"] == "message_stream_ended", (first, replay)
+    assert "message_received" not in [e["type"] for e in again]  # nothing stored twice
+    for name in ("message_id", "content", "credits_charged", "credits_remaining", "usage"):
+        assert replay[name] == first[name], name
+    assert conflict["code"] == "VALIDATION_ERROR" and "Idempotency-Key" in conflict["details"]
+    stored = await sync_to_async(list)(Message.objects.filter(chat=chat).values_list("role"))
+    assert sorted(stored) == [("assistant",), ("user",)]
+    charges = LedgerEntry.objects.filter(tenant_id=chat.tenant_id, kind=LedgerEntry.Kind.SETTLE)
+    assert await charges.acount() == 1
