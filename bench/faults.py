@@ -42,6 +42,7 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.support import stop_processes  # noqa: E402
 from tests import outages  # noqa: E402
 from tests.stream_endings import FORMATS, Ending, fan_out, stream  # noqa: E402
 
@@ -132,13 +133,7 @@ class Deployment:
                 time.sleep(0.1)
 
     def stop(self) -> None:
-        for _, process in self.servers:
-            process.terminate()
-        for _, process in self.servers:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes([process for _, process in self.servers])
         self.servers = []
 
     def url(self, i: int) -> str:

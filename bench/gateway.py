@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import streaming  # noqa: E402
+from bench.support import stop_processes  # noqa: E402
 
 SHORT, LONG = 5, 505  # tokens of an answer; LONG - SHORT relayed tokens price one token
 LITELLM_VENV = Path(tempfile.gettempdir()) / "bench-litellm-venv"
@@ -614,13 +615,7 @@ async def main(args) -> None:
         if ws_rows:
             print_ws(ws_rows, rows[0])
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import resource
-import subprocess
 import sys
 import time
 import uuid
@@ -30,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import gateway, streaming  # noqa: E402
+from bench.support import stop_processes  # noqa: E402
 
 SLOW = "tokens-200+delay-50"  # a 10 s answer
 
@@ -186,13 +186,7 @@ async def main(args) -> None:
         if args.streams:
             await long_streams(target, args.streams)
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)
 
 
 if __name__ == "__main__":

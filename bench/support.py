@@ -1,5 +1,7 @@
-"""What the benchmarks share: a throwaway database and the server's version."""
+"""What the benchmarks share: a throwaway database, the server's version, and stopping
+the processes a benchmark started."""
 
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -30,3 +32,14 @@ def database_version() -> str:
         else:
             cursor.execute("show server_version")
         return cursor.fetchone()[0]
+
+
+def stop_processes(processes) -> None:
+    """Terminate every process, then wait for each (killing one that takes over 10 s)."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
