@@ -118,15 +118,6 @@ def decode_answer(raw: str | bytes) -> CachedAnswer | None:
 # --- Storage --------------------------------------------------------------------------
 
 
-async def _load(key: str) -> CachedAnswer | None:
-    try:
-        raw = await get_store().get(key)
-    except StoreUnavailable:
-        logger.warning("response cache: store unavailable, treated as a miss", exc_info=True)
-        return None
-    return None if raw is None else decode_answer(raw)
-
-
 async def _store(key: str, answer: CachedAnswer, ttl: float) -> None:
     try:
         await get_store().put(key, encode_answer(answer), ttl)
@@ -136,13 +127,6 @@ async def _store(key: str, answer: CachedAnswer, ttl: float) -> None:
 
 def _ttl() -> int:
     return int(settings.RESPONSE_CACHE_TTL_SECONDS)
-
-
-async def cache_get(key: str | None) -> CachedAnswer | None:
-    """The stored answer for ``key``; None on a miss, for a None key or a disabled cache."""
-    if key is None or _ttl() <= 0:
-        return None
-    return await _load(key)
 
 
 async def rate_limit_and_cache_get(

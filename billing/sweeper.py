@@ -41,12 +41,12 @@ class Sweep:
         return self.released + self.settled
 
 
-def holds_sweep(*, older_than_seconds: float | None = None, now: datetime | None = None) -> Sweep:
+def holds_sweep(*, older_than_seconds: float | None = None) -> Sweep:
     """Close the open holds whose lease lapsed more than ``older_than_seconds`` ago
     (default ``HOLD_STALE_AFTER_SECONDS``)."""
     if older_than_seconds is None:
         older_than_seconds = settings.HOLD_STALE_AFTER_SECONDS
-    cutoff = (now or timezone.now()) - timedelta(seconds=older_than_seconds)
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
     lapsed = CreditHold.objects.filter(status=CreditHold.Status.OPEN, lease_expires_at__lt=cutoff)
     released = settled = 0
     last_id = 0
@@ -64,13 +64,6 @@ def holds_sweep(*, older_than_seconds: float | None = None, now: datetime | None
     if released or settled:
         logger.info("stale credit holds: %d released, %d settled", released, settled)
     return Sweep(released, settled)
-
-
-def holds_release_stale(
-    *, older_than_seconds: float | None = None, now: datetime | None = None
-) -> int:
-    """:func:`holds_sweep`; returns how many holds this call closed."""
-    return holds_sweep(older_than_seconds=older_than_seconds, now=now).closed
 
 
 def _close(hold_id: int, cutoff: datetime) -> str | None:

@@ -161,20 +161,6 @@ def _is_offline(model: LLMModel) -> bool:
     return kind is not None and kind.offline
 
 
-def resolve_model(*, quality: str | None = None, model: str | None = None) -> ResolvedModel:
-    """The model a request would be answered by (for sizing a prompt): the first
-    deployment of :func:`resolve_route`, without taking a turn of its tier's spread."""
-    return _route(_load(), quality, model, turn=False).first
-
-
-async def aresolve_model(*, quality: str | None = None, model: str | None = None) -> ResolvedModel:
-    """:func:`resolve_model` from async code: the database only when the cache is stale."""
-    loaded = _fresh_catalog()
-    if loaded is None:
-        loaded = await db_call(_load)
-    return _route(loaded, quality, model, turn=False).first
-
-
 def resolve_route(*, quality: str | None = None, model: str | None = None) -> Route:
     """An explicit ``model`` wins over ``quality``; errors are MODEL_NOT_FOUND."""
     return _route(_load(), quality, model)
@@ -188,7 +174,7 @@ async def aresolve_route(*, quality: str | None = None, model: str | None = None
     return _route(loaded, quality, model)
 
 
-def _route(loaded: _Catalog, quality: str | None, model: str | None, *, turn: bool = True) -> Route:
+def _route(loaded: _Catalog, quality: str | None, model: str | None) -> Route:
     models = loaded.models
     if model:
         found = next((m for m in models if m.name == model), None)
@@ -214,17 +200,17 @@ def _route(loaded: _Catalog, quality: str | None, model: str | None, *, turn: bo
     candidates = [m for m in models if m.tier == tier and is_configured(m)]
     if not candidates:
         raise ApiError(ErrorCode.MODEL_NOT_FOUND, f"No configured model serves tier {tier!r}.")
-    return _ordered(loaded, f"tier:{tier}", _tier_order(candidates, turn))
+    return _ordered(loaded, f"tier:{tier}", _tier_order(candidates))
 
 
-def _tier_order(candidates: list[LLMModel], turn: bool) -> list[LLMModel]:
-    """The tier's models by priority, the first group's turn-taker first (with ``turn``)."""
+def _tier_order(candidates: list[LLMModel]) -> list[LLMModel]:
+    """The tier's models by priority, the first group's turn-taker first."""
     groups: dict[int, list[LLMModel]] = {}
     for m in sorted(candidates, key=lambda m: (m.priority, -m.weight, m.name)):
         groups.setdefault(m.priority, []).append(m)
     ordered = [m for _, group in sorted(groups.items()) for m in group]
     first_group = groups[min(groups)]
-    if turn and len(first_group) > 1:
+    if len(first_group) > 1:
         chosen = _take_turn(first_group)
         ordered.remove(chosen)
         ordered.insert(0, chosen)

@@ -51,7 +51,6 @@ __all__ = [
     "ICD10_RE",
     "KIND_PRIORITY",
     "Finding",
-    "find_all",
     "find_cards",
     "find_emails",
     "find_health_ids",
@@ -584,11 +583,6 @@ def scan_uncached(text: str, kinds: Iterable[str] = KIND_PRIORITY) -> tuple[Find
             if not any(_overlaps(finding, other) for other in kept):
                 kept.append(finding)
     return tuple(sorted(kept, key=lambda f: (f.start, f.end, f.kind)))
-
-
-def find_all(text: str) -> list[Finding]:
-    """List form of ``scan``."""
-    return list(scan(text))
 
 
 def redact(text: str, findings: Iterable[Finding]) -> str:

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from billing import response_cache
 from billing.response_cache import (
     CachedAnswer,
-    cache_get,
     cache_key,
     cache_put,
     decode_answer,
@@ -51,6 +50,12 @@ def backend(request, settings) -> str:
         settings.REDIS_URL = ""
         settings.CACHES = {"default": {**LOCMEM["default"], "LOCATION": f"test-{uuid.uuid4()}"}}
     return request.param
+
+
+async def lookup(key: str | None) -> CachedAnswer | None:
+    """What a request finds stored under ``key`` (its rate limit, unlimited here, aside)."""
+    tenant = limited_tenant(requests_per_minute=None, burst=None)
+    return (await rate_limit_and_cache_get(tenant, key))[1]
 
 
 def fresh_parts(**changes) -> dict:
@@ -161,22 +166,22 @@ def test_an_unreadable_entry_is_a_miss():
 @pytest.mark.asyncio
 async def test_put_then_get_round_trips(backend):
     key = cache_key(**fresh_parts())
-    assert await cache_get(key) is None
+    assert await lookup(key) is None
     await cache_put(key, ANSWER)
-    assert await cache_get(key) == ANSWER
+    assert await lookup(key) == ANSWER
 
 
 @pytest.mark.asyncio
 async def test_another_tenant_does_not_see_the_answer(backend):
     parts = fresh_parts()
     await cache_put(cache_key(**parts), ANSWER)
-    assert await cache_get(cache_key(**parts | {"tenant_id": 8})) is None
+    assert await lookup(cache_key(**parts | {"tenant_id": 8})) is None
 
 
 @pytest.mark.asyncio
 async def test_none_key_is_never_stored(backend):
     await cache_put(None, ANSWER)
-    assert await cache_get(None) is None
+    assert await lookup(None) is None
 
 
 @pytest.mark.asyncio
@@ -185,7 +190,7 @@ async def test_ttl_zero_turns_the_cache_off(backend, settings):
     key = cache_key(**fresh_parts())
     await cache_put(key, ANSWER)
     settings.RESPONSE_CACHE_TTL_SECONDS = 3600
-    assert await cache_get(key) is None
+    assert await lookup(key) is None
 
 
 @pytest.mark.asyncio
@@ -198,9 +203,9 @@ async def test_entries_expire_after_the_ttl_in_memory(settings, monkeypatch):
     key = cache_key(**fresh_parts())
     await cache_put(key, ANSWER)
     now[0] += 59
-    assert await cache_get(key) == ANSWER
+    assert await lookup(key) == ANSWER
     now[0] += 2
-    assert await cache_get(key) is None
+    assert await lookup(key) is None
 
 
 @pytest.mark.asyncio
@@ -215,7 +220,7 @@ async def test_entries_expire_after_the_ttl_in_redis(settings):
     assert json.loads(client.get(key))["o"] == 5
     client.close()
     await asyncio.sleep(1.1)
-    assert await cache_get(key) is None
+    assert await lookup(key) is None
 
 
 @pytest.mark.asyncio
@@ -223,7 +228,7 @@ async def test_redis_outage_is_a_miss(settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     key = cache_key(**fresh_parts())
     await cache_put(key, ANSWER)
-    assert await cache_get(key) is None
+    assert await lookup(key) is None
 
 
 # --- the rate limit and the lookup in one call ----------------------------------------

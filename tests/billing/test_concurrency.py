@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from billing.credits import credits_reserve, credits_settle_pending
 from billing.models import CreditHold, LedgerEntry, Tenant
-from billing.sweeper import holds_release_stale
+from billing.sweeper import holds_sweep
 from chatproject.errors import ApiError, ErrorCode
 from tests.factories import make_tenant
 
@@ -91,7 +91,7 @@ def test_settles_racing_the_sweeper_charge_what_each_request_is_told():
 
     def work(i: int):
         if i < 4:  # four sweepers at once
-            return ("swept", holds_release_stale())
+            return ("swept", holds_sweep().closed)
         if i < 34:  # every request ends, having used 1 of its 2
             settled = credits_settle_pending(hold=holds[i - 4], charged=D(1)).result()
             return ("settled", settled.charged)

@@ -16,7 +16,7 @@ from billing.credits import (
     holds_renew,
 )
 from billing.models import CreditHold, LedgerEntry, Tenant
-from billing.sweeper import holds_release_stale, holds_sweep
+from billing.sweeper import holds_sweep
 from chats.models import LLMModel
 from tests.factories import make_tenant
 
@@ -54,7 +54,7 @@ def tenant_with_holds(settings):
 def test_sweeper_releases_a_stale_hold_only(tenant_with_holds):
     tenant = tenant_with_holds[0]
     assert Tenant.objects.get(pk=tenant.pk).credit_balance == D(65)
-    assert holds_release_stale() == 1
+    assert holds_sweep().closed == 1
     statuses = dict(CreditHold.objects.values_list("reference", "status"))
     assert statuses == {"stale": "released", "fresh": "open", "settled": "settled"}
     assert Tenant.objects.get(pk=tenant.pk).credit_balance == D(75)
@@ -66,9 +66,9 @@ def test_sweeper_releases_a_stale_hold_only(tenant_with_holds):
 
 def test_running_the_sweeper_twice_is_harmless(tenant_with_holds):
     tenant = tenant_with_holds[0]
-    holds_release_stale()
+    holds_sweep()
     entries = tenant.ledger.count()
-    assert holds_release_stale() == 0
+    assert holds_sweep().closed == 0
     assert tenant.ledger.count() == entries
     assert Tenant.objects.get(pk=tenant.pk).credit_balance == D(75)
     assert books_balance(tenant)
@@ -76,14 +76,14 @@ def test_running_the_sweeper_twice_is_harmless(tenant_with_holds):
 
 def test_the_age_is_configurable(tenant_with_holds):
     tenant = tenant_with_holds[0]
-    assert holds_release_stale(older_than_seconds=0) == 2  # stale and fresh
+    assert holds_sweep(older_than_seconds=0).closed == 2  # stale and fresh
     assert Tenant.objects.get(pk=tenant.pk).credit_balance == D(95)
     assert books_balance(tenant)
 
 
 def test_a_request_settling_after_the_sweep_is_not_charged_and_told_so(tenant_with_holds):
     tenant, stale, *_ = tenant_with_holds
-    holds_release_stale()
+    holds_sweep()
     settled = credits_settle_pending(hold=stale, charged=D(4)).result()
     assert (settled.charged, settled.balance) == (0, D(75))
     assert CreditHold.objects.get(pk=stale.hold_id).charged == 0
@@ -96,12 +96,12 @@ def test_a_new_hold_is_leased_and_renewing_keeps_it_from_the_sweeper(settings):
     hold = credits_reserve(tenant_id=tenant.pk, amount=D(10), reference="live")
     lease = CreditHold.objects.get(pk=hold.hold_id).lease_expires_at
     assert timezone.now() + timedelta(seconds=25) < lease
-    assert holds_release_stale(older_than_seconds=0) == 0  # its lease runs
+    assert holds_sweep(older_than_seconds=0).closed == 0  # its lease runs
     age(hold, 5)  # the process missed its renewals...
     assert holds_renew([hold.hold_id]) == 1  # ...then renewed after all
-    assert holds_release_stale(older_than_seconds=0) == 0
+    assert holds_sweep(older_than_seconds=0).closed == 0
     age(hold, 5)  # it died: nothing renews it
-    assert holds_release_stale(older_than_seconds=1) == 1
+    assert holds_sweep(older_than_seconds=1).closed == 1
     assert CreditHold.objects.get(pk=hold.hold_id).status == "released"
     assert holds_renew([hold.hold_id]) == 0  # a closed hold is not renewed
     assert books_balance(tenant)
@@ -138,7 +138,7 @@ def test_sweeper_works_in_batches(settings, monkeypatch):
     holds = [credits_reserve(tenant_id=tenant.pk, amount=D(1), reference=f"r{i}") for i in range(8)]
     for hold in holds:
         age(hold, 10_000)
-    assert holds_release_stale() == 8
+    assert holds_sweep().closed == 8
     assert Tenant.objects.get(pk=tenant.pk).credit_balance == D(100)
     assert books_balance(tenant)
 

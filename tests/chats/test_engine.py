@@ -65,13 +65,13 @@ def test_trim_never_drops_the_last_message_or_system():
 def test_every_tier_routes_to_demo_without_credentials(fresh_catalog, monkeypatch, tier):
     for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MISTRAL_API_KEY"):
         monkeypatch.delenv(var, raising=False)
-    assert catalog.resolve_model(quality=tier).name == f"demo/{tier}"
+    assert catalog.resolve_route(quality=tier).first.name == f"demo/{tier}"
 
 
 @pytest.mark.django_db
 def test_a_configured_provider_wins_its_tier(fresh_catalog, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")
-    resolved = catalog.resolve_model(quality="balanced")
+    resolved = catalog.resolve_route(quality="balanced").first
     assert (resolved.name, resolved.provider_name) == ("gpt-4o-mini", "openai")
 
 
@@ -83,7 +83,7 @@ def test_a_configured_provider_wins_its_tier(fresh_catalog, monkeypatch):
 def test_unknown_or_unconfigured_model_is_model_not_found(fresh_catalog, monkeypatch, model):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     with pytest.raises(ApiError) as raised:
-        catalog.resolve_model(model=model)
+        catalog.resolve_route(model=model)
     assert raised.value.code == "MODEL_NOT_FOUND"
     assert "model" in raised.value.details
 
@@ -94,14 +94,14 @@ def test_an_unconfigured_catalog_model_names_the_variable_that_enables_it(
 ):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     with pytest.raises(ApiError) as raised:
-        catalog.resolve_model(model="claude-3-opus-20240229")
+        catalog.resolve_route(model="claude-3-opus-20240229")
     assert "ANTHROPIC_API_KEY is set" in raised.value.message
 
 
 @pytest.mark.django_db
 def test_an_unknown_quality_is_a_validation_error(fresh_catalog):
     with pytest.raises(ApiError) as raised:
-        catalog.resolve_model(quality="premium")
+        catalog.resolve_route(quality="premium")
     assert raised.value.code == "VALIDATION_ERROR"
     assert "quality" in raised.value.details
 

@@ -65,7 +65,7 @@ def test_the_readme_example_leaves_the_tiers_to_the_models_that_answer(fresh_cat
     call_command("register_model", *readme_command("register_model"), stdout=io.StringIO())
     assert LLMModel.objects.filter(name="llama3").exists()
     for tier in catalog.QUALITY_TIERS:
-        assert catalog.resolve_model(quality=tier).name == f"demo/{tier}"
+        assert catalog.resolve_route(quality=tier).first.name == f"demo/{tier}"
 
 
 @pytest.mark.asyncio
@@ -90,10 +90,10 @@ async def test_a_registered_server_that_is_down_is_named_in_the_error(fresh_cata
 def test_unregister_model_disables_then_removes(fresh_catalog):
     call_command("register_model", *readme_command("register_model"), "--tier", "cheap",
                  "--priority", "1", stdout=io.StringIO())  # fmt: skip
-    assert catalog.resolve_model(quality="cheap").name == "llama3"
+    assert catalog.resolve_route(quality="cheap").first.name == "llama3"
 
     call_command("unregister_model", "llama3", "--disable", stdout=io.StringIO())
-    assert catalog.resolve_model(quality="cheap").name == "demo/cheap"
+    assert catalog.resolve_route(quality="cheap").first.name == "demo/cheap"
     assert not LLMModel.objects.get(name="llama3").is_active
 
     call_command("unregister_model", "llama3", stdout=io.StringIO())

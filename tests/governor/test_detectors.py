@@ -7,7 +7,6 @@ import pytest
 from governor.detectors import (
     IBAN_LENGTHS,
     Finding,
-    find_all,
     find_cards,
     find_emails,
     find_health_ids,
@@ -20,6 +19,7 @@ from governor.detectors import (
     luhn_is_valid,
     nhs_number_is_valid,
     redact,
+    scan,
 )
 
 
@@ -205,17 +205,17 @@ def test_private_key_block_is_detected_whole():
 
 def test_scan_keeps_the_more_specific_kind_on_overlap():
     text = "NHS number 943 476 5919 and IBAN GB82 WEST 1234 5698 7654 32"
-    assert [f.kind for f in find_all(text)] == ["health_id", "iban"]
+    assert [f.kind for f in scan(text)] == ["health_id", "iban"]
 
 
-def test_find_all_reports_every_kind_in_position_order():
+def test_scan_reports_every_kind_in_position_order():
     text = "a@b.io 4111111111111111 123-45-6789 +14155552671 AKIAZ7K3M2Q9W4XR1TBV"
-    assert [f.kind for f in find_all(text)] == ["email", "card", "ssn", "phone", "secret"]
+    assert [f.kind for f in scan(text)] == ["email", "card", "ssn", "phone", "secret"]
 
 
 def test_redact_replaces_spans_with_their_kind():
     text = "card 4111111111111111, mail a@b.io"
-    assert redact(text, find_all(text)) == "card [REDACTED:card], mail [REDACTED:email]"
+    assert redact(text, scan(text)) == "card [REDACTED:card], mail [REDACTED:email]"
 
 
 def test_redact_merges_overlapping_spans():
@@ -231,7 +231,7 @@ def test_redact_without_findings_returns_text_unchanged():
 def test_detectors_stay_fast_on_adversarial_input():
     text = ("1234 " * 5000) + ("a" * 20000) + "@" + ("+1-" * 3000) + ("eyJ" + "a" * 5000 + ".") * 3
     started = time.monotonic()
-    find_all(text)
+    scan(text)
     assert time.monotonic() - started < 2.0
 
 
