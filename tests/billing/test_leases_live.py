@@ -20,6 +20,7 @@ from billing.sweeper import holds_sweep
 from chats.models import Message
 from tests.factories import make_chat, make_key, make_tenant
 from tests.live import start_server
+from tests.polling import apoll
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -117,13 +118,18 @@ async def test_a_killed_process_keeps_its_answers_and_is_charged_for_them(leased
         asyncio.ensure_future(stream(url, f"[demo:tokens=2000][demo:delay=10] go {i}", got))
         for i, (url, got) in enumerate(zip(urls, received, strict=True))
     ]
-    deadline = asyncio.get_running_loop().time() + TIMEOUT
-    while min(len(got) for got in received) < 100:  # a second or more of every answer
+
+    def every_answer_a_second_in() -> bool:
         ended = [s.result() for s in streams if s.done()]
         assert not ended, f"a stream ended before it was killed: {ended}"
-        assert asyncio.get_running_loop().time() < deadline, [len(got) for got in received]
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(0.5)  # past a checkpoint
+        return min(len(got) for got in received) >= 100
+
+    def checkpointed() -> bool:  # at least those first 100 tokens, of every answer
+        answers = Message.objects.filter(chat__tenant=tenant, role="assistant")
+        return answers.filter(status="streaming", completion_tokens__gte=100).count() == 5
+
+    await apoll(every_answer_a_second_in, timeout=TIMEOUT)
+    await apoll(sync_to_async(checkpointed), timeout=TIMEOUT, interval=0.1)
     os.kill(leased_server.process.pid, signal.SIGKILL)
     leased_server.process.wait()
     assert await asyncio.gather(*streams) == [None] * 5  # no stream ended by the server

@@ -15,6 +15,7 @@ from billing.models import Plan, Tenant
 from chatproject.asgi import application
 from chats.models import Chat, EndUser, Message
 from tests.factories import make_chat, make_tenant
+from tests.polling import apoll
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -254,12 +255,8 @@ async def test_the_message_rate_is_the_current_plans(account, monkeypatch, befor
 
 
 async def wait_for_message(chat_id, status: str) -> Message:
-    for _ in range(100):
-        message = await Message.objects.filter(chat_id=chat_id, role="assistant").afirst()
-        if message is not None and message.status == status:
-            return message
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no assistant message with status {status}")
+    answers = Message.objects.filter(chat_id=chat_id, role="assistant", status=status)
+    return await apoll(answers.afirst, timeout=5, interval=0.05)
 
 
 SLOW = "[demo:tokens=200][demo:delay=20] tell me a long story"
@@ -468,8 +465,10 @@ async def test_cancel_while_the_request_is_admitted(account, monkeypatch):
     tenant, key = account.tenant, account.key
     chat = await sync_to_async(make_chat)(tenant)
     real_admit = admission._admit
+    admitting: list[bool] = []
 
     def slow_admit(*args):
+        admitting.append(True)
         time.sleep(0.3)
         return real_admit(*args)
 
@@ -477,7 +476,7 @@ async def test_cancel_while_the_request_is_admitted(account, monkeypatch):
     ws, _, _ = await connect(key, chat_id=chat.id)
     await receive(ws)
     await ws.send_json_to({"content": "hello"})
-    await asyncio.sleep(0.05)
+    await apoll(lambda: admitting)
     await ws.send_json_to({"type": "cancel"})
     await asyncio.sleep(0.6)
     await ws.send_json_to({"type": "ping"})

@@ -28,6 +28,7 @@ from governor.models import AuditRecord
 from governor.policies import policy_for_tenant
 from tests.factories import make_chat, make_tenant
 from tests.fakes.upstream import FakeUpstream, expected_text
+from tests.polling import apoll
 
 # --- context window (pure) -------------------------------------------------------------
 
@@ -283,8 +284,7 @@ async def test_stop_cuts_a_wait_on_the_model_short(tenant_chat):
             events.append(event)
 
     consuming = asyncio.ensure_future(consume())
-    while len(events) < 2:
-        await asyncio.sleep(0.01)
+    await apoll(lambda: len(events) >= 2)
     started = time.monotonic()
     generation.stop()
     await asyncio.wait_for(consuming, 5)
@@ -360,11 +360,11 @@ async def test_a_caller_leaving_during_admission_gets_its_hold_back(tenant_chat,
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    for _ in range(50):
-        if await balance(tenant) == before:
-            break
-        await asyncio.sleep(0.05)
-    assert await balance(tenant) == before
+
+    async def given_back() -> bool:
+        return await balance(tenant) == before
+
+    await apoll(given_back, timeout=2.5)
     assert await ledger_sum(tenant) == before
 
 

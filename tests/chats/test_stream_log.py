@@ -8,6 +8,7 @@ import pytest
 from chatproject.redis import get_redis
 from chats import stream_log
 from chats.stream_log import LogEnd, LogToken, LogWriter
+from tests.polling import apoll
 
 END = LogEnd("complete", "stop", 3, 5)
 
@@ -96,8 +97,8 @@ async def test_a_wired_log_replays_its_chunks_after_any_position_then_live(memor
     seqs = [writer.append_chunk(f"chunk {n}") for n in range(5)]
     assert seqs == [0, 1, 2, 3, 4]
     writer.append("token")
-    await asyncio.sleep(0.05)
-    assert (await stream_log.wire_header(log_id)).chat_id == f"chat-{log_id}"
+    header = await apoll(lambda: stream_log.wire_header(log_id))
+    assert header.chat_id == f"chat-{log_id}"
     late = asyncio.ensure_future(collect_wire(log_id, after=2))
     await writer.close(END)  # the tokens' end: joiners stop here, the chunks go on
     assert await collect(log_id) == [LogToken(0, "token"), END]
@@ -114,8 +115,7 @@ async def test_a_chats_stream_is_active_until_its_last_chunk(memory_or_redis):
     log_id, chat_id = uuid.uuid4().hex, f"chat-{uuid.uuid4().hex}"
     writer = LogWriter(log_id)
     writer.wire(stream_log.WireHeader("aisdk", 7, chat_id), on_stop=lambda: None)
-    await asyncio.sleep(0.05)
-    assert await stream_log.active_stream(7, "aisdk", ["other", chat_id]) == log_id
+    assert await apoll(lambda: stream_log.active_stream(7, "aisdk", ["other", chat_id])) == log_id
     assert await stream_log.active_stream(8, "aisdk", [chat_id]) is None  # another tenant's
     assert await stream_log.active_stream(7, "ws", [chat_id]) is None  # another format's
     await writer.close(END)

@@ -8,6 +8,7 @@ Without the PostgreSQL binaries the Redis tests run on a throwaway SQLite file; 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 
 from tests import outages
 from tests.live import ROOT, LiveServer, start_server
+from tests.polling import apoll
 
 MISSING = outages.missing()
 
@@ -60,6 +62,15 @@ class Stack:
     def books(self, key: str) -> dict:
         """The tenant's books (see ``outages.books``)."""
         return outages.books(self.database_url, self.tenants[key])
+
+    async def until_admitted(self, key: str, requests: int) -> None:
+        """Until ``requests`` of the tenant's requests hold their credits: admitted past
+        the database, they stream from here on."""
+
+        def admitted() -> bool:
+            return self.books(key)["open holds"] == requests
+
+        await apoll(lambda: asyncio.to_thread(admitted), interval=0.1)
 
     def settled_tokens(self, key: str) -> list[int]:
         """The completion tokens each of the tenant's settled holds was charged for."""

@@ -8,6 +8,8 @@ import time
 import httpx
 import pytest
 
+from tests import outages
+from tests.polling import apoll
 from tests.stream_endings import stream
 
 pytest.importorskip("chats.checkpoints", reason="needs leased holds and checkpoints")
@@ -22,7 +24,21 @@ STREAMS = 20
 FORMATS = ("ws", "docgen", "aisdk", "regpilot", "openai")  # stored ones and stateless ones
 
 
-async def _streams_until_killed(server, key):
+def _checkpointed(stack, key) -> int:
+    """How many of the tenant's open holds have an answer checkpointed: token counts on the
+    hold (stateless requests) or a stored answer with tokens (stored ones)."""
+    [(count,)] = outages.query(
+        stack.database_url,
+        "SELECT COUNT(*) FROM billing_credithold h JOIN billing_tenant t ON t.id = h.tenant_id"
+        " LEFT JOIN chats_message m ON m.id = h.message_id"
+        " WHERE t.name = %s AND h.status = 'open'"
+        " AND (h.completion_tokens > 0 OR m.completion_tokens > 0)",
+        (stack.tenants[key],),
+    )
+    return count
+
+
+async def _streams_until_killed(server, stack, key):
     async with httpx.AsyncClient() as client:
         tasks = [
             asyncio.create_task(
@@ -37,7 +53,11 @@ async def _streams_until_killed(server, key):
             )
             for i in range(STREAMS)
         ]
-        await asyncio.sleep(3)  # about 150 tokens each, checkpointed at least once
+
+        async def all_checkpointed() -> bool:
+            return await asyncio.to_thread(_checkpointed, stack, key) == STREAMS
+
+        await apoll(all_checkpointed, interval=0.1)
         server.process.send_signal(signal.SIGKILL)
         return await asyncio.gather(*tasks)
 
@@ -45,7 +65,7 @@ async def _streams_until_killed(server, key):
 def test_a_killed_server_leaves_its_answers_and_charges_to_the_sweeper(stack, serve):
     server = serve(**SERVER)
     key = stack.tenant(credits="5000")
-    endings = asyncio.run(_streams_until_killed(server, key))
+    endings = asyncio.run(_streams_until_killed(server, stack, key))
     server.process.wait(timeout=10)
 
     assert all(e.kind == "cut" and e.tokens > 0 for e in endings), endings  # none hangs

@@ -9,6 +9,7 @@ import httpx
 import pytest
 import websockets
 
+from tests.polling import poll
 from tests.stream_endings import FORMATS, SSE_FORMATS, stream
 
 # A stream's end waits this long on the database before the client is told; requests wait
@@ -21,7 +22,7 @@ def _no_open_holds(books: dict) -> bool:
     return books["open holds"] == 0
 
 
-async def _streams_across_an_outage(server, key, pg, *, outage: float):
+async def _streams_across_an_outage(server, key, stack, *, outage: float):
     """One stream per format (2 s of tokens), PostgreSQL stopped once they all stream."""
     async with httpx.AsyncClient() as client:
         tasks = [
@@ -30,12 +31,12 @@ async def _streams_across_an_outage(server, key, pg, *, outage: float):
             )
             for fmt in FORMATS
         ]
-        await asyncio.sleep(0.7)  # admitted: each has its hold and is streaming
-        pg.stop()
+        await stack.until_admitted(key, len(FORMATS))
+        stack.pg.stop()
         stopped = time.monotonic()
         done, _ = await asyncio.wait(tasks, timeout=outage)
         ended_during = {task.result().format for task in done}
-        pg.start()
+        stack.pg.start()
         endings = await asyncio.gather(*tasks)
     return endings, ended_during, stopped
 
@@ -44,7 +45,7 @@ def test_streams_whose_end_meets_an_outage_end_with_an_error_and_are_saved_later
     server = serve(**SERVER)
     key = pg_stack.tenant()
     endings, ended_during, _ = asyncio.run(
-        _streams_across_an_outage(server, key, pg_stack.pg, outage=8)
+        _streams_across_an_outage(server, key, pg_stack, outage=8)
     )
 
     for ending in endings:  # told at once, in its own format, with the end marker
@@ -77,7 +78,8 @@ def test_requests_during_an_outage_get_503_with_retry_after(pg_stack, serve):
         assert response.json()["error"]["code"] == code, (name, response.text)
     assert event["type"] == "error" and event["code"] == "SERVICE_UNAVAILABLE", event
     assert close_code == 4503
-    assert _ready_within(server, 5)  # the pool reconnects within about a second
+    # The pool reconnects within about a second.
+    poll(lambda: httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200, timeout=5)
 
 
 async def _requests_and_a_connect(server, key):
@@ -92,15 +94,6 @@ async def _requests_and_a_connect(server, key):
         requests["readyz"] = client.get(f"{server.url}/readyz")
         *answers, connected = await asyncio.gather(*requests.values(), _ws_connect(server, key))
     return dict(zip(requests, answers, strict=True)), connected
-
-
-def _ready_within(server, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if httpx.get(f"{server.url}/readyz", timeout=10).status_code == 200:
-            return True
-        time.sleep(0.2)
-    return False
 
 
 async def _ws_connect(server, key):

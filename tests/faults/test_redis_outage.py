@@ -10,6 +10,7 @@ import time
 import httpx
 import websockets
 
+from tests.polling import poll
 from tests.stream_endings import FORMATS, fan_out, stream
 
 SERVER = {"DEMO_TOKEN_DELAY_MS": "20"}
@@ -62,7 +63,9 @@ def test_after_an_outage_connects_and_groups_work_again_at_once(stack, serve):
     stack.redis.stop()
     time.sleep(2)
     stack.redis.start()
-    time.sleep(1)  # Redis is back: within about a second, everything works again
+    # Redis is back: once each process says so, everything works again.
+    for server in (a, b):
+        poll(lambda server=server: httpx.get(f"{server.url}/readyz", timeout=10).is_success)
 
     outcomes = asyncio.run(_connects([a, b], key, 40))
     assert outcomes == ["connection_established"] * 40, outcomes
@@ -107,7 +110,7 @@ def test_streams_running_across_an_outage_end_and_their_books_balance(stack, ser
                 )
                 for fmt in FORMATS
             ]
-            await asyncio.sleep(0.7)
+            await stack.until_admitted(key, len(FORMATS))
             stack.redis.stop()
             endings = await asyncio.gather(*tasks)
             # Cache and idempotency records are missed, not failed on, while Redis is down.

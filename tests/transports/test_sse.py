@@ -21,6 +21,7 @@ from chats.transports.sse import (
     sse,
     with_keepalive,
 )
+from tests.polling import apoll
 
 
 def test_sse_frames_json_and_event_names():
@@ -72,9 +73,11 @@ async def test_keepalive_fills_silences_and_passes_chunks_through():
 @pytest.mark.asyncio
 async def test_cancelling_the_consumer_cancels_the_source_and_waits_for_its_cleanup():
     cleaned = asyncio.Event()
+    sent: list[bytes] = []
 
     async def forever():
         try:
+            sent.append(b"first")
             yield b"first"
             await asyncio.Event().wait()
         finally:
@@ -86,7 +89,7 @@ async def test_cancelling_the_consumer_cancels_the_source_and_waits_for_its_clea
             pass
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.05)
+    await apoll(lambda: sent)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -112,15 +115,17 @@ async def test_a_client_that_stopped_reading_still_gets_its_stream_finalised():
             async for event in events:
                 yield str(event).encode()
 
+    producer = Producer(encoder())
+
     async def consume():
-        stream = with_keepalive(encoder(), 10)
+        stream = with_keepalive(producer, 10)
         async with contextlib.aclosing(stream):  # as Django's ASGI handler does
             async for item in stream:
                 if item:
                     await asyncio.Event().wait()  # stuck sending to a gone client
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.05)
+    await apoll(producer.queue.full)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -166,9 +171,11 @@ class FakeGeneration:
     def __init__(self, *events, delay: float = 0) -> None:
         self._events = events
         self.delay = delay
+        self.started = False
         self.closed = False
 
     async def events(self):
+        self.started = True
         try:
             for event in self._events:
                 await asyncio.sleep(self.delay)
@@ -252,7 +259,7 @@ async def test_a_view_cancelled_while_waiting_for_the_first_event_closes_the_eve
     generation = FakeGeneration(token(0), delay=10)
     stream = GenerationStream(generation, encode)
     waiting = asyncio.create_task(stream.first_event(30))
-    await asyncio.sleep(0.05)
+    await apoll(lambda: generation.started)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
