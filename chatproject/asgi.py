@@ -2,12 +2,16 @@
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
 
 # Django must be set up before anything imports models (the routing below does).
-django_http = get_asgi_application()
+django.setup(set_prefix=False)
+
+from chatproject.handler import ASGIHandler  # noqa: E402
+
+django_http = ASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402

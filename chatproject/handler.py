@@ -1,0 +1,74 @@
+"""Django's ASGI handler, with no thread hand-off for a request to an async view.
+
+Django runs every request in a thread-sensitive context of its own and sends
+``request_started`` and ``request_finished`` through ``sync_to_async``, so each request
+starts a thread and hops to it two or three times, even when the view is async and its
+database work goes to the database executor (:mod:`chatproject.db`). Those signals'
+receivers (query log reset, closing stale connections and caches) act on the calling
+thread's connections, and the event loop's thread has none, so for an async view they are
+run right there. Every other view (DRF's, the admin's) goes through Django's own path.
+"""
+
+import asyncio
+import contextlib
+
+from asgiref.sync import iscoroutinefunction
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler as DjangoASGIHandler
+from django.core.handlers.asgi import get_script_prefix
+from django.urls import Resolver404, get_resolver, set_script_prefix
+
+
+class ASGIHandler(DjangoASGIHandler):
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and self._async_view(scope):
+            await self.handle_inline(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    def _async_view(self, scope) -> bool:
+        path, root = scope["path"], scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        try:
+            match = get_resolver().resolve(path)
+        except Resolver404:
+            return False
+        return iscoroutinefunction(match.func)
+
+    async def handle_inline(self, scope, receive, send):
+        """Django's ``handle``, its signals sent and the response closed on the loop."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            error_response.close()
+            return
+
+        async def respond():
+            response = await self.run_get_response(request)
+            with contextlib.suppress(asyncio.CancelledError):  # the client left mid-send
+                await self.send_response(response, send)
+            return response
+
+        # As Django does: a disconnect while the view runs cancels it.
+        listening = asyncio.create_task(self.listen_for_disconnect(receive))
+        responding = asyncio.create_task(respond())
+        await asyncio.wait([listening, responding], return_when=asyncio.FIRST_COMPLETED)
+        for task in (listening, responding):
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RequestAborted):
+                await task
+        if responding.cancelled():
+            signals.request_finished.send(sender=self.__class__)
+        else:
+            responding.result().close()  # sends request_finished
+        body_file.close()
