@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from governor.detectors import KIND_PRIORITY, is_valid_email
@@ -146,6 +147,16 @@ class Policy:
         """Every rule on, refuse at critical risk, review actions approve but flag."""
         return cls()
 
+    @cached_property
+    def rules(self) -> tuple[Rule, ...]:
+        """Every rule, configured with this policy: built once per policy, which is
+        frozen and cached per tenant (:mod:`governor.policies`), not once per request."""
+        return build_rules(
+            allowed_roles=self.allowed_roles,
+            sanctioned_countries=self.sanctioned_countries,
+            markup_action=self.markup_action,
+        )
+
 
 @dataclass(frozen=True)
 class GovernorResult:
@@ -228,12 +239,7 @@ def evaluate_with_rules(
 
 def evaluate(inp: EvaluationInput, policy: Policy) -> GovernorResult:
     """Evaluate one phase's text and metadata against ``policy``."""
-    rules = build_rules(
-        allowed_roles=policy.allowed_roles,
-        sanctioned_countries=policy.sanctioned_countries,
-        markup_action=policy.markup_action,
-    )
-    return evaluate_with_rules(inp, policy, rules)
+    return evaluate_with_rules(inp, policy, policy.rules)
 
 
 # --- metadata validation -----------------------------------------------------------

@@ -29,7 +29,7 @@ from governor.evaluation import (
     validate_metadata,
 )
 from governor.injection import neutralise_markup
-from governor.rules import Source, build_rules
+from governor.rules import Source
 from governor.stream_guard import StreamGuard
 
 logger = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def governor_check_tool_result(*, decision: GateDecision, tool_name: str, text: 
     source = f"tool result: {tool_name}"
     rules = [
         rule
-        for rule in build_rules(markup_action=policy.markup_action)
+        for rule in policy.rules
         if rule.id in _FOLDED_RULES and rule.id not in policy.disabled_rules
     ]
     inp = EvaluationInput(text="", metadata=decision.metadata, folded=((source, text),))
