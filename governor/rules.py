@@ -307,24 +307,15 @@ class PersonalDataRule(Rule):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SecretRule(Rule):
+class SecretRule(PersonalDataRule):
     """Credentials (API keys, tokens, private keys) must never pass."""
 
     id: str = "secret_credential"
     severity: str = "critical"
     action: str = "block"
     points: int = 60
-
-    def check(self, ctx: EvaluationInput) -> list[Violation]:
-        found = [
-            (
-                f"The {ctx.phase} contains a credential (API key, token, password or private "
-                f"key){ctx.where_phrase(f.start)}.",
-                (f.start, f.end),
-            )
-            for f in _kinds_found(ctx, ["secret"])
-        ]
-        return self._violations(found, ctx=ctx)
+    kind: str = "secret"
+    label: str = "a credential (API key, token, password or private key)"
 
 
 @dataclass(frozen=True, kw_only=True)
