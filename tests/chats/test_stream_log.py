@@ -8,6 +8,7 @@ import pytest
 from chatproject.redis import get_redis
 from chats import stream_log
 from chats.stream_log import LogEnd, LogToken, LogWriter
+from chats.stream_log import writer as log_writer
 from tests.polling import apoll
 
 END = LogEnd("complete", "stop", 3, 5)
@@ -154,7 +155,7 @@ async def test_a_stop_request_reaches_the_writer_in_this_process_or_through_redi
     log_id = uuid.uuid4().hex
     writer = LogWriter(log_id)
     writer.wire(HEADER, on_stop=stopped.set)
-    del stream_log._local_writers[log_id]
+    del log_writer._local_writers[log_id]
     await stream_log.request_stop(log_id)
     await asyncio.wait_for(stopped.wait(), stream_log.STOP_CHECK_SECONDS + 2)
     await writer.close_wire("cancelled")
