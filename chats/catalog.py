@@ -161,13 +161,9 @@ def _is_offline(model: LLMModel) -> bool:
     return kind is not None and kind.offline
 
 
-def resolve_route(*, quality: str | None = None, model: str | None = None) -> Route:
-    """An explicit ``model`` wins over ``quality``; errors are MODEL_NOT_FOUND."""
-    return _route(_load(), quality, model)
-
-
 async def aresolve_route(*, quality: str | None = None, model: str | None = None) -> Route:
-    """:func:`resolve_route` from async code: the database only when the cache is stale."""
+    """An explicit ``model`` wins over ``quality``; errors are MODEL_NOT_FOUND (a bad
+    tier: VALIDATION_ERROR). The database only when the cached catalog is stale."""
     loaded = _fresh_catalog()
     if loaded is None:
         loaded = await db_call(_load)

@@ -1,6 +1,7 @@
 import pytest
 
 from chats import catalog
+from tests.factories import ensure_defaults
 
 
 @pytest.fixture
@@ -10,3 +11,10 @@ def fresh_catalog(settings):
     catalog.clear_catalog_cache()
     yield
     catalog.clear_catalog_cache()
+
+
+@pytest.fixture
+def seeded_catalog(transactional_db, fresh_catalog):
+    """The seeded models, committed (the engine's catalog lookup reads in a database
+    thread of its own), read afresh by every lookup."""
+    ensure_defaults()

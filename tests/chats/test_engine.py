@@ -5,7 +5,7 @@ import time
 from decimal import Decimal
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
 from django.db import InterfaceError, connection
 
 from billing import response_cache, store
@@ -61,48 +61,48 @@ def test_trim_never_drops_the_last_message_or_system():
 # --- routing ------------------------------------------------------------------------------
 
 
-@pytest.mark.django_db
+def route(**asked) -> catalog.Route:
+    """The route a request asking for ``asked`` takes: the engine's lookup."""
+    return async_to_sync(catalog.aresolve_route)(**asked)
+
+
 @pytest.mark.parametrize("tier", ["cheap", "balanced", "frontier"])
-def test_every_tier_routes_to_demo_without_credentials(fresh_catalog, monkeypatch, tier):
+def test_every_tier_routes_to_demo_without_credentials(seeded_catalog, monkeypatch, tier):
     for var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MISTRAL_API_KEY"):
         monkeypatch.delenv(var, raising=False)
-    assert catalog.resolve_route(quality=tier).first.name == f"demo/{tier}"
+    assert route(quality=tier).first.name == f"demo/{tier}"
 
 
-@pytest.mark.django_db
-def test_a_configured_provider_wins_its_tier(fresh_catalog, monkeypatch):
+def test_a_configured_provider_wins_its_tier(seeded_catalog, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")
-    resolved = catalog.resolve_route(quality="balanced").first
+    resolved = route(quality="balanced").first
     assert (resolved.name, resolved.provider_name) == ("gpt-4o-mini", "openai")
 
 
-@pytest.mark.django_db
 @pytest.mark.parametrize(
     "model",
     ["no-such-model", "claude-3-opus-20240229"],  # the second known, but no credential set
 )
-def test_unknown_or_unconfigured_model_is_model_not_found(fresh_catalog, monkeypatch, model):
+def test_unknown_or_unconfigured_model_is_model_not_found(seeded_catalog, monkeypatch, model):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     with pytest.raises(ApiError) as raised:
-        catalog.resolve_route(model=model)
+        route(model=model)
     assert raised.value.code == "MODEL_NOT_FOUND"
     assert "model" in raised.value.details
 
 
-@pytest.mark.django_db
 def test_an_unconfigured_catalog_model_names_the_variable_that_enables_it(
-    fresh_catalog, monkeypatch
+    seeded_catalog, monkeypatch
 ):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
     with pytest.raises(ApiError) as raised:
-        catalog.resolve_route(model="claude-3-opus-20240229")
+        route(model="claude-3-opus-20240229")
     assert "ANTHROPIC_API_KEY is set" in raised.value.message
 
 
-@pytest.mark.django_db
-def test_an_unknown_quality_is_a_validation_error(fresh_catalog):
+def test_an_unknown_quality_is_a_validation_error(seeded_catalog):
     with pytest.raises(ApiError) as raised:
-        catalog.resolve_route(quality="premium")
+        route(quality="premium")
     assert raised.value.code == "VALIDATION_ERROR"
     assert "quality" in raised.value.details
 

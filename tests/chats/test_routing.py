@@ -2,12 +2,10 @@
 
 from collections import Counter
 
-import pytest
+from asgiref.sync import async_to_sync
 
 from chats import catalog
 from chats.models import LLMModel, ModelFallback
-
-pytestmark = pytest.mark.django_db
 
 
 def deploy(name: str, *, tier: str = "", priority: int = 10, weight: int = 1, **fields):
@@ -24,10 +22,11 @@ def deploy(name: str, *, tier: str = "", priority: int = 10, weight: int = 1, **
 
 
 def route(**asked) -> list[str]:
-    return [d.name for d in catalog.resolve_route(**asked).deployments]
+    """The deployments a request asking for ``asked`` tries, in order: the engine's lookup."""
+    return [d.name for d in async_to_sync(catalog.aresolve_route)(**asked).deployments]
 
 
-def test_equal_priorities_share_a_tier_by_weight_evenly_interleaved(fresh_catalog):
+def test_equal_priorities_share_a_tier_by_weight_evenly_interleaved(seeded_catalog):
     deploy("heavy", tier="cheap", weight=3)
     deploy("light", tier="cheap", weight=1)
     firsts = [route(quality="cheap")[0] for _ in range(8)]
@@ -36,7 +35,7 @@ def test_equal_priorities_share_a_tier_by_weight_evenly_interleaved(fresh_catalo
     assert Counter(route(quality="cheap")[0] for _ in range(400)) == {"heavy": 300, "light": 100}
 
 
-def test_the_other_deployments_of_the_tier_follow_by_priority(fresh_catalog):
+def test_the_other_deployments_of_the_tier_follow_by_priority(seeded_catalog):
     deploy("a", tier="cheap", priority=1, weight=1)
     deploy("b", tier="cheap", priority=1, weight=1)
     deploy("later", tier="cheap", priority=5)
@@ -44,7 +43,7 @@ def test_the_other_deployments_of_the_tier_follow_by_priority(fresh_catalog):
     assert seen == {("a", "b", "later"), ("b", "a", "later")}
 
 
-def test_a_model_lists_its_fallbacks_in_order_and_the_tier_ends_with_them(fresh_catalog):
+def test_a_model_lists_its_fallbacks_in_order_and_the_tier_ends_with_them(seeded_catalog):
     primary = deploy("primary", tier="frontier", priority=1)
     first, second = deploy("first-fb"), deploy("second-fb")
     ModelFallback.objects.create(model=primary, fallback=second, position=2)
@@ -54,7 +53,7 @@ def test_a_model_lists_its_fallbacks_in_order_and_the_tier_ends_with_them(fresh_
     assert route(model="first-fb") == ["first-fb"]  # fallbacks are not symmetric
 
 
-def test_the_demo_never_stands_in_for_a_real_model_unless_named(fresh_catalog):
+def test_the_demo_never_stands_in_for_a_real_model_unless_named(seeded_catalog):
     primary = deploy("real", tier="balanced", priority=1)
     assert "demo/balanced" in LLMModel.objects.values_list("name", flat=True)
     assert route(quality="balanced") == ["real"]
@@ -63,7 +62,7 @@ def test_the_demo_never_stands_in_for_a_real_model_unless_named(fresh_catalog):
 
 
 def test_unusable_fallbacks_are_left_out_and_the_attempts_are_bounded(
-    fresh_catalog, settings, monkeypatch
+    seeded_catalog, settings, monkeypatch
 ):
     monkeypatch.delenv("SOME_UNSET_KEY", raising=False)
     primary = deploy("p")
@@ -80,7 +79,7 @@ def test_unusable_fallbacks_are_left_out_and_the_attempts_are_bounded(
     assert route(model="p") == ["p", "fb1", "fb2", "fb3", "fb4"]
 
 
-def test_the_admin_sets_a_models_weight_and_its_fallbacks_in_order(admin_client, fresh_catalog):
+def test_the_admin_sets_a_models_weight_and_its_fallbacks_in_order(admin_client, seeded_catalog):
     primary, first, second = deploy("primary"), deploy("first-fb"), deploy("second-fb")
     url = f"/admin/chats/llmmodel/{primary.pk}/change/"
     page = admin_client.get(url)
