@@ -34,7 +34,7 @@ def string(
     blank: bool = True,
     **extra: Any,
 ) -> Schema:
-    """A string, described with the arguments the parser's ``schemas.string`` reader takes."""
+    """A string, described with the arguments the parser's ``readers.string`` reader takes."""
     schema: Schema = {"type": "string", **extra}
     if max_length is not None:
         schema["maxLength"] = max_length

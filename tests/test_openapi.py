@@ -13,7 +13,7 @@ from chatproject.errors import ApiError
 from chatproject.openapi import fragments
 from chats.catalog import DEFAULT_QUALITY, QUALITY_TIERS
 from chats.models import LLMModel
-from chats.transports import schemas
+from chats.transports.schemas.regpilot import REGPILOT_REQUEST
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -210,6 +210,6 @@ def test_the_parser_checks_the_type_of_every_documented_field(body):
 
 
 def test_tiers_are_the_catalogs():
-    quality = schemas.REGPILOT_REQUEST.schema()["properties"]["quality"]
+    quality = REGPILOT_REQUEST.schema()["properties"]["quality"]
     assert quality["enum"] == list(LLMModel.Tier.values) == list(QUALITY_TIERS)
     assert quality["default"] == DEFAULT_QUALITY

@@ -38,7 +38,6 @@ from chats.engine import (
     start_generation,
 )
 from chats.tool_loop import ToolResult, ToolStarted
-from chats.transports import schemas
 from chats.transports.requests import model_choice
 from chats.transports.resume import (
     LAST_EVENT_ID,
@@ -47,6 +46,8 @@ from chats.transports.resume import (
     resume_response,
     stop_response,
 )
+from chats.transports.schemas.aisdk import AISDK_REQUEST, parse_aisdk
+from chats.transports.schemas.readers import MAX_ID_LENGTH
 from chats.transports.sse import (
     DONE,
     authenticate,
@@ -251,7 +252,7 @@ async def _encode(
 @endpoint()
 async def chat(request: HttpRequest) -> HttpResponseBase:
     tenant = await authenticate(request)
-    body = schemas.parse_aisdk(read_json(request))
+    body = parse_aisdk(read_json(request))
     key: str | uuid.UUID = body.room_id or body.chat_key or uuid.uuid4()
     opener = functools.partial(
         services.chat_open,
@@ -298,8 +299,8 @@ def _chat_ids(tenant: Tenant, key: str) -> list[str]:
     """The ids the chat a client calls ``key`` may have (see ``sse.conversation_chat``):
     the tenant's own chat of that id, or the one derived from the key. Only the tenant's
     own streams are looked up under them."""
-    if not key or len(key) > schemas.MAX_ID_LENGTH:
-        problem = f"Must be the chat's id (1 to {schemas.MAX_ID_LENGTH} characters)."
+    if not key or len(key) > MAX_ID_LENGTH:
+        problem = f"Must be the chat's id (1 to {MAX_ID_LENGTH} characters)."
         raise ApiError(ErrorCode.VALIDATION_ERROR, problem, details={"chatId": [problem]})
     try:
         ids = [str(uuid.UUID(key))]
@@ -376,7 +377,7 @@ def openapi() -> oa.Fragment:
                     "ai-sdk",
                     "AI SDK UI message stream",
                     {"200": stream, **oa.errors("Error", errors)},
-                    body=schemas.AISDK_REQUEST,
+                    body=AISDK_REQUEST,
                 )
             },
             "/api/chat/{chat_id}/stream": {
@@ -412,6 +413,6 @@ def openapi() -> oa.Fragment:
                 )
             },
         },
-        requests=(schemas.AISDK_REQUEST,),
+        requests=(AISDK_REQUEST,),
         schemas={"StreamStopped": STOPPED},
     )

@@ -36,8 +36,13 @@ from chatproject.json_body import read_json
 from chatproject.request_id import request_id_of
 from chats import services
 from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
-from chats.transports import schemas
 from chats.transports.resume import last_event_id, openapi_paths, resume_response, stream_id
+from chats.transports.schemas.docgen import (
+    DOC_CHAT_REQUEST,
+    DOC_GENERATE_REQUEST,
+    parse_doc_chat,
+    parse_doc_generate,
+)
 from chats.transports.sse import (
     authenticate,
     credits_number,
@@ -180,7 +185,7 @@ def _project_notice(found: bool | None) -> dict[str, Any]:
 async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     started = time.monotonic()
     tenant = await authenticate(request)
-    body = schemas.parse_doc_chat(read_json(request))
+    body = parse_doc_chat(read_json(request))
     conversation_id = body.conversation_id or str(uuid.uuid4())
     opener = functools.partial(
         services.chat_open,
@@ -281,7 +286,7 @@ async def _encode_legacy(
 async def generate(request: HttpRequest) -> HttpResponseBase:
     started = time.monotonic()
     tenant = await authenticate(request)
-    body = schemas.parse_doc_generate(read_json(request))
+    body = parse_doc_generate(read_json(request))
     try:
         generation = await start_generation(
             generation_request(
@@ -356,7 +361,7 @@ def openapi() -> oa.Fragment:
                     "docgen",
                     "Project document chat",
                     {"200": chat_stream, **oa.errors("Error", _ERRORS)},
-                    body=schemas.DOC_CHAT_REQUEST,
+                    body=DOC_CHAT_REQUEST,
                 )
             },
             "/api/v1/chat/generate": {
@@ -365,7 +370,7 @@ def openapi() -> oa.Fragment:
                     "docgen",
                     "Older document generation stream",
                     {"200": generate_stream, **oa.errors("Error", _ERRORS)},
-                    body=schemas.DOC_GENERATE_REQUEST,
+                    body=DOC_GENERATE_REQUEST,
                 )
             },
             "/api/v1/chat/message": {
@@ -378,5 +383,5 @@ def openapi() -> oa.Fragment:
                 )
             },
         },
-        requests=(schemas.DOC_CHAT_REQUEST, schemas.DOC_GENERATE_REQUEST),
+        requests=(DOC_CHAT_REQUEST, DOC_GENERATE_REQUEST),
     )

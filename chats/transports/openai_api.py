@@ -32,9 +32,13 @@ from chats.engine import (
     ToolCallEvent,
     start_generation,
 )
-from chats.transports import schemas
 from chats.transports.requests import model_choice
 from chats.transports.resume import last_event_id, openapi_paths, resume_response, stream_id
+from chats.transports.schemas.openai_api import (
+    OPENAI_REQUEST,
+    parse_openai_chat,
+    tool_call_schema,
+)
 from chats.transports.sse import (
     DONE,
     Template,
@@ -225,7 +229,7 @@ def _error_first(end: ErrorEvent) -> HttpResponse:
 @endpoint(on_error=openai_error_response)
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     tenant = await authenticate(request)
-    body = schemas.parse_openai_chat(read_json(request))
+    body = parse_openai_chat(read_json(request))
     quality, model = model_choice(body.model)
     generation = await start_generation(
         generation_request(
@@ -340,7 +344,7 @@ def _schemas() -> dict[str, oa.Schema]:
         {
             "role": oa.string(choices=("assistant",)),
             "content": oa.string(nullable=True),
-            "tool_calls": oa.array(schemas.tool_call_schema()),
+            "tool_calls": oa.array(tool_call_schema()),
         }
     )
     choice = oa.obj(
@@ -409,7 +413,7 @@ def openapi() -> oa.Fragment:
                     "openai",
                     "OpenAI-compatible chat completions",
                     {"200": completion, **oa.errors("OpenAIError", errors)},
-                    body=schemas.OPENAI_REQUEST,
+                    body=OPENAI_REQUEST,
                     security=AUTH,
                 )
             },
@@ -439,6 +443,6 @@ def openapi() -> oa.Fragment:
                 )
             },
         },
-        requests=(schemas.OPENAI_REQUEST,),
+        requests=(OPENAI_REQUEST,),
         schemas=_schemas(),
     )

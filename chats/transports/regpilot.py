@@ -23,8 +23,8 @@ from chatproject import openapi_fragments as oa
 from chatproject.errors import ApiError, error_response
 from chatproject.json_body import read_json
 from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
-from chats.transports import schemas
 from chats.transports.resume import last_event_id, openapi_paths, resume_response, stream_id
+from chats.transports.schemas.regpilot import REGPILOT_REQUEST, parse_regpilot
 from chats.transports.sse import (
     DONE,
     authenticate,
@@ -45,7 +45,7 @@ RESUME_PATH = "/api/ai/chat/streams/{stream_id}"
 
 async def _start(request: HttpRequest) -> tuple[Tenant, Generation]:
     tenant = await authenticate(request)
-    body = schemas.parse_regpilot(read_json(request))
+    body = parse_regpilot(read_json(request))
     generation = await start_generation(
         generation_request(
             request,
@@ -227,7 +227,7 @@ def openapi() -> oa.Fragment:
         "`[DONE]`. Headers: `x-regpilot-model`, `x-cache-status`, `x-regpilot-prompt-tokens`, "
         "`x-credits-remaining`, `x-governor-*`."
     )
-    body = schemas.REGPILOT_REQUEST
+    body = REGPILOT_REQUEST
     return oa.Fragment(
         paths={
             **openapi_paths("ai_chat", "ai-chat", "/api/ai/chat/streams/{stream_id}", "Error", 400),
