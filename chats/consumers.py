@@ -33,9 +33,9 @@ from chats import stream_log, ws_events, ws_resume, ws_slots
 from chats.engine import ErrorEvent, FinishedEvent, Generation, TokenEvent, start_generation
 from chats.stream_log import LogWriter
 from chats.tool_loop import ToolResult, ToolStarted
+from chats.transports.generation_stream import resumable_log
 from chats.transports.requests import generation_request
 from chats.transports.schemas import websocket as schemas
-from chats.transports.sse import resumable_log
 from chats.ws_session import CLOSE_UNAUTHORIZED, Refused, Session, session_open
 from tools.registry import request_toolbox
 

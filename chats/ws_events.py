@@ -8,7 +8,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 from chatproject.errors import ApiError
 from chats.engine import Generation, StoredMessage
 from chats.tool_loop import ToolResult, ToolStarted
-from chats.transports.sse import credits_number
+from chats.transports.encoding import credits_number
 
 
 class ConnectionEstablished(TypedDict):

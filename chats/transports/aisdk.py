@@ -38,6 +38,11 @@ from chats.engine import (
     start_generation,
 )
 from chats.tool_loop import ToolResult, ToolStarted
+from chats.transports.cors import cors
+from chats.transports.encoding import credits_number
+from chats.transports.endpoints import authenticate, endpoint, generation_request
+from chats.transports.generation_headers import generation_headers
+from chats.transports.generation_stream import generation_response
 from chats.transports.requests import model_choice
 from chats.transports.resume import (
     LAST_EVENT_ID,
@@ -48,17 +53,7 @@ from chats.transports.resume import (
 )
 from chats.transports.schemas.aisdk import AISDK_REQUEST, parse_aisdk
 from chats.transports.schemas.readers import MAX_ID_LENGTH
-from chats.transports.sse import (
-    DONE,
-    authenticate,
-    cors,
-    credits_number,
-    endpoint,
-    generation_headers,
-    generation_request,
-    generation_response,
-    sse,
-)
+from chats.transports.sse import DONE, sse
 from tools.registry import Toolbox, request_toolbox
 
 END_USER_ID = "ai-sdk"  # the end user that owns chats started over this API
@@ -296,7 +291,7 @@ async def chat(request: HttpRequest) -> HttpResponseBase:
 
 
 def _chat_ids(tenant: Tenant, key: str) -> list[str]:
-    """The ids the chat a client calls ``key`` may have (see ``sse.conversation_chat``):
+    """The ids the chat a client calls ``key`` may have (see ``services.conversation_chat_id``):
     the tenant's own chat of that id, or the one derived from the key. Only the tenant's
     own streams are looked up under them."""
     if not key or len(key) > MAX_ID_LENGTH:

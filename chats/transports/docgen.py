@@ -36,6 +36,10 @@ from chatproject.json_body import read_json
 from chatproject.request_id import request_id_of
 from chats import services
 from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
+from chats.transports.encoding import credits_number
+from chats.transports.endpoints import authenticate, endpoint, generation_request
+from chats.transports.generation_headers import generation_headers, stream_headers
+from chats.transports.generation_stream import generation_response
 from chats.transports.resume import last_event_id, openapi_paths, resume_response, stream_id
 from chats.transports.schemas.docgen import (
     DOC_CHAT_REQUEST,
@@ -43,17 +47,8 @@ from chats.transports.schemas.docgen import (
     parse_doc_chat,
     parse_doc_generate,
 )
-from chats.transports.sse import (
-    authenticate,
-    credits_number,
-    endpoint,
-    event_stream,
-    generation_headers,
-    generation_request,
-    generation_response,
-    sse,
-    stream_headers,
-)
+from chats.transports.sse import sse
+from chats.transports.streaming import event_stream
 from knowledge import services as knowledge_services
 from knowledge.retrieval import RetrievedContext
 from tools.registry import request_toolbox

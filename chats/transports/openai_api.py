@@ -32,6 +32,10 @@ from chats.engine import (
     ToolCallEvent,
     start_generation,
 )
+from chats.transports.encoding import credits_text
+from chats.transports.endpoints import authenticate, endpoint, generation_request
+from chats.transports.generation_headers import generation_headers, stream_headers
+from chats.transports.generation_stream import final_event, generation_response
 from chats.transports.requests import model_choice
 from chats.transports.resume import last_event_id, openapi_paths, resume_response, stream_id
 from chats.transports.schemas.openai_api import (
@@ -39,19 +43,7 @@ from chats.transports.schemas.openai_api import (
     parse_openai_chat,
     tool_call_schema,
 )
-from chats.transports.sse import (
-    DONE,
-    Template,
-    authenticate,
-    credits_text,
-    endpoint,
-    final_event,
-    generation_headers,
-    generation_request,
-    generation_response,
-    sse,
-    stream_headers,
-)
+from chats.transports.sse import DONE, Template, sse
 
 RESUME_PATH = "/v1/chat/streams/{stream_id}"
 

@@ -23,22 +23,17 @@ from chatproject import openapi_fragments as oa
 from chatproject.errors import ApiError, error_response
 from chatproject.json_body import read_json
 from chats.engine import ErrorEvent, Event, FinishedEvent, Generation, TokenEvent, start_generation
-from chats.transports.resume import last_event_id, openapi_paths, resume_response, stream_id
-from chats.transports.schemas.regpilot import REGPILOT_REQUEST, parse_regpilot
-from chats.transports.sse import (
-    DONE,
-    authenticate,
-    credits_number,
+from chats.transports.encoding import credits_number, credits_text
+from chats.transports.endpoints import authenticate, endpoint, generation_request
+from chats.transports.generation_headers import (
     credits_remaining,
-    credits_text,
-    endpoint,
-    final_event,
     generation_headers,
-    generation_request,
-    generation_response,
-    sse,
     stream_headers,
 )
+from chats.transports.generation_stream import final_event, generation_response
+from chats.transports.resume import last_event_id, openapi_paths, resume_response, stream_id
+from chats.transports.schemas.regpilot import REGPILOT_REQUEST, parse_regpilot
+from chats.transports.sse import DONE, sse
 
 RESUME_PATH = "/api/ai/chat/streams/{stream_id}"
 

@@ -1,12 +1,13 @@
 """Resuming a stream: what the streaming transports share.
 
-A resumable stream (see ``sse.generation_response(resumable=...)``) keeps every chunk it
-sends in the stream log, each sent with its position as the SSE ``id``, and names itself
-in the ``x-stream-id`` and ``x-stream-url`` headers. A client that lost it sends ``GET``
-to that URL, with ``Last-Event-ID`` set to the last id it had (or none, for all of it),
-from any server process: it gets the chunks after that id, then the live ones, to the end,
-in the format the stream was started in. A stream that ended with nothing after that id
-answers 204. ``DELETE`` on that URL stops the stream (stored ``cancelled``, settled).
+A resumable stream (see ``generation_stream.generation_response(resumable=...)``) keeps
+every chunk it sends in the stream log, each sent with its position as the SSE ``id``, and
+names itself in the ``x-stream-id`` and ``x-stream-url`` headers. A client that lost it
+sends ``GET`` to that URL, with ``Last-Event-ID`` set to the last id it had (or none, for
+all of it), from any server process: it gets the chunks after that id, then the live ones,
+to the end, in the format the stream was started in. A stream that ended with nothing
+after that id answers 204. ``DELETE`` on that URL stops the stream (stored ``cancelled``,
+settled).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from chatproject import openapi_fragments as oa
 from chatproject.errors import ApiError, ErrorCode
 from chats import stream_log
 from chats.stream_log import LogTrimmed, WireChunk
-from chats.transports.sse import Producer, event_stream
+from chats.transports.streaming import Producer, event_stream
 
 MAX_EVENT_ID = 2**31 - 1
 # What a resumed stream sends when its log breaks off: the format's error chunks.

@@ -10,17 +10,10 @@ from django.http import JsonResponse
 
 from chatproject.errors import ApiError, ErrorCode
 from chats.engine import ErrorEvent, TokenEvent, Usage
-from chats.transports.sse import (
-    KEEPALIVE,
-    QUEUED_CHUNKS,
-    GenerationStream,
-    Producer,
-    Template,
-    credits_text,
-    generation_response,
-    sse,
-    with_keepalive,
-)
+from chats.transports.encoding import credits_text
+from chats.transports.generation_stream import GenerationStream, generation_response
+from chats.transports.sse import KEEPALIVE, Template, sse
+from chats.transports.streaming import QUEUED_CHUNKS, Producer, with_keepalive
 from tests.polling import apoll
 
 
