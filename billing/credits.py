@@ -124,11 +124,14 @@ def _settle_change(hold: Hold, charged: Decimal) -> Change:
 
 
 def _refuse(tenant_id: int, amount: Decimal) -> NoReturn:
-    current = _balance(tenant_id)  # raises Tenant.DoesNotExist for a missing tenant
-    raise ApiError(
+    raise insufficient_credits(amount, _balance(tenant_id))  # no tenant: DoesNotExist
+
+
+def insufficient_credits(amount: Decimal, balance: Decimal) -> ApiError:
+    return ApiError(
         ErrorCode.INSUFFICIENT_CREDITS,
         "The credit balance cannot cover this request.",
-        details={"required": str(amount), "balance": str(current)},
+        details={"required": str(amount), "balance": str(as_credits(balance))},
     )
 
 
@@ -160,6 +163,15 @@ WITH claim AS (
     RETURNING id
 ), {change_sql(only_if="EXISTS (SELECT 1 FROM claim)")}
 SELECT credit_balance FROM change
+"""  # noqa: S608 (only the models' own table names are formatted in)
+
+
+# Read from the event loop (chats.engine.store), where the ORM cannot run.
+BALANCE_SQL = f"SELECT credit_balance FROM {Tenant._meta.db_table} WHERE id = %s"  # noqa: S608
+# What a hold closed before was charged, and the balance now (see _settled_before).
+CLOSED_HOLD_SQL = f"""
+SELECT hold.charged, tenant.credit_balance FROM {_HOLD} hold
+JOIN {Tenant._meta.db_table} tenant ON tenant.id = hold.tenant_id WHERE hold.id = %s
 """  # noqa: S608 (only the models' own table names are formatted in)
 
 
@@ -238,6 +250,17 @@ def credits_reserve_pending(
             _refuse(tenant_id, amount)
         return Hold(tenant_id, amount, reference, as_credits(row[0]), hold_id=row[1])
 
+    statement = reserve_statement(
+        tenant_id=tenant_id, amount=amount, reference=reference, model=model, message_id=message_id
+    )
+    return _send(*statement, read)
+
+
+def reserve_statement(
+    *, tenant_id: int, amount: Decimal, reference: str, model: str, message_id: uuid.UUID | None
+) -> tuple[str, dict]:
+    """The hold of a positive ``amount`` as one PostgreSQL statement, (sql, params): its
+    row is (balance after, hold id), or none when the balance cannot cover it."""
     now = timezone.now()
     params = {
         **_hold_change(tenant_id, amount, reference).params(now=now, cover=amount),
@@ -247,7 +270,7 @@ def credits_reserve_pending(
         "lease": lease_until(now),
         "message_id": message_id,
     }
-    return _send(_RESERVE_SQL, params, read)
+    return _RESERVE_SQL, params
 
 
 def credits_settle(
@@ -281,7 +304,7 @@ def credits_settle_pending(
 
     On PostgreSQL the settlement's one statement is sent now; elsewhere it is made now.
     """
-    charged = min(max(Decimal(charged), Decimal(0)), hold.amount).quantize(QUANTUM)
+    charged = capped_charge(hold, charged)
     tokens = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
     if hold.hold_id is None:
         return Pending.now(lambda: Settlement(Decimal(0), _balance(hold.tenant_id)))
@@ -293,15 +316,30 @@ def credits_settle_pending(
             return Settlement(charged, as_credits(row[0]))
         return _settled_before(hold)
 
+    return _send(*settle_statement(hold, charged, **tokens), read)
+
+
+def capped_charge(hold: Hold, charged: Decimal) -> Decimal:
+    """What settling ``hold`` can charge: ``charged``, within 0 and the hold."""
+    return min(max(Decimal(charged), Decimal(0)), hold.amount).quantize(QUANTUM)
+
+
+def settle_statement(
+    hold: Hold, charged: Decimal, *, prompt_tokens: int, completion_tokens: int
+) -> tuple[str, dict]:
+    """Settling a hold with a row at ``charged`` (capped already) as one PostgreSQL
+    statement, (sql, params): its row is the balance after, or none when the hold was
+    closed before (then what the ledger took is the hold's ``charged``)."""
     params = {
         **_settle_change(hold, charged).params(),
         "hold_id": hold.hold_id,
         "charged": charged,
-        **tokens,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
         "open": CreditHold.Status.OPEN,
         "settled": CreditHold.Status.SETTLED,
     }
-    return _send(_SETTLE_SQL, params, read)
+    return _SETTLE_SQL, params
 
 
 def _settle_portably(

@@ -124,6 +124,10 @@ else:
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
     )
+# The engine's own pool for its hot statements, from the event loop (chatproject.async_db):
+# admission and finalisation of every request, with no worker thread.
+ASYNC_DATABASE_POOL = env.bool("ASYNC_DATABASE_POOL", default=True)
+ASYNC_DATABASE_POOL_MAX = env.int("ASYNC_DATABASE_POOL_MAX", default=10)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: channel layer, shared limits and cache ------------------------------------

@@ -23,6 +23,7 @@ from governor import policies, services
 from governor.evaluation import (
     EvaluationInput,
     GovernorMetadata,
+    GovernorResult,
     Policy,
     Violation,
     evaluate,
@@ -160,8 +161,17 @@ class InputCheck:
     def record(self) -> GateDecision:
         """Write the audit record; the decision, or ApiError(GOVERNOR_REJECTED) once the
         record of the rejection is written."""
+        self.evaluated.record.save(force_insert=True)
+        return self.decide()
+
+    @property
+    def approved(self) -> bool:
+        return self.evaluated.result.approved
+
+    def decide(self) -> GateDecision:
+        """The decision, or ApiError(GOVERNOR_REJECTED): call once the audit record
+        (``evaluated.record``, its key set already) is written."""
         evaluated = self.evaluated
-        evaluated.record.save(force_insert=True)
         result = evaluated.result.to_dict()
         decision = GateDecision(
             result=result,
@@ -282,17 +292,54 @@ def governor_check_output(
     result = services.governor_evaluate_output(
         audit_id=decision.audit_id,
         text=text,
-        metadata=decision.metadata,
-        policy=decision.policy,
-        streamed=guard.report() if guard is not None else None,
-        folded=decision.folded_findings,
-        tool_calls=[_audited_call(call) for call in tool_calls or ()],
-        model_name=model_name,
+        **_output_inputs(decision, guard, tool_calls, model_name),
     )
+    _log_output_findings(decision.audit_id, result)
+
+
+def governor_assess_output(
+    *,
+    decision: GateDecision,
+    text: str,
+    guard: StreamGuard | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
+    model_name: str | None = None,
+) -> dict[str, Any] | None:
+    """:func:`governor_check_output` without the write: the findings to store on the
+    audit record (``output_findings``, with ``completed_at``), or None when the request
+    has no record. CPU only, for a caller that sends the UPDATE with its own writes; needs
+    the input phase's policy on ``decision``."""
+    if decision.audit_id is None:
+        return None
+    assert decision.policy is not None  # set by the input phase
+    result, findings = services.governor_output_findings(
+        text=text, **_output_inputs(decision, guard, tool_calls, model_name)
+    )
+    _log_output_findings(decision.audit_id, result)
+    return findings
+
+
+def _output_inputs(
+    decision: GateDecision,
+    guard: StreamGuard | None,
+    tool_calls: list[dict[str, Any]] | None,
+    model_name: str | None,
+) -> dict[str, Any]:
+    return {
+        "metadata": decision.metadata,
+        "policy": decision.policy,
+        "streamed": guard.report() if guard is not None else None,
+        "folded": decision.folded_findings,
+        "tool_calls": [_audited_call(call) for call in tool_calls or ()],
+        "model_name": model_name,
+    }
+
+
+def _log_output_findings(audit_id: str, result: GovernorResult) -> None:
     if result.violations:
         logger.info(
             "governor output findings for audit %s: %s",
-            decision.audit_id,
+            audit_id,
             ", ".join(sorted({v.rule for v in result.violations})),
         )
 

@@ -210,16 +210,40 @@ def governor_evaluate_output(
         record = AuditRecord.objects.select_related("tenant").get(pk=audit_id)
         metadata = metadata_from_record(record)
         policy = policy_for_tenant(tenant=record.tenant)
+    result, findings = governor_output_findings(
+        text=text,
+        metadata=metadata,
+        policy=policy,
+        streamed=streamed,
+        folded=folded,
+        tool_calls=tool_calls,
+        model_name=model_name,
+    )
+    AuditRecord.objects.filter(pk=audit_id).update(
+        output_findings=findings, completed_at=timezone.now()
+    )
+    return result
+
+
+def governor_output_findings(
+    *,
+    text: str,
+    metadata: GovernorMetadata | None,
+    policy: Policy,
+    streamed: dict[str, int] | None = None,
+    folded: list[dict[str, Any]] | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
+    model_name: str | None = None,
+) -> tuple[GovernorResult, dict[str, Any]]:
+    """The answer evaluated, and what :func:`governor_evaluate_output` stores of it on the
+    audit record (``output_findings``). CPU only."""
     result = evaluate(EvaluationInput(text=text, metadata=metadata, phase="output"), policy)
     findings = output_findings(result, streamed, folded)
     if tool_calls:
         findings["tool_calls"] = tool_calls
     if model_name:  # the record is append-only: its model stays the one asked for
         findings["answered_by"] = storable(model_name[:200])
-    AuditRecord.objects.filter(pk=audit_id).update(
-        output_findings=findings, completed_at=timezone.now()
-    )
-    return result
+    return result, findings
 
 
 def audit_record_review(

@@ -63,6 +63,7 @@ def start_server(tmp_dir: Path, **extra_env: str) -> LiveServer:
         "DEMO_TOKEN_DELAY_MS": "0",
         "MODEL_CATALOG_TTL_SECONDS": "0",
         "PYTHONUNBUFFERED": "1",
+        "ASYNC_DATABASE_POOL": "true",  # as deployed (in-process tests run without it)
         **extra_env,
     }
     with log_path.open("w") as log:

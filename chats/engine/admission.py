@@ -27,6 +27,7 @@ from chatproject.db import db_call, pipelined
 from chatproject.errors import ApiError, ErrorCode
 from chats import catalog, stream_log
 from chats.context import trim_to_budget
+from chats.engine import store
 from chats.engine.background import _in_background
 from chats.engine.generation import Generation
 from chats.engine.types import GenerationRequest, StoredMessage, SystemPrompt, offered_tools
@@ -167,8 +168,7 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
         )
     )
     admission = asyncio.ensure_future(
-        db_call(
-            _admit,
+        _admission(
             request,
             metadata,
             model.name,
@@ -294,6 +294,36 @@ def _governed_parts(request: GenerationRequest) -> list[tuple[str, str]]:
 def _ends_with_user(request: GenerationRequest) -> bool:
     """Whether the request answers a user's message (not tool results the client sent)."""
     return request.messages[-1].get("role") == "user"
+
+
+async def _admission(
+    request: GenerationRequest,
+    metadata: Any,
+    model_name: str,
+    reservation: Decimal,
+    needs_hold: bool,
+    store_message: bool,
+    check: gate.InputCheck | None,
+    message_id: uuid.UUID,
+) -> tuple[gate.GateDecision, credits.Hold | None, StoredMessage | None]:
+    """Admission's writes: from the event loop when :mod:`chats.engine.store` covers the
+    request, else (or when the database refused them there) through the ORM."""
+    if check is not None and store.admits(request, check):
+        try:
+            return await store.admit(
+                request,
+                check,
+                model_name=model_name,
+                reservation=reservation,
+                needs_hold=needs_hold,
+                store_message=store_message,
+                message_id=message_id,
+                user_message=_ends_with_user(request),
+            )
+        except store.Refused:
+            pass
+    args = (metadata, model_name, reservation, needs_hold, store_message, check, message_id)
+    return await db_call(_admit, request, *args)
 
 
 def _admit(

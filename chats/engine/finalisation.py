@@ -21,10 +21,11 @@ from django.db import DatabaseError, transaction
 
 from billing import credits, idempotency, pricing, response_cache
 from billing.models import Tenant
-from chatproject import metrics
+from chatproject import async_db, metrics
 from chatproject.db import db_call, pipelined
 from chatproject.errors import is_outage
 from chats import checkpoints, stream_log
+from chats.engine import store
 from chats.engine.background import _in_background
 from chats.engine.types import Outcome, Usage
 from chats.models import Chat, Message
@@ -100,7 +101,7 @@ async def write_final(generation: Generation, *args) -> tuple[Decimal, Decimal]:
     delay, give_up = 0.5, time.monotonic() + FINALISE_RETRY_SECONDS
     while True:
         try:
-            return await db_call(finish_in_db, generation, *args)
+            return await write_once(generation, *args)
         except Exception as exc:
             if not is_outage(exc) or time.monotonic() + delay > give_up:
                 raise
@@ -112,6 +113,20 @@ async def write_final(generation: Generation, *args) -> tuple[Decimal, Decimal]:
             )
         await asyncio.sleep(delay)
         delay = min(delay * 2, 10.0)
+
+
+async def write_once(
+    generation: Generation, status: str, content: str, usage: Usage, end: StreamEnd | None
+) -> tuple[Decimal, Decimal]:
+    """The final writes: from the event loop when the async pool is on, else (or when the
+    database refused them there) through the ORM (:func:`finish_in_db`)."""
+    if async_db.available():
+        cost = usage_cost(generation, usage)
+        try:
+            return await store.finalise(generation, status, content, usage, end, cost=cost)
+        except store.Refused:
+            pass
+    return await db_call(finish_in_db, generation, status, content, usage, end)
 
 
 async def fill_cache(generation: Generation, answer: response_cache.CachedAnswer | None) -> None:
@@ -240,18 +255,20 @@ def finalise(
 def settle(generation: Generation, usage: Usage) -> credits.Pending[credits.Settlement]:
     hold = generation.hold
     assert hold is not None  # only a held generation is settled
-    charged = min(
-        pricing.cost(
-            input_price_per_1k=generation.model.input_price_per_1k,
-            output_price_per_1k=generation.model.output_price_per_1k,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-        ),
-        hold.amount,
-    )
+    charged = min(usage_cost(generation, usage), hold.amount)
     return credits.credits_settle_pending(
         hold=hold,
         charged=charged,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+    )
+
+
+def usage_cost(generation: Generation, usage: Usage) -> Decimal:
+    """What ``usage`` costs at the prices of the model that answered."""
+    return pricing.cost(
+        input_price_per_1k=generation.model.input_price_per_1k,
+        output_price_per_1k=generation.model.output_price_per_1k,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
     )

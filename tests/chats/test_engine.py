@@ -128,7 +128,7 @@ async def ledger_sum(tenant: Tenant) -> Decimal:
 
 
 @pytest.fixture
-def tenant_chat(db):
+def tenant_chat(db, engine_writes):
     tenant = make_tenant(credits=100)
     return tenant, make_chat(tenant)
 
@@ -471,10 +471,12 @@ async def test_the_last_event_does_not_wait_for_the_cache_but_the_stream_does(
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
 async def test_a_failing_write_in_finalisation_still_stores_and_settles_once(
-    tenant_chat, monkeypatch
+    tenant_chat, engine_writes, monkeypatch
 ):
     """The writes go out together first; when one fails, all are written again one by one
     and the failing one alone is skipped."""
+    if engine_writes != "orm":
+        pytest.skip("the ORM's own second try (the event loop's is the next test)")
     tenant, chat = tenant_chat
     before = await balance(tenant)
     attempts = []
@@ -493,6 +495,41 @@ async def test_a_failing_write_in_finalisation_still_stores_and_settles_once(
     assert len(attempts) == 2  # together, then one by one
     stored = await Message.objects.aget(pk=finished.message_id)
     assert (stored.status, stored.content) == ("complete", finished.content)
+    assert finished.credits_charged > 0
+    assert await balance(tenant) == before - finished.credits_charged
+    assert await ledger_sum(tenant) == await balance(tenant)
+    settles = LedgerEntry.objects.filter(tenant=tenant, kind=LedgerEntry.Kind.SETTLE)
+    assert await settles.acount() == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_writes_the_database_refuses_from_the_event_loop_go_through_the_orm(
+    tenant_chat, engine_writes, monkeypatch
+):
+    """A transaction the database refuses for its data is rolled back whole on the event
+    loop, and written again through the ORM: stored and settled once."""
+    if engine_writes != "event loop":
+        pytest.skip("the event loop's writes")
+    tenant, chat = tenant_chat
+    before = await balance(tenant)
+    assessed = []
+
+    def unstorable_findings(**kwargs):
+        assessed.append(kwargs["text"])
+        return {"note": "\x00"}  # jsonb refuses a NUL
+
+    monkeypatch.setattr(gate, "governor_assess_output", unstorable_findings)
+    generation, events = await run(
+        GenerationRequest(tenant=tenant, chat=chat, messages=[{"role": "user", "content": "hi"}])
+    )
+    finished = events[-1]
+    assert isinstance(finished, FinishedEvent)
+    assert len(assessed) == 1
+    stored = await Message.objects.aget(pk=finished.message_id)
+    assert (stored.status, stored.content) == ("complete", finished.content)
+    record = await AuditRecord.objects.aget(pk=generation.decision.audit_id)
+    assert record.completed_at is not None  # by the ORM's own output check
     assert finished.credits_charged > 0
     assert await balance(tenant) == before - finished.credits_charged
     assert await ledger_sum(tenant) == await balance(tenant)

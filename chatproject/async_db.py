@@ -1,0 +1,118 @@
+"""PostgreSQL from the event loop, for the engine's hot statements.
+
+Admission and finalisation are a few writes each, on every request: run through the ORM
+they need a worker thread (:func:`chatproject.db.db_call`), a hand-off each way and the
+ORM's query compilation. Here they go out on a psycopg ``AsyncConnectionPool`` of the
+server's event loop instead, in one transaction, pipelined: one round trip. Everything off
+the hot path (the admin, REST management, the sweeper) stays on the ORM.
+
+On when the database is PostgreSQL and ``ASYNC_DATABASE_POOL`` is on (the server's
+default; in-process tests run the ORM path, their server processes this one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, models
+
+try:
+    import psycopg
+    from psycopg_pool import AsyncConnectionPool
+
+    Error: type[Exception] = psycopg.Error
+except ImportError:  # SQLite only
+    psycopg = None  # type: ignore[assignment]
+    Error = type("Error", (Exception,), {})  # nothing raises it
+
+_pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def available() -> bool:
+    return (
+        psycopg is not None and settings.ASYNC_DATABASE_POOL and connection.vendor == "postgresql"
+    )
+
+
+async def _pool() -> AsyncConnectionPool:
+    """This event loop's pool, opened on first use (connections open in the background;
+    a request waits up to ``DATABASE_POOL_TIMEOUT`` for one, then it is an outage)."""
+    loop = asyncio.get_running_loop()
+    pool = _pools.get(loop)
+    if pool is None:
+        params = connection.get_connection_params()  # the ORM's own: same database, types
+        params.pop("cursor_factory", None)  # a sync cursor class
+        params["autocommit"] = True  # transactions are explicit (see transaction())
+        pool = AsyncConnectionPool(
+            kwargs=params,
+            min_size=1,
+            max_size=settings.ASYNC_DATABASE_POOL_MAX,
+            timeout=settings.DATABASES["default"]["OPTIONS"]["pool"]["timeout"],
+            open=False,
+            name="engine",
+        )
+        _pools[loop] = pool
+    if pool.closed:  # not opened yet: its connections open in the background
+        await pool.open(wait=False)
+    return pool
+
+
+@contextlib.asynccontextmanager
+async def transaction() -> AsyncIterator[psycopg.AsyncConnection]:
+    """A connection in a transaction, in pipeline mode: statements go out without waiting
+    for one another, a result read waits for everything sent before it, and an error
+    fails the whole transaction (rolled back) where the block ends or at that read."""
+    pool = await _pool()
+    async with pool.connection() as conn, conn.transaction(), conn.pipeline():
+        yield conn
+
+
+async def close() -> None:
+    """Close this event loop's pool (tests, shutdown)."""
+    pool = _pools.pop(asyncio.get_running_loop(), None)
+    if pool is not None:
+        await pool.close()
+
+
+# --- Statements built from the models, without the ORM's query compiler ---------------
+
+
+def insert(instance: models.Model, *, only_if: str = "", only_if_params: Sequence = ()):
+    """``INSERT`` of ``instance`` (a model with a client-side primary key) as (sql,
+    params), values converted as the ORM converts them; ``only_if``: a condition, the row
+    inserted only when it holds."""
+    fields = _insert_fields(type(instance))
+    values = [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
+    table = instance._meta.db_table
+    columns = ", ".join(f'"{f.column}"' for f in fields)
+    marks = ", ".join(["%s"] * len(fields))
+    if only_if:
+        sql = f'INSERT INTO "{table}" ({columns}) SELECT {marks} WHERE {only_if}'
+        return sql, [*values, *only_if_params]
+    return f'INSERT INTO "{table}" ({columns}) VALUES ({marks})', values  # noqa: S608
+
+
+_fields_of: dict[type, list[Any]] = {}
+
+
+def _insert_fields(model: type[models.Model]) -> list[Any]:
+    fields = _fields_of.get(model)
+    if fields is None:
+        fields = [f for f in model._meta.concrete_fields if not f.generated]
+        if any(isinstance(f, models.AutoField | models.BigAutoField) for f in fields):
+            raise TypeError(f"{model.__name__}: its key is the database's, not the caller's")
+        _fields_of[model] = fields
+    return fields
+
+
+def prep(model: type[models.Model], **values: Any) -> list[Any]:
+    """``values`` of ``model``'s fields as the ORM would send them."""
+    fields = {f.name: f for f in model._meta.concrete_fields}
+    return [fields[name].get_db_prep_save(v, connection) for name, v in values.items()]
