@@ -30,7 +30,7 @@ import httpx
 from django.conf import settings
 
 from chats.providers import ToolSpec
-from chats.providers.base import leased_client
+from chats.providers.http_client import leased_client
 from chats.tool_loop import ToolError
 
 SIGNATURE_HEADER = "X-Tool-Signature"

@@ -15,14 +15,12 @@ from .base import (
     ToolCallDelta,
     ToolCalls,
     ToolSpec,
-    aclose_shared_client,
-    estimate_prompt_tokens,
-    estimate_tokens,
-    message_text,
 )
 from .demo import DemoProvider
+from .http_client import aclose_shared_client
 from .openai_compat import OpenAICompatibleProvider
 from .registry import ProviderKind, Upstream, provider_choices, provider_kind
+from .tokens import estimate_prompt_tokens, estimate_tokens, message_text
 
 __all__ = [
     "TOOL_CHOICE_MODES",

@@ -20,16 +20,10 @@ from typing import Any
 
 import httpx
 
-from .base import (
-    CompletionRequest,
-    HTTPProvider,
-    LLMProviderError,
-    Reading,
-    StreamItem,
-    ToolCallDelta,
-    usage_count,
-)
+from .base import CompletionRequest, LLMProviderError, StreamItem, ToolCallDelta
+from .http_provider import HTTPProvider, Reading
 from .registry import register
+from .wire import usage_count
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024  # Anthropic requires max_tokens on every request

@@ -52,10 +52,9 @@ from .base import (
     StreamItem,
     TokenDelta,
     ToolCallDelta,
-    estimate_prompt_tokens,
-    estimate_tokens,
 )
 from .registry import register
+from .tokens import estimate_prompt_tokens, estimate_tokens
 
 _TOOL_DIRECTIVE = re.compile(r"\[demo:tool=([A-Za-z0-9_.-]+)\s*", re.IGNORECASE)
 _ARGUMENT_PIECE = 7  # characters of arguments per streamed piece

@@ -1,8 +1,8 @@
 """Any OpenAI-compatible Chat Completions upstream: OpenAI, Mistral, vLLM, Ollama, llama.cpp.
 
 We speak the wire format with httpx rather than the `openai` SDK: pooled async clients are
-shared by every request of the process (see `base.leased_client`), we control the connect
-and read timeouts and the streaming exactly, we pay no per-chunk pydantic parsing, and the
+shared by every request of the process (see `http_client.leased_client`), we control the
+connect and read timeouts and the streaming exactly, we pay no per-chunk pydantic parsing, and the
 SDK's automatic retries would silently re-run (and re-charge) a stream that had already
 produced tokens; retrying is the engine's decision, made from `ProviderError.retryable`.
 """
@@ -16,17 +16,10 @@ from typing import Any
 
 import httpx
 
-from .base import (
-    CompletionRequest,
-    HTTPProvider,
-    LLMProviderError,
-    Reading,
-    StreamItem,
-    ToolCallDelta,
-    parse_json_object,
-    usage_count,
-)
+from .base import CompletionRequest, LLMProviderError, StreamItem, ToolCallDelta
+from .http_provider import HTTPProvider, Reading
 from .registry import register
+from .wire import parse_json_object, usage_count
 
 # Error types an upstream may report inside a 200 stream that are worth a retry.
 _RETRYABLE_STREAM_ERRORS = {"server_error", "api_error", "overloaded_error", "rate_limit_error"}

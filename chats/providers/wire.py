@@ -1,0 +1,107 @@
+"""Reading what HTTP upstreams send: server-sent events as they arrive, JSON objects,
+error bodies of the known dialects, usage counts, and httpx failures as ProviderErrors
+(with the key masked)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, TypeVar
+
+import httpx
+
+from .base import LLMConnectionError, LLMProviderError, LLMTimeoutError, ProviderError
+
+_D = TypeVar("_D", int, int | None)
+
+
+def redact(text: str, secret: str | None) -> str:
+    """`text` with every occurrence of `secret` masked."""
+    if secret and secret in text:
+        return text.replace(secret, "***")
+    return text
+
+
+async def iter_sse(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
+    """Yields (event, data) for each server-sent event as soon as its blank line arrives.
+
+    Follows the WHATWG rules that matter here: `data` lines are joined with newlines,
+    comments (`:` lines) are skipped, one space after the colon is dropped, and an event
+    left incomplete at the end of the body is discarded (it was cut off).
+    """
+    event = ""
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield event or "message", "\n".join(data)
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        if value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            event = value
+
+
+def parse_json_object(data: str | bytes) -> dict[str, Any] | None:
+    """`data` decoded as a JSON object, or None when it is not one."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def error_details(raw: bytes) -> tuple[str, str | None]:
+    """(message, error type) from an upstream error body.
+
+    Understands OpenAI's `{"error": {"message", "type"}}`, Anthropic's
+    `{"type": "error", "error": {"type", "message"}}`, Ollama's `{"error": "..."}` and
+    FastAPI-style `{"detail": ...}`; anything else is quoted, shortened.
+    """
+    payload = parse_json_object(raw)
+    if payload is not None:
+        error = payload.get("error")
+        if isinstance(error, dict):
+            message = error.get("message")
+            kind = error.get("type") or error.get("code")
+            if message:
+                return str(message)[:500], str(kind) if kind else None
+        if isinstance(error, str) and error:
+            return error[:500], None
+        for key in ("message", "detail"):
+            if payload.get(key):
+                return str(payload[key])[:500], None
+    text = raw.decode("utf-8", "replace").strip()
+    return (text[:300] or "no details"), None
+
+
+def usage_count(usage: Mapping[str, Any] | None, key: str, default: _D) -> int | _D:
+    """A token count from an upstream usage object, or `default` when it is not reported."""
+    value = usage.get(key) if usage else None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return int(value)
+    return default
+
+
+def transport_error(
+    exc: httpx.HTTPError, *, upstream: str, timeout: float, secret: str | None = None
+) -> ProviderError:
+    """The ProviderError for an httpx failure, with `secret` masked in its message."""
+    reason = redact(str(exc) or type(exc).__name__, secret)
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return LLMProviderError(f"{upstream} URL is not usable: {reason}", retryable=False)
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return LLMConnectionError(f"Could not connect to {upstream}: {reason}")
+    if isinstance(exc, httpx.PoolTimeout):
+        return LLMTimeoutError(f"No free connection to {upstream} within {timeout:g}s")
+    if isinstance(exc, httpx.TimeoutException):
+        return LLMTimeoutError(f"{upstream} did not answer within {timeout:g}s")
+    if isinstance(exc, httpx.TransportError):
+        return LLMConnectionError(f"Connection to {upstream} was lost: {reason}")
+    return LLMProviderError(f"{upstream} sent an unreadable response: {reason}", retryable=False)
