@@ -13,7 +13,7 @@ from billing.models import Tenant
 from billing.usage import UsageRow, usage_by_day
 from chatproject import metrics
 from governor.models import AuditRecord
-from governor.rules import RISK_LEVELS
+from governor.vocabulary import RISK_LEVELS
 
 
 def needs_review() -> Q:

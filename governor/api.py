@@ -21,7 +21,7 @@ from billing.authentication import request_tenant
 from chatproject.errors import ApiError, ErrorCode
 from chatproject.fields import StrictCharField
 from governor import gate, services
-from governor.rules import ACTION_TYPES, RISK_LEVELS
+from governor.vocabulary import ACTION_TYPES, RISK_LEVELS
 
 DRY_RUN_MODEL = "dry-run"
 

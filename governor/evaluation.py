@@ -25,16 +25,12 @@ from functools import cached_property
 from typing import Any, Literal
 
 from governor.detectors import KIND_PRIORITY, is_valid_email
-from governor.rules import (
+from governor.rule_base import EvaluationInput, GovernorMetadata, Rule, Violation
+from governor.rules import RULE_IDS, build_rules
+from governor.vocabulary import (
     ACTION_TYPES,
     DEFAULT_SANCTIONED_COUNTRIES,
     RISK_LEVELS,
-    RULE_IDS,
-    EvaluationInput,
-    GovernorMetadata,
-    Rule,
-    Violation,
-    build_rules,
     severity_rank,
 )
 

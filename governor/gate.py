@@ -30,7 +30,7 @@ from governor.evaluation import (
     validate_metadata,
 )
 from governor.injection import neutralise_markup
-from governor.rules import Source
+from governor.rule_base import Source
 from governor.stream_guard import StreamGuard
 
 logger = logging.getLogger(__name__)

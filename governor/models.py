@@ -21,12 +21,8 @@ from governor.evaluation import (
     Policy,
     ReviewMode,
 )
-from governor.rules import (
-    ACTION_TYPES,
-    DEFAULT_SANCTIONED_COUNTRIES,
-    RISK_LEVELS,
-    RULE_IDS,
-)
+from governor.rules import RULE_IDS
+from governor.vocabulary import ACTION_TYPES, DEFAULT_SANCTIONED_COUNTRIES, RISK_LEVELS
 
 RISK_LEVEL_CHOICES = [(level, level.capitalize()) for level in RISK_LEVELS]
 DECISION_CHOICES = [(decision, decision.capitalize()) for decision in DECISIONS]

@@ -2,17 +2,14 @@ import re
 
 import pytest
 
-from governor.rules import (
+from governor.rule_base import EvaluationInput, GovernorMetadata, Violation
+from governor.rules import RULE_IDS, build_rules
+from governor.vocabulary import (
     ACTION_TYPES,
     ACTIONS,
     DEFAULT_SANCTIONED_COUNTRIES,
     EXTENDED_SANCTIONED_COUNTRIES,
     RISK_LEVELS,
-    RULE_IDS,
-    EvaluationInput,
-    GovernorMetadata,
-    Violation,
-    build_rules,
 )
 
 CARD = "4111 1111 1111 1111"
