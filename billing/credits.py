@@ -142,8 +142,8 @@ def insufficient_credits(amount: Decimal, balance: Decimal) -> ApiError:
 
 _HOLD = CreditHold._meta.db_table
 
-_RESERVE_SQL = f"""
-WITH {change_sql(cover=True)}, hold AS (
+# The CTEs of a hold: ``change`` and ``entry`` (the ledger), then ``hold`` (RETURNING id).
+RESERVE_CTES = f"""{change_sql(cover=True)}, hold AS (
     INSERT INTO {_HOLD}
         (tenant_id, reference, model, amount, status, created_at, prompt_tokens, completion_tokens,
          lease_expires_at, message_id)
@@ -151,28 +151,23 @@ WITH {change_sql(cover=True)}, hold AS (
         %(lease)s, %(message_id)s
     FROM change
     RETURNING id
-)
-SELECT change.credit_balance, hold.id FROM change, hold
-"""  # noqa: S608 (only the models' own table names are formatted in)
+)"""  # noqa: S608 (only the models' own table names are formatted in)
+_RESERVE_SQL = f"WITH {RESERVE_CTES} SELECT change.credit_balance, hold.id FROM change, hold"  # noqa: S608
 
-_SETTLE_SQL = f"""
-WITH claim AS (
+# The CTEs of a settlement: ``claim`` (the hold closed, if it was open), then ``change``
+# and ``entry``, written only if it was.
+SETTLE_CTES = f"""claim AS (
     UPDATE {_HOLD} SET status = %(settled)s, charged = %(charged)s, closed_at = %(now)s,
         prompt_tokens = %(prompt_tokens)s, completion_tokens = %(completion_tokens)s
     WHERE id = %(hold_id)s AND status = %(open)s
     RETURNING id
-), {change_sql(only_if="EXISTS (SELECT 1 FROM claim)")}
-SELECT credit_balance FROM change
-"""  # noqa: S608 (only the models' own table names are formatted in)
+), {change_sql(only_if="EXISTS (SELECT 1 FROM claim)")}"""  # noqa: S608 (the models' own tables)
+_SETTLE_SQL = f"WITH {SETTLE_CTES} SELECT credit_balance FROM change"  # noqa: S608
 
-
-# Read from the event loop (chats.engine.store), where the ORM cannot run.
-BALANCE_SQL = f"SELECT credit_balance FROM {Tenant._meta.db_table} WHERE id = %s"  # noqa: S608
-# What a hold closed before was charged, and the balance now (see _settled_before).
-CLOSED_HOLD_SQL = f"""
-SELECT hold.charged, tenant.credit_balance FROM {_HOLD} hold
-JOIN {Tenant._meta.db_table} tenant ON tenant.id = hold.tenant_id WHERE hold.id = %s
-"""  # noqa: S608 (only the models' own table names are formatted in)
+# The statement's snapshot: the balance before its own change, and a hold's charge as it
+# was closed before (see _settled_before), for a statement whose change did not happen.
+BALANCE_BEFORE = f"(SELECT credit_balance FROM {Tenant._meta.db_table} WHERE id = %(tenant_id)s)"  # noqa: S608
+CHARGED_BEFORE = f"(SELECT charged FROM {_HOLD} WHERE id = %(hold_id)s)"  # noqa: S608
 
 
 class Pending(Generic[T]):

@@ -2,8 +2,8 @@
 
 Admission and finalisation are a few writes each, on every request: run through the ORM
 they need a worker thread (:func:`chatproject.db.db_call`), a hand-off each way and the
-ORM's query compilation. Here they go out on a psycopg ``AsyncConnectionPool`` of the
-server's event loop instead, in one transaction, pipelined: one round trip. Everything off
+ORM's query compilation. Here each goes out on a psycopg ``AsyncConnectionPool`` of the
+server's event loop instead, as one statement: one round trip. Everything off
 the hot path (the admin, REST management, the sweeper) stays on the ORM.
 
 On when the database is PostgreSQL and ``ASYNC_DATABASE_POOL`` is on (the server's
@@ -13,9 +13,7 @@ default; in-process tests run the ORM path, their server processes this one).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import weakref
-from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -64,14 +62,15 @@ async def _pool() -> AsyncConnectionPool:
     return pool
 
 
-@contextlib.asynccontextmanager
-async def transaction() -> AsyncIterator[psycopg.AsyncConnection]:
-    """A connection in a transaction, in pipeline mode: statements go out without waiting
-    for one another, a result read waits for everything sent before it, and an error
-    fails the whole transaction (rolled back) where the block ends or at that read."""
+async def fetch_one(sql: str, params: dict[str, Any]) -> tuple:
+    """Run one statement (its own transaction: the writes of its CTEs commit together, or
+    none do) and return its one row."""
     pool = await _pool()
-    async with pool.connection() as conn, conn.transaction(), conn.pipeline():
-        yield conn
+    async with pool.connection() as conn:
+        cursor = await conn.execute(sql, params)
+        row = await cursor.fetchone()
+    assert row is not None  # a statement that always returns a row
+    return row
 
 
 async def close() -> None:
@@ -84,19 +83,25 @@ async def close() -> None:
 # --- Statements built from the models, without the ORM's query compiler ---------------
 
 
-def insert(instance: models.Model, *, only_if: str = "", only_if_params: Sequence = ()):
-    """``INSERT`` of ``instance`` (a model with a client-side primary key) as (sql,
-    params), values converted as the ORM converts them; ``only_if``: a condition, the row
-    inserted only when it holds."""
+def insert(
+    instance: models.Model, name: str, *, source: str = "", returning: str = ""
+) -> tuple[str, dict]:
+    """An ``INSERT`` of ``instance`` (a model whose key the caller sets) as the CTE
+    ``name``, with its values as the ORM converts them in parameters named ``name_<column>``:
+    (sql, params). ``source``: a CTE the row is inserted from, once per row it has (the
+    row is then written only when that CTE wrote one); ``returning``: the columns the CTE
+    returns."""
     fields = _insert_fields(type(instance))
-    values = [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields]
-    table = instance._meta.db_table
+    params = {
+        f"{name}_{f.column}": f.get_db_prep_save(f.pre_save(instance, True), connection)
+        for f in fields
+    }
     columns = ", ".join(f'"{f.column}"' for f in fields)
-    marks = ", ".join(["%s"] * len(fields))
-    if only_if:
-        sql = f'INSERT INTO "{table}" ({columns}) SELECT {marks} WHERE {only_if}'
-        return sql, [*values, *only_if_params]
-    return f'INSERT INTO "{table}" ({columns}) VALUES ({marks})', values  # noqa: S608
+    values = ", ".join(f"%({key})s" for key in params)
+    rows = f"SELECT {values} FROM {source}" if source else f"VALUES ({values})"  # noqa: S608
+    if returning:
+        rows += f" RETURNING {returning}"
+    return f'{name} AS (INSERT INTO "{instance._meta.db_table}" ({columns}) {rows})', params
 
 
 _fields_of: dict[type, list[Any]] = {}
