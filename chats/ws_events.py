@@ -6,7 +6,8 @@ import json
 from typing import Any, Literal, NotRequired, TypedDict
 
 from chatproject.errors import ApiError
-from chats.engine import Generation, StoredMessage
+from chats.engine import ErrorEvent, FinishedEvent, Generation, StoredMessage, TokenEvent
+from chats.engine import Event as EngineEvent
 from chats.tool_loop import ToolResult, ToolStarted
 from chats.transports.encoding import credits_number
 
@@ -96,6 +97,20 @@ class Error(TypedDict):
 
 class Pong(TypedDict):
     type: Literal["pong"]
+
+
+Event = (
+    ConnectionEstablished
+    | UserCreated
+    | MessageReceived
+    | MessageStreamStarted
+    | MessageStreamToken
+    | MessageStreamEnded
+    | ToolCallStarted
+    | ToolCallEnded
+    | Error
+    | Pong
+)
 
 
 def connection_established(chat_id, user_id: str, connection_id: str) -> ConnectionEstablished:
@@ -197,6 +212,42 @@ def tool_call_ended(message_id: str, result: ToolResult) -> ToolCallEnded:
     else:
         event["error"] = result.error
     return event
+
+
+def answer_event(message_id: str, event: EngineEvent) -> Event | None:
+    """The event a token or a server tool's call of the answer is sent as; None for the
+    engine's events this format does not send (tool call pieces, steps) and its ends."""
+    if isinstance(event, TokenEvent):
+        return message_stream_token(message_id, event.text, event.index)
+    if isinstance(event, ToolStarted):
+        return tool_call_started(message_id, event)
+    if isinstance(event, ToolResult):
+        return tool_call_ended(message_id, event)
+    return None
+
+
+def answer_ended(
+    chat_id, generation: Generation, end: FinishedEvent | ErrorEvent, status, request_id: str
+) -> tuple[Event, MessageStreamEnded]:
+    """How the answer ended, as the asking socket is told (the error, when it failed) and
+    as the chat's other sockets are."""
+    ended = message_stream_ended(
+        chat_id,
+        generation,
+        status=status,
+        content=end.content,
+        reason="error" if isinstance(end, ErrorEvent) else end.finish_reason,
+        figures=end,
+    )
+    if not isinstance(end, ErrorEvent):
+        return ended, ended
+    failure = error_event(
+        end.error,
+        message_id=str(generation.message_id),
+        request_id=request_id,
+        partial_content=end.content,
+    )
+    return failure, ended
 
 
 def error_event(error: ApiError, **extra: Any) -> Error:

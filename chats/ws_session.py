@@ -6,6 +6,7 @@ by the chat services); and the chat's earlier turns, which the model is given.""
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
@@ -82,7 +83,7 @@ class Session:
             self.remember("assistant", event["content"], event.get("tool_calls"))
 
 
-async def session_open(scope: dict[str, Any]) -> Session:
+async def session_open(scope: Mapping[str, Any]) -> Session:
     """The connection's session; raises :class:`Refused`."""
     query = {
         name: values[0]

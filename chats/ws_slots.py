@@ -15,6 +15,7 @@ from django.conf import settings
 
 from billing import limits
 from billing.models import Tenant
+from chatproject import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,22 @@ OnLost = Callable[[], Awaitable[None]]
 _held: dict[str, tuple[Tenant, OnLost, asyncio.Task | None]] = {}
 _refreshing: dict[str, asyncio.Future[bool]] = {}  # refreshes on their way, by connection
 _task: asyncio.Task | None = None
+
+
+async def take(
+    connection_id: str, tenant: Tenant, on_lost: OnLost, owner: asyncio.Task | None
+) -> None:
+    """Take a slot for a new connection, counted and kept (:func:`keep`); raises ApiError
+    (CONNECTION_LIMIT) when the tenant's connections are at the plan's cap."""
+    await limits.connection_admit(tenant, connection_id)
+    metrics.WEBSOCKETS.inc()
+    keep(connection_id, tenant, on_lost, owner)
+
+
+async def give_back(tenant: Tenant, connection_id: str) -> None:
+    """The connection closed: its slot is released (:func:`release`)."""
+    metrics.WEBSOCKETS.dec()
+    await release(tenant, connection_id)
 
 
 def keep(connection_id: str, tenant: Tenant, on_lost: OnLost, owner: asyncio.Task | None) -> None:
