@@ -4,16 +4,15 @@ Run by hand (it prints figures; it asserts nothing):
 
     .venv/bin/python bench/upstream_client.py
 
-Needs ``aiohttp`` next to httpx (``.venv/bin/pip install aiohttp``; not a dependency of
-the service). The fake OpenAI-compatible upstream (``tests/fakes/upstream.py``) runs in
+The fake OpenAI-compatible upstream (``tests/fakes/upstream.py``) runs in
 its own process; this process streams ``--requests`` answers through each client at 8
 concurrent, reading them line by line as the providers do (``iter_sse``), and reports its
 own CPU time per request (5-token answers) and per token (500-token answers less 5-token
 ones), side by side in one run, alternated ``--rounds`` times:
 
-- httpx: ``AsyncClient.stream`` + ``aiter_lines`` (what the providers use)
+- httpx: ``AsyncClient.stream`` + ``aiter_lines`` (what tenants' HTTP tools use)
 - httpcore: httpx's transport alone, lines split by hand
-- aiohttp: ``ClientSession.post`` + ``content`` line iteration
+- aiohttp: ``ClientSession.post`` + ``content`` line iteration (what the providers use)
 """
 
 import argparse

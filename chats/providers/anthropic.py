@@ -1,7 +1,7 @@
 """Anthropic's Messages API, streamed.
 
-Like the OpenAI-compatible provider this speaks the wire format with httpx (one pooled
-client, exact timeouts, no SDK retries re-running a stream that already produced tokens).
+Like the OpenAI-compatible provider this speaks the wire format with aiohttp (one pooled
+session, exact timeouts, no SDK retries re-running a stream that already produced tokens).
 The stream is a sequence of named SSE events: `message_start` (input usage),
 `content_block_start`, `content_block_delta` (`text_delta` pieces), `content_block_stop`,
 `message_delta` (stop_reason and CUMULATIVE usage), `message_stop`; `ping` may come at any
@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import httpx
+import aiohttp
 
 from .base import CompletionRequest, LLMProviderError, StreamItem, ToolCallDelta
 from .http_provider import HTTPProvider, Reading
@@ -61,7 +61,7 @@ class AnthropicProvider(HTTPProvider):
         connect_timeout: float = 10.0,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         anthropic_version: str = ANTHROPIC_VERSION,
-        client: httpx.AsyncClient | None = None,
+        session: aiohttp.ClientSession | None = None,
         name: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
@@ -71,7 +71,7 @@ class AnthropicProvider(HTTPProvider):
             api_key,
             timeout=timeout,
             connect_timeout=connect_timeout,
-            client=client,
+            session=session,
             name=name,
             headers={"anthropic-version": anthropic_version, **(headers or {})},
         )

@@ -1,5 +1,11 @@
-"""The pooled httpx clients the HTTP providers (and tenants' HTTP tools) lease, one set
-per event loop."""
+"""Pooled HTTP clients, one set per event loop: an aiohttp session for the providers'
+upstream streams, and httpx clients for tenants' HTTP tools.
+
+The providers stream through aiohttp because a request's client work is most of what
+relaying an answer costs: measured streaming 5 tokens from the fake upstream
+(``bench/upstream_client.py``), httpx spends about 2 ms of CPU a request and 12 µs a
+token, aiohttp 0.3 ms and 5 µs.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import functools
 import ssl
 from collections.abc import Iterator
 
+import aiohttp
 import httpx
 
 # httpx clients are bound to the event loop they first ran in, and a process may run several
@@ -77,8 +84,33 @@ def client_lease(
     return contextlib.nullcontext(client) if client is not None else leased_client()
 
 
+_SESSIONS: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+
+
+def upstream_session() -> aiohttp.ClientSession:
+    """The running loop's aiohttp session: one connection pool for every upstream."""
+    loop = asyncio.get_running_loop()
+    session = _SESSIONS.get(loop)
+    if session is None or session.closed:
+        for stale in [other for other in _SESSIONS if other.is_closed()]:
+            del _SESSIONS[stale]  # its sockets died with its loop
+        connector = aiohttp.TCPConnector(
+            limit=1000, limit_per_host=0, keepalive_timeout=30, ssl=_ssl_context()
+        )
+        # No cookies kept between tenants' requests, no environment proxies read per call.
+        session = aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=True
+        )
+        _SESSIONS[loop] = session
+    return session
+
+
 async def aclose_shared_client() -> None:
     """Closes the running loop's pooled clients (at shutdown, and in tests)."""
-    clients = _LOOP_CLIENTS.pop(asyncio.get_running_loop(), None)
+    loop = asyncio.get_running_loop()
+    clients = _LOOP_CLIENTS.pop(loop, None)
     for client in clients.clients if clients else ():
         await client.aclose()
+    session = _SESSIONS.pop(loop, None)
+    if session is not None:
+        await session.close()

@@ -1,5 +1,5 @@
 """`HTTPProvider`, the one `stream()` of every upstream that answers a POST with
-server-sent events (lease a pooled client, send, map HTTP and transport errors, read
+server-sent events (send on the pooled session, map HTTP and transport errors, read
 events, finish or fail), and the `Reading` each provider fills from its own events."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any, ClassVar
 
-import httpx
+import aiohttp
+import orjson
 
 from .base import (
     CompletionRequest,
@@ -21,9 +22,18 @@ from .base import (
     ToolCallDelta,
     ToolCalls,
 )
-from .http_client import client_lease
+from .http_client import upstream_session
 from .tokens import estimate_prompt_tokens, estimate_tokens
-from .wire import error_details, iter_sse, parse_json_object, redact, transport_error
+from .wire import (
+    TRANSPORT_ERRORS,
+    error_details,
+    iter_sse,
+    parse_json_object,
+    redact,
+    transport_error,
+)
+
+_ERROR_BODY_BYTES = 64 * 1024  # of an error body: enough for any message worth quoting
 
 
 class Reading(ABC):
@@ -92,7 +102,7 @@ class HTTPProvider(Provider):
         *,
         timeout: float,
         connect_timeout: float,
-        client: httpx.AsyncClient | None,
+        session: aiohttp.ClientSession | None,
         name: str | None,
         headers: Mapping[str, str],
     ) -> None:
@@ -103,9 +113,17 @@ class HTTPProvider(Provider):
         self._url = base_url.rstrip("/") + self.path
         self._api_key = api_key or None
         self._timeout = timeout
-        self._timeouts = httpx.Timeout(timeout, connect=connect_timeout)
-        self._client = client
-        self._headers = {"accept": "text/event-stream", **headers}
+        # Any one wait (to connect, for the first byte, for the next one) is bounded; the
+        # whole answer is not: a long answer may stream for minutes.
+        self._timeouts = aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=timeout
+        )
+        self._session = session
+        self._headers = {
+            "accept": "text/event-stream",
+            "content-type": "application/json",
+            **headers,
+        }
         if self._api_key:
             self._headers.update(self.auth_headers(self._api_key))
 
@@ -127,56 +145,58 @@ class HTTPProvider(Provider):
 
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamItem, None]:
         reading = self.new_reading()
-        with client_lease(self._client) as client:
-            try:
-                async with client.stream(
-                    "POST",
-                    self._url,
-                    json=self.build_body(request),
-                    headers=self._headers,
-                    timeout=self._timeouts,
-                ) as response:
-                    if not response.is_success:
-                        raise await self.status_error(response)
-                    for item in await self.whole_answer(response, reading):
+        session = self._session or upstream_session()
+        try:
+            async with session.post(
+                self._url,
+                data=orjson.dumps(self.build_body(request)),
+                headers=self._headers,
+                timeout=self._timeouts,
+                allow_redirects=False,
+            ) as response:
+                if not 200 <= response.status < 300:
+                    raise await self.status_error(response)
+                for item in await self.whole_answer(response, reading):
+                    yield item
+                # Read on to the end of the body after the answer is complete, so that
+                # the connection goes back to the pool instead of being closed.
+                async for event, data in iter_sse(response):
+                    if reading.done:
+                        continue
+                    if data == self.end_marker:
+                        reading.done = True
+                        continue
+                    payload = parse_json_object(data)
+                    if payload is None:
+                        raise LLMProviderError(
+                            f"{self.name} sent malformed stream data", retryable=False
+                        )
+                    error = self.stream_error(event, payload)
+                    if error is not None:
+                        raise error
+                    for item in reading.take(event, payload):
                         yield item
-                    # Read on to the end of the body after the answer is complete, so that
-                    # the connection goes back to the pool instead of being closed.
-                    async for event, data in iter_sse(response):
-                        if reading.done:
-                            continue
-                        if data == self.end_marker:
-                            reading.done = True
-                            continue
-                        payload = parse_json_object(data)
-                        if payload is None:
-                            raise LLMProviderError(
-                                f"{self.name} sent malformed stream data", retryable=False
-                            )
-                        error = self.stream_error(event, payload)
-                        if error is not None:
-                            raise error
-                        for item in reading.take(event, payload):
-                            yield item
-            except httpx.HTTPError as exc:
-                # Once the answer is complete, a failure while draining the body costs nothing.
-                if not reading.finished:
-                    raise transport_error(
-                        exc, upstream=self.name, timeout=self._timeout, secret=self._api_key
-                    ) from exc
+        except TRANSPORT_ERRORS as exc:
+            # Once the answer is complete, a failure while draining the body costs nothing.
+            if not reading.finished:
+                raise transport_error(
+                    exc, upstream=self.name, timeout=self._timeout, secret=self._api_key
+                ) from exc
 
         if not reading.finished:
             raise LLMConnectionError(f"{self.name} closed the stream before it finished")
         yield reading.end(request)
 
-    async def whole_answer(self, response: httpx.Response, reading: Reading) -> list[StreamItem]:
+    async def whole_answer(
+        self, response: aiohttp.ClientResponse, reading: Reading
+    ) -> list[StreamItem]:
         """The items of an answer that came whole instead of as events (none by default)."""
         return []
 
-    async def status_error(self, response: httpx.Response) -> LLMProviderError:
+    async def status_error(self, response: aiohttp.ClientResponse) -> LLMProviderError:
         """The error for a non-2xx answer, its body's message quoted with the key masked."""
-        message, kind = error_details(await response.aread())
-        status = response.status_code
+        message, kind = error_details(await response.content.read(_ERROR_BODY_BYTES))
+        status = response.status
         return LLMProviderError(
             self.redact(f"{self.name} answered HTTP {status}: {message}"),
             status=status,

@@ -1,7 +1,7 @@
 """Any OpenAI-compatible Chat Completions upstream: OpenAI, Mistral, vLLM, Ollama, llama.cpp.
 
-We speak the wire format with httpx rather than the `openai` SDK: pooled async clients are
-shared by every request of the process (see `http_client.leased_client`), we control the
+We speak the wire format with aiohttp rather than the `openai` SDK: one pooled session is
+shared by every request of the process (see `http_client.upstream_session`), we control the
 connect and read timeouts and the streaming exactly, we pay no per-chunk pydantic parsing, and the
 SDK's automatic retries would silently re-run (and re-charge) a stream that had already
 produced tokens; retrying is the engine's decision, made from `ProviderError.retryable`.
@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import httpx
+import aiohttp
 
 from .base import CompletionRequest, LLMProviderError, StreamItem, ToolCallDelta
 from .http_provider import HTTPProvider, Reading
@@ -105,7 +105,7 @@ class OpenAICompatibleProvider(HTTPProvider):
         *,
         timeout: float = 60.0,
         connect_timeout: float = 10.0,
-        client: httpx.AsyncClient | None = None,
+        session: aiohttp.ClientSession | None = None,
         name: str | None = None,
         headers: Mapping[str, str] | None = None,
         include_usage: bool = True,
@@ -121,7 +121,7 @@ class OpenAICompatibleProvider(HTTPProvider):
             api_key,
             timeout=timeout,
             connect_timeout=connect_timeout,
-            client=client,
+            session=session,
             name=name,
             headers=headers or {},
         )
@@ -150,12 +150,14 @@ class OpenAICompatibleProvider(HTTPProvider):
     def new_reading(self) -> _Reading:
         return _Reading()
 
-    async def whole_answer(self, response: httpx.Response, reading: Reading) -> list[StreamItem]:
+    async def whole_answer(
+        self, response: aiohttp.ClientResponse, reading: Reading
+    ) -> list[StreamItem]:
         """A server that ignored `stream: true` answers with one completion."""
         if not response.headers.get("content-type", "").startswith("application/json"):
             return []
         assert isinstance(reading, _Reading)
-        return reading.take_completion(await response.aread())
+        return reading.take_completion(await response.read())
 
     def stream_error(self, event: str, payload: dict[str, Any]) -> LLMProviderError | None:
         """An error object sent inside a 200 stream (OpenAI, vLLM and Ollama do this)."""

@@ -1,14 +1,15 @@
 """Reading what HTTP upstreams send: server-sent events as they arrive, JSON objects,
-error bodies of the known dialects, usage counts, and httpx failures as ProviderErrors
+error bodies of the known dialects, usage counts, and transport failures as ProviderErrors
 (with the key masked)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
 
-import httpx
+import aiohttp
 
 from .base import LLMConnectionError, LLMProviderError, LLMTimeoutError, ProviderError
 
@@ -22,7 +23,27 @@ def redact(text: str, secret: str | None) -> str:
     return text
 
 
-async def iter_sse(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
+async def iter_lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    """The body's lines as they arrive (ended by LF, CRLF or CR), of any length: aiohttp's
+    own line reader refuses a line over 128 KiB, and one event may carry a long tool call."""
+    pending = b""
+    async for chunk in response.content.iter_any():
+        pending += chunk
+        if b"\r" in pending:  # CRLF and CR as LF; a CR at the very end may be half a CRLF
+            keep = pending.endswith(b"\r")
+            pending = pending.rstrip(b"\r").replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            lines = pending.split(b"\n")
+            pending = lines.pop() + (b"\r" if keep else b"")
+        else:
+            lines = pending.split(b"\n")
+            pending = lines.pop()
+        for line in lines:
+            yield line.decode("utf-8", "replace")
+    if pending.rstrip(b"\r"):
+        yield pending.rstrip(b"\r").decode("utf-8", "replace")
+
+
+async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str]]:
     """Yields (event, data) for each server-sent event as soon as its blank line arrives.
 
     Follows the WHATWG rules that matter here: `data` lines are joined with newlines,
@@ -31,7 +52,7 @@ async def iter_sse(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
     """
     event = ""
     data: list[str] = []
-    async for line in response.aiter_lines():
+    async for line in iter_lines(response):
         if not line:
             if data:
                 yield event or "message", "\n".join(data)
@@ -89,19 +110,28 @@ def usage_count(usage: Mapping[str, Any] | None, key: str, default: _D) -> int |
     return default
 
 
+# What a failed exchange with an upstream raises: aiohttp's errors, and its timeouts
+# (asyncio.TimeoutError, which aiohttp's own timeout errors also are).
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+
+
 def transport_error(
-    exc: httpx.HTTPError, *, upstream: str, timeout: float, secret: str | None = None
+    exc: BaseException, *, upstream: str, timeout: float, secret: str | None = None
 ) -> ProviderError:
-    """The ProviderError for an httpx failure, with `secret` masked in its message."""
+    """The ProviderError for a transport failure, with `secret` masked in its message."""
     reason = redact(str(exc) or type(exc).__name__, secret)
-    if isinstance(exc, httpx.UnsupportedProtocol):
+    if isinstance(exc, aiohttp.InvalidURL | aiohttp.NonHttpUrlClientError):
         return LLMProviderError(f"{upstream} URL is not usable: {reason}", retryable=False)
-    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return LLMConnectionError(f"Could not connect to {upstream}: {reason}")
-    if isinstance(exc, httpx.PoolTimeout):
-        return LLMTimeoutError(f"No free connection to {upstream} within {timeout:g}s")
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, asyncio.TimeoutError):
         return LLMTimeoutError(f"{upstream} did not answer within {timeout:g}s")
-    if isinstance(exc, httpx.TransportError):
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return LLMConnectionError(f"Could not connect to {upstream}: {reason}")
+    if isinstance(exc, aiohttp.ClientPayloadError):  # the body was cut off
         return LLMConnectionError(f"Connection to {upstream} was lost: {reason}")
-    return LLMProviderError(f"{upstream} sent an unreadable response: {reason}", retryable=False)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return LLMProviderError(
+            f"{upstream} sent an unreadable response: {reason}", retryable=False
+        )
+    return LLMConnectionError(f"Connection to {upstream} was lost: {reason}")

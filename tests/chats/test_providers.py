@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import aiohttp
 import httpx
 import pytest
 import pytest_asyncio
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from chats.providers import (
     AnthropicProvider,
@@ -480,10 +484,27 @@ async def test_openai_cancelled_consumer_stops_the_upstream_request(
     assert outcome.end is not None
 
 
+@contextlib.asynccontextmanager
+async def canned(body: bytes, content_type: str) -> AsyncIterator[str]:
+    """An upstream on this loop answering every POST with ``body``: its base URL."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=body, headers={"content-type": content_type})
+
+    app = web.Application()
+    app.router.add_post("/{path:.*}", answer)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        await server.close()
+
+
 @pytest.mark.asyncio
 async def test_openai_tokens_arrive_as_they_are_sent(upstream: FakeUpstream) -> None:
-    async with httpx.AsyncClient() as client:
-        provider = openai(upstream, client=client)
+    async with aiohttp.ClientSession() as session:
+        provider = openai(upstream, session=session)
         started = time.perf_counter()
         arrivals: list[float] = []
         async for item in provider.stream(ask("tokens-4+delay-150")):
@@ -495,19 +516,32 @@ async def test_openai_tokens_arrive_as_they_are_sent(upstream: FakeUpstream) -> 
 
 @pytest.mark.asyncio
 async def test_openai_accepts_a_non_streaming_json_answer() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        completion = {
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
-        }  # fmt: skip
-        return httpx.Response(200, json=completion)
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        provider = OpenAICompatibleProvider("http://llm.test/v1", None, client=client)
-        outcome = await run(provider, ask())
+    completion = {
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi!"},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 2, "total_tokens": 9},
+    }  # fmt: skip
+    async with canned(json.dumps(completion).encode(), "application/json") as url:
+        outcome = await run(OpenAICompatibleProvider(f"{url}/v1", None), ask())
     assert outcome.tokens == ["Hi!"]
     assert outcome.end == StreamEnd("stop", 7, 2)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+async def test_openai_reads_events_of_any_length_and_line_ending(newline: str) -> None:
+    long = "x" * 300_000  # one event longer than aiohttp's own line reader takes
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"content": long}}]},
+        {"choices": [{"index": 0, "delta": {"content": "!"}, "finish_reason": "stop"}],
+         "usage": {"prompt_tokens": 3, "completion_tokens": 2}},
+    ]  # fmt: skip
+    events = [f": comment{newline}data: {json.dumps(c)}{newline}{newline}" for c in chunks]
+    raw = "".join(events) + f"data: [DONE]{newline}{newline}"
+    async with canned(raw.encode(), "text/event-stream") as url:
+        outcome = await run(OpenAICompatibleProvider(f"{url}/v1", None), ask())
+    assert outcome.tokens == [long, "!"]
+    assert outcome.end == StreamEnd("stop", 3, 2)
 
 
 @pytest.mark.asyncio
@@ -666,13 +700,8 @@ async def test_anthropic_counts_cached_prompt_tokens_and_ignores_unknown_events(
     ]  # fmt: skip
     raw = "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events)
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        headers = {"content-type": "text/event-stream"}
-        return httpx.Response(200, content=raw.encode(), headers=headers)
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        provider = AnthropicProvider("k", base_url="http://llm.test", client=client)
-        outcome = await run(provider, ask())
+    async with canned(raw.encode(), "text/event-stream") as url:
+        outcome = await run(AnthropicProvider("k", base_url=url), ask())
     assert outcome.tokens == ["Yes."]
     assert outcome.end == StreamEnd("content_filter", 105, 9)
 
