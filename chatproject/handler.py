@@ -11,6 +11,7 @@ run right there. Every other view (DRF's, the admin's) goes through Django's own
 
 import asyncio
 import contextlib
+import functools
 
 from asgiref.sync import iscoroutinefunction
 from django.core import signals
@@ -31,11 +32,7 @@ class ASGIHandler(DjangoASGIHandler):
         path, root = scope["path"], scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
-        try:
-            match = get_resolver().resolve(path)
-        except Resolver404:
-            return False
-        return iscoroutinefunction(match.func)
+        return _is_async_view(path)
 
     async def handle_inline(self, scope, receive, send):
         """Django's ``handle``, its signals sent and the response closed on the loop."""
@@ -72,3 +69,12 @@ class ASGIHandler(DjangoASGIHandler):
         else:
             responding.result().close()  # sends request_finished
         body_file.close()
+
+
+@functools.lru_cache(maxsize=4096)  # the URLs are fixed once the process serves
+def _is_async_view(path: str) -> bool:
+    try:
+        match = get_resolver().resolve(path)
+    except Resolver404:
+        return False
+    return iscoroutinefunction(match.func)

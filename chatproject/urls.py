@@ -9,6 +9,9 @@ from chatproject.metrics import metrics_view
 PUBLIC: dict[str, list] = {"authentication_classes": [], "permission_classes": []}
 
 urlpatterns = [
+    # The streaming formats first: every answer's request resolves its URL twice (the ASGI
+    # handler, then Django), and each pattern tried before the match costs.
+    path("", include("chats.transports.urls")),
     path("admin/", admin.site.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
@@ -17,7 +20,6 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema", **PUBLIC), name="docs"),
     path("", include("governor.urls")),
     path("", include("chats.urls")),
-    path("", include("chats.transports.urls")),
     path("", include("knowledge.urls")),
     path("", include("playground.urls")),
 ]

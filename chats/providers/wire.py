@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, TypeVar
 
 import aiohttp
+import orjson
 
 from .base import LLMConnectionError, LLMProviderError, LLMTimeoutError, ProviderError
 
@@ -70,11 +71,15 @@ async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str,
 
 
 def parse_json_object(data: str | bytes) -> dict[str, Any] | None:
-    """`data` decoded as a JSON object, or None when it is not one."""
+    """`data` decoded as a JSON object, or None when it is not one. orjson reads every
+    event of every stream; what it refuses (an integer past 64 bits, NaN) json may read."""
     try:
-        value = json.loads(data)
-    except ValueError:
-        return None
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            value = json.loads(data)
+        except ValueError:
+            return None
     return value if isinstance(value, dict) else None
 
 
