@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, WebSocketReceiveEvent
-from channels.generic.websocket import AsyncWebsocketConsumer
 
 from billing import limits
 from chatproject.errors import ApiError, ErrorCode
@@ -32,6 +31,7 @@ from chats import ws_errors, ws_events, ws_messages, ws_resume, ws_slots
 from chats.engine import ErrorEvent, FinishedEvent, Generation
 from chats.transports.generation_stream import events_of, resumable_log
 from chats.transports.schemas import websocket as schemas
+from chats.ws_base import AsyncWebsocketConsumerOnLoop
 from chats.ws_errors import CLOSE_CONNECTION_LIMIT, CLOSE_INTERNAL_ERROR
 from chats.ws_fanout import ChatGroup
 from chats.ws_reply import Reply
@@ -48,7 +48,7 @@ CONNECT_DEADLINE_SECONDS = 4.0
 BUSY = 'A reply is still streaming: wait for it or send {"type": "cancel"}.'
 
 
-class ChatConsumer(AsyncWebsocketConsumer):
+class ChatConsumer(AsyncWebsocketConsumerOnLoop):
     session: Session  # set before the connection is accepted
     slot_held = False
     accepted = False
