@@ -1,6 +1,11 @@
 """A ``/ws/chat`` socket's whole events (a message received, an answer ended), fanned out
 to its chat's other sockets, in any process, through the channel layer's group of the
-chat. Tokens are not: they go only to the socket that asked."""
+chat. Tokens are not: they go only to the socket that asked.
+
+Most chats have one socket. A group send to it alone would cost four Redis round trips
+and a delivery back to the sender, who drops it; so the group's members are looked up
+first (one round trip) and nothing is sent when the sender is the only one.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from channels.layers import BaseChannelLayer
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer
+from channels_redis.core import RedisChannelLayer
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +60,9 @@ class ChatGroup:
             if previous is not None:
                 await previous
             try:
-                await layer.group_send(group, {"type": HANDLER, "event": event, "sender": channel})
+                if await _has_others(layer, group, channel):
+                    message = {"type": HANDLER, "event": event, "sender": channel}
+                    await layer.group_send(group, message)
             except Exception:  # best effort; the asking socket has its answer
                 logger.exception("channel layer fan-out failed")
 
@@ -69,3 +77,15 @@ class ChatGroup:
     def sent_here(self, message: Mapping[str, Any]) -> bool:
         """``message`` of the group came from this socket (which sent its event already)."""
         return self._member is not None and message["sender"] == self._member[2]
+
+
+async def _has_others(layer: BaseChannelLayer, group: str, channel: str) -> bool:
+    """Whether ``group`` has a member besides ``channel`` (a lapsed one counts: it is
+    only sent to for nothing). Read from the layer's own record of the group."""
+    if isinstance(layer, RedisChannelLayer):
+        connection = layer.connection(layer.consistent_hash(group))
+        members = await connection.zrange(layer._group_key(group), 0, -1)
+        return any(member.decode() != channel for member in members)
+    if isinstance(layer, InMemoryChannelLayer):
+        return any(member != channel for member in layer.groups.get(group, {}))
+    return True  # another layer: send, and the sender drops its own

@@ -636,3 +636,30 @@ async def test_messages_are_handled_with_no_thread_hand_off(account, monkeypatch
         assert await receive(ws) == {"type": "pong"}
     assert hand_offs == []
     await ws.disconnect()
+
+
+async def test_a_chats_only_socket_sends_nothing_to_its_group(account, monkeypatch):
+    """Whole events go to the chat's other sockets: none when it has no other."""
+    layer = get_channel_layer()
+    sent = []
+    group_send = layer.group_send
+
+    async def counted(group, message):
+        sent.append(message["event"]["type"])
+        await group_send(group, message)
+
+    monkeypatch.setattr(layer, "group_send", counted)
+    chat = await sync_to_async(make_chat)(account.tenant)
+    alone = await connected_socket(account.key, chat_id=chat.id)
+    await alone.send_json_to({"content": "just me"})
+    await receive_until(alone, "message_stream_ended")
+
+    other = await connected_socket(account.key, chat_id=chat.id)
+    await alone.send_json_to({"content": "now two of us"})
+    await receive_until(alone, "message_stream_ended")
+    heard = await receive_until(other, "message_stream_ended")
+    assert [e["type"] for e in heard] == ["message_received", "message_stream_ended"]
+    # The second exchange's, published after the first's (in order): the first sent none.
+    assert sent == ["message_received", "message_stream_ended"]
+    await alone.disconnect()
+    await other.disconnect()
