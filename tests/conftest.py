@@ -104,3 +104,22 @@ def memory_or_redis(request, settings) -> str:
     else:
         settings.REDIS_URL = ""
     return request.param
+
+
+@pytest.fixture
+def hand_offs(monkeypatch) -> list:
+    """What goes to a thread through a thread-sensitive ``sync_to_async`` meanwhile (the
+    callables wrapped); the database executor's calls are not: they are the database work
+    itself, on threads of their own."""
+    from asgiref import sync
+
+    wrapped: list = []
+    original = sync.SyncToAsync.__init__
+
+    def record(self, func, *args, **kwargs):
+        if kwargs.get("thread_sensitive", True):
+            wrapped.append(func)
+        original(self, func, *args, **kwargs)
+
+    monkeypatch.setattr(sync.SyncToAsync, "__init__", record)
+    return wrapped

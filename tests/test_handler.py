@@ -4,27 +4,10 @@ signals sent on the loop); every other view goes through Django's own path."""
 import json
 
 import pytest
-from asgiref import sync
 from channels.testing import HttpCommunicator
 from django.core import signals
 
 from chatproject.asgi import django_http
-
-
-@pytest.fixture
-def hand_offs(monkeypatch):
-    """The thread-sensitive hand-offs meanwhile (the database executor's calls aside:
-    they are the database work itself, on threads of their own)."""
-    wrapped = []
-    original = sync.SyncToAsync.__init__
-
-    def record(self, func, *args, **kwargs):
-        if kwargs.get("thread_sensitive", True):
-            wrapped.append(func)
-        original(self, func, *args, **kwargs)
-
-    monkeypatch.setattr(sync.SyncToAsync, "__init__", record)
-    return wrapped
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import uuid
 
 import httpx
 import pytest
-from asgiref import sync
 from django.contrib.auth.models import User
 from django.test import AsyncClient
 
@@ -98,20 +97,6 @@ def test_the_admin_keeps_csrf_and_sessions(production):
         session = signed_in.cookies["sessionid"]
         assert browser.get("/admin/", headers={"Cookie": f"sessionid={session}"}).status_code == 200
         assert browser.get("/admin/").status_code == 302  # no session: to the login page
-
-
-@pytest.fixture
-def hand_offs(monkeypatch):
-    """What goes through ``sync_to_async`` meanwhile (the callables wrapped)."""
-    wrapped = []
-    original = sync.SyncToAsync.__init__
-
-    def record(self, func, *args, **kwargs):
-        wrapped.append(func)
-        original(self, func, *args, **kwargs)
-
-    monkeypatch.setattr(sync.SyncToAsync, "__init__", record)
-    return wrapped
 
 
 def middleware_hooks(wrapped) -> list:

@@ -229,13 +229,7 @@ def finalise(
                 logger.exception("could not store the answer %s", generation.message_id)
         try:  # also for empty answers: it completes the audit record
             with isolated():
-                gate.governor_check_output(
-                    decision=generation.decision,
-                    text=content,
-                    guard=generation.guard,
-                    tool_calls=generation._calls.all(),
-                    model_name=generation.model.name if generation.fell_back else None,
-                )
+                gate.governor_check_output(**output_check(generation, content))
         except DatabaseError:
             if together:
                 raise
@@ -262,6 +256,17 @@ def settle(generation: Generation, usage: Usage) -> credits.Pending[credits.Sett
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
     )
+
+
+def output_check(generation: Generation, content: str) -> dict:
+    """What the governor's output check reads of a generation and its answer."""
+    return {
+        "decision": generation.decision,
+        "text": content,
+        "guard": generation.guard,
+        "tool_calls": generation._calls.all(),
+        "model_name": generation.model.name if generation.fell_back else None,
+    }
 
 
 def usage_cost(generation: Generation, usage: Usage) -> Decimal:

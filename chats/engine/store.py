@@ -246,13 +246,9 @@ def _output_findings(generation: Generation, content: str):
     """The governor's findings on the answer (CPU only); None when there is no record to
     complete, or the check failed (logged: the answer is delivered)."""
     try:
-        return gate.governor_assess_output(
-            decision=generation.decision,
-            text=content,
-            guard=generation.guard,
-            tool_calls=generation._calls.all(),
-            model_name=generation.model.name if generation.fell_back else None,
-        )
+        from chats.engine.finalisation import output_check  # which imports this module
+
+        return gate.governor_assess_output(**output_check(generation, content))
     except Exception:
         logger.exception("governor output check failed")
         return None

@@ -614,23 +614,13 @@ async def test_a_nul_in_the_chat_id_closes_4004(account):
     await expect_close(ws, 4004)
 
 
-async def test_messages_are_handled_with_no_thread_hand_off(account, monkeypatch):
+async def test_messages_are_handled_with_no_thread_hand_off(account, request):
     """Channels would close stale database connections before every message, through a
     thread; the consumer's database work is on threads of its own, so it does not."""
-    from asgiref import sync
-
     ws, _, _ = await connect(account.key)
     await receive(ws)
     await receive(ws)  # user_created
-    hand_offs = []
-    original = sync.SyncToAsync.__init__
-
-    def record(self, func, *args, **kwargs):
-        if kwargs.get("thread_sensitive", True):
-            hand_offs.append(func)
-        original(self, func, *args, **kwargs)
-
-    monkeypatch.setattr(sync.SyncToAsync, "__init__", record)
+    hand_offs = request.getfixturevalue("hand_offs")  # from here on
     for _ in range(3):
         await ws.send_json_to({"type": "ping"})
         assert await receive(ws) == {"type": "pong"}
