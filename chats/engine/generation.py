@@ -24,6 +24,7 @@ from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, service_unavailable
 from chats import catalog, checkpoints, failover, stream_log, tool_loop
 from chats.engine import finalisation
+from chats.engine.answer_calls import AnswerCalls
 from chats.engine.background import _in_background
 from chats.engine.types import (
     Checkpoint,
@@ -36,7 +37,6 @@ from chats.engine.types import (
     StoredMessage,
     SystemPrompt,
     TokenEvent,
-    ToolCallEvent,
     Usage,
     offered_tools,
 )
@@ -126,7 +126,7 @@ class Generation:
         self._stop_requested = False
         self._upstream_wait: asyncio.Timeout | None = None  # armed while the model is awaited
         self._answer_row = False  # a checkpoint stored the answer (status streaming)
-        self._calls = _AnswerCalls()
+        self._calls = AnswerCalls()
 
     @property
     def model_name(self) -> str:
@@ -189,7 +189,7 @@ class Generation:
         stopped = False  # by stop(): cancelled, and the last event still sent
         self._parts = parts
         checkpoints.join(self)
-        calls = self._calls = _AnswerCalls()
+        calls = self._calls = AnswerCalls()
         source: AsyncGenerator[tool_loop.LoopItem, None]
         try:
             if self.cached:
@@ -460,52 +460,6 @@ class Generation:
 
 class _Stopped(Exception):
     """Generation.stop() was called."""
-
-
-class _AnswerCalls:
-    """The tool calls of one answer, over all its steps, as they stream."""
-
-    def __init__(self) -> None:
-        self.step = 0
-        self.calls: dict[tuple[int, int], dict[str, Any]] = {}
-        self.by_id: dict[str, dict[str, Any]] = {}
-        self.prompt_tokens = self.completion_tokens = 0  # of the steps that ended
-        self.parts_before_step = 0  # tokens of the answer's text before this step
-
-    def __bool__(self) -> bool:
-        return bool(self.calls)
-
-    def piece(self, piece: ToolCallDelta) -> ToolCallEvent:
-        key = (self.step, piece.index)
-        call = self.calls.get(key)
-        first = call is None
-        if call is None:
-            call_id = piece.id or f"call_{uuid.uuid4().hex[:24]}"
-            call = self.calls[key] = {"id": call_id, "name": piece.name or "", "arguments": ""}
-            self.by_id[call_id] = call
-        call["arguments"] += piece.arguments
-        return ToolCallEvent(
-            self.step, piece.index, call["id"], call["name"], piece.arguments, first
-        )
-
-    def result(self, result: ToolResult) -> None:
-        call = self.by_id.get(result.call_id)
-        if call is not None:
-            call.update(
-                {"output": result.output} if result.error is None else {"error": result.error}
-            )
-
-    def step_ended(self, end: StepEnd, tokens: int) -> None:
-        self.step += 1
-        self.prompt_tokens += end.prompt_tokens
-        self.completion_tokens += end.completion_tokens
-        self.parts_before_step = tokens
-
-    def all(self) -> list[dict[str, Any]]:
-        return [
-            {**call, "arguments": call["arguments"] or "{}"}
-            for _, call in sorted(self.calls.items())
-        ]
 
 
 async def _rename_hold(hold_id: int, model: str) -> None:

@@ -10,6 +10,7 @@ token, aiohttp 0.3 ms and 5 µs.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import functools
 import ssl
@@ -92,8 +93,7 @@ def upstream_session() -> aiohttp.ClientSession:
     loop = asyncio.get_running_loop()
     session = _SESSIONS.get(loop)
     if session is None or session.closed:
-        for stale in [other for other in _SESSIONS if other.is_closed()]:
-            del _SESSIONS[stale]  # its sockets died with its loop
+        _drop_dead_sessions()
         connector = aiohttp.TCPConnector(
             limit=1000, limit_per_host=0, keepalive_timeout=30, ssl=_ssl_context()
         )
@@ -103,6 +103,21 @@ def upstream_session() -> aiohttp.ClientSession:
         )
         _SESSIONS[loop] = session
     return session
+
+
+def _drop_dead_sessions() -> None:
+    """Forget the sessions of loops that have closed (a process with one server loop has
+    none; tests run many loops), closing their sockets as aiohttp's own finaliser would,
+    without its warning: there is no loop left to close them on."""
+    for loop in [loop for loop in _SESSIONS if loop.is_closed()]:
+        session = _SESSIONS.pop(loop)
+        connector = session.connector
+        session.detach()  # the session is done with; its connector is closed here
+        if connector is not None:
+            connector._close()
+
+
+atexit.register(_drop_dead_sessions)
 
 
 async def aclose_shared_client() -> None:
