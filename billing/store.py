@@ -28,12 +28,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 import redis
-from django.conf import settings
 from django.core.cache.backends.locmem import LocMemCache
-from django.core.signals import setting_changed
-from django.dispatch import receiver
 
 from billing.gcra import MICROS, Decision, Rate, gcra
+from chatproject.backends import RedisOrMemory
 from chatproject.redis import get_redis, get_sync_redis
 
 logger = logging.getLogger(__name__)
@@ -312,33 +310,19 @@ def _unavailable():
 
 # --- The store of this configuration -----------------------------------------------------
 
-_memory = MemoryStore()
-_chosen: Store | None = None
+_stores: RedisOrMemory[RedisStore, MemoryStore] = RedisOrMemory(RedisStore, MemoryStore())
 
 
 def memory_store() -> MemoryStore:
     """This process's own state: the store without Redis, the fallback while it is down."""
-    return _memory
+    return _stores.memory
 
 
 def reset_memory_store(clock: Callable[[], float] = time.monotonic) -> MemoryStore:
     """Start this process's state afresh (tests), optionally with a fake clock."""
-    global _memory, _chosen
-    _memory, _chosen = MemoryStore(clock), None
-    return _memory
+    return _stores.reset(MemoryStore(clock))
 
 
 def get_store() -> Store:
-    """Redis when ``REDIS_URL`` is set, else this process's memory: chosen at the first
-    call, and again when the setting changes (tests)."""
-    global _chosen
-    if _chosen is None:
-        _chosen = RedisStore() if settings.REDIS_URL else _memory
-    return _chosen
-
-
-@receiver(setting_changed)
-def _choose_again(*, setting: str, **kwargs) -> None:
-    global _chosen
-    if setting == "REDIS_URL":
-        _chosen = None
+    """Redis when ``REDIS_URL`` is set, else this process's memory."""
+    return _stores.get()

@@ -10,12 +10,9 @@ the store gives it.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Protocol
 
-from django.conf import settings
-from django.core.signals import setting_changed
-from django.dispatch import receiver
-
+from chatproject.backends import RedisOrMemory
 from chats.stream_log.entries import LogEnd, LogItem, WireHeader, WireItem
 from chats.stream_log.memory_store import MemoryLogStore
 from chats.stream_log.redis_store import RedisLogStore
@@ -77,21 +74,11 @@ class LogStore(Protocol):
         """Give up the claim on ``cache_key`` if ``log_id`` holds it."""
 
 
-_memory = MemoryLogStore()
-_chosen: LogStore | None = None
+_stores: RedisOrMemory[RedisLogStore, MemoryLogStore] = RedisOrMemory(
+    RedisLogStore, MemoryLogStore()
+)
 
 
 def get_log_store() -> LogStore:
-    """Redis when ``REDIS_URL`` is set, else this process's memory: chosen at the first
-    call, and again when the setting changes (tests)."""
-    global _chosen
-    if _chosen is None:
-        _chosen = RedisLogStore() if settings.REDIS_URL else _memory
-    return _chosen
-
-
-@receiver(setting_changed)
-def _choose_again(*, setting: str, **kwargs: Any) -> None:
-    global _chosen
-    if setting == "REDIS_URL":
-        _chosen = None
+    """Redis when ``REDIS_URL`` is set, else this process's memory."""
+    return _stores.get()
