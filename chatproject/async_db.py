@@ -47,7 +47,7 @@ async def _pool() -> AsyncConnectionPool:
     if pool is None:
         params = connection.get_connection_params()  # the ORM's own: same database, types
         params.pop("cursor_factory", None)  # a sync cursor class
-        params["autocommit"] = True  # transactions are explicit (see transaction())
+        params["autocommit"] = True  # each statement is its own transaction (fetch_one)
         pool = AsyncConnectionPool(
             kwargs=params,
             min_size=1,
@@ -117,7 +117,6 @@ def _insert_fields(model: type[models.Model]) -> list[Any]:
     return fields
 
 
-def prep(model: type[models.Model], **values: Any) -> list[Any]:
-    """``values`` of ``model``'s fields as the ORM would send them."""
-    fields = {f.name: f for f in model._meta.concrete_fields}
-    return [fields[name].get_db_prep_save(v, connection) for name, v in values.items()]
+def prep(model: type[models.Model], field: str, value: Any) -> Any:
+    """``value`` of ``model``'s ``field`` as the ORM would send it."""
+    return model._meta.get_field(field).get_db_prep_save(value, connection)  # type: ignore[union-attr]  # a concrete field

@@ -152,7 +152,7 @@ async def finalise(
     findings = _output_findings(generation, content)
     if findings is not None:
         ctes.append(_FINDINGS)
-        (params["findings"],) = async_db.prep(AuditRecord, output_findings=findings)
+        params["findings"] = async_db.prep(AuditRecord, "output_findings", findings)
         params |= {"completed_at": timezone.now(), "audit_id": generation.decision.audit_id}
     hold = generation.hold
     settling = hold is not None and hold.hold_id is not None
@@ -214,7 +214,7 @@ def _answer(
     calls = generation._calls.all()
     params["chat_id"] = chat.pk
     if generation._answer_row:  # checkpointed while it streamed
-        (tool_calls,) = async_db.prep(Message, tool_calls=calls)
+        tool_calls = async_db.prep(Message, "tool_calls", calls)
         params |= {
             "content": content,
             "status": status,
