@@ -18,6 +18,7 @@ whole API down with it, nor open it to floods. Stored values raise
 :class:`StoreUnavailable` then: what to do without them is the caller's to say.
 """
 
+import asyncio
 import contextlib
 import logging
 import threading
@@ -32,7 +33,8 @@ from django.core.cache.backends.locmem import LocMemCache
 
 from billing.gcra import MICROS, Decision, Rate, gcra
 from chatproject.backends import RedisOrMemory
-from chatproject.redis import get_redis, get_sync_redis
+from chatproject.redis import get_sync_redis
+from chatproject.redis_multiplexed import Script, get_multiplexed
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +180,7 @@ local read = false
 if KEYS[2] then read = redis.call('GET', KEYS[2]) end
 return {1, math.floor((now - allow_at) / interval), 0, new_tat - now, read}
 """
+_GCRA = Script(_GCRA_LUA)
 
 # KEYS[1]: a sorted set of members scored by their expiry, so the slots of a crashed
 # process lapse by themselves. ARGV: member, limit, ttl (ms). Taking a slot the member
@@ -196,6 +199,7 @@ local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 redis.call('PEXPIREAT', KEYS[1], newest[2])
 return 1
 """
+_SLOT = Script(_SLOT_LUA)
 
 
 def _ms(seconds: float) -> int:
@@ -208,17 +212,18 @@ def _decision(reply) -> Decision:
 
 
 class RedisStore:
-    """The state in Redis, through the shared clients of :mod:`chatproject.redis` (whose
-    pools are the one limit on this process's Redis connections: callers wait there for
-    a free one rather than fail, so a burst is not mistaken for an outage)."""
+    """The state in Redis: async callers through the loop's multiplexed client
+    (:mod:`chatproject.redis_multiplexed`), sync ones through the shared blocking client
+    (whose pool is the one limit on this process's blocking connections: callers wait
+    there for a free one rather than fail, so a burst is not mistaken for an outage)."""
 
     def __init__(self) -> None:
-        self._scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._sync_scripts: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def _script(self, client, source: str):
-        scripts = self._scripts.get(client)
+    def _sync_script(self, client, source: str):
+        scripts = self._sync_scripts.get(client)
         if scripts is None:
-            scripts = self._scripts[client] = {}
+            scripts = self._sync_scripts[client] = {}
         if source not in scripts:
             scripts[source] = client.register_script(source)
         return scripts[source]
@@ -233,71 +238,69 @@ class RedisStore:
     ) -> tuple[Decision | None, Value | None]:
         if rate is None:
             return None, None if read is None else await self._read(read)
-        script = self._script(get_redis(), _GCRA_LUA)
         keys = [key] if read is None else [key, read]
         try:
-            reply = await script(keys=keys, args=[rate.interval_us, rate.burst])
+            reply = await get_multiplexed().run_script(_GCRA, keys, [rate.interval_us, rate.burst])
         except redis.RedisError:
             return self._in_memory("allowance").consume_sync(key, rate), None
         return _decision(reply), (reply[4] if len(reply) > 4 else None)
 
     async def _read(self, key: str) -> Value | None:
         try:
-            return await get_redis().get(key)
+            return await get_multiplexed().execute("GET", key)
         except redis.RedisError:
             logger.warning("Redis unavailable, %s not read", key, exc_info=True)
             return None
 
     def consume_sync(self, key: str, rate: Rate) -> Decision:
-        script = self._script(get_sync_redis(), _GCRA_LUA)
+        script = self._sync_script(get_sync_redis(), _GCRA_LUA)
         try:
             return _decision(script(keys=[key], args=[rate.interval_us, rate.burst]))
         except redis.RedisError:
             return self._in_memory("allowance").consume_sync(key, rate)
 
     async def slot_take(self, key: str, member: str, limit: int, ttl: float) -> bool:
-        script = self._script(get_redis(), _SLOT_LUA)
         try:
-            return bool(await script(keys=[key], args=[member, limit, _ms(ttl)]))
+            taken = await get_multiplexed().run_script(_SLOT, [key], [member, limit, _ms(ttl)])
         except redis.RedisError:
             return self._in_memory("slots").slot_take_sync(key, member, limit, ttl)
+        return bool(taken)
 
     async def slots_renew(self, slots: list[tuple[str, str]], ttl: float) -> None:
         # (A slot taken in memory while Redis was down is counted in Redis from now on.)
-        if not slots:
-            return
-        client = get_redis()
-        script = self._script(client, _SLOT_LUA)
-        try:
-            async with client.pipeline(transaction=False) as pipe:
-                for key, member in slots:
-                    await script(keys=[key], args=[member, _NO_CAP, _ms(ttl)], client=pipe)
-                await pipe.execute()
-        except redis.RedisError:
-            logger.warning("slots: Redis unavailable, not renewed", exc_info=True)
+        # Issued together, the renewals go out in one write.
+        client = get_multiplexed()
+        renewals = [
+            client.run_script(_SLOT, [key], [member, _NO_CAP, _ms(ttl)]) for key, member in slots
+        ]
+        for renewal in asyncio.as_completed(renewals):
+            try:
+                await renewal
+            except redis.RedisError:
+                logger.warning("slots: Redis unavailable, not renewed", exc_info=True)
 
     async def slot_give_back(self, key: str, member: str) -> None:
         memory_store().slot_give_back_sync(key, member)  # taken there if Redis was down
         try:
-            await get_redis().zrem(key, member)
+            await get_multiplexed().execute("ZREM", key, member)
         except redis.RedisError:
             logger.warning("slots: Redis unavailable, slot left to lapse", exc_info=True)
 
     async def get(self, key: str) -> Value | None:
         with _unavailable():
-            return await get_redis().get(key)
+            return await get_multiplexed().execute("GET", key)
 
     async def put(self, key: str, value: str, ttl: float) -> None:
         with _unavailable():
-            await get_redis().set(key, value, px=_ms(ttl))
+            await get_multiplexed().execute("SET", key, value, "PX", _ms(ttl))
 
     async def add(self, key: str, value: str, ttl: float) -> bool:
         with _unavailable():
-            return bool(await get_redis().set(key, value, nx=True, px=_ms(ttl)))
+            return bool(await get_multiplexed().execute("SET", key, value, "NX", "PX", _ms(ttl)))
 
     async def delete(self, key: str) -> None:
         with _unavailable():
-            await get_redis().delete(key)
+            await get_multiplexed().execute("DEL", key)
 
 
 @contextlib.contextmanager

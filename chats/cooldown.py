@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import redis
 from django.conf import settings
 
-from chatproject.redis import get_redis
+from chatproject.redis_multiplexed import Script, get_multiplexed
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ if n >= tonumber(ARGV[2]) then
 end
 return 0
 """
+_FAIL = Script(_FAIL_LUA)
 
 
 def _fails_key(name: str) -> str:
@@ -59,7 +60,7 @@ async def cooling(names: Iterable[str]) -> set[str]:
         now = time.monotonic()
         return {name for name in names if _memory_cool.get(name, 0.0) > now}
     try:
-        found = await get_redis().mget([_cool_key(name) for name in names])
+        found = await get_multiplexed().execute("MGET", *(_cool_key(name) for name in names))
     except redis.RedisError:
         logger.warning("cool-downs: Redis unavailable, every deployment is tried")
         return set()
@@ -72,8 +73,8 @@ async def record_failure(name: str) -> bool:
     if not settings.REDIS_URL:
         return _memory_failure(name, threshold)
     try:
-        started = await get_redis().eval(
-            _FAIL_LUA, 2, _fails_key(name), _cool_key(name), _window_ms(), threshold
+        started = await get_multiplexed().run_script(
+            _FAIL, [_fails_key(name), _cool_key(name)], [_window_ms(), threshold]
         )
     except redis.RedisError:
         logger.warning("cool-downs: Redis unavailable, failure of %s not counted", name)

@@ -2,6 +2,8 @@
 
 from django.conf import settings
 
+from chatproject.redis_multiplexed import Script
+
 KEY_PREFIX = "streams"
 
 # Deletes a key only while it holds the given value (a claim, or a chat's active stream,
@@ -10,6 +12,7 @@ DELETE_IF_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+DELETE_IF = Script(DELETE_IF_LUA)
 
 
 def log_key(log_id: str) -> str:

@@ -18,6 +18,7 @@ import redis
 from django.conf import settings
 
 from chatproject.redis import get_redis
+from chatproject.redis_multiplexed import get_multiplexed
 from chats.stream_log.entries import (
     LogEnd,
     LogItem,
@@ -29,7 +30,7 @@ from chats.stream_log.entries import (
     WireItem,
 )
 from chats.stream_log.redis_keys import (
-    DELETE_IF_LUA,
+    DELETE_IF,
     active_key,
     claim_key,
     log_key,
@@ -99,12 +100,12 @@ class RedisLogStore:
 
     async def request_stop(self, log_id: str) -> None:
         """The writing process sees the request with its next flush."""
-        await get_redis().set(stop_key(log_id), b"1", px=ttl_ms())
+        await get_multiplexed().execute("SET", stop_key(log_id), b"1", "PX", ttl_ms())
 
     async def claim(self, cache_key: str, log_id: str, ttl: float) -> str | None:
         try:
-            held = await get_redis().set(
-                claim_key(cache_key), log_id, nx=True, get=True, px=max(1, round(ttl * 1000))
+            held = await get_multiplexed().execute(
+                "SET", claim_key(cache_key), log_id, "NX", "GET", "PX", max(1, round(ttl * 1000))
             )
         except redis.RedisError:
             logger.warning("in-flight claim: Redis unavailable, request runs on its own")
@@ -115,7 +116,7 @@ class RedisLogStore:
 
     async def release(self, cache_key: str, log_id: str) -> None:
         try:
-            await get_redis().eval(DELETE_IF_LUA, 1, claim_key(cache_key), log_id)
+            await get_multiplexed().run_script(DELETE_IF, [claim_key(cache_key)], [log_id])
         except redis.RedisError:  # the claim then lapses after STREAM_LOG_TTL_SECONDS
             logger.warning("in-flight claim: Redis unavailable, claim left to expire")
 

@@ -269,20 +269,19 @@ async def test_unlimited_plan_still_reads_the_cache(backend):
 async def test_the_combined_call_is_one_redis_command(monkeypatch):
     if not django_settings.REDIS_URL:
         pytest.skip("needs REDIS_URL")
-    from chatproject.redis import get_redis
+    from chatproject.redis_multiplexed import _Protocol
 
     tenant = limited_tenant()
     key = cache_key(**fresh_parts(tenant_id=tenant.pk))
     await cache_put(key, ANSWER)
-    client = get_redis()
     commands = []
-    execute = type(client).execute_command
+    send = _Protocol.send
 
-    async def counting(self, *args, **options):
-        commands.append(args[0])
-        return await execute(self, *args, **options)
+    def counting(self, batch):
+        commands.extend(command[0] for command in batch)
+        return send(self, batch)
 
-    monkeypatch.setattr(type(client), "execute_command", counting)
+    monkeypatch.setattr(_Protocol, "send", counting)
     assert (await rate_limit_and_cache_get(tenant, key))[1] == ANSWER
     assert commands == ["EVALSHA"]
 
