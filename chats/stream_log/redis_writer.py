@@ -10,17 +10,17 @@ request; one that writes nothing for ``STOP_CHECK_SECONDS`` still looks.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import TYPE_CHECKING
 
+import orjson
 import redis
 from django.conf import settings
 from redis.typing import EncodableT, FieldT
 
-from chatproject.redis import get_redis
+from chatproject.redis_multiplexed import Command, get_multiplexed
 from chats.stream_log.entries import LogEnd, WireHeader
-from chats.stream_log.redis_keys import DELETE_IF_LUA, active_key, log_key, stop_key, ttl_ms
+from chats.stream_log.redis_keys import DELETE_IF, active_key, log_key, stop_key, ttl_ms
 
 if TYPE_CHECKING:
     from chats.stream_log.store import StopTarget
@@ -112,14 +112,14 @@ class RedisSink:
             if self._buffer:
                 batch, self._buffer = self._buffer, []
                 first, self._next_index = self._next_index, self._next_index + len(batch)
-                data.update(i=first, t=json.dumps(batch, ensure_ascii=False))
+                data.update(i=first, t=orjson.dumps(batch))
             if self._chunks:
                 chunks, self._chunks = self._chunks, []
-                data.update(w=self._next_seq - len(chunks), c=json.dumps(chunks))
+                data.update(w=self._next_seq - len(chunks), c=orjson.dumps(chunks))
             if data:
                 entries.append(data)
             if self._end is not None:
-                entries.append({"e": json.dumps(self._end.to_dict())})
+                entries.append({"e": orjson.dumps(self._end.to_dict())})
                 self._end = None
             wire_end, self._wire_end = self._wire_end, None
             if wire_end is not None:  # with how many chunks the stream had
@@ -128,23 +128,23 @@ class RedisSink:
         self._watch_idle()
 
     async def _send(self, entries: list[Entry], *, header: WireHeader | None, last: bool) -> None:
-        key, wired, target = log_key(self.log_id), self._header, self._target
+        key, wired, target, ttl = log_key(self.log_id), self._header, self._target, ttl_ms()
+        commands: list[Command] = [
+            ("XADD", key, "MAXLEN", "~", MAX_ENTRIES, "*", *_flat(entry)) for entry in entries
+        ]
+        commands.append(("PEXPIRE", key, ttl))
+        if wired is not None and wired.chat_id:
+            active = active_key(wired.tenant_id, wired.format, wired.chat_id)
+            if header is not None:
+                commands.append(("SET", active, self.log_id, "PX", ttl))
+            if last:
+                commands.append(("EVAL", DELETE_IF.source, 1, active, self.log_id))
+            elif header is None:
+                commands.append(("PEXPIRE", active, ttl))
+        if target is not None and not last:
+            commands.append(("EXISTS", stop_key(self.log_id)))
         try:
-            async with get_redis().pipeline(transaction=False) as pipe:
-                for entry in entries:
-                    pipe.xadd(key, entry, maxlen=MAX_ENTRIES, approximate=True)
-                pipe.pexpire(key, ttl_ms())
-                if wired is not None and wired.chat_id:
-                    active = active_key(wired.tenant_id, wired.format, wired.chat_id)
-                    if header is not None:
-                        pipe.set(active, self.log_id, px=ttl_ms())
-                    if last:
-                        pipe.eval(DELETE_IF_LUA, 1, active, self.log_id)
-                    elif header is None:
-                        pipe.pexpire(active, ttl_ms())
-                if target is not None and not last:
-                    pipe.exists(stop_key(self.log_id))
-                replies = await pipe.execute()
+            replies = await get_multiplexed().execute_many(commands)
         except redis.RedisError:  # followers then time out; the generation goes on
             logger.warning("stream log %s: Redis unavailable, entries lost", self.log_id)
             return
@@ -180,3 +180,8 @@ class RedisSink:
                     return
                 self._draining = asyncio.ensure_future(self._drain())
             await asyncio.shield(self._draining)
+
+
+def _flat(entry: Entry) -> list[EncodableT]:
+    """An entry's fields and values, one after the other, as XADD takes them."""
+    return [item for pair in entry.items() for item in pair]
