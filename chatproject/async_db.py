@@ -13,11 +13,13 @@ default; in-process tests run the ORM path, their server processes this one).
 from __future__ import annotations
 
 import asyncio
+import functools
 import weakref
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.conf import settings
-from django.db import connection, models
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models
+from django.db.backends.base.base import BaseDatabaseWrapper
 
 try:
     import psycopg
@@ -35,8 +37,17 @@ _pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool
 
 def available() -> bool:
     return (
-        psycopg is not None and settings.ASYNC_DATABASE_POOL and connection.vendor == "postgresql"
+        psycopg is not None and settings.ASYNC_DATABASE_POOL and _converter().vendor == "postgresql"
     )
+
+
+@functools.cache
+def _converter() -> BaseDatabaseWrapper:
+    """A wrapper of the default database that is never connected, for what the ORM's
+    conversions of values read (its vendor, operations and features). Not
+    ``django.db.connection``: in async code that is a new wrapper in each request, its
+    storage being the request's context."""
+    return connections.create_connection(DEFAULT_DB_ALIAS)
 
 
 async def _pool() -> AsyncConnectionPool:
@@ -91,32 +102,34 @@ def insert(
     (sql, params). ``source``: a CTE the row is inserted from, once per row it has (the
     row is then written only when that CTE wrote one); ``returning``: the columns the CTE
     returns."""
-    fields = _insert_fields(type(instance))
+    statement = _insert_statement(type(instance), name, source, returning)
+    converter = _converter()
     params = {
-        f"{name}_{f.column}": f.get_db_prep_save(f.pre_save(instance, True), connection)
-        for f in fields
+        key: field.get_db_prep_save(field.pre_save(instance, True), converter)
+        for key, field in statement.fields
     }
-    columns = ", ".join(f'"{f.column}"' for f in fields)
-    values = ", ".join(f"%({key})s" for key in params)
+    return statement.sql, params
+
+
+class _Insert(NamedTuple):
+    sql: str
+    fields: list[tuple[str, Any]]  # (parameter name, field)
+
+
+@functools.cache
+def _insert_statement(model: type[models.Model], name: str, source: str, returning: str) -> _Insert:
+    concrete = [f for f in model._meta.concrete_fields if not f.generated]
+    if any(isinstance(f, models.AutoField | models.BigAutoField) for f in concrete):
+        raise TypeError(f"{model.__name__}: its key is the database's, not the caller's")
+    fields = [(f"{name}_{f.column}", f) for f in concrete]
+    columns = ", ".join(f'"{f.column}"' for _, f in fields)
+    values = ", ".join(f"%({key})s" for key, _ in fields)
     rows = f"SELECT {values} FROM {source}" if source else f"VALUES ({values})"  # noqa: S608
     if returning:
         rows += f" RETURNING {returning}"
-    return f'{name} AS (INSERT INTO "{instance._meta.db_table}" ({columns}) {rows})', params
-
-
-_fields_of: dict[type, list[Any]] = {}
-
-
-def _insert_fields(model: type[models.Model]) -> list[Any]:
-    fields = _fields_of.get(model)
-    if fields is None:
-        fields = [f for f in model._meta.concrete_fields if not f.generated]
-        if any(isinstance(f, models.AutoField | models.BigAutoField) for f in fields):
-            raise TypeError(f"{model.__name__}: its key is the database's, not the caller's")
-        _fields_of[model] = fields
-    return fields
+    return _Insert(f'{name} AS (INSERT INTO "{model._meta.db_table}" ({columns}) {rows})', fields)
 
 
 def prep(model: type[models.Model], field: str, value: Any) -> Any:
     """``value`` of ``model``'s ``field`` as the ORM would send it."""
-    return model._meta.get_field(field).get_db_prep_save(value, connection)  # type: ignore[union-attr]  # a concrete field
+    return model._meta.get_field(field).get_db_prep_save(value, _converter())  # type: ignore[union-attr]  # a concrete field
