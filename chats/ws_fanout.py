@@ -17,6 +17,9 @@ from typing import Any
 
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer
 from channels_redis.core import RedisChannelLayer
+from django.conf import settings
+
+from chatproject.redis_multiplexed import get_multiplexed
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +86,12 @@ async def _has_others(layer: BaseChannelLayer, group: str, channel: str) -> bool
     """Whether ``group`` has a member besides ``channel`` (a lapsed one counts: it is
     only sent to for nothing). Read from the layer's own record of the group."""
     if isinstance(layer, RedisChannelLayer):
-        connection = layer.connection(layer.consistent_hash(group))
-        members = await connection.zrange(layer._group_key(group), 0, -1)
+        index = layer.consistent_hash(group)
+        key = layer._group_key(group)
+        if layer.hosts[index].get("address") == settings.REDIS_URL:  # the usual set-up
+            members = await get_multiplexed().execute("ZRANGE", key, 0, -1)
+        else:
+            members = await layer.connection(index).zrange(key, 0, -1)
         return any(member.decode() != channel for member in members)
     if isinstance(layer, InMemoryChannelLayer):
         return any(member != channel for member in layer.groups.get(group, {}))
