@@ -1,7 +1,7 @@
 """daphne, as this service runs it: ``python -m chatproject.server [daphne's options] APP``.
 
 It is daphne's own command line (every option works the same), on uvloop's event loop,
-with two changes daphne has no option for:
+with three changes daphne has no option for:
 
 - **The access log redacts secrets.** daphne writes each request line, query string
   included, so a key sent as ``?api_key=`` would be logged whole. Here request lines go
@@ -11,6 +11,10 @@ with two changes daphne has no option for:
   (daphne's default 1 MiB) daphne's WebSocket library drops the TCP connection without a
   close frame. Here the client gets an ``error`` event (``VALIDATION_ERROR``), then a close
   frame with code 1009 (message too big).
+- **A POST body reaches the application as it came.** Twisted parses form and multipart
+  bodies for its own ``request.args``, which daphne does not use: the cost of it on every
+  request, and a malformed multipart body answered by Twisted's bare 400 instead of the
+  endpoint's own error.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 from daphne.access import AccessLogGenerator  # noqa: E402
 from daphne.cli import CommandLineInterface  # noqa: E402
+from daphne.http_protocol import HTTPFactory as DaphneHTTPFactory  # noqa: E402
+from daphne.http_protocol import WebRequest as DaphneWebRequest  # noqa: E402
 from daphne.server import Server as DaphneServer  # noqa: E402
 from daphne.ws_protocol import WebSocketProtocol as DaphneWebSocketProtocol  # noqa: E402
 
@@ -64,6 +70,22 @@ class WebSocketProtocol(DaphneWebSocketProtocol):
         super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
 
 
+class WebRequest(DaphneWebRequest):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Twisted parses a POST's form or multipart body (and its Content-Type, with the
+        # email package) into request.args, which daphne never reads: the application gets
+        # the body as it came.
+        self._parsePOSTFormSubmission = False
+
+
+class HTTPFactory(DaphneHTTPFactory):
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        protocol.requestFactory = WebRequest
+        return protocol
+
+
 class Server(DaphneServer):
     def __init__(self, *args, action_logger=None, **kwargs) -> None:
         if action_logger is not None:  # daphne's CLI built one: verbosity >= 1 or --access-log
@@ -71,7 +93,15 @@ class Server(DaphneServer):
             action_logger = RedactingAccessLog(None if stream is sys.stdout else stream)
         super().__init__(*args, action_logger=action_logger, **kwargs)
 
-    # daphne makes its WebSocket factory in run(); it is adjusted as it is set.
+    # daphne makes its factories in run(); they are replaced or adjusted as they are set.
+    @property
+    def http_factory(self):
+        return self._http_factory
+
+    @http_factory.setter
+    def http_factory(self, factory) -> None:
+        self._http_factory = HTTPFactory(factory.server)
+
     @property
     def ws_factory(self):
         return self._ws_factory
