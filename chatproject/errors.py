@@ -115,6 +115,15 @@ def payload_too_large() -> PayloadTooLarge:
     return PayloadTooLarge(f"The request body is larger than {limit} bytes.", limit=limit)
 
 
+def oversized_websocket_message(limit: int) -> ApiError:
+    """The ``error`` event's error for a WebSocket message over the server's size limit."""
+    return ApiError(
+        ErrorCode.VALIDATION_ERROR,
+        f"The message is larger than {limit} bytes.",
+        details={"message": [f"At most {limit} bytes."]},
+    )
+
+
 def service_unavailable(message: str = "") -> ApiError:
     """The answer while a service the request needs (the database) is down: 503, retryable,
     with ``Retry-After``."""
