@@ -49,12 +49,26 @@ def live_server_process(django_db_setup, django_db_blocker, tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def uvicorn_server_process(django_db_setup, django_db_blocker, tmp_path_factory):
+    """One uvicorn process for the session (chatproject.uvicorn_server), on the test database."""
+    from tests.live import start_server
+
+    with django_db_blocker.unblock():
+        server = start_server(tmp_path_factory.mktemp("uvicorn"), "uvicorn")
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def server(live_server_process, transactional_db):
-    """The live server, for a test whose data it must see (committed, so transactional)."""
+def server(request, live_server_process, transactional_db):
+    """The live server, for a test whose data it must see (committed, so transactional):
+    daphne, or uvicorn in a test marked ``tests.live.ON_EACH_SERVER``."""
     from tests.factories import ensure_defaults
 
     ensure_defaults()
+    if getattr(request, "param", "daphne") == "uvicorn":
+        return request.getfixturevalue("uvicorn_server_process")
     return live_server_process
 
 

@@ -1,4 +1,4 @@
-"""A real server for wire tests: daphne in its own process, on the test database."""
+"""A real server for wire tests: daphne (or uvicorn) in its own process, on the test database."""
 
 import os
 import socket
@@ -10,9 +10,24 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx
+import pytest
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
+APP = "chatproject.asgi:application"
+HOST = "127.0.0.1"
+
+# How this service runs under each server, and what its log shows of that.
+COMMANDS = {
+    "daphne": lambda port: ["chatproject.server", "-b", HOST, "-p", str(port), APP],
+    "uvicorn": lambda port: ["chatproject.uvicorn_server", "--host", HOST, "--port", str(port)],
+}
+ACCESS_LOGGERS = {"daphne": "daphne.access", "uvicorn": "uvicorn.access"}
+# The last line a WebSocket connection writes (uvicorn's is its only one, on accepting it).
+LAST_WEBSOCKET_LINES = {"daphne": "WSDISCONNECT", "uvicorn": '" [accepted]'}
+
+# A test marked so runs against the session's daphne, then its uvicorn (the `server` fixture).
+ON_EACH_SERVER = pytest.mark.parametrize("server", list(COMMANDS), indirect=True)
 
 
 def free_port() -> int:
@@ -37,6 +52,15 @@ class LiveServer:
     url: str
     process: subprocess.Popen
     log_path: Path
+    kind: str = "daphne"
+
+    @property
+    def access_logger(self) -> str:
+        return ACCESS_LOGGERS[self.kind]
+
+    @property
+    def last_websocket_line(self) -> str:
+        return LAST_WEBSOCKET_LINES[self.kind]
 
     @property
     def ws_url(self) -> str:
@@ -53,9 +77,12 @@ class LiveServer:
             self.process.kill()
 
 
-def start_server(tmp_dir: Path, **extra_env: str) -> LiveServer:
+def start_server(
+    tmp_dir: Path, kind: str = "daphne", *, options: tuple[str, ...] = (), **extra_env: str
+) -> LiveServer:
+    """``kind``'s server with its command-line ``options`` and the environment's ``extra_env``."""
     port = free_port()
-    log_path = tmp_dir / f"daphne-{port}.log"
+    log_path = tmp_dir / f"{kind}-{port}.log"
     env = {
         **os.environ,
         "DATABASE_URL": database_url_for_tests(),
@@ -68,22 +95,13 @@ def start_server(tmp_dir: Path, **extra_env: str) -> LiveServer:
     }
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "chatproject.server",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "chatproject.asgi:application",
-            ],
+            [sys.executable, "-m", *COMMANDS[kind](port), *options],
             cwd=ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    server = LiveServer(f"http://127.0.0.1:{port}", process, log_path)
+    server = LiveServer(f"http://127.0.0.1:{port}", process, log_path, kind)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -8,6 +8,7 @@ import openai
 import pytest
 
 from tests.factories import make_key, make_tenant
+from tests.live import ON_EACH_SERVER
 from tests.transports.conftest import (
     assert_hold_settled,
     demo_reply,
@@ -43,6 +44,7 @@ def test_non_streaming_completion_with_usage(server, account):
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
 
+@ON_EACH_SERVER
 def test_streaming_completion_with_usage_chunk(server, account):
     said = unique("Stream please")
     stream = client(server, account.key).chat.completions.create(
@@ -249,6 +251,7 @@ def test_a_non_retryable_upstream_error_tells_the_sdk_not_to_retry(server, accou
     assert response.json()["error"]["code"] == "upstream_error"
 
 
+@ON_EACH_SERVER
 def test_a_stream_starts_with_the_engines_first_token(server, account):
     """Waiting for the first event before the status line delays nothing: the first token
     goes out when the engine has it, the others as they come."""
@@ -288,6 +291,7 @@ def test_upstream_failure_without_streaming_is_502(server, account):
     assert info.value.type == "api_error"
 
 
+@ON_EACH_SERVER
 def test_a_streaming_client_that_leaves_is_settled_once_the_answer_ends(server, account):
     before = account.balance()
     request_id = f"oai-{uuid.uuid4().hex}"
