@@ -114,12 +114,17 @@ def setup_database(upstream_url: str) -> str:
     return api_key_create(tenant=tenant)[1]
 
 
-def server_command(kind: str, port: int) -> list[str]:
+def server_command(kind: str, port: int, code: Path) -> list[str]:
     where = ["127.0.0.1", str(port)]
     app = "chatproject.asgi:application"
+    if kind == "uvicorn" and (code / "chatproject" / "uvicorn_server.py").exists():
+        # As the service runs uvicorn (its redacting access log off, as for daphne).
+        launcher = ["-m", "chatproject.uvicorn_server", "--host", where[0], "--port", where[1]]
+        return [sys.executable, *launcher, "--no-access-log", "--log-level", "warning"]
     commands = {
         # As the service runs daphne (its redacting access log off, as -v 0 has it).
         "daphne": ["-m", "chatproject.server", "-v", "0", "-b", where[0], "-p", where[1], app],
+        # A checkout from before chatproject.uvicorn_server: uvicorn's own command.
         "uvicorn": ["-m", "uvicorn", "--host", where[0], "--port", where[1], "--no-access-log"],
         "granian": ["-m", "granian", "--interface", "asgi", "--host", where[0], "--port", where[1]],
     }
@@ -555,7 +560,7 @@ async def main(args) -> None:
         for service in servers:
             service.port = streaming.free_port()
             service.process = streaming.start(
-                server_command(service.kind, service.port),
+                server_command(service.kind, service.port, service.code),
                 service.port,
                 env=streaming.server_env(),
                 log=log,
