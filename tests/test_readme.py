@@ -96,3 +96,31 @@ def test_the_production_paragraph_names_the_https_redirect_and_its_setting(setti
     assert Client().get("/v1/models").status_code == 301
     settings.SECURE_SSL_REDIRECT = False  # what the paragraph tells a plain-HTTP trial
     assert Client().get("/v1/models").status_code == 401
+
+
+def test_the_uvicorn_paragraph_runs_the_launcher_with_its_own_options():
+    text = (ROOT / "README.md").read_text()
+    paragraph = re.search(
+        r"^\*\*uvicorn, the production option\.\*\*.*?(?=\n\n)", text, re.S | re.M
+    )
+    assert paragraph, "no uvicorn paragraph"
+    commands = re.findall(
+        r"`(\.venv/bin/python -m\s+chatproject\.uvicorn_server[^`]*)`", paragraph[0]
+    )
+    assert len(commands) == 2, commands  # how to run it, and its --help
+    run = commands[0].split()[3:]
+    from chatproject.uvicorn_server import parse_args
+
+    assert parse_args(run).host == "0.0.0.0"
+    python = ROOT / ".venv" / "bin" / "python"
+    if not python.exists():  # tests run from another environment
+        python = Path(sys.executable)
+    help_text = subprocess.run(
+        [str(python), "-m", "chatproject.uvicorn_server", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for option in set(re.findall(r"`(--[a-z-]+)`", paragraph[0])):
+        assert option in help_text, option
