@@ -26,6 +26,7 @@ from chats import catalog, checkpoints, failover, stream_log, tool_loop
 from chats.engine import finalisation
 from chats.engine.answer_calls import AnswerCalls
 from chats.engine.background import _in_background
+from chats.engine.idle_deadline import IdleDeadline
 from chats.engine.types import (
     Checkpoint,
     ErrorEvent,
@@ -124,7 +125,7 @@ class Generation:
         self._parts: list[str] | None = None
         self._checkpointed = Checkpoint("", 0)
         self._stop_requested = False
-        self._upstream_wait: asyncio.Timeout | None = None  # armed while the model is awaited
+        self._upstream_wait: IdleDeadline | None = None  # while the model is streamed from
         self._answer_row = False  # a checkpoint stored the answer (status streaming)
         self._calls = AnswerCalls()
 
@@ -176,7 +177,7 @@ class Generation:
             return
         self._stop_requested = True
         if self._upstream_wait is not None:
-            self._upstream_wait.reschedule(asyncio.get_running_loop().time())
+            self._upstream_wait.expire()
 
     async def events(self) -> AsyncIterator[Event]:
         """Tokens (and tool calls, tool results, steps), then one FinishedEvent or
@@ -327,26 +328,31 @@ class Generation:
         wait = idle
         if provider is not self.model.provider:
             wait = idle * (len(self.deployments) + 1)
-        loop = asyncio.get_running_loop()
         async with contextlib.aclosing(steps) as stream:
             iterator = aiter(stream)
-            async with asyncio.timeout(None) as deadline:
+            # The idle timeout covers waiting on the upstream only, not the time the
+            # consumer takes with a token.
+            deadline = self._upstream_wait = IdleDeadline()  # stop() expires it
+            try:
                 while True:
                     if self._stop_requested:
                         raise _Stopped
-                    # The idle timeout covers waiting on the upstream only, not the time
-                    # the consumer takes with a token.
-                    deadline.reschedule(loop.time() + wait)
+                    deadline.waiting(wait)
                     wait = idle
-                    self._upstream_wait = deadline  # stop() expires it
                     try:
                         item = await anext(iterator)
                     except StopAsyncIteration:
                         return
+                    except asyncio.CancelledError:
+                        if deadline.timed_out():
+                            raise TimeoutError from None
+                        raise
                     finally:
-                        self._upstream_wait = None
-                    deadline.reschedule(None)
+                        deadline.done()
                     yield item
+            finally:
+                self._upstream_wait = None
+                deadline.close()
 
     async def _follow(self) -> AsyncGenerator[TokenDelta | StreamEnd, None]:
         """The answer of the identical request this one joined, as it streams."""
