@@ -59,14 +59,10 @@ class WebSocketProtocol(DaphneWebSocketProtocol):
         # autobahn's hook for a message (or frame) over the limit, before any of it is
         # buffered; it then fails the connection, with a close frame (failByDrop off).
         if self.state == self.STATE_OPEN:
-            from chatproject.errors import ApiError, ErrorCode
+            from chatproject.errors import oversized_websocket_message
 
-            error = ApiError(
-                ErrorCode.VALIDATION_ERROR,
-                f"The message is larger than {max_msg_size} bytes.",
-                details={"message": [f"At most {max_msg_size} bytes."]},
-            )
-            self.sendMessage(json.dumps({"type": "error", **error.event()}).encode())
+            event = {"type": "error", **oversized_websocket_message(max_msg_size).event()}
+            self.sendMessage(json.dumps(event).encode())
         super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
 
 
