@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 
 from django.conf import settings
 
@@ -38,12 +38,25 @@ logger = logging.getLogger(__name__)
 Served = Callable[[ResolvedModel, CompletionRequest], None]
 
 
-def provider_for(deployments: Sequence[ResolvedModel], on_served: Served) -> Provider:
+def provider_for(
+    deployments: Sequence[ResolvedModel],
+    on_served: Served,
+    cooling: Awaitable[set[str]] | None = None,
+) -> Provider:
     """The provider a request streams from: its one deployment's own when there is
-    nothing to fall back on and no cool-down to keep (no overhead), else a Failover."""
+    nothing to fall back on and no cool-down to keep (no overhead), else a Failover
+    (``cooling``: the cool-downs :func:`look_up_cooling` started reading, if it did)."""
     if len(deployments) == 1 and not _counts(deployments[0]):
         return deployments[0].provider
-    return Failover(deployments, on_served)
+    return Failover(deployments, on_served, cooling)
+
+
+def look_up_cooling(deployments: Sequence[ResolvedModel]) -> asyncio.Future[set[str]] | None:
+    """Start reading which of ``deployments`` are cooling down, for :func:`provider_for`:
+    started with admission's own Redis commands, the read costs the first token no round
+    trip of its own. None when there is nothing to read."""
+    counted = [d.name for d in deployments if _counts(d)]
+    return asyncio.ensure_future(cooldown.cooling(counted)) if counted else None
 
 
 def _counts(deployment: ResolvedModel) -> bool:
@@ -57,10 +70,16 @@ class Failover(Provider):
     one did (and the request it was sent) before its first item is passed on. The
     request given to :meth:`stream` is fitted to the first deployment already."""
 
-    def __init__(self, deployments: Sequence[ResolvedModel], on_served: Served) -> None:
+    def __init__(
+        self,
+        deployments: Sequence[ResolvedModel],
+        on_served: Served,
+        cooling: Awaitable[set[str]] | None = None,
+    ) -> None:
         self.deployments = tuple(deployments)
         self.name = self.deployments[0].provider.name
         self._on_served = on_served
+        self._cooling = cooling
         self._serving: ResolvedModel | None = None
 
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamItem, None]:
@@ -99,8 +118,11 @@ class Failover(Provider):
             return
 
     async def _candidates(self) -> list[ResolvedModel]:
-        counted = [d.name for d in self.deployments if _counts(d)]
-        cooling = await cooldown.cooling(counted) if counted else set()
+        if self._cooling is not None:
+            cooling = await self._cooling
+        else:
+            counted = [d.name for d in self.deployments if _counts(d)]
+            cooling = await cooldown.cooling(counted) if counted else set()
         candidates = [d for d in self.deployments if d.name not in cooling]
         if not candidates:
             names = ", ".join(d.name for d in self.deployments)

@@ -25,7 +25,7 @@ from billing.models import Tenant
 from chatproject import metrics
 from chatproject.db import db_call, pipelined
 from chatproject.errors import ApiError, ErrorCode
-from chats import catalog, stream_log
+from chats import catalog, failover, stream_log
 from chats.context import trim_to_budget
 from chats.engine import store
 from chats.engine.background import _in_background
@@ -111,6 +111,7 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
         response_cache.rate_limit_and_cache_get(request.tenant, cache_key)
     )
     taking = slot.take(request.tenant)  # its command goes out with the lookup's
+    cooling = failover.look_up_cooling(route.deployments)  # and so does this one's
     try:
         await asyncio.sleep(0)  # the lookup's command goes out...
         # ...and while Redis answers, the governor evaluates the request: CPU only, with
@@ -214,6 +215,7 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
         joined=joined,
         claimed=claimed,
         system_prompt=prompt,
+        cooling=cooling,
     )
 
 

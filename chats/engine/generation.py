@@ -11,7 +11,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -85,8 +85,10 @@ class Generation:
         joined: str | None = None,
         claimed: bool = False,
         system_prompt: SystemPrompt | None = None,
+        cooling: Awaitable[set[str]] | None = None,
     ) -> None:
         self.request = request
+        self._cooling = cooling  # the deployments' cool-downs, being read
         self.model = model  # the deployment answering: the first, or one it fell back to
         # The deployments it may be answered by, in the order they are tried.
         self.deployments = deployments or (model,)
@@ -308,7 +310,7 @@ class Generation:
             parallel_tool_calls=self.request.parallel_tool_calls,
         )
         # The first deployment, or the next one when it fails before its first token.
-        provider = failover.provider_for(self.deployments, self._served)
+        provider = failover.provider_for(self.deployments, self._served, self._cooling)
         # One model call, unless the server runs tools (then a bounded loop of them).
         steps = (
             tool_loop.run_steps(

@@ -2,12 +2,15 @@
 fallback answers and is charged; a cooled-down model is skipped; when every model is
 cooling down the request fails at once; the ledger adds up in every case."""
 
+import uuid
 from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings as django_settings
 
 from billing.models import LedgerEntry, Tenant
+from chatproject.redis_multiplexed import _Protocol
 from chats import catalog, cooldown, failover
 from chats.engine import ErrorEvent, FinishedEvent, GenerationRequest, start_generation
 from chats.models import LLMModel, Message, ModelFallback
@@ -147,3 +150,38 @@ async def test_an_error_that_is_not_the_models_fault_is_not_retried(embedded):
         assert raised.value.status == 400
         assert [body["model"] for body in up.requests] == ["first+status-400"]
         await aclose_shared_client()
+
+
+@pytest.fixture
+def in_redis(settings, fresh_catalog):
+    if not django_settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL")
+    settings.MODEL_COOLDOWN_FAILURES = 1  # one failure cools a model down
+    settings.MODEL_COOLDOWN_SECONDS = 60
+    tenant = make_tenant(credits=100)
+    assert tenant.plan is not None  # loaded, as requests find it (the API key cache has it)
+    return tenant, make_chat(tenant)
+
+
+async def test_the_cool_downs_are_read_with_admissions_first_redis_commands(in_redis, monkeypatch):
+    tenant, chat = in_redis
+    writes: list[list[bytes]] = []
+    flush = _Protocol._flush
+
+    def recorded(self):
+        writes.append([command.split(b"\r\n")[2] for command in self.outgoing])
+        flush(self)
+
+    monkeypatch.setattr(_Protocol, "_flush", recorded)
+    suffix = uuid.uuid4().hex[:8]  # the shared Redis keeps cool-downs by model name
+    async with FakeUpstream() as up:
+        first = await deploy(up, f"first-{suffix}", "tokens-3", "1")
+        backup = await deploy(up, f"backup-{suffix}", "tokens-3", "1")
+        await ModelFallback.objects.acreate(model=first, fallback=backup)
+        assert await cooldown.record_failure(first.name)
+        generation, end = await ask(tenant, chat, first.name)
+        assert isinstance(end, FinishedEvent) and generation.model_name == backup.name
+        assert asked(up, first) == 0
+    # Out with the rate limit's and the cache's commands, before the stream log's first.
+    read = next(write for write in writes if b"MGET" in write)
+    assert len(read) > 1 and b"XADD" not in read, writes
