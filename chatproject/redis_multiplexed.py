@@ -55,6 +55,7 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.waiting: collections.deque[asyncio.Future] = collections.deque()
         self.outgoing: list[bytes] = []
+        self._flush_due = False
         self.lost: Exception | None = None
         self._reader = hiredis.Reader(replyError=redis.ResponseError)
 
@@ -82,8 +83,9 @@ class _Protocol(asyncio.Protocol):
         if self.lost is not None:
             raise self.lost
         loop = asyncio.get_running_loop()
-        if not self.outgoing:
-            loop.call_soon(self._flush)
+        if not self._flush_due:
+            self._flush_due = True
+            loop.call_soon(self.flush)
         futures = []
         for command in commands:
             self.outgoing.append(hiredis.pack_command(tuple(command)))
@@ -92,7 +94,11 @@ class _Protocol(asyncio.Protocol):
             futures.append(future)
         return futures
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write what is queued."""
+        self._flush_due = False
+        if not self.outgoing:
+            return
         data, self.outgoing = b"".join(self.outgoing), []
         if self.lost is None and self.transport is not None:
             self.transport.write(data)
@@ -215,6 +221,15 @@ def _ssl_context(options: dict) -> ssl.SSLContext | None:
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[str, MultiplexedRedis]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def send_queued() -> None:
+    """Write the running loop's queued commands now, not when the loop next turns: for a
+    caller about to spend CPU while their replies come (the loop would write them after)."""
+    entry = _clients.get(asyncio.get_running_loop())
+    connection = entry[1]._connection if entry is not None else None
+    if connection is not None:
+        connection.flush()
 
 
 def get_multiplexed() -> MultiplexedRedis:

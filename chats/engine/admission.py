@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from billing import credits, idempotency, limits, pricing, response_cache
 from billing.models import Tenant
-from chatproject import metrics
+from chatproject import metrics, redis_multiplexed
 from chatproject.db import db_call, pipelined
 from chatproject.errors import ApiError, ErrorCode
 from chats import catalog, failover, stream_log
@@ -113,8 +113,9 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
     taking = slot.take(request.tenant)  # its command goes out with the lookup's
     cooling = failover.look_up_cooling(route.deployments)  # and so does this one's
     try:
-        await asyncio.sleep(0)  # the lookup's command goes out...
-        # ...and while Redis answers, the governor evaluates the request: CPU only, with
+        await asyncio.sleep(0)  # the lookup's command is queued...
+        redis_multiplexed.send_queued()  # ...and goes out now,
+        # and while Redis answers, the governor evaluates the request: CPU only, with
         # the tenant's policy cached (else admission reads it). Its record is written in
         # admission, so a rate-limited request still writes nothing.
         check = gate.governor_assess_input(

@@ -166,13 +166,14 @@ def in_redis(settings, fresh_catalog):
 async def test_the_cool_downs_are_read_with_admissions_first_redis_commands(in_redis, monkeypatch):
     tenant, chat = in_redis
     writes: list[list[bytes]] = []
-    flush = _Protocol._flush
+    flush = _Protocol.flush
 
     def recorded(self):
-        writes.append([command.split(b"\r\n")[2] for command in self.outgoing])
+        if self.outgoing:
+            writes.append([command.split(b"\r\n")[2] for command in self.outgoing])
         flush(self)
 
-    monkeypatch.setattr(_Protocol, "_flush", recorded)
+    monkeypatch.setattr(_Protocol, "flush", recorded)
     suffix = uuid.uuid4().hex[:8]  # the shared Redis keeps cool-downs by model name
     async with FakeUpstream() as up:
         first = await deploy(up, f"first-{suffix}", "tokens-3", "1")
