@@ -137,11 +137,14 @@ async def fill_cache(generation: Generation, answer: response_cache.CachedAnswer
     if generation.fell_back:  # the key names the first deployment: a hit must be its answer
         release_claim(generation)
         return
+    # The claim's release is queued right behind the answer's write, so both go out in one
+    # write, in that order: a request arriving in between still joins the stream log.
+    keeping = asyncio.ensure_future(response_cache.cache_put(generation.cache_key, answer))
+    release_claim(generation)
     try:
-        await response_cache.cache_put(generation.cache_key, answer)
+        await keeping
     except Exception:  # a cache outage must not fail a delivered answer
         logger.exception("response cache write failed")
-    release_claim(generation)
 
 
 def close_log(generation: Generation, status: str, usage: Usage, end: StreamEnd | None) -> None:
