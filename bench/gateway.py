@@ -114,7 +114,7 @@ def setup_database(upstream_url: str) -> str:
     return api_key_create(tenant=tenant)[1]
 
 
-def server_command(kind: str, port: int, code: Path) -> list[str]:
+def server_command(kind: str, port: int, code: Path = ROOT) -> list[str]:
     where = ["127.0.0.1", str(port)]
     app = "chatproject.asgi:application"
     if kind == "uvicorn" and (code / "chatproject" / "uvicorn_server.py").exists():
