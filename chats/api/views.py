@@ -44,7 +44,7 @@ class ChatViewSet(viewsets.ViewSet):
 
     @extend_schema(responses=s.ChatSerializer)
     def retrieve(self, request: Request, chat_id: str) -> Response:
-        chat = selectors.chat_get(tenant=request_tenant(request), chat_id=chat_id)
+        chat = selectors.chat_detail(tenant=request_tenant(request), chat_id=chat_id)
         return Response(s.ChatSerializer(chat).data)
 
     @extend_schema(responses={204: None})

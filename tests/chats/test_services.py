@@ -67,3 +67,20 @@ def test_another_end_users_chat_is_not_found():
     with pytest.raises(ApiError) as elsewhere:
         selectors.chat_get_for_user(tenant=make_tenant(), chat_id=chat.pk, user_id="alice")
     assert elsewhere.value.code == ErrorCode.CHAT_NOT_FOUND
+
+
+@pytest.mark.django_db
+def test_a_chat_opened_for_its_user_is_not_counted_but_its_detail_is():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tests.factories import make_messages
+
+    tenant = make_tenant()
+    chat = make_chat(tenant, user_id="u-1")
+    make_messages(chat, 3)
+    with CaptureQueriesContext(connection) as queries:  # each /ws/chat connect does this
+        opened = selectors.chat_get_for_user(tenant=tenant, chat_id=chat.pk, user_id="u-1")
+    assert opened == chat
+    assert not any("COUNT(" in query["sql"].upper() for query in queries)
+    assert selectors.chat_detail(tenant=tenant, chat_id=chat.pk).message_count == 3
