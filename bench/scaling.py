@@ -167,8 +167,9 @@ async def main(args) -> None:
     try:
         key = await asyncio.to_thread(gateway.setup_database, upstream_url)
         await asyncio.to_thread(add_models, upstream_url, args.lengths)
+        log = open(args.server_log, "w")  # noqa: SIM115 (kept open for the whole run)
         server = streaming.start(
-            gateway.server_command("daphne", port), port, env=streaming.server_env()
+            gateway.server_command("daphne", port), port, env=streaming.server_env(), log=log
         )
         processes.append(server)
         print(
@@ -194,4 +195,5 @@ if __name__ == "__main__":
     parser.add_argument("--lengths", type=int, nargs="*", default=[50, 500, 5000])
     parser.add_argument("--history", type=int, nargs="*", default=[10, 100, 1000, 10000])
     parser.add_argument("--streams", type=int, nargs="*", default=[100, 500, 1000, 2000])
+    parser.add_argument("--server-log", default=os.devnull, help="where the server's output goes")
     asyncio.run(main(parser.parse_args()))
