@@ -1,7 +1,7 @@
 """daphne, as this service runs it: ``python -m chatproject.server [daphne's options] APP``.
 
 It is daphne's own command line (every option works the same), on uvloop's event loop,
-with three changes daphne has no option for:
+with these changes daphne has no option for:
 
 - **The access log redacts secrets.** daphne writes each request line, query string
   included, so a key sent as ``?api_key=`` would be logged whole. Here request lines go
@@ -11,6 +11,8 @@ with three changes daphne has no option for:
   (daphne's default 1 MiB) daphne's WebSocket library drops the TCP connection without a
   close frame. Here the client gets an ``error`` event (``VALIDATION_ERROR``), then a close
   frame with code 1009 (message too big).
+- **Each write goes out at once** (``TCP_NODELAY``, which Twisted leaves off): a streamed
+  token does not wait for the client to acknowledge the one before it.
 - **A POST body reaches the application as it came.** Twisted parses form and multipart
   bodies for its own ``request.args``, which daphne does not use: the cost of it on every
   request, and a malformed multipart body answered by Twisted's bare 400 instead of the
@@ -68,11 +70,15 @@ class WebSocketProtocol(DaphneWebSocketProtocol):
 
 class WebRequest(DaphneWebRequest):
     def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        # Twisted parses a POST's form or multipart body (and its Content-Type, with the
-        # email package) into request.args, which daphne never reads: the application gets
-        # the body as it came.
-        self._parsePOSTFormSubmission = False
+        # Twisted would parse a POST's form or multipart body (and its Content-Type, with
+        # the email package) into request.args, which daphne never reads: the application
+        # gets the body as it came.
+        super().__init__(*args, parsePOSTFormSubmission=False, **kwargs)
+        # Twisted leaves Nagle's algorithm on, so a token's small write would wait for the
+        # client to acknowledge the one before it: each token goes out as it is written.
+        no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            no_delay(True)
 
 
 class HTTPFactory(DaphneHTTPFactory):
