@@ -543,14 +543,8 @@ async def measure_ws(service: Service, key: str, args) -> Row:
 
 async def main(args) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
-    upstream_port, litellm_port = streaming.free_port(), streaming.free_port()
-    upstream = streaming.start(
-        [
-            *(sys.executable, "-m", "tests.fakes.upstream", "--port", str(upstream_port)),
-            *("--behaviour", f"tokens-{SHORT}", "--no-record"),
-        ],
-        upstream_port,
-    )
+    litellm_port = streaming.free_port()
+    upstream, upstream_port = streaming.start_upstream(f"tokens-{SHORT}")
     upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
     processes = [upstream]
     log = open(args.server_log, "w")  # noqa: SIM115 (kept open for the whole run)

@@ -92,14 +92,7 @@ async def count(code: Path, kind: str, key: str, model: str, requests: int) -> f
 
 
 async def main(args) -> None:
-    upstream_port = streaming.free_port()
-    upstream = streaming.start(
-        [
-            *(sys.executable, "-m", "tests.fakes.upstream", "--port", str(upstream_port)),
-            *("--behaviour", f"tokens-{gateway.SHORT}", "--no-record"),
-        ],
-        upstream_port,
-    )
+    upstream, upstream_port = streaming.start_upstream(f"tokens-{gateway.SHORT}")
     try:
         key = await asyncio.to_thread(
             gateway.setup_database, f"http://127.0.0.1:{upstream_port}/v1"

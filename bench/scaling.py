@@ -157,11 +157,8 @@ async def long_streams(server: gateway.Target, counts: list[int]) -> None:
 
 async def main(args) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
-    upstream_port, port = streaming.free_port(), streaming.free_port()
-    upstream = streaming.start(
-        [sys.executable, "-m", "tests.fakes.upstream", "--port", str(upstream_port), "--no-record"],
-        upstream_port,
-    )
+    port = streaming.free_port()
+    upstream, upstream_port = streaming.start_upstream()
     upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
     processes = [upstream]
     try:

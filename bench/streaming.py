@@ -122,6 +122,14 @@ def setup_database(upstream_url: str) -> str:
     return api_key_create(tenant=tenant)[1]
 
 
+def start_upstream(behaviour: str = "") -> tuple[subprocess.Popen, int]:
+    """The fake OpenAI-compatible upstream (``tests/fakes/upstream.py``) in its own process,
+    keeping no record of its requests: (process, port)."""
+    port = free_port()
+    command = [sys.executable, "-m", "tests.fakes.upstream", "--port", str(port), "--no-record"]
+    return start(command + (["--behaviour", behaviour] if behaviour else []), port), port
+
+
 def start(
     cmd: list[str],
     port: int,
@@ -280,20 +288,8 @@ async def idle_memory(ws_url: str, key: str, pid: int, count: int) -> float:
 
 async def main(args) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
-    upstream_port, server_port = free_port(), free_port()
-    upstream = start(
-        [
-            sys.executable,
-            "-m",
-            "tests.fakes.upstream",
-            "--port",
-            str(upstream_port),
-            "--behaviour",
-            "tokens-50",
-            "--no-record",
-        ],
-        upstream_port,
-    )
+    server_port = free_port()
+    upstream, upstream_port = start_upstream("tokens-50")
     upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
     key = await asyncio.to_thread(setup_database, upstream_url)
     server_log = open(args.server_log, "w")  # noqa: SIM115 (kept open for the whole run)

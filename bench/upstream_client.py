@@ -112,10 +112,7 @@ async def cpu(client, url: str, tokens: int, requests: int) -> float:
 
 
 async def main(args) -> None:
-    port = streaming.free_port()
-    upstream = streaming.start(
-        [sys.executable, "-m", "tests.fakes.upstream", "--port", str(port), "--no-record"], port
-    )
+    upstream, port = streaming.start_upstream()
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in CLIENTS}
     try:
