@@ -62,8 +62,9 @@ class WebSocketProtocol(DaphneWebSocketProtocol):
         # buffered; it then fails the connection, with a close frame (failByDrop off).
         if self.state == self.STATE_OPEN:
             from chatproject.errors import oversized_websocket_message
+            from chats.ws_events import error_event
 
-            event = {"type": "error", **oversized_websocket_message(max_msg_size).event()}
+            event = error_event(oversized_websocket_message(max_msg_size))
             self.sendMessage(json.dumps(event).encode())
         super()._max_message_size_exceeded(msg_size, max_msg_size, reason)
 

@@ -70,8 +70,9 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             return
         if self.close_sent:  # called again for each later read: the rest, dropped
             return
-        limit = self.config.ws_max_size
-        event = {"type": "error", **oversized_websocket_message(limit).event()}
+        from chats.ws_events import error_event  # the application's modules, loaded by now
+
+        event = error_event(oversized_websocket_message(self.config.ws_max_size))
         frame = Frame(Opcode.TEXT, json.dumps(event).encode())
         event_bytes = frame.serialize(mask=False, extensions=self.conn.extensions)
         self.transport.write(event_bytes + b"".join(self.conn.data_to_send()))
