@@ -49,7 +49,8 @@ class GenerationStream(Producer):
             async with events_of(generation) as events:
                 rest = aiter(events)
                 first = await anext(rest, None)
-                self.first.set_result(first)
+                if not self.first.done():  # cancelled: the view stopped waiting for it
+                    self.first.set_result(first)
                 if first is None:
                     return
                 async with contextlib.aclosing(encode(self._watched(first, rest))) as chunks:
@@ -67,6 +68,10 @@ class GenerationStream(Producer):
     async def _watched(self, first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
         self.last = first
         yield first
+        # The first event's chunks are queued and the view waiting on `first` woken: let it
+        # send them before this task reads on (it reads whatever the upstream already sent,
+        # and finalises a short answer, without pausing).
+        await asyncio.sleep(0)
         async for event in rest:
             self.last = event
             yield event
@@ -75,11 +80,15 @@ class GenerationStream(Producer):
         """The engine's first event, if it comes within ``timeout`` seconds (no limit if
         ``timeout`` is 0); None otherwise. The stream is closed if the caller is cancelled."""
         try:
-            await asyncio.wait({self.first}, timeout=timeout if timeout > 0 else None)
+            # Awaited directly (the view is its only reader, so a timeout may cancel it):
+            # the view runs on the loop's next turn after it is set.
+            async with asyncio.timeout(timeout if timeout > 0 else None):
+                return await self.first
+        except TimeoutError:
+            return None
         except BaseException:
             await self.aclose()
             raise
-        return self.first.result() if self.first.done() else None
 
 
 def _wire_status(last: Event | None) -> str:
