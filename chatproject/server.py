@@ -13,6 +13,11 @@ with these changes daphne has no option for:
   frame with code 1009 (message too big).
 - **Each write goes out at once** (``TCP_NODELAY``, which Twisted leaves off): a streamed
   token does not wait for the client to acknowledge the one before it.
+- **A write is sent when it is made.** Twisted sends what a connection writes when the event
+  loop next polls for I/O, after every callback ready before it: a token written to the
+  client would wait for the engine to read the upstream's next ones and, for a short
+  answer, start finalising it. Here each body write and WebSocket message is sent at once
+  (what the socket does not take waits for the loop, as before).
 - **A POST body reaches the application as it came.** Twisted parses form and multipart
   bodies for its own ``request.args``, which daphne does not use: the cost of it on every
   request, and a malformed multipart body answered by Twisted's bare 400 instead of the
@@ -56,7 +61,22 @@ class RedactingAccessLog(AccessLogGenerator):
         super().write_entry(host, date, request, status, length, ident, user)
 
 
+def send_now(transport) -> None:
+    """Send what ``transport`` holds now, instead of when the loop next polls for I/O (a
+    write the socket does not take whole, or an error, is left to the loop, as before)."""
+    if transport is None or not transport.connected or transport.disconnecting:
+        return
+    if transport._writeDisconnecting:  # half-closed: the loop finishes that
+        return
+    if transport._tempDataLen or len(transport.dataBuffer) > transport.offset:
+        transport.doWrite()
+
+
 class WebSocketProtocol(DaphneWebSocketProtocol):
+    def handle_reply(self, message) -> None:
+        super().handle_reply(message)
+        send_now(self.transport)
+
     def _max_message_size_exceeded(self, msg_size, max_msg_size, reason) -> None:
         # autobahn's hook for a message (or frame) over the limit, before any of it is
         # buffered; it then fails the connection, with a close frame (failByDrop off).
@@ -80,6 +100,12 @@ class WebRequest(DaphneWebRequest):
         no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if no_delay is not None:
             no_delay(True)
+
+
+    def handle_reply(self, message) -> None:
+        super().handle_reply(message)
+        if message.get("type") == "http.response.body":
+            send_now(self.transport)
 
 
 class HTTPFactory(DaphneHTTPFactory):
