@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -31,6 +32,7 @@ from chats.engine import store
 from chats.engine.background import _in_background
 from chats.engine.generation import Generation
 from chats.engine.types import GenerationRequest, StoredMessage, SystemPrompt, offered_tools
+from chats.engine.upstream_call import UpstreamCall
 from chats.models import Chat, Message
 from chats.providers import estimate_prompt_tokens, message_text
 from governor import gate
@@ -181,9 +183,29 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
             message_id,
         )
     )
+    upstream = None
+    if check is not None and check.approved and reservation and _covers(request, reservation):
+        # Every refusal but the hold's is ruled out, and the balance last seen covers this
+        # hold: the model's request goes out now, right after admission's statement (the
+        # longer wait of the two).
+        decision = check.decide()
+        upstream = UpstreamCall(
+            request,
+            model=model,
+            deployments=route.deployments,
+            messages=decision.clean_messages(messages),
+            max_tokens=max_tokens,
+            decision=decision,
+            cooling=cooling,
+        )
+        upstream.start()
     try:
         decision, hold, user_message = await asyncio.shield(admission)
     except BaseException as error:
+        if upstream is not None:  # nothing it sent went anywhere
+            _in_background(upstream.aclose())
+        if isinstance(error, ApiError) and error.code == ErrorCode.INSUFFICIENT_CREDITS:
+            _balances.pop(_balance_key(request.tenant), None)
         if isinstance(error, asyncio.CancelledError):
             # The caller left while the database admitted the request: once it has,
             # give the hold back (the user's message stays stored, like any cancel).
@@ -195,6 +217,8 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
         if claimed and cache_key is not None:  # nobody must wait on a log nobody writes
             _in_background(stream_log.release(cache_key, message_id.hex))
         raise
+    if hold is not None:
+        _balances[_balance_key(request.tenant)] = hold.balance_after
     return Generation(
         request=request,
         model=model,
@@ -217,7 +241,25 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
         claimed=claimed,
         system_prompt=prompt,
         cooling=cooling,
+        upstream=upstream,
     )
+
+
+# Each tenant's balance after its last hold in this process, for _covers: a request is sent
+# to the model before its hold is taken only when the balance last seen would cover it (a
+# tenant out of credits costs no model calls; its first request here waits for its hold).
+# Keyed as the governor's policy cache is: a new tenant reusing a deleted one's id (SQLite
+# reuses ids) never inherits its balance.
+_balances: dict[tuple[int, datetime | None], Decimal] = {}
+
+
+def _balance_key(tenant: Tenant) -> tuple[int, datetime | None]:
+    return tenant.pk, tenant.created_at
+
+
+def _covers(request: GenerationRequest, reservation: Decimal) -> bool:
+    known = _balances.get(_balance_key(request.tenant))
+    return known is not None and known >= reservation
 
 
 def _most_it_costs(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 import uuid
@@ -22,7 +21,7 @@ from billing import credits, idempotency, limits, response_cache
 from chatproject import metrics
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode, service_unavailable
-from chats import catalog, checkpoints, failover, stream_log, tool_loop
+from chats import catalog, checkpoints, stream_log, tool_loop
 from chats.engine import finalisation
 from chats.engine.answer_calls import AnswerCalls
 from chats.engine.background import _in_background
@@ -39,8 +38,8 @@ from chats.engine.types import (
     SystemPrompt,
     TokenEvent,
     Usage,
-    offered_tools,
 )
+from chats.engine.upstream_call import END, UpstreamCall
 from chats.models import Message
 from chats.providers import (
     CompletionRequest,
@@ -86,8 +85,10 @@ class Generation:
         claimed: bool = False,
         system_prompt: SystemPrompt | None = None,
         cooling: Awaitable[set[str]] | None = None,
+        upstream: UpstreamCall | None = None,
     ) -> None:
         self.request = request
+        self._upstream = upstream  # the model's steps, if admission sent them already
         self._cooling = cooling  # the deployments' cool-downs, being read
         self.model = model  # the deployment answering: the first, or one it fell back to
         # The deployments it may be answered by, in the order they are tried.
@@ -299,39 +300,25 @@ class Generation:
             logger.exception("keeping the answer %s failed", self.message_id)
             return None
 
-    async def _provider_stream(self) -> AsyncGenerator[tool_loop.LoopItem, None]:
-        request = CompletionRequest(
-            model=self.model.upstream_model,
+    def upstream_call(self) -> UpstreamCall:
+        """The model's steps for this generation (not sent yet)."""
+        return UpstreamCall(
+            self.request,
+            model=self.model,
+            deployments=self.deployments,
             messages=self.messages,
-            temperature=self.request.temperature,
             max_tokens=self.max_tokens,
-            tools=offered_tools(self.request),
-            tool_choice=self.request.tool_choice,
-            parallel_tool_calls=self.request.parallel_tool_calls,
+            decision=self.decision,
+            cooling=self._cooling,
         )
-        # The first deployment, or the next one when it fails before its first token.
-        provider = failover.provider_for(self.deployments, self._served, self._cooling)
-        # One model call, unless the server runs tools (then a bounded loop of them).
-        steps = (
-            tool_loop.run_steps(
-                provider,
-                request,
-                server_tools=self.request.server_tools,
-                max_steps=settings.TOOL_MAX_STEPS,
-                result_chars=settings.TOOL_RESULT_MAX_CHARS,
-                guard=functools.partial(gate.governor_check_tool_text, self.decision),
-            )
-            if self.request.server_tools
-            else provider.stream(request)
-        )
+
+    async def _provider_stream(self) -> AsyncGenerator[tool_loop.LoopItem, None]:
+        # Sent by admission already, or now.
+        call, self._upstream = self._upstream or self.upstream_call(), None
+        call.served_by(self._served)
         idle = settings.LLM_TIMEOUT_SECONDS
-        # Trying deployments in turn, the first item may take one idle timeout each: the
-        # failover bounds each attempt's wait, this is only a backstop.
-        wait = idle
-        if provider is not self.model.provider:
-            wait = idle * (len(self.deployments) + 1)
-        async with contextlib.aclosing(steps) as stream:
-            iterator = aiter(stream)
+        wait = call.first_wait
+        async with contextlib.aclosing(call):
             # The idle timeout covers waiting on the upstream only, not the time the
             # consumer takes with a token.
             deadline = self._upstream_wait = IdleDeadline()  # stop() expires it
@@ -342,15 +329,15 @@ class Generation:
                     deadline.waiting(wait)
                     wait = idle
                     try:
-                        item = await anext(iterator)
-                    except StopAsyncIteration:
-                        return
+                        item = await call.next()
                     except asyncio.CancelledError:
                         if deadline.timed_out():
                             raise TimeoutError from None
                         raise
                     finally:
                         deadline.done()
+                    if item is END:
+                        return
                     yield item
             finally:
                 self._upstream_wait = None
