@@ -112,9 +112,18 @@ class Failover(Provider):
                 continue
             self._serving = deployment
             self._on_served(deployment, attempt)
-            async with contextlib.aclosing(_prepend(first, stream)) as items:
-                async for item in self._counted(deployment, items):
+            # The rest of its items, read here rather than through another generator (each
+            # layer costs every token a resumption).
+            try:
+                yield first
+                async for item in stream:
                     yield item
+            except ProviderError as exc:
+                if exc.retryable:
+                    await self._failed(deployment)
+                raise
+            finally:
+                await stream.aclose()
             return
 
     async def _candidates(self) -> list[ResolvedModel]:
@@ -177,14 +186,3 @@ def _as_provider_error(exc: BaseException, deployment: ResolvedModel) -> Provide
             f"Model {deployment.name!r} did not answer within {settings.LLM_TIMEOUT_SECONDS:g}s"
         )
     return LLMConnectionError(f"Model {deployment.name!r} ended its stream without an answer")
-
-
-async def _prepend(
-    first: StreamItem, rest: AsyncGenerator[StreamItem, None]
-) -> AsyncGenerator[StreamItem, None]:
-    try:
-        yield first
-        async for item in rest:
-            yield item
-    finally:
-        await rest.aclose()
