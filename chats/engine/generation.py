@@ -131,6 +131,7 @@ class Generation:
         self._upstream_wait: IdleDeadline | None = None  # while the model is streamed from
         self._answer_row = False  # a checkpoint stored the answer (status streaming)
         self._calls = AnswerCalls()
+        self.last_event: FinishedEvent | ErrorEvent | None = None  # once events() yields it
 
     @property
     def model_name(self) -> str:
@@ -269,22 +270,25 @@ class Generation:
             usage, charged, remaining = self._usage(parts, end), None, None
         else:
             charged, remaining, usage = figures
+        last: FinishedEvent | ErrorEvent
+        if error is None:
+            assert charged is not None and remaining is not None  # stored and settled
+            last = FinishedEvent(
+                self.message_id,
+                content,
+                "cancelled" if stopped else end.finish_reason if end else "stop",
+                usage,
+                charged,
+                remaining,
+                tuple(calls.all()),
+                None if stopped else await self._keep_answer(content),
+                status,
+            )
+        else:
+            last = ErrorEvent(error, self.message_id, content, usage, charged, remaining)
+        self.last_event = last
         try:
-            if error is None:
-                assert charged is not None and remaining is not None  # stored and settled
-                yield FinishedEvent(
-                    self.message_id,
-                    content,
-                    "cancelled" if stopped else end.finish_reason if end else "stop",
-                    usage,
-                    charged,
-                    remaining,
-                    tuple(calls.all()),
-                    None if stopped else await self._keep_answer(content),
-                    status,
-                )
-            else:
-                yield ErrorEvent(error, self.message_id, content, usage, charged, remaining)
+            yield last
         finally:  # once the last event is out, or the consumer stopped there
             self._start_cache_fill()
         await self._cache_filled()

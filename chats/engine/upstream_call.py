@@ -93,12 +93,11 @@ class UpstreamCall:
         else:
             self._served_by(deployment, request)
 
-    async def next(self):
-        """The next item, or :data:`END`."""
+    def next(self) -> Awaitable:
+        """The next item, or :data:`END`, to await (a cancel of that wait cancels the read
+        of a first item sent early as well)."""
         first, self._first = self._first, None
-        if first is not None:
-            return await first  # a cancel of this wait cancels the read as well
-        return await self._next()
+        return first if first is not None else anext(self._steps, END)
 
     async def _next(self):
         return await anext(self._steps, END)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 
 from django.conf import settings
 from django.http import HttpResponse
@@ -38,7 +38,6 @@ class GenerationStream(Producer):
     ) -> None:
         self.first: asyncio.Future[Event | None] = asyncio.get_running_loop().create_future()
         self.log = log
-        self.last: Event | None = None
         super().__init__(self._encoded(generation, encode), keep_running=log is not None)
 
     async def _encoded(
@@ -53,7 +52,7 @@ class GenerationStream(Producer):
                     self.first.set_result(first)
                 if first is None:
                     return
-                async with contextlib.aclosing(encode(self._watched(first, rest))) as chunks:
+                async with contextlib.aclosing(encode(_FirstThenRest(first, rest))) as chunks:
                     async for chunk in chunks:
                         if log is not None:
                             seq = log.append_chunk(chunk.decode())
@@ -63,18 +62,7 @@ class GenerationStream(Producer):
             if not self.first.done():
                 self.first.set_result(None)
             if log is not None:
-                in_background(log.close_wire(_wire_status(self.last)))
-
-    async def _watched(self, first: Event, rest: AsyncIterator[Event]) -> AsyncIterator[Event]:
-        self.last = first
-        yield first
-        # The first event's chunks are queued and the view waiting on `first` woken: let it
-        # send them before this task reads on (it reads whatever the upstream already sent,
-        # and finalises a short answer, without pausing).
-        await asyncio.sleep(0)
-        async for event in rest:
-            self.last = event
-            yield event
+                in_background(log.close_wire(_wire_status(generation.last_event)))
 
     async def first_event(self, timeout: float) -> Event | None:
         """The engine's first event, if it comes within ``timeout`` seconds (no limit if
@@ -89,6 +77,41 @@ class GenerationStream(Producer):
         except BaseException:
             await self.aclose()
             raise
+
+
+class _FirstThenRest:
+    """The first event, then the rest as the engine yields them (no generator between: a
+    layer costs every token a resumption).
+
+    When the encoder asks for the second event, the first one's chunks are queued and the
+    view waiting on `first` is woken: the producer lets the view send them before it reads
+    on (it would read whatever the upstream already sent, and finalise a short answer,
+    without pausing)."""
+
+    def __init__(self, first: Event, rest: AsyncIterator[Event]) -> None:
+        self._first: Event | None = first
+        self._rest = rest
+        self._after_first = False
+
+    def __aiter__(self) -> _FirstThenRest:
+        return self
+
+    def __anext__(self) -> Awaitable[Event]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return _ready(first)
+        if not self._after_first:
+            self._after_first = True
+            return self._second()
+        return self._rest.__anext__()
+
+    async def _second(self) -> Event:
+        await asyncio.sleep(0)
+        return await self._rest.__anext__()
+
+
+async def _ready(event: Event) -> Event:
+    return event
 
 
 def _wire_status(last: Event | None) -> str:
