@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
+from chats.engine.idle_deadline import IdleDeadline
 from chats.transports.sse import KEEPALIVE
 
 logger = logging.getLogger(__name__)
@@ -110,13 +111,24 @@ async def with_keepalive(
     producer is cancelled in turn and awaited (:meth:`Producer.aclose`).
     """
     producer = chunks if isinstance(chunks, Producer) else Producer(chunks)
+    # One timer for the stream's keep-alives, not one set and cancelled for every chunk.
+    deadline = IdleDeadline() if interval > 0 else None
     try:
-        yield b""  # sends the response headers now, not with the next chunk
+        if producer.queue.empty():
+            yield b""  # sends the response headers now, not with the first chunk
         while True:
+            if deadline is not None:
+                deadline.waiting(interval)
             try:
-                async with asyncio.timeout(interval if interval > 0 else None):
-                    item = await producer.queue.get()
-            except TimeoutError:
+                item = await producer.queue.get()
+            except asyncio.CancelledError:
+                if deadline is None or not deadline.timed_out():
+                    raise
+                item = None  # nothing came for `interval` seconds
+            finally:
+                if deadline is not None:
+                    deadline.done()
+            if item is None:
                 yield KEEPALIVE
                 continue
             ready: list[bytes] = []  # what else is ready goes out in the same write
@@ -132,7 +144,18 @@ async def with_keepalive(
             if isinstance(item, _Failed):
                 raise item.error
     finally:
+        if deadline is not None:
+            deadline.close()
         await producer.aclose()
+
+
+class ByteStreamResponse(StreamingHttpResponse):
+    """A streaming response over an async generator of bytes, sent as it yields them.
+    Django's own wraps the generator in two more (to make bytes of what is not), which
+    every chunk would pass through."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterator
 
 
 def event_stream(
@@ -142,7 +165,7 @@ def event_stream(
     content_type: str = "text/event-stream",
 ) -> StreamingHttpResponse:
     """A streaming response over ``chunks``: nothing buffered, keep-alives when idle."""
-    response = StreamingHttpResponse(
+    response = ByteStreamResponse(
         with_keepalive(chunks, settings.SSE_KEEPALIVE_SECONDS), content_type=content_type
     )
     response["Cache-Control"] = "no-cache"
