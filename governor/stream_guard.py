@@ -62,6 +62,13 @@ class StreamGuard:
     def feed(self, text: str) -> str:
         """What of the answer so far can go out now."""
         held = self._held + text
+        if not self.kinds:
+            window = self._context + held
+            if "<" not in window and ":" not in window and "](" not in window:
+                # Markup alone is looked for, and it needs a "<", a scheme's ":" or a
+                # Markdown link's "](": prose goes out as it came (what _release would do).
+                self._context, self._held = window[-CONTEXT:], ""
+                return held
         if self._in_pem:
             held = self._skip_pem(held)
             if self._in_pem:
