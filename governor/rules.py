@@ -276,6 +276,12 @@ class PromptInjectionRule(_InjectionRule):
     action: str = "flag"
     points: int = 35
 
+    def check(self, ctx: EvaluationInput) -> list[Violation]:
+        # An answer is what the model said, not text that could steer it: injection is
+        # looked for where text goes into a prompt (the request, what the server folds
+        # in, tool results), not in answers, which would cost every token its scan.
+        return [] if ctx.phase == "output" else super().check(ctx)
+
     def _find(self, text: str) -> list[Match]:
         return find_prompt_injection(text)
 
