@@ -12,7 +12,8 @@ never to refuse), the response cache (every message is unique, so it never answe
 Side by side in one run, each printed with its ratio to the upstream alone:
 
   1. time to first token, p50 and p99, one client, ``POST /v1/chat/completions`` with
-     ``stream: true`` (direct: the same request to the upstream)
+     ``stream: true`` (direct: the same request to the upstream), one request to each
+     target in turn, so that the machine's drift within minutes falls on all alike
   2. streaming requests/s at 32 concurrent clients (one keep-alive connection each) and
      the server process's CPU use meanwhile
   3. the same two over ``/ws/chat`` (each exchange stored in a chat)
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -298,11 +300,33 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-async def ttft(target: Target, runs: int) -> list[float]:
-    client = target.client()
-    times = [(await client.stream(target.body())).first_token for _ in range(runs)]
-    await client.close()
+async def interleaved(sample, targets: list, runs: int, warmup: int) -> list[list[float]]:
+    """``runs`` first tokens of each of ``targets``, one request of each in turn, so that
+    the machine's drift (its speed moves by half within minutes) falls on all alike:
+    ``sample(target)`` makes a function that times one answer."""
+    timers = [await sample(target) for target in targets]
+    for timer in timers:
+        for _ in range(warmup):
+            await timer()
+    times: list[list[float]] = [[] for _ in targets]
+    for _ in range(runs):
+        for timer, taken in zip(timers, times, strict=True):
+            taken.append(await timer())
     return times
+
+
+async def http_timer(target: Target):
+    client = target.client()
+    return lambda: _first_token(client.stream(target.body()))
+
+
+async def ws_timer(port_key: tuple[int, str]):
+    ws = await ws_open(*port_key)
+    return lambda: _first_token(ws_exchange(ws))
+
+
+async def _first_token(answer) -> float:
+    return (await answer).first_token
 
 
 async def load(target: Target, concurrency: int, seconds: float) -> tuple[float, float, int]:
@@ -384,13 +408,6 @@ async def ws_exchange(ws, model: str = "bench-upstream") -> Answer:
             return Answer(first, tokens)
         elif kind == "error":
             raise RuntimeError(event)
-
-
-async def ws_ttft(port: int, key: str, runs: int) -> list[float]:
-    ws = await ws_open(port, key)
-    times = [(await ws_exchange(ws)).first_token for _ in range(runs)]
-    await ws.close()
-    return times
 
 
 async def ws_load(
@@ -488,9 +505,7 @@ def profiler(pid: int, args) -> subprocess.Popen:
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
-async def measure(target: Target, args) -> Row:
-    await ttft(target, args.warmup)
-    times = await ttft(target, args.runs)
+async def measure(target: Target, args, times: list[float]) -> Row:
     spy = profiler(target.pid, args) if args.profile and target.name.startswith("this") else None
     rps, cpu, failed = await load(target, 32, args.seconds)
     if spy is not None:
@@ -534,9 +549,7 @@ def print_ws(rows: list[Row], direct: Row) -> None:
         )
 
 
-async def measure_ws(service: Service, key: str, args) -> Row:
-    await ws_ttft(service.port, key, args.warmup)
-    times = await ws_ttft(service.port, key, args.runs)
+async def measure_ws(service: Service, key: str, args, times: list[float]) -> Row:
     rps, cpu, failed = await ws_load(service.port, key, service.process.pid, 32, args.seconds)
     return Row(service.name, p(times, 50), p(times, 99), rps, cpu, failed)
 
@@ -590,24 +603,41 @@ async def main(args) -> None:
                     pid=litellm.pid,
                 )
             )
+        service_targets = [
+            Target(
+                service.name,
+                service.port,
+                "/v1/chat/completions",
+                {"Authorization": f"Bearer {key}"},
+                pid=service.process.pid,
+            )
+            for service in servers
+        ]
+        # First tokens: every target's requests interleaved, over both transports.
+        http_times = await interleaved(
+            http_timer, [*others, *service_targets], args.runs, args.warmup
+        )
+        ws_times = (
+            []
+            if args.no_ws
+            else await interleaved(
+                ws_timer, [(s.port, key) for s in servers], args.runs, args.warmup
+            )
+        )
+        print("  measured the first tokens, interleaved", flush=True)
         rows = []
-        for target in others:
-            rows.append(await measure(target, args))
+        for target, times in zip(others, http_times, strict=False):
+            rows.append(await measure(target, args, times))
             print(f"  measured {target.name}", flush=True)
+        service_times = http_times[len(others) :]
         ws_rows = []
         for round_ in range(args.rounds):
-            for service in servers:
+            for index, (service, target) in enumerate(zip(servers, service_targets, strict=True)):
                 name = service.name if args.rounds == 1 else f"{service.name} #{round_ + 1}"
-                target = Target(
-                    name,
-                    service.port,
-                    "/v1/chat/completions",
-                    {"Authorization": f"Bearer {key}"},
-                    pid=service.process.pid,
-                )
-                rows.append(await measure(target, args))
+                target = dataclasses.replace(target, name=name)
+                rows.append(await measure(target, args, service_times[index]))
                 if not args.no_ws:
-                    ws_rows.append(await measure_ws(service, key, args))
+                    ws_rows.append(await measure_ws(service, key, args, ws_times[index]))
                     ws_rows[-1].name = name
                 print(f"  measured {name}", flush=True)
         print_table(rows, rows[0], SHORT)
