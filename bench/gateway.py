@@ -12,8 +12,9 @@ never to refuse), the response cache (every message is unique, so it never answe
 Side by side in one run, each printed with its ratio to the upstream alone:
 
   1. time to first token, p50 and p99, one client, ``POST /v1/chat/completions`` with
-     ``stream: true`` (direct: the same request to the upstream), one request to each
-     target in turn, so that the machine's drift within minutes falls on all alike
+     ``stream: true`` (direct: the same request to the upstream), back to back in blocks
+     of 20, one block of each target in turn (in a shuffled order), so that the machine's
+     drift within minutes falls on all alike
   2. streaming requests/s at 32 concurrent clients (one keep-alive connection each) and
      the server process's CPU use meanwhile
   3. the same two over ``/ws/chat`` (each exchange stored in a chat)
@@ -39,6 +40,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import random
 import re
 import resource
 import socket
@@ -301,18 +303,30 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def interleaved(sample, targets: list, runs: int, warmup: int) -> list[list[float]]:
-    """``runs`` first tokens of each of ``targets``, one request of each in turn, so that
-    the machine's drift (its speed moves by half within minutes) falls on all alike:
+    """``runs`` first tokens of each of ``targets``, taken in blocks of back-to-back
+    requests (``BLOCK``, after two that warm the target up again), one block of each target
+    in turn, so that the machine's drift (its speed moves by half within minutes) falls on
+    all alike; the order of the blocks shuffled every turn, since the first requests after
+    another target's (LiteLLM's, which goes on working after its answer) are slower.
     ``sample(target)`` makes a function that times one answer."""
     timers = [await sample(target) for target in targets]
     for timer in timers:
         for _ in range(warmup):
             await timer()
     times: list[list[float]] = [[] for _ in targets]
-    for _ in range(runs):
-        for timer, taken in zip(timers, times, strict=True):
-            taken.append(await timer())
+    order = list(range(len(targets)))
+    shuffle = random.Random(0).shuffle  # the same orders in every run
+    while len(times[0]) < runs:
+        shuffle(order)
+        for index in order:
+            for _ in range(2):
+                await timers[index]()
+            for _ in range(min(BLOCK, runs - len(times[index]))):
+                times[index].append(await timers[index]())
     return times
+
+
+BLOCK = 20  # back-to-back first tokens of one target, between the other targets' blocks
 
 
 async def http_timer(target: Target):
