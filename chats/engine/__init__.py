@@ -9,7 +9,10 @@ returned :class:`Generation`. The steps, in order:
    database write, so floods stay cheap), while the governor evaluates the request
 3. admission, in one database call: governor input check (writes the audit record),
    credit hold (skipped on a cache hit), the user's message stored
-4. the provider stream (or the cached answer replayed), token by token
+4. the provider stream (or the cached answer replayed), token by token; its request goes
+   out while step 3's statement is out when only the hold could still refuse it
+   (:mod:`~chats.engine.upstream_call`), and nothing it sends is passed on before
+   admission has committed
 5. finalisation, in one database call, whatever the ending (complete, upstream failure,
    cancel or disconnect): the assistant message written, the hold settled at the real
    usage, the governor's output check; then the last event, while the cache is filled
@@ -23,7 +26,8 @@ the answer so far for the sweeper to settle.
 
 One module per concept, in the order of the steps: :mod:`~chats.engine.types` (what goes
 in and comes out), :mod:`~chats.engine.admission` (steps 1 to 3),
-:mod:`~chats.engine.generation` (step 4) and :mod:`~chats.engine.finalisation` (step 5).
+:mod:`~chats.engine.upstream_call` and :mod:`~chats.engine.generation` (step 4), and
+:mod:`~chats.engine.finalisation` (step 5).
 
 Refusals before the stream (steps 1 to 3) raise :class:`ApiError`, so HTTP transports can
 answer with a status code; failures during the stream become an :class:`ErrorEvent`.

@@ -4,7 +4,9 @@ The model resolved and the prompt fitted to its context; the rate limit and the 
 cache looked up in one Redis call (before any database write, so floods stay cheap) while
 the governor evaluates the request and a concurrent-generation slot is taken; the
 Idempotency-Key claimed; then one database call: the governor's audit record, the credit
-hold (skipped on a cache hit) and the user's message. A refusal raises :class:`ApiError`.
+hold (skipped on a cache hit) and the user's message, with the model's request sent
+meanwhile when the tenant's balance last seen covers the hold. A refusal raises
+:class:`ApiError`.
 """
 
 from __future__ import annotations
