@@ -31,22 +31,17 @@ def tenant_chat(db, engine_writes):
 @pytest_asyncio.fixture
 async def upstream(fresh_catalog):
     async with FakeUpstream("tokens-4") as up:
-        await LLMModel.objects.acreate(
-            name="local-llm",
-            provider="openai_compatible",
-            upstream_model="served-model",
-            base_url=up.openai_base_url,
-            input_price_per_1k=Decimal(1),
-            output_price_per_1k=Decimal(2),
-        )
-        await LLMModel.objects.acreate(  # its first token comes two seconds after it is asked
-            name="slow-llm",
-            provider="openai_compatible",
-            upstream_model="slow+delay-2000",
-            base_url=up.openai_base_url,
-            input_price_per_1k=Decimal(1),
-            output_price_per_1k=Decimal(2),
-        )
+        # slow-llm's first token comes two seconds after it is asked.
+        models = (("local-llm", "served-model"), ("slow-llm", "slow+delay-2000"))
+        for name, upstream_model in models:
+            await LLMModel.objects.acreate(
+                name=name,
+                provider="openai_compatible",
+                upstream_model=upstream_model,
+                base_url=up.openai_base_url,
+                input_price_per_1k=Decimal(1),
+                output_price_per_1k=Decimal(2),
+            )
         yield up
 
 
