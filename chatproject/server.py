@@ -101,7 +101,6 @@ class WebRequest(DaphneWebRequest):
         if no_delay is not None:
             no_delay(True)
 
-
     def handle_reply(self, message) -> None:
         super().handle_reply(message)
         if message.get("type") == "http.response.body":

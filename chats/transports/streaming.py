@@ -154,8 +154,12 @@ class ByteStreamResponse(StreamingHttpResponse):
     Django's own wraps the generator in two more (to make bytes of what is not), which
     every chunk would pass through."""
 
+    def __init__(self, chunks: AsyncIterator[bytes], **kwargs) -> None:
+        super().__init__(chunks, **kwargs)
+        self._chunks = chunks
+
     def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterator
+        return self._chunks
 
 
 def event_stream(
