@@ -355,6 +355,9 @@ async def test_ping_during_a_stream_is_answered(account):
         pass
     assert event == {"type": "pong"}
     await ws.send_json_to({"type": "cancel"})
+    # The cancelled answer is stored and settled before the test's database goes away.
+    while (await receive(ws))["type"] != "message_stream_ended":
+        pass
     await ws.disconnect()
 
 
