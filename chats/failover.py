@@ -13,10 +13,9 @@ loop) go to the deployment that answered the first.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 
 from django.conf import settings
 
@@ -83,10 +82,31 @@ class Failover(Provider):
         self._serving: ResolvedModel | None = None
 
     async def stream(self, request: CompletionRequest) -> AsyncGenerator[StreamItem, None]:
-        if self._serving is not None:  # a later step of the same request
-            async for item in self._stream_on(self._serving, self._fit(request, self._serving)):
+        first: list[StreamItem] = []
+        if self._serving is not None:  # a later step of the same request stays on it
+            deployment = self._serving
+            stream = deployment.provider.stream(self._fit(request, deployment))
+        else:
+            deployment, stream, item = await self._first_answer(request)
+            first.append(item)
+        # Its items are read here rather than through another generator (each layer costs
+        # every token a resumption); a retryable failure among them counts against it.
+        try:
+            for item in first:
                 yield item
-            return
+            async for item in stream:
+                yield item
+        except ProviderError as exc:
+            if exc.retryable:
+                await self._failed(deployment)
+            raise
+        finally:
+            await stream.aclose()
+
+    async def _first_answer(
+        self, request: CompletionRequest
+    ) -> tuple[ResolvedModel, AsyncGenerator[StreamItem, None], StreamItem]:
+        """The first deployment that answers, its stream and its first item."""
         candidates = await self._candidates()
         for position, deployment in enumerate(candidates):
             attempt = self._fit(request, deployment)
@@ -112,19 +132,8 @@ class Failover(Provider):
                 continue
             self._serving = deployment
             self._on_served(deployment, attempt)
-            # The rest of its items, read here rather than through another generator (each
-            # layer costs every token a resumption).
-            try:
-                yield first
-                async for item in stream:
-                    yield item
-            except ProviderError as exc:
-                if exc.retryable:
-                    await self._failed(deployment)
-                raise
-            finally:
-                await stream.aclose()
-            return
+            return deployment, stream, first
+        raise AssertionError("unreachable: the last candidate's failure is raised")
 
     async def _candidates(self) -> list[ResolvedModel]:
         if self._cooling is not None:
@@ -141,25 +150,6 @@ class Failover(Provider):
                 status=503,
             )
         return candidates
-
-    async def _stream_on(
-        self, deployment: ResolvedModel, request: CompletionRequest
-    ) -> AsyncGenerator[StreamItem, None]:
-        async with contextlib.aclosing(deployment.provider.stream(request)) as items:
-            async for item in self._counted(deployment, items):
-                yield item
-
-    async def _counted(
-        self, deployment: ResolvedModel, items: AsyncIterator[StreamItem]
-    ) -> AsyncGenerator[StreamItem, None]:
-        """``items``, a retryable failure among them counted against the deployment."""
-        try:
-            async for item in items:
-                yield item
-        except ProviderError as exc:
-            if exc.retryable:
-                await self._failed(deployment)
-            raise
 
     async def _failed(self, deployment: ResolvedModel) -> None:
         if _counts(deployment):
