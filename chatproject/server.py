@@ -11,13 +11,13 @@ with these changes daphne has no option for:
   (daphne's default 1 MiB) daphne's WebSocket library drops the TCP connection without a
   close frame. Here the client gets an ``error`` event (``VALIDATION_ERROR``), then a close
   frame with code 1009 (message too big).
-- **Each write goes out at once** (``TCP_NODELAY``, which Twisted leaves off): a streamed
-  token does not wait for the client to acknowledge the one before it.
+- **Nagle's algorithm is off** (``TCP_NODELAY``, which Twisted leaves on): a streamed token
+  does not wait for the client to acknowledge the one before it.
 - **A write is sent when it is made.** Twisted sends what a connection writes when the event
   loop next polls for I/O, after every callback ready before it: a token written to the
   client would wait for the engine to read the upstream's next ones and, for a short
-  answer, start finalising it. Here each body write and WebSocket message is sent at once
-  (what the socket does not take waits for the loop, as before).
+  answer, start finalising it. Here each body write and WebSocket message goes to the
+  socket at once (what the socket does not take waits for the loop, as before).
 - **A POST body reaches the application as it came.** Twisted parses form and multipart
   bodies for its own ``request.args``, which daphne does not use: the cost of it on every
   request, and a malformed multipart body answered by Twisted's bare 400 instead of the
