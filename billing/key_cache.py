@@ -8,12 +8,16 @@ any way (the admin, the ORM, an ``update()``, SQL) is seen by every process with
 second, with no message to miss and nothing listening. Expiry is checked on every use,
 against the clock. Saves and deletes through the ORM in this process are seen at once.
 
-The cost: a busy key is read once a second per process; a key used less often than that
-is read on each use, as without the cache. Keys that fail are never cached.
+The cost: a busy key is read about twice a second per process, in the background (past
+half its second a use starts the next read and is answered from the copy), so no request
+of a busy key waits on the database; a key used less often than that is read on each use,
+as without the cache, and the uses that arrive while it is read wait for that one read.
+Keys that fail are never cached.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -28,26 +32,30 @@ from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode
 
 MAX_ENTRIES = 10_000  # past this the cache starts over: keys are few, floods are not cached
+REFRESH_AFTER = 0.5  # of API_KEY_CACHE_SECONDS: a copy this old is read again by its next use
 
 # hashed key -> (read at, the key with its tenant and plan)
 _cache: dict[str, tuple[float, ApiKey]] = {}
 _lock = threading.Lock()
+# Bumped whenever copies are forgotten: a read begun before then must not store its answer.
+_generation = 0
+# The reads under way, one per key and event loop (tests run several loops).
+_reads: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task[ApiKey]] = {}
 
 
 def _cached(hashed: str) -> ApiKey | None:
     entry = _cache.get(hashed)
     if entry is None or time.monotonic() - entry[0] >= settings.API_KEY_CACHE_SECONDS:
         return None
-    api_key = entry[1]
-    if not api_key.is_usable(timezone.now()):  # expired since it was read
-        raise ApiError(ErrorCode.UNAUTHORIZED, "Invalid, revoked or expired API key.")
-    return api_key
+    return _usable(entry[1])
 
 
-def _store(hashed: str, read_at: float, api_key: ApiKey) -> None:
+def _store(hashed: str, read_at: float, api_key: ApiKey, generation: int) -> None:
     if settings.API_KEY_CACHE_SECONDS <= 0:
         return
     with _lock:
+        if generation != _generation:  # a key, tenant or plan was saved during the read
+            return
         if len(_cache) >= MAX_ENTRIES:
             _cache.clear()
         _cache[hashed] = (read_at, api_key)
@@ -59,32 +67,79 @@ def api_key_resolve(raw_key: str | None) -> ApiKey:
     hashed = keys.hash_key(raw_key) if raw_key else ""
     api_key = _cached(hashed) if hashed else None
     if api_key is None:
-        read_at = time.monotonic()
+        read_at, generation = time.monotonic(), _generation
         api_key = api_key_authenticate(raw_key)
-        _store(hashed, read_at, api_key)
+        _store(hashed, read_at, api_key, generation)
     return api_key
 
 
 async def api_key_resolve_async(raw_key: str | None) -> ApiKey:
-    """:func:`api_key_resolve` for async code: no thread hand-off on a cache hit."""
-    hashed = keys.hash_key(raw_key) if raw_key else ""
-    api_key = _cached(hashed) if hashed else None
-    if api_key is None:
-        read_at = time.monotonic()
-        api_key = await db_call(api_key_authenticate, raw_key)
-        _store(hashed, read_at, api_key)
+    """:func:`api_key_resolve` for async code: no thread hand-off on a cache hit, the next
+    read started ahead of the copy's end, and one read for the uses that wait on it."""
+    if not raw_key:
+        return api_key_authenticate(raw_key)  # refused without reading anything
+    hashed = keys.hash_key(raw_key)
+    entry = _cache.get(hashed)
+    if entry is not None:
+        age = time.monotonic() - entry[0]
+        if age < REFRESH_AFTER * settings.API_KEY_CACHE_SECONDS:
+            return _usable(entry[1])
+        if age < settings.API_KEY_CACHE_SECONDS:
+            _read(hashed, raw_key)  # for the uses to come; this one has the copy
+            return _usable(entry[1])
+    return await asyncio.shield(_read(hashed, raw_key))  # one leaving cancels no other's
+
+
+def _usable(api_key: ApiKey) -> ApiKey:
+    if not api_key.is_usable(timezone.now()):  # expired since it was read
+        raise ApiError(ErrorCode.UNAUTHORIZED, "Invalid, revoked or expired API key.")
     return api_key
+
+
+def _read(hashed: str, raw_key: str) -> asyncio.Task[ApiKey]:
+    """The read of the key under way in this loop, started if there is none."""
+    loop = asyncio.get_running_loop()
+    reading = _reads.get((loop, hashed))
+    if reading is None:
+        reading = loop.create_task(_read_and_store(hashed, raw_key))
+        _reads[loop, hashed] = reading
+        reading.add_done_callback(lambda done: _read_done(loop, hashed, done))
+    return reading
+
+
+async def _read_and_store(hashed: str, raw_key: str) -> ApiKey:
+    read_at, generation = time.monotonic(), _generation
+    try:
+        api_key = await db_call(api_key_authenticate, raw_key)
+    except ApiError:  # revoked, expired, deactivated since: the copy goes too
+        with _lock:
+            _cache.pop(hashed, None)
+        raise
+    _store(hashed, read_at, api_key, generation)
+    return api_key
+
+
+def _read_done(loop: asyncio.AbstractEventLoop, hashed: str, done: asyncio.Task) -> None:
+    _reads.pop((loop, hashed), None)
+    if not done.cancelled():
+        # Its waiters have the error; one started ahead may have none. (A database error
+        # leaves the copy to run out its second; the uses after that read for themselves.)
+        done.exception()
 
 
 def key_cache_clear(**_) -> None:
     """Forget every cached key of this process."""
+    global _generation
     with _lock:
         _cache.clear()
+        _generation += 1
 
 
 def _forget_key(instance: ApiKey, **_) -> None:
+    global _generation
     with _lock:
         _cache.pop(instance.hashed_key, None)
+        _generation += 1
 
 
 def connect_signals() -> None:

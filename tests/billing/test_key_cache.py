@@ -8,13 +8,14 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from asgiref.sync import sync_to_async
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from billing import key_cache
 from billing.models import ApiKey, Tenant
-from billing.services import api_key_create, api_key_revoke
+from billing.services import api_key_authenticate, api_key_create, api_key_revoke
 from chatproject.errors import ApiError
 from tests.factories import make_key, make_tenant
 
@@ -106,14 +107,94 @@ def test_a_cached_key_is_refused_the_moment_it_expires(tenant):
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
 async def test_the_async_resolver_shares_the_cache(settings):
-    from asgiref.sync import sync_to_async
-
     tenant = await sync_to_async(make_tenant)()
     raw = await sync_to_async(make_key)(tenant)
     first = await key_cache.api_key_resolve_async(raw)
     again = await key_cache.api_key_resolve_async(raw)
     assert again is first
     assert key_cache.api_key_resolve(raw) is first
+
+
+def counting_reads(monkeypatch) -> list[str]:
+    """The keys the async resolver reads from the database, as it reads them."""
+    read: list[str] = []
+
+    def authenticate(raw_key):
+        read.append(raw_key)
+        return api_key_authenticate(raw_key)
+
+    monkeypatch.setattr(key_cache, "api_key_authenticate", authenticate)
+    return read
+
+
+async def reads_finished() -> None:
+    while key_cache._reads:
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_uses_arriving_together_wait_on_one_read(monkeypatch):
+    tenant = await sync_to_async(make_tenant)()
+    raw = await sync_to_async(make_key)(tenant)
+    read = counting_reads(monkeypatch)
+    found = await asyncio.gather(*(key_cache.api_key_resolve_async(raw) for _ in range(20)))
+    assert read == [raw]
+    assert all(api_key is found[0] for api_key in found)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_a_busy_key_is_read_again_before_its_copy_runs_out(monkeypatch, settings):
+    settings.API_KEY_CACHE_SECONDS = 0.4
+    tenant = await sync_to_async(make_tenant)()
+    raw = await sync_to_async(make_key)(tenant)
+    read = counting_reads(monkeypatch)
+    first = await key_cache.api_key_resolve_async(raw)
+    assert await key_cache.api_key_resolve_async(raw) is first and len(read) == 1
+    await asyncio.sleep(0.25)  # past half its time: this use starts the next read
+    assert await key_cache.api_key_resolve_async(raw) is first
+    await reads_finished()
+    assert len(read) == 2
+    await asyncio.sleep(0.2)  # the first copy's time is up; the second's is not
+    again = await key_cache.api_key_resolve_async(raw)
+    assert again is not first and len(read) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_a_read_ahead_that_finds_the_key_revoked_drops_the_copy(settings):
+    settings.API_KEY_CACHE_SECONDS = 0.4
+    tenant = await sync_to_async(make_tenant)()
+    api_key, raw = await sync_to_async(api_key_create)(tenant=tenant)
+    await key_cache.api_key_resolve_async(raw)
+    revoke = ApiKey.objects.filter(pk=api_key.pk).update  # no signal, as another process
+    await sync_to_async(revoke)(revoked_at=timezone.now())
+    await asyncio.sleep(0.25)
+    await key_cache.api_key_resolve_async(raw)  # still the copy; its read finds the change
+    await reads_finished()
+    assert key_cache._cache == {}
+    with pytest.raises(ApiError):
+        await key_cache.api_key_resolve_async(raw)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_a_read_overtaken_by_a_revocation_stores_nothing(monkeypatch):
+    tenant = await sync_to_async(make_tenant)()
+    api_key, raw = await sync_to_async(api_key_create)(tenant=tenant)
+
+    def authenticate_then_revoke(raw_key):
+        found = api_key_authenticate(raw_key)
+        api_key_revoke(api_key=api_key)  # saved in this process while the read was out
+        return found
+
+    monkeypatch.setattr(key_cache, "api_key_authenticate", authenticate_then_revoke)
+    await key_cache.api_key_resolve_async(raw)  # the read answers what it found
+    assert key_cache._cache == {}
+    monkeypatch.undo()
+    with pytest.raises(ApiError):
+        await key_cache.api_key_resolve_async(raw)
 
 
 # --- over HTTP, two server processes ------------------------------------------------------
