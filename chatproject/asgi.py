@@ -34,3 +34,7 @@ application = with_backpressure(
         }
     )
 )
+
+from chatproject.garbage_collection import tune_for_serving  # noqa: E402
+
+tune_for_serving()  # last: what the application is made of is built by now

@@ -58,17 +58,23 @@ class ASGIHandler(DjangoASGIHandler):
         # As Django does: a disconnect while the view runs cancels it.
         listening = asyncio.create_task(self.listen_for_disconnect(receive))
         responding = asyncio.create_task(respond())
-        await asyncio.wait([listening, responding], return_when=asyncio.FIRST_COMPLETED)
-        for task in (listening, responding):
-            if not task.done():
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RequestAborted):
-                await task
-        if responding.cancelled():
+        tasks = (listening, responding)
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        # Their ends are read, not awaited: an exception raised here would hold this frame
+        # (the request, the response) in a reference cycle, for the garbage collector.
+        await asyncio.wait(tasks)
+        error = None if responding.cancelled() else responding.exception()
+        if not listening.cancelled():
+            listening.exception()  # the disconnect (RequestAborted) that ended the wait
+        body_file.close()
+        if responding.cancelled() or isinstance(error, RequestAborted):
             signals.request_finished.send(sender=self.__class__)
+        elif error is not None:
+            raise error
         else:
             responding.result().close()  # sends request_finished
-        body_file.close()
 
 
 @functools.lru_cache(maxsize=4096)  # the URLs are fixed once the process serves

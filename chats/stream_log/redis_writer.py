@@ -76,6 +76,8 @@ class RedisSink:
     async def close_wire(self, status: str) -> None:
         self._wire_end = status
         await self._flush_now()
+        self._target = None  # nothing more to hear; and the writer, which holds this sink,
+        # is then freed when its request ends, not by the garbage collector
 
     def _added(self, buffered: int) -> None:
         if buffered >= self._batch_size:
