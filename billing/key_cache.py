@@ -30,17 +30,16 @@ from billing.models import ApiKey, Plan, Tenant
 from billing.services import api_key_authenticate
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode
+from chatproject.shared_reads import SharedReads, is_due
 
 MAX_ENTRIES = 10_000  # past this the cache starts over: keys are few, floods are not cached
-REFRESH_AFTER = 0.5  # of API_KEY_CACHE_SECONDS: a copy this old is read again by its next use
 
 # hashed key -> (read at, the key with its tenant and plan)
 _cache: dict[str, tuple[float, ApiKey]] = {}
 _lock = threading.Lock()
 # Bumped whenever copies are forgotten: a read begun before then must not store its answer.
 _generation = 0
-# The reads under way, one per key and event loop (tests run several loops).
-_reads: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task[ApiKey]] = {}
+_reads: SharedReads[ApiKey] = SharedReads()  # by hashed key
 
 
 def _cached(hashed: str) -> ApiKey | None:
@@ -81,30 +80,18 @@ async def api_key_resolve_async(raw_key: str | None) -> ApiKey:
     hashed = keys.hash_key(raw_key)
     entry = _cache.get(hashed)
     if entry is not None:
-        age = time.monotonic() - entry[0]
-        if age < REFRESH_AFTER * settings.API_KEY_CACHE_SECONDS:
+        now, life = time.monotonic(), settings.API_KEY_CACHE_SECONDS
+        if now - entry[0] < life:
+            if is_due(entry[0], now, life):  # for the uses to come; this one has the copy
+                _reads.start(hashed, lambda: _read_and_store(hashed, raw_key))
             return _usable(entry[1])
-        if age < settings.API_KEY_CACHE_SECONDS:
-            _read(hashed, raw_key)  # for the uses to come; this one has the copy
-            return _usable(entry[1])
-    return await asyncio.shield(_read(hashed, raw_key))  # one leaving cancels no other's
+    return await asyncio.shield(_reads.start(hashed, lambda: _read_and_store(hashed, raw_key)))
 
 
 def _usable(api_key: ApiKey) -> ApiKey:
     if not api_key.is_usable(timezone.now()):  # expired since it was read
         raise ApiError(ErrorCode.UNAUTHORIZED, "Invalid, revoked or expired API key.")
     return api_key
-
-
-def _read(hashed: str, raw_key: str) -> asyncio.Task[ApiKey]:
-    """The read of the key under way in this loop, started if there is none."""
-    loop = asyncio.get_running_loop()
-    reading = _reads.get((loop, hashed))
-    if reading is None:
-        reading = loop.create_task(_read_and_store(hashed, raw_key))
-        _reads[loop, hashed] = reading
-        reading.add_done_callback(lambda done: _read_done(loop, hashed, done))
-    return reading
 
 
 async def _read_and_store(hashed: str, raw_key: str) -> ApiKey:
@@ -117,14 +104,6 @@ async def _read_and_store(hashed: str, raw_key: str) -> ApiKey:
         raise
     _store(hashed, read_at, api_key, generation)
     return api_key
-
-
-def _read_done(loop: asyncio.AbstractEventLoop, hashed: str, done: asyncio.Task) -> None:
-    _reads.pop((loop, hashed), None)
-    if not done.cancelled():
-        # Its waiters have the error; one started ahead may have none. (A database error
-        # leaves the copy to run out its second; the uses after that read for themselves.)
-        done.exception()
 
 
 def key_cache_clear(**_) -> None:

@@ -11,6 +11,7 @@ by name: a real model that fails must not be answered by the stand-in. At most
 ``MODEL_FALLBACK_ATTEMPTS`` deployments are tried; see ``chats.failover``.
 """
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from django.conf import settings
 
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode
+from chatproject.shared_reads import SharedReads, is_due
 from chats.models import LLMModel, ModelFallback
 from chats.providers import Provider, Upstream, provider_kind
 
@@ -60,6 +62,8 @@ class _Catalog:
 
 
 _catalog: _Catalog | None = None
+_generation = 0  # bumped by clear_catalog_cache
+_reads: SharedReads[_Catalog] = SharedReads()
 _providers: dict[tuple, Provider] = {}
 # Smooth weighted round robin: the running score of each model of a group of equal
 # priority, by the group's names.
@@ -74,16 +78,26 @@ def _fresh_catalog() -> _Catalog | None:
 
 
 def _load() -> _Catalog:
-    global _catalog
     loaded = _fresh_catalog()
-    if loaded is None:
-        links = ModelFallback.objects.filter(model__is_active=True, fallback__is_active=True)
-        fallbacks: dict[str, list[str]] = {}
-        for model, fallback in links.values_list("model__name", "fallback__name"):
-            fallbacks.setdefault(model, []).append(fallback)  # in position order
-        models = list(LLMModel.objects.filter(is_active=True))
-        loaded = _catalog = _Catalog(time.monotonic(), models, fallbacks)
+    return loaded if loaded is not None else _read()
+
+
+def _read() -> _Catalog:
+    global _catalog
+    generation = _generation
+    links = ModelFallback.objects.filter(model__is_active=True, fallback__is_active=True)
+    fallbacks: dict[str, list[str]] = {}
+    for model, fallback in links.values_list("model__name", "fallback__name"):
+        fallbacks.setdefault(model, []).append(fallback)  # in position order
+    models = list(LLMModel.objects.filter(is_active=True))
+    loaded = _Catalog(time.monotonic(), models, fallbacks)
+    if generation == _generation:  # not cleared while it was read
+        _catalog = loaded
     return loaded
+
+
+async def _read_async() -> _Catalog:
+    return await db_call(_read)
 
 
 def _active_models() -> list[LLMModel]:
@@ -91,8 +105,8 @@ def _active_models() -> list[LLMModel]:
 
 
 def clear_catalog_cache() -> None:
-    global _catalog
-    _catalog = None
+    global _catalog, _generation
+    _catalog, _generation = None, _generation + 1
     _turns.clear()
 
 
@@ -163,10 +177,13 @@ def _is_offline(model: LLMModel) -> bool:
 
 async def aresolve_route(*, quality: str | None = None, model: str | None = None) -> Route:
     """An explicit ``model`` wins over ``quality``; errors are MODEL_NOT_FOUND (a bad
-    tier: VALIDATION_ERROR). The database only when the cached catalog is stale."""
-    loaded = _fresh_catalog()
-    if loaded is None:
-        loaded = await db_call(_load)
+    tier: VALIDATION_ERROR). The database only when the cached catalog is stale (one read
+    for the requests that find it so, and started ahead of that under steady use)."""
+    loaded, now, life = _catalog, time.monotonic(), settings.MODEL_CATALOG_TTL_SECONDS
+    if loaded is None or now - loaded.loaded > life:
+        loaded = await asyncio.shield(_reads.start("catalog", _read_async))
+    elif is_due(loaded.loaded, now, life):  # for the requests to come; this one has it
+        _reads.start("catalog", _read_async)
     return _route(loaded, quality, model)
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from django.conf import settings
 
 from billing.models import Tenant
 from chatproject.db import db_call
+from chatproject.shared_reads import SharedReads, is_due
 from chats.providers import ToolSpec
 from chats.tool_loop import ServerTool
 from tools.http import HttpServerTool
@@ -28,6 +30,7 @@ class Toolbox:
 # A tenant's HTTP tools per process, like the model catalog: admin edits reach every
 # process within MODEL_CATALOG_TTL_SECONDS, and most requests read no database for them.
 _tenant_tools: dict[int, tuple[float, list[HttpServerTool]]] = {}
+_reads: SharedReads[list[HttpServerTool]] = SharedReads()  # by tenant
 
 
 def _cached_http_tools(tenant: Tenant) -> list[HttpServerTool] | None:
@@ -40,8 +43,11 @@ def _cached_http_tools(tenant: Tenant) -> list[HttpServerTool] | None:
 def http_tools(tenant: Tenant) -> list[HttpServerTool]:
     """The tenant's active HTTP tools. Sync (database, unless cached)."""
     cached = _cached_http_tools(tenant)
-    if cached is not None:
-        return cached
+    return cached if cached is not None else _read_http_tools(tenant)
+
+
+def _read_http_tools(tenant: Tenant) -> list[HttpServerTool]:
+    read_at = time.monotonic()
     tools = [
         HttpServerTool(
             spec=ToolSpec(tool.name, tool.description, tool.parameters or {"type": "object"}),
@@ -51,15 +57,25 @@ def http_tools(tenant: Tenant) -> list[HttpServerTool]:
         )
         for tool in HttpTool.objects.filter(tenant=tenant, is_active=True)
     ]
-    _tenant_tools[tenant.pk] = (time.monotonic(), tools)
+    _tenant_tools[tenant.pk] = (read_at, tools)
     return tools
 
 
 async def request_toolbox(**options) -> Toolbox:
     """:func:`toolbox_for` from async code: the database only when the cache is stale."""
-    if _cached_http_tools(options["tenant"]) is not None:
-        return toolbox_for(**options)
-    return await db_call(toolbox_for, **options)
+    return toolbox_for(**options, http=await _http_tools_async(options["tenant"]))
+
+
+async def _http_tools_async(tenant: Tenant) -> list[HttpServerTool]:
+    """One read for the requests that find the copy stale, and started ahead of that under
+    steady use (:mod:`chatproject.shared_reads`)."""
+    cached, now = _tenant_tools.get(tenant.pk), time.monotonic()
+    life = settings.MODEL_CATALOG_TTL_SECONDS
+    if cached is not None and now - cached[0] <= life:
+        if is_due(cached[0], now, life):  # for the requests to come; this one has them
+            _reads.start(tenant.pk, lambda: db_call(_read_http_tools, tenant))
+        return cached[1]
+    return await asyncio.shield(_reads.start(tenant.pk, lambda: db_call(_read_http_tools, tenant)))
 
 
 def toolbox_for(
@@ -68,14 +84,15 @@ def toolbox_for(
     project_id: str | None = None,
     client_tools: tuple[ToolSpec, ...] = (),
     exclude: Iterable[str] = (),
+    http: list[HttpServerTool] | None = None,
 ) -> Toolbox:
-    """The request's tools. Sync (database, unless cached). A name in ``exclude`` that is
-    not offered is ignored; a client tool with a server tool's name is the client's (it
-    asked for it)."""
+    """The request's tools. Sync (database, unless cached or ``http``, the tenant's HTTP
+    tools, is given). A name in ``exclude`` that is not offered is ignored; a client tool
+    with a server tool's name is the client's (it asked for it)."""
     server: dict[str, ServerTool] = {}
     if project_id:
         server["search_knowledge"] = SearchKnowledgeTool(tenant=tenant, project_id=project_id)
-    for tool in http_tools(tenant):
+    for tool in http if http is not None else http_tools(tenant):
         server[tool.spec.name] = tool
     for spec in client_tools:
         server.pop(spec.name, None)

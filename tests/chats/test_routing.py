@@ -1,7 +1,9 @@
 """Routing over deployments: priorities, weights, fallbacks, and the bound on them."""
 
+import asyncio
 from collections import Counter
 
+import pytest
 from asgiref.sync import async_to_sync
 
 from chats import catalog
@@ -117,3 +119,62 @@ def test_the_admin_sets_a_models_weight_and_its_fallbacks_in_order(admin_client,
     refused = admin_client.post(url, form)
     assert refused.status_code == 200
     assert LLMModel.objects.get(pk=primary.pk).weight == 4
+
+
+# --- the per-process copy of the catalog -----------------------------------------------
+
+
+def counting_reads(monkeypatch) -> list[int]:
+    """One entry per read of the catalog from the database."""
+    reads: list[int] = []
+    read = catalog._read
+
+    def counted():
+        reads.append(1)
+        return read()
+
+    monkeypatch.setattr(catalog, "_read", counted)
+    return reads
+
+
+async def reads_finished() -> None:
+    while len(catalog._reads):
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.asyncio
+async def test_requests_finding_the_catalog_stale_wait_on_one_read(seeded_catalog, monkeypatch):
+    reads = counting_reads(monkeypatch)
+    routes = await asyncio.gather(*(catalog.aresolve_route(quality="cheap") for _ in range(20)))
+    assert len(reads) == 1
+    assert len(routes) == 20
+
+
+@pytest.mark.asyncio
+async def test_a_catalog_in_use_is_read_again_before_it_goes_stale(
+    seeded_catalog, monkeypatch, settings
+):
+    settings.MODEL_CATALOG_TTL_SECONDS = 0.4
+    reads = counting_reads(monkeypatch)
+    await catalog.aresolve_route(quality="cheap")
+    first = catalog._catalog
+    await catalog.aresolve_route(quality="cheap")
+    assert len(reads) == 1
+    await asyncio.sleep(0.25)  # past half its time: this request starts the next read
+    await catalog.aresolve_route(quality="cheap")
+    assert catalog._catalog is first  # answered from the copy, not waiting on the read
+    await reads_finished()
+    assert len(reads) == 2 and catalog._catalog is not first
+
+
+def test_a_read_overtaken_by_a_clear_stores_nothing(seeded_catalog, monkeypatch):
+    models = LLMModel.objects
+
+    class ClearedMeanwhile:  # the catalog is cleared (a model saved) while it is read
+        def filter(self, **lookups):
+            catalog.clear_catalog_cache()
+            return models.filter(**lookups)
+
+    monkeypatch.setattr(LLMModel, "objects", ClearedMeanwhile())
+    assert catalog._active_models()  # the read answers what it found
+    assert catalog._catalog is None

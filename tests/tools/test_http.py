@@ -1,5 +1,6 @@
 """Tenant HTTP tools: which addresses they may call, and the signature of a call."""
 
+import asyncio
 import hashlib
 import hmac
 
@@ -72,3 +73,23 @@ def test_exclude_tools_names_only_what_it_removed_and_client_tools_win(settings)
     assert sorted(toolbox.server_tools) == ["search_knowledge"]
     assert [spec.name for spec in toolbox.client_tools] == ["notify"]
     assert toolbox.excluded == ["draw", "lookup"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_requests_finding_a_tenants_tools_stale_wait_on_one_read(settings, monkeypatch):
+    from asgiref.sync import sync_to_async
+
+    from tools import registry
+
+    settings.MODEL_CATALOG_TTL_SECONDS = 10
+    tenant = await sync_to_async(make_tenant)()
+    await sync_to_async(HttpTool.objects.create)(
+        tenant=tenant, name="lookup", url="https://hooks.example.com/x"
+    )
+    reads = []
+    read = registry._read_http_tools
+    monkeypatch.setattr(registry, "_read_http_tools", lambda t: reads.append(t.pk) or read(t))
+    toolboxes = await asyncio.gather(*(registry.request_toolbox(tenant=tenant) for _ in range(10)))
+    assert reads == [tenant.pk]
+    assert all(list(toolbox.server_tools) == ["lookup"] for toolbox in toolboxes)
