@@ -17,7 +17,6 @@ Keys that fail are never cached.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
@@ -30,7 +29,7 @@ from billing.models import ApiKey, Plan, Tenant
 from billing.services import api_key_authenticate
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode
-from chatproject.shared_reads import SharedReads, is_due
+from chatproject.shared_reads import SharedReads
 
 MAX_ENTRIES = 10_000  # past this the cache starts over: keys are few, floods are not cached
 
@@ -78,14 +77,11 @@ async def api_key_resolve_async(raw_key: str | None) -> ApiKey:
     if not raw_key:
         return api_key_authenticate(raw_key)  # refused without reading anything
     hashed = keys.hash_key(raw_key)
-    entry = _cache.get(hashed)
-    if entry is not None:
-        now, life = time.monotonic(), settings.API_KEY_CACHE_SECONDS
-        if now - entry[0] < life:
-            if is_due(entry[0], now, life):  # for the uses to come; this one has the copy
-                _reads.start(hashed, lambda: _read_and_store(hashed, raw_key))
-            return _usable(entry[1])
-    return await asyncio.shield(_reads.start(hashed, lambda: _read_and_store(hashed, raw_key)))
+    life = settings.API_KEY_CACHE_SECONDS
+    api_key = await _reads.latest(
+        hashed, _cache.get(hashed), life, lambda: _read_and_store(hashed, raw_key)
+    )
+    return _usable(api_key)
 
 
 def _usable(api_key: ApiKey) -> ApiKey:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, Generic, TypeVar
 
@@ -25,8 +26,7 @@ class SharedReads(Generic[T]):
         self._running: dict[tuple[asyncio.AbstractEventLoop, Hashable], asyncio.Task[T]] = {}
 
     def start(self, key: Hashable, read: Callable[[], Coroutine[Any, Any, T]]) -> asyncio.Task[T]:
-        """The read of ``key`` under way in this event loop, ``read()`` started if none is.
-        Await it through ``asyncio.shield``: one caller leaving must not cancel it for all."""
+        """The read of ``key`` under way in this event loop, ``read()`` started if none is."""
         loop = asyncio.get_running_loop()
         running = self._running.get((loop, key))
         if running is None:
@@ -43,7 +43,20 @@ class SharedReads(Generic[T]):
     def __len__(self) -> int:
         return len(self._running)
 
-
-def is_due(read_at: float, now: float, life: float) -> bool:
-    """Whether a copy read at ``read_at`` (of ``life`` seconds) should be read again."""
-    return now - read_at >= REFRESH_AFTER * life
+    async def latest(
+        self,
+        key: Hashable,
+        copy: tuple[float, T] | None,
+        life: float,
+        read: Callable[[], Coroutine[Any, Any, T]],
+    ) -> T:
+        """``copy`` (read at, value) while it is younger than ``life`` seconds, starting the
+        next read once it is past ``REFRESH_AFTER`` of that; else what the read of ``key``
+        under way (or started now) finds."""
+        if copy is not None:
+            age = time.monotonic() - copy[0]
+            if age < life:
+                if age >= REFRESH_AFTER * life:  # for the uses to come; this one has the copy
+                    self.start(key, read)
+                return copy[1]
+        return await asyncio.shield(self.start(key, read))  # one leaving cancels no other's

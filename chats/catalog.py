@@ -11,7 +11,6 @@ by name: a real model that fails must not be answered by the stand-in. At most
 ``MODEL_FALLBACK_ATTEMPTS`` deployments are tried; see ``chats.failover``.
 """
 
-import asyncio
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from django.conf import settings
 
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode
-from chatproject.shared_reads import SharedReads, is_due
+from chatproject.shared_reads import SharedReads
 from chats.models import LLMModel, ModelFallback
 from chats.providers import Provider, Upstream, provider_kind
 
@@ -179,12 +178,9 @@ async def aresolve_route(*, quality: str | None = None, model: str | None = None
     """An explicit ``model`` wins over ``quality``; errors are MODEL_NOT_FOUND (a bad
     tier: VALIDATION_ERROR). The database only when the cached catalog is stale (one read
     for the requests that find it so, and started ahead of that under steady use)."""
-    loaded, now, life = _catalog, time.monotonic(), settings.MODEL_CATALOG_TTL_SECONDS
-    if loaded is None or now - loaded.loaded > life:
-        loaded = await asyncio.shield(_reads.start("catalog", _read_async))
-    elif is_due(loaded.loaded, now, life):  # for the requests to come; this one has it
-        _reads.start("catalog", _read_async)
-    return _route(loaded, quality, model)
+    copy = (_catalog.loaded, _catalog) if _catalog is not None else None
+    life = settings.MODEL_CATALOG_TTL_SECONDS
+    return _route(await _reads.latest("catalog", copy, life, _read_async), quality, model)
 
 
 def _route(loaded: _Catalog, quality: str | None, model: str | None) -> Route:

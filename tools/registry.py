@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from django.conf import settings
 
 from billing.models import Tenant
 from chatproject.db import db_call
-from chatproject.shared_reads import SharedReads, is_due
+from chatproject.shared_reads import SharedReads
 from chats.providers import ToolSpec
 from chats.tool_loop import ServerTool
 from tools.http import HttpServerTool
@@ -69,13 +68,10 @@ async def request_toolbox(**options) -> Toolbox:
 async def _http_tools_async(tenant: Tenant) -> list[HttpServerTool]:
     """One read for the requests that find the copy stale, and started ahead of that under
     steady use (:mod:`chatproject.shared_reads`)."""
-    cached, now = _tenant_tools.get(tenant.pk), time.monotonic()
     life = settings.MODEL_CATALOG_TTL_SECONDS
-    if cached is not None and now - cached[0] <= life:
-        if is_due(cached[0], now, life):  # for the requests to come; this one has them
-            _reads.start(tenant.pk, lambda: db_call(_read_http_tools, tenant))
-        return cached[1]
-    return await asyncio.shield(_reads.start(tenant.pk, lambda: db_call(_read_http_tools, tenant)))
+    return await _reads.latest(
+        tenant.pk, _tenant_tools.get(tenant.pk), life, lambda: db_call(_read_http_tools, tenant)
+    )
 
 
 def toolbox_for(
