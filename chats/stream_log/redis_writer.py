@@ -58,7 +58,9 @@ class RedisSink:
 
     def wire(self, header: WireHeader, target: StopTarget) -> None:
         self._header, self._target = header, target
-        self._kick()  # the header goes out now: a resume may come before the first token
+        # The header goes out with the first chunk, or within a flush interval if none
+        # comes (a model thinking: a resume by chat may come before its first token).
+        self._added(0)
 
     def append(self, text: str) -> None:
         self._buffer.append(text)
@@ -67,7 +69,12 @@ class RedisSink:
     def append_chunk(self, data: str) -> None:
         self._chunks.append(data)
         self._next_seq += 1
-        self._added(len(self._chunks))
+        if self._next_seq == 1 and not self._header_sent:
+            # On the loop's next turn: after the client is sent the chunk (this write is
+            # not on the first token's way), and soon, for a client that resumes.
+            asyncio.get_running_loop().call_soon(self._kick)
+        else:
+            self._added(len(self._chunks))
 
     async def close(self, end: LogEnd) -> None:
         self._end = end
