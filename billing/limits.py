@@ -33,7 +33,7 @@ from django.conf import settings
 
 from billing.gcra import MICROS, Decision, Rate
 from billing.models import Plan, Tenant
-from billing.store import Value, get_store, memory_store
+from billing.store import ClaimOnMiss, Value, get_store, memory_store
 from chatproject.db import db_call
 from chatproject.errors import ApiError, ErrorCode
 
@@ -97,14 +97,15 @@ def _state_or_raise(decision: Decision, rate: Rate) -> RateLimitState:
 
 
 async def request_admit(
-    tenant: Tenant, *, read: str | None = None
+    tenant: Tenant, *, read: str | None = None, claim: ClaimOnMiss | None = None
 ) -> tuple[RateLimitState | None, Value | None]:
     """Admit one request of the tenant, or raise RATE_LIMITED (429 with ``Retry-After``
     and ``X-RateLimit-*`` headers). Returns where the tenant stands (None when its plan
     is unlimited) and, with ``read``, the value the store holds there (a cached answer),
-    read in the same round trip (None when absent or unreadable)."""
+    read in the same round trip (None when absent or unreadable), as is ``claim`` when
+    that read finds nothing (:class:`~billing.store.ClaimOnMiss`)."""
     rate = Rate.of(await _plan_of(tenant))
-    decision, value = await get_store().consume(rate_key(tenant.pk), rate, read=read)
+    decision, value = await get_store().consume(rate_key(tenant.pk), rate, read=read, claim=claim)
     if rate is None or decision is None:  # unlimited: nothing was counted
         return None, value
     return _state_or_raise(decision, rate), value

@@ -23,7 +23,7 @@ from django.conf import settings
 from billing import limits
 from billing.limits import RateLimitState
 from billing.models import Tenant
-from billing.store import StoreUnavailable, get_store
+from billing.store import ClaimOnMiss, StoreUnavailable, get_store
 
 logger = logging.getLogger(__name__)
 
@@ -130,17 +130,18 @@ def _ttl() -> int:
 
 
 async def rate_limit_and_cache_get(
-    tenant: Tenant, key: str | None
+    tenant: Tenant, key: str | None, *, claim: ClaimOnMiss | None = None
 ) -> tuple[RateLimitState | None, CachedAnswer | None]:
     """A request's first two checks: its rate limit (raises when spent, see
-    :func:`~billing.limits.request_admit`) and its stored answer (None: a miss).
+    :func:`~billing.limits.request_admit`) and its stored answer (None: a miss); on a
+    miss, ``claim`` is claimed too, if the store can (:class:`~billing.store.ClaimOnMiss`).
 
-    The store answers both in one call, so billing costs a request one round trip to
+    The store answers them in one call, so billing costs a request one round trip to
     Redis, not two.
     """
     if key is None or _ttl() <= 0:
         return (await limits.request_admit(tenant))[0], None
-    state, raw = await limits.request_admit(tenant, read=key)
+    state, raw = await limits.request_admit(tenant, read=key, claim=claim)
     return state, None if raw is None else decode_answer(raw)
 
 

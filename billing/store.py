@@ -6,7 +6,8 @@ process; each decision atomic in Redis and timed by Redis's own clock), else
 :class:`MemoryStore` (this process's memory).
 
 - allowances: :meth:`~Store.consume` takes one request from a GCRA bucket
-  (:func:`billing.gcra.gcra`) and can read a key in the same call;
+  (:func:`billing.gcra.gcra`) and can read a key in the same call (and, when that read
+  finds nothing, claim another: :class:`ClaimOnMiss`);
 - slot leases: a set of members, each lapsing ``ttl`` seconds after it was last taken, at
   most ``limit`` of them (WebSocket connections, running generations);
 - stored values: get, put, add (only if absent) and delete, each with a time to live.
@@ -26,7 +27,8 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Final, Protocol
 
 import redis
 from django.core.cache.backends.locmem import LocMemCache
@@ -45,13 +47,37 @@ class StoreUnavailable(Exception):
     """The store could not be reached (Redis is down)."""
 
 
+UNTRIED: Final = "untried"  # ClaimOnMiss.held before (or without) a claim
+
+
+@dataclass
+class ClaimOnMiss:
+    """A key to set to ``value`` for ``ttl_ms``, unless it holds a value already, in the
+    same call as :meth:`Store.consume`'s read, for an admitted request whose read found
+    nothing (a response cache miss claiming its in-flight answer). The store sets
+    ``held``: None when it claimed the key, else what the key held; it stays
+    :data:`UNTRIED` when nothing was claimed (a refusal, a hit, Redis down, or a store
+    that claims elsewhere), and the caller claims on its own if it still wants to."""
+
+    key: str
+    value: str
+    ttl_ms: int
+    held: str | None = UNTRIED
+
+
 class Store(Protocol):
     async def consume(
-        self, key: str, rate: Rate | None, *, read: str | None = None
+        self,
+        key: str,
+        rate: Rate | None,
+        *,
+        read: str | None = None,
+        claim: ClaimOnMiss | None = None,
     ) -> tuple[Decision | None, Value | None]:
         """Take one from the bucket at ``key`` (no bucket, no decision: ``rate`` None is
         unlimited); with ``read``, also the value stored there for an admitted request
-        (None when absent, or when it could not be read)."""
+        (None when absent, or when it could not be read), and with ``claim`` too, that
+        claim when the read found nothing (see :class:`ClaimOnMiss`)."""
 
     def consume_sync(self, key: str, rate: Rate) -> Decision:
         """:meth:`consume`, for sync callers."""
@@ -108,7 +134,12 @@ class MemoryStore:
             self._tats.pop(key, None)
 
     async def consume(
-        self, key: str, rate: Rate | None, *, read: str | None = None
+        self,
+        key: str,
+        rate: Rate | None,
+        *,
+        read: str | None = None,
+        claim: ClaimOnMiss | None = None,  # in-process claims are the stream log's own
     ) -> tuple[Decision | None, Value | None]:
         decision = None if rate is None else self.consume_sync(key, rate)
         admitted = decision is None or decision.allowed
@@ -162,7 +193,10 @@ class MemoryStore:
 # KEYS[1]: the bucket's arrival-time key. ARGV: interval (µs), burst.
 # KEYS[2], optional: a key to read for an admitted request, returned fifth, so a request's
 # two lookups (its allowance and its cached answer) cost one round trip.
-# The script is billing.gcra.gcra, line for line.
+# KEYS[3], optional, with ARGV[3] and ARGV[4] (ms): a key to claim with that value when
+# the read found nothing (SET NX GET: what it held, returned seventh, false if claimed);
+# the sixth is 1 when it was tried.
+# The script is billing.gcra.gcra, line for line, then the read and the claim.
 _GCRA_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -178,9 +212,22 @@ redis.call('SET', KEYS[1], string.format('%.0f', new_tat),
            'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
 local read = false
 if KEYS[2] then read = redis.call('GET', KEYS[2]) end
-return {1, math.floor((now - allow_at) / interval), 0, new_tat - now, read}
+local tried, held = 0, false
+if KEYS[3] and not read then
+  tried = 1
+  held = redis.call('SET', KEYS[3], ARGV[3], 'NX', 'GET', 'PX', ARGV[4])
+end
+return {1, math.floor((now - allow_at) / interval), 0, new_tat - now, read, tried, held}
 """
 _GCRA = Script(_GCRA_LUA)
+
+# For an unlimited plan, the read and the claim of _GCRA alone (its KEYS[2] and KEYS[3] as
+# KEYS[1] and KEYS[2], ARGV[3] and ARGV[4] as ARGV[1] and ARGV[2]): its reply's last three.
+_READ_OR_CLAIM = Script("""
+local read = redis.call('GET', KEYS[1])
+if read then return {read, 0, false} end
+return {false, 1, redis.call('SET', KEYS[2], ARGV[1], 'NX', 'GET', 'PX', ARGV[2])}
+""")
 
 # KEYS[1]: a sorted set of members scored by their expiry, so the slots of a crashed
 # process lapse by themselves. ARGV: member, limit, ttl (ms). Taking a slot the member
@@ -234,16 +281,39 @@ class RedisStore:
         return memory_store()
 
     async def consume(
-        self, key: str, rate: Rate | None, *, read: str | None = None
+        self,
+        key: str,
+        rate: Rate | None,
+        *,
+        read: str | None = None,
+        claim: ClaimOnMiss | None = None,
     ) -> tuple[Decision | None, Value | None]:
-        if rate is None:
+        if read is None:
+            claim = None  # a claim goes with a read that misses
+        if rate is None and claim is None:  # nothing to count: at most a read
             return None, None if read is None else await self._read(read)
-        keys = [key] if read is None else [key, read]
+        keys: list[str] = [] if rate is None else [key]
+        args: list[int | str] = [] if rate is None else [rate.interval_us, rate.burst]
+        if read is not None:
+            keys.append(read)
+        if claim is not None:
+            keys.append(claim.key)
+            args += [claim.value, claim.ttl_ms]
         try:
-            reply = await get_multiplexed().run_script(_GCRA, keys, [rate.interval_us, rate.burst])
+            script = _READ_OR_CLAIM if rate is None else _GCRA
+            reply = await get_multiplexed().run_script(script, keys, args)
         except redis.RedisError:
+            if rate is None:
+                logger.warning("Redis unavailable, %s not read", read, exc_info=True)
+                return None, None
             return self._in_memory("allowance").consume_sync(key, rate), None
-        return _decision(reply), (reply[4] if len(reply) > 4 else None)
+        decision = None if rate is None else _decision(reply)
+        if decision is not None and not decision.allowed:
+            return decision, None
+        value, tried, held = reply[-3:]
+        if claim is not None and tried:
+            claim.held = held.decode() if isinstance(held, bytes) else held
+        return decision, value
 
     async def _read(self, key: str) -> Value | None:
         try:

@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from billing import credits, idempotency, limits, pricing, response_cache
 from billing.models import Tenant
+from billing.store import UNTRIED
 from chatproject import metrics, redis_multiplexed
 from chatproject.db import db_call, pipelined
 from chatproject.errors import ApiError, ErrorCode
@@ -111,8 +112,18 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
         no_cache=not request.use_cache,
         tenant_cache_enabled=request.tenant.response_cache_enabled,
     )
+    message_id = uuid.uuid4()
+    # A miss joins an identical request still generating (in any process), if there is one.
+    # Not one offering tools: the stream log carries text, and its answer may call them.
+    joinable = cache_key is not None and not offered_tools(request)
+    # The claim goes with the lookup, unless an Idempotency-Key's replay may answer first.
+    on_miss = (
+        stream_log.claim_on_miss(cache_key, message_id.hex)
+        if joinable and cache_key is not None and not request.idempotency_key
+        else None
+    )
     lookup = asyncio.ensure_future(
-        response_cache.rate_limit_and_cache_get(request.tenant, cache_key)
+        response_cache.rate_limit_and_cache_get(request.tenant, cache_key, claim=on_miss)
     )
     taking = slot.take(request.tenant)  # its command goes out with the lookup's
     cooling = failover.look_up_cooling(route.deployments)  # and so does this one's
@@ -134,7 +145,10 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
         rate, cached = await lookup
         await taking  # raises CONCURRENCY_LIMIT
     except BaseException:
+        answered = lookup.done()
         lookup.cancel()
+        if on_miss is not None and (on_miss.held is None or not answered):
+            _release_claim(cache_key, message_id)  # claimed, or may have been
         raise
     fingerprint = None
     replayed = False
@@ -156,13 +170,13 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
         replay = await _claim_key(request, fingerprint)
         if replay is not None:
             cached, replayed, fingerprint, receipt = replay.answer, True, None, replay.receipt
-    message_id = uuid.uuid4()
-    # A miss joins an identical request still generating (in any process), if there is one.
-    # Not one offering tools: the stream log carries text, and its answer may call them.
-    joinable = cached is None and cache_key is not None and not offered_tools(request)
+    joinable = joinable and cached is None
     joined = None
     if joinable and cache_key is not None:
-        joined = await stream_log.claim(cache_key, message_id.hex)
+        if on_miss is not None and on_miss.held != UNTRIED:
+            joined = on_miss.held  # claimed with the lookup (None) or held by that log
+        else:
+            joined = await stream_log.claim(cache_key, message_id.hex)
     claimed = joinable and joined is None
     steps = settings.TOOL_MAX_STEPS if request.server_tools else 1
     reservation = (
@@ -216,8 +230,8 @@ async def _start_generation(request: GenerationRequest, slot: GenerationSlot) ->
             _in_background(
                 idempotency.idempotency_abandon(request.tenant.pk, request.idempotency_key)
             )
-        if claimed and cache_key is not None:  # nobody must wait on a log nobody writes
-            _in_background(stream_log.release(cache_key, message_id.hex))
+        if claimed:  # nobody must wait on a log nobody writes
+            _release_claim(cache_key, message_id)
         raise
     if hold is not None:
         _balances[_balance_key(request.tenant)] = hold.balance_after
@@ -305,6 +319,11 @@ async def _claim_key(request: GenerationRequest, fingerprint: str) -> idempotenc
             details={"Idempotency-Key": ["Use a new key for a new request."]},
         )
     return claim if claim.state == "replay" else None  # None: this request claimed the key
+
+
+def _release_claim(cache_key: str | None, message_id: uuid.UUID) -> None:
+    if cache_key is not None:
+        _in_background(stream_log.release(cache_key, message_id.hex))
 
 
 def _release_abandoned_hold(admission: asyncio.Future) -> None:

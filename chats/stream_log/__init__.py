@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator
 
 from django.conf import settings
 
+from billing.store import ClaimOnMiss
 from chats.stream_log.entries import (
     LogEnd,
     LogItem,
@@ -54,6 +55,7 @@ __all__ = [
     "WireItem",
     "active_stream",
     "claim",
+    "claim_on_miss",
     "follow",
     "follow_wire",
     "release",
@@ -112,8 +114,18 @@ async def claim(cache_key: str, log_id: str) -> str | None:
     A claim lasts at most ``LLM_TIMEOUT_SECONDS``: a claim left by a process that died
     then stops drawing requests to a log nobody writes soon (those already following it
     time out), and an answer generating longer is just not joined any more."""
-    ttl = min(float(settings.STREAM_LOG_TTL_SECONDS), float(settings.LLM_TIMEOUT_SECONDS))
-    return await get_log_store().claim(cache_key, log_id, ttl)
+    return await get_log_store().claim(cache_key, log_id, _claim_ttl())
+
+
+def claim_on_miss(cache_key: str, log_id: str) -> ClaimOnMiss | None:
+    """:func:`claim`, for the response cache's lookup of ``cache_key`` to make when it
+    misses, in the same round trip; None where claims are kept out of its reach (in this
+    process's memory): then :func:`claim` after the lookup."""
+    return get_log_store().claim_on_miss(cache_key, log_id, _claim_ttl())
+
+
+def _claim_ttl() -> float:
+    return min(float(settings.STREAM_LOG_TTL_SECONDS), float(settings.LLM_TIMEOUT_SECONDS))
 
 
 async def release(cache_key: str, log_id: str) -> None:

@@ -172,6 +172,9 @@ class MemoryLogStore:
         self._claims[cache_key] = (log_id, now + ttl)
         return None
 
+    def claim_on_miss(self, cache_key: str, log_id: str, ttl: float) -> None:
+        return None  # the billing store's lookup cannot reach these claims
+
     async def release(self, cache_key: str, log_id: str) -> None:
         held = self._claims.get(cache_key)
         if held is not None and held[0] == log_id:

@@ -17,6 +17,7 @@ from typing import Any, cast
 import redis
 from django.conf import settings
 
+from billing.store import ClaimOnMiss
 from chatproject.redis import get_redis
 from chatproject.redis_multiplexed import get_multiplexed
 from chats.stream_log.entries import (
@@ -113,6 +114,9 @@ class RedisLogStore:
         if isinstance(held, bytes):
             return held.decode()
         return held if isinstance(held, str) else None
+
+    def claim_on_miss(self, cache_key: str, log_id: str, ttl: float) -> ClaimOnMiss:
+        return ClaimOnMiss(claim_key(cache_key), log_id, max(1, round(ttl * 1000)))
 
     async def release(self, cache_key: str, log_id: str) -> None:
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from billing.store import ClaimOnMiss
 from chatproject.backends import RedisOrMemory
 from chats.stream_log.entries import LogEnd, LogItem, WireHeader, WireItem
 from chats.stream_log.memory_store import MemoryLogStore
@@ -69,6 +70,9 @@ class LogStore(Protocol):
     async def claim(self, cache_key: str, log_id: str, ttl: float) -> str | None:
         """Claim ``cache_key`` for ``log_id`` for ``ttl`` seconds: None when claimed, else
         the log that holds it."""
+
+    def claim_on_miss(self, cache_key: str, log_id: str, ttl: float) -> ClaimOnMiss | None:
+        """:meth:`claim`, as the billing store's lookup makes it (None if it cannot)."""
 
     async def release(self, cache_key: str, log_id: str) -> None:
         """Give up the claim on ``cache_key`` if ``log_id`` holds it."""

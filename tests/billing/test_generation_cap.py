@@ -40,10 +40,10 @@ async def admit(tenant, chat=None, messages=LONG):
     return await start_generation(GenerationRequest(tenant=tenant, chat=chat, messages=messages))
 
 
-async def admitted(tenant):
+async def admitted(tenant, messages=LONG):
     """A generation, or None while every slot of the tenant is taken."""
     try:
-        return await admit(tenant)
+        return await admit(tenant, messages=messages)
     except ApiError as error:
         if error.code != "CONCURRENCY_LIMIT":
             raise
@@ -88,6 +88,27 @@ async def test_a_refused_admission_gives_its_slot_back(capped):
     generations = [await apoll(lambda: admitted(broke)), await apoll(lambda: admitted(broke))]
     for generation in generations:
         await generation.events().aclose()
+
+
+async def test_a_request_refused_a_slot_leaves_no_claim_on_its_answer(capped):
+    tenant, _ = capped
+    running = [
+        await admit(tenant, messages=[{"role": "user", "content": f"[demo:tokens=100] {n}"}])
+        for n in range(2)
+    ]
+    streams = [generation.events() for generation in running]
+    for stream in streams:
+        await anext(stream)
+    question = [{"role": "user", "content": "[demo:tokens=3] asked while the cap is full"}]
+    with pytest.raises(ApiError) as refused:
+        await admit(tenant, messages=question)
+    assert refused.value.code == "CONCURRENCY_LIMIT"
+    for stream in streams:
+        await stream.aclose()
+    # The same question again generates its answer: it follows no log nobody writes.
+    generation = await apoll(lambda: admitted(tenant, question))
+    assert (generation.joined, generation.claimed) == (None, True)
+    await generation.events().aclose()
 
 
 async def test_a_slot_nobody_renews_lapses(capped, settings):

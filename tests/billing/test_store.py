@@ -7,7 +7,15 @@ import pytest
 from django.conf import settings as django_settings
 
 from billing.gcra import Rate
-from billing.store import MemoryStore, RedisStore, StoreUnavailable, get_store, memory_store
+from billing.store import (
+    UNTRIED,
+    ClaimOnMiss,
+    MemoryStore,
+    RedisStore,
+    StoreUnavailable,
+    get_store,
+    memory_store,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -66,6 +74,37 @@ async def test_an_allowance_is_spent_then_refused_and_reads_only_when_admitted(m
     assert (unlimited, as_text(value)) == (None, "answer")
 
 
+async def test_a_miss_claims_in_the_same_call_and_a_hit_or_a_refusal_claims_nothing(
+    memory_or_redis,
+):
+    store, bucket, cached = get_store(), fresh("bucket"), fresh("cached")
+    claims = [ClaimOnMiss(fresh("claim"), f"log-{n}", 60_000) for n in range(5)]
+    first, second, on_hit, refused, unlimited = claims
+    second.key = first.key  # an identical request, arriving while the first runs
+    await store.consume(bucket, PER_MINUTE, read=cached, claim=first)
+    await store.consume(bucket, PER_MINUTE, read=cached, claim=second)
+    await store.put(cached, "answer", 60)
+    _, value = await store.consume(bucket, PER_MINUTE, read=cached, claim=on_hit)
+    assert as_text(value) == "answer"
+    decision, _ = await store.consume(bucket, PER_MINUTE, read=fresh("miss"), claim=refused)
+    assert not decision.allowed
+    assert await store.consume(fresh("bucket"), None, read=fresh("miss"), claim=unlimited) == (
+        None,
+        None,
+    )
+    assert (on_hit.held, refused.held) == (UNTRIED, UNTRIED)
+    for claim in (on_hit, refused):
+        assert await store.get(claim.key) is None
+    if memory_or_redis != "redis":  # in-process claims are the stream log's to make
+        assert (first.held, second.held, unlimited.held) == (UNTRIED,) * 3
+        return
+    # Claimed by the first, found held by the second; an unlimited plan's miss claims too.
+    assert (first.held, second.held, unlimited.held) == (None, "log-0", None)
+    assert (await text(store, first.key), await text(store, unlimited.key)) == ("log-0", "log-4")
+    for claim in (first, unlimited):
+        await store.delete(claim.key)
+
+
 async def test_slots_up_to_the_limit_and_renewals_past_it(memory_or_redis):
     store, key = get_store(), fresh("slots")
     assert await store.slot_take(key, "a", 1, 60)
@@ -97,6 +136,9 @@ async def test_while_redis_is_down_values_fail_and_limits_hold_in_this_process(s
     await store.slot_give_back(key, "a")  # given back in this process too
     assert await store.slot_take(key, "b", 1, 60)
     assert await store.consume(key, None, read=key) == (None, None)
+    claim = ClaimOnMiss(fresh("claim"), "log", 60_000)
+    await store.consume(fresh("bucket"), PER_MINUTE, read=key, claim=claim)
+    assert claim.held == UNTRIED  # its caller claims on its own (and fails the same way)
 
 
 async def test_more_commands_than_connections_wait_for_one(settings):
