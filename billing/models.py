@@ -100,19 +100,25 @@ class LedgerEntry(models.Model):
         RELEASE = "release", "Release"
         ADJUSTMENT = "adjustment", "Adjustment"
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="ledger")
+    tenant = models.ForeignKey(  # indexed by (tenant, created_at)
+        Tenant, on_delete=models.CASCADE, related_name="ledger", db_index=False
+    )
     kind = models.CharField(max_length=20, choices=Kind.choices)
     # Signed change of the balance: negative for holds, positive for top-ups and releases.
     amount = models.DecimalField(**CREDIT_DIGITS)
     balance_after = models.DecimalField(**CREDIT_DIGITS)
-    reference = models.CharField(max_length=100, blank=True, db_index=True)
+    reference = models.CharField(max_length=100, blank=True)
     note = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
         verbose_name_plural = "ledger entries"
-        indexes = [models.Index(fields=["tenant", "created_at"])]
+        # Written with every hold and settlement: plain indexes, none a composite covers.
+        indexes = [
+            models.Index(fields=["tenant", "created_at"]),
+            models.Index(fields=["reference"], name="ledger_reference_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.kind} {self.amount} ({self.tenant})"
@@ -132,7 +138,7 @@ class CreditHold(models.Model):
         RELEASED = "released", "Released"
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="holds")
-    reference = models.CharField(max_length=100, blank=True, db_index=True)
+    reference = models.CharField(max_length=100, blank=True)
     # The resolved model the request ran on; "" for holds taken before it was recorded.
     model = models.CharField(max_length=100, blank=True)
     amount = models.DecimalField(**CREDIT_DIGITS)
@@ -154,6 +160,7 @@ class CreditHold(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
+            models.Index(fields=["reference"], name="credithold_reference_idx"),
             # The sweeper's query: open holds by lease expiry.
             models.Index(
                 fields=["lease_expires_at"],

@@ -247,13 +247,13 @@ class AuditRecord(models.Model):
     EXCERPT_LENGTH = 500
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    tenant = models.ForeignKey(
-        Tenant, on_delete=models.PROTECT, related_name="governor_audit_records"
+    tenant = models.ForeignKey(  # indexed by (tenant, -created_at)
+        Tenant, on_delete=models.PROTECT, related_name="governor_audit_records", db_index=False
     )
-    request_id = models.CharField(max_length=128, db_index=True)
+    request_id = models.CharField(max_length=128)
     model = models.CharField(max_length=200)
     # The request's governorMetadata (blank when none came).
-    sender_id = models.CharField(max_length=255, blank=True, db_index=True)
+    sender_id = models.CharField(max_length=255, blank=True)
     sender_role = models.CharField(max_length=255, blank=True)
     recipient_country = models.CharField(max_length=2, blank=True)
     recipient_user_id = models.CharField(max_length=255, blank=True)
@@ -261,7 +261,6 @@ class AuditRecord(models.Model):
     recipient_email_hash = models.CharField(
         max_length=64,
         blank=True,
-        db_index=True,
         help_text="Keyed SHA-256 of the lower-cased address.",
     )
     action_type = models.CharField(max_length=32, choices=ACTION_TYPE_CHOICES, blank=True)
@@ -296,7 +295,14 @@ class AuditRecord(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["tenant", "-created_at"])]
+        # Each is written with every request: only those that queries use, and plain ones
+        # (db_index on a CharField adds a pattern index for LIKE 'x%' on PostgreSQL).
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"]),
+            models.Index(fields=["request_id"], name="audit_request_id_idx"),
+            models.Index(fields=["sender_id"], name="audit_sender_id_idx"),
+            models.Index(fields=["recipient_email_hash"], name="audit_recipient_email_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.id} ({self.decision})"

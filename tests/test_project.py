@@ -195,3 +195,40 @@ def test_a_repeated_statement_is_prepared_on_postgresql():
             ["%billing_apikey%"],
         )
         assert cursor.fetchone()[0] >= 1
+
+
+@pytest.mark.django_db
+def test_the_tables_written_with_every_request_keep_only_the_indexes_queries_use():
+    """The audit record, the hold and the ledger entries: no LIKE-pattern index (which
+    db_index on a CharField adds on PostgreSQL) and no index a composite one leads with."""
+    from django.db import connection
+
+    from billing.models import CreditHold, LedgerEntry
+    from governor.models import AuditRecord
+
+    plain = {
+        AuditRecord: {
+            ("id",),
+            ("tenant_id", "created_at"),
+            ("created_at",),
+            ("request_id",),
+            ("sender_id",),
+            ("recipient_email_hash",),
+            ("reviewed_by_id",),
+        },
+        LedgerEntry: {("id",), ("tenant_id", "created_at"), ("created_at",), ("reference",)},
+        CreditHold: {
+            ("id",),
+            ("tenant_id",),
+            ("reference",),
+            ("lease_expires_at",),
+            ("closed_at",),
+        },
+    }
+    with connection.cursor() as cursor:
+        for model, expected in plain.items():
+            table = model._meta.db_table
+            found = connection.introspection.get_constraints(cursor, table).items()
+            indexes = {tuple(c["columns"]) for _, c in found if c["index"] or c["primary_key"]}
+            assert indexes == expected, table
+            assert not [name for name, _ in found if name.endswith("_like")], table
