@@ -25,8 +25,9 @@ Side by side in one run, each printed with its ratio to the upstream alone:
 
 ``--server daphne uvicorn granian`` runs one process under each ASGI server;
 ``--baseline DIR`` also runs the code of another checkout (``git worktree add DIR main``)
-on the same database; ``--rounds N`` alternates the service measurements N times, since
-figures on a shared machine drift within minutes. ``--profile FILE`` writes py-spy's
+on a database of its own, migrated by that code (``<database>_baseline``); ``--rounds N``
+alternates the service measurements N times, since figures on a shared machine drift
+within minutes. ``--profile FILE`` writes py-spy's
 collapsed stacks (GIL holders) of this checkout's server under the 32-client load.
 
 The load generator is a small HTTP/1.1 client on raw asyncio streams, so that the
@@ -116,6 +117,28 @@ def setup_database(upstream_url: str) -> str:
             },
         )
     return api_key_create(tenant=tenant)[1]
+
+
+def baseline_database(code: Path, upstream_url: str) -> tuple[dict[str, str], str]:
+    """Another checkout's database, set up by its own code (its schema may differ from
+    this one's, and each code is measured on its own): its environment and key. On
+    PostgreSQL a database of its own, named after this run's with ``_baseline``."""
+    env = dict(os.environ)
+    if env.get("DATABASE_URL", "").startswith("postgres"):
+        env["DATABASE_URL"] += "_baseline"
+    script = (
+        "import sys; sys.path.insert(0, '.'); from bench.gateway import setup_database; "
+        "print(setup_database(sys.argv[1]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, upstream_url],
+        cwd=code,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return env, done.stdout.strip().splitlines()[-1]
 
 
 def server_command(kind: str, port: int, code: Path = ROOT) -> list[str]:
@@ -538,6 +561,8 @@ class Service:
     kind: str
     port: int = 0
     process: subprocess.Popen | None = None
+    key: str = ""  # the benchmark tenant's, in this code's database
+    env: dict[str, str] = field(default_factory=dict)  # DATABASE_URL: that database
 
 
 def services(args) -> list[Service]:
@@ -577,13 +602,19 @@ async def main(args) -> None:
     log = open(args.server_log, "w")  # noqa: SIM115 (kept open for the whole run)
     try:
         key = await asyncio.to_thread(setup_database, upstream_url)
+        databases = {ROOT: ({}, key)}
         servers = services(args)
         for service in servers:
+            if service.code not in databases:
+                databases[service.code] = await asyncio.to_thread(
+                    baseline_database, service.code, upstream_url
+                )
+            service.env, service.key = databases[service.code]
             service.port = streaming.free_port()
             service.process = streaming.start(
                 server_command(service.kind, service.port, service.code),
                 service.port,
-                env=streaming.server_env(),
+                env={**streaming.server_env(), **service.env},
                 log=log,
                 cwd=service.code,
             )
@@ -622,7 +653,7 @@ async def main(args) -> None:
                 service.name,
                 service.port,
                 "/v1/chat/completions",
-                {"Authorization": f"Bearer {key}"},
+                {"Authorization": f"Bearer {service.key}"},
                 pid=service.process.pid,
             )
             for service in servers
@@ -635,7 +666,7 @@ async def main(args) -> None:
             []
             if args.no_ws
             else await interleaved(
-                ws_timer, [(s.port, key) for s in servers], args.runs, args.warmup
+                ws_timer, [(s.port, s.key) for s in servers], args.runs, args.warmup
             )
         )
         print("  measured the first tokens, interleaved", flush=True)
@@ -651,7 +682,7 @@ async def main(args) -> None:
                 target = dataclasses.replace(target, name=name)
                 rows.append(await measure(target, args, service_times[index]))
                 if not args.no_ws:
-                    ws_rows.append(await measure_ws(service, key, args, ws_times[index]))
+                    ws_rows.append(await measure_ws(service, service.key, args, ws_times[index]))
                     ws_rows[-1].name = name
                 print(f"  measured {name}", flush=True)
         print_table(rows, rows[0], SHORT)
