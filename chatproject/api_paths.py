@@ -179,7 +179,7 @@ class BrowserMiddleware(Middleware):
         )
 
     def __call__(self, request):
-        if iscoroutinefunction(self):
+        if self._async:
             return self.__acall__(request)
         return (self.get_response if is_api_path(request.path) else self.browser)(request)
 

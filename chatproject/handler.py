@@ -18,10 +18,17 @@ from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler as DjangoASGIHandler
 from django.core.handlers.asgi import get_script_prefix
-from django.urls import Resolver404, get_resolver, set_script_prefix
+from django.urls import Resolver404, ResolverMatch, get_resolver, set_script_prefix
 
 
 class ASGIHandler(DjangoASGIHandler):
+    def resolve_request(self, request):
+        """Django's, from a copy per path: it walks the URL patterns for every request."""
+        if hasattr(request, "urlconf"):  # a middleware's own URLconf
+            return super().resolve_request(request)
+        request.resolver_match = _resolved(request.path_info)
+        return request.resolver_match
+
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and self._async_view(scope):
             await self.handle_inline(scope, receive, send)
@@ -78,9 +85,14 @@ class ASGIHandler(DjangoASGIHandler):
 
 
 @functools.lru_cache(maxsize=4096)  # the URLs are fixed once the process serves
+def _resolved(path: str) -> ResolverMatch:
+    """The match of ``path`` (Resolver404 is raised, not kept)."""
+    return get_resolver().resolve(path)
+
+
 def _is_async_view(path: str) -> bool:
     try:
-        match = get_resolver().resolve(path)
+        match = _resolved(path)
     except Resolver404:
         return False
     return iscoroutinefunction(match.func)

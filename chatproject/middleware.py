@@ -17,7 +17,8 @@ class Middleware:
 
     def __init__(self, get_response):
         self.get_response = get_response
-        if iscoroutinefunction(get_response):
+        self._async = iscoroutinefunction(get_response)  # known once, not asked per call
+        if self._async:
             markcoroutinefunction(self)
 
     def before(self, request: HttpRequest) -> HttpResponse | None:
@@ -28,7 +29,7 @@ class Middleware:
         return response
 
     def __call__(self, request):
-        if iscoroutinefunction(self):
+        if self._async:
             return self.__acall__(request)
         answer = self.before(request)
         if answer is not None:

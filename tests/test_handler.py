@@ -128,3 +128,15 @@ def test_the_application_sets_the_collector_for_serving():
     ).stdout.split()
     assert int(out[0]) == YOUNG_THRESHOLD
     assert int(out[1]) > 50_000  # Django, the models, the libraries
+
+
+def test_a_path_is_resolved_once_and_each_path_to_its_own_match(rf):
+    from chatproject import handler
+
+    resolving = handler.ASGIHandler()
+    first, second = (rf.get(f"/v1/chat/streams/{stream}") for stream in ("one", "two"))
+    matches = [resolving.resolve_request(request) for request in (first, second, first)]
+    assert [match.kwargs["stream"] for match in matches] == ["one", "two", "one"]
+    assert first.resolver_match is matches[0] and matches[2] is matches[0]  # the copy
+    with pytest.raises(handler.Resolver404):
+        resolving.resolve_request(rf.get("/no/such/path"))
