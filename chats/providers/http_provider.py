@@ -26,8 +26,8 @@ from .http_client import upstream_session
 from .tokens import estimate_prompt_tokens, estimate_tokens
 from .wire import (
     TRANSPORT_ERRORS,
+    SSEParser,
     error_details,
-    iter_sse,
     parse_json_object,
     redact,
     transport_error,
@@ -160,22 +160,24 @@ class HTTPProvider(Provider):
                     yield item
                 # Read on to the end of the body after the answer is complete, so that
                 # the connection goes back to the pool instead of being closed.
-                async for event, data in iter_sse(response):
-                    if reading.done:
-                        continue
-                    if data == self.end_marker:
-                        reading.done = True
-                        continue
-                    payload = parse_json_object(data)
-                    if payload is None:
-                        raise LLMProviderError(
-                            f"{self.name} sent malformed stream data", retryable=False
-                        )
-                    error = self.stream_error(event, payload)
-                    if error is not None:
-                        raise error
-                    for item in reading.take(event, payload):
-                        yield item
+                parser, body = SSEParser(), response.content
+                while chunk := await body.readany():
+                    for event, data in parser.feed(chunk):
+                        if reading.done:
+                            continue
+                        if data == self.end_marker:
+                            reading.done = True
+                            continue
+                        payload = parse_json_object(data)
+                        if payload is None:
+                            raise LLMProviderError(
+                                f"{self.name} sent malformed stream data", retryable=False
+                            )
+                        error = self.stream_error(event, payload)
+                        if error is not None:
+                            raise error
+                        for item in reading.take(event, payload):
+                            yield item
         except TRANSPORT_ERRORS as exc:
             # Once the answer is complete, a failure while draining the body costs nothing.
             if not reading.finished:

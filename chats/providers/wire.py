@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import aiohttp
@@ -24,50 +24,52 @@ def redact(text: str, secret: str | None) -> str:
     return text
 
 
-async def iter_lines(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    """The body's lines as they arrive (ended by LF, CRLF or CR), of any length: aiohttp's
-    own line reader refuses a line over 128 KiB, and one event may carry a long tool call."""
-    pending = b""
-    async for chunk in response.content.iter_any():
-        pending += chunk
+class SSEParser:
+    """Server-sent events from a body's bytes as they arrive: :meth:`feed` takes a chunk
+    and returns the events it completed, as (event, data). A parser rather than a
+    generator over the body: a layer of generators costs every token a resumption.
+
+    Follows the WHATWG rules that matter here: lines end with LF, CRLF or CR and may be of
+    any length (aiohttp's own line reader refuses one over 128 KiB, and one event may
+    carry a long tool call); `data` lines are joined with newlines, comments (`:` lines)
+    are skipped, one space after the colon is dropped; an event left incomplete at the
+    end of the body is never returned (it was cut off).
+    """
+
+    def __init__(self) -> None:
+        self._pending = b""  # the start of a line whose end has not come
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        pending = self._pending + chunk if self._pending else chunk
         if b"\r" in pending:  # CRLF and CR as LF; a CR at the very end may be half a CRLF
             keep = pending.endswith(b"\r")
-            pending = pending.rstrip(b"\r").replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-            lines = pending.split(b"\n")
-            pending = lines.pop() + (b"\r" if keep else b"")
+            if keep:
+                pending = pending[:-1]
+            lines = pending.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+            self._pending = lines.pop() + (b"\r" if keep else b"")
         else:
             lines = pending.split(b"\n")
-            pending = lines.pop()
-        for line in lines:
-            yield line.decode("utf-8", "replace")
-    if pending.rstrip(b"\r"):
-        yield pending.rstrip(b"\r").decode("utf-8", "replace")
-
-
-async def iter_sse(response: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str]]:
-    """Yields (event, data) for each server-sent event as soon as its blank line arrives.
-
-    Follows the WHATWG rules that matter here: `data` lines are joined with newlines,
-    comments (`:` lines) are skipped, one space after the colon is dropped, and an event
-    left incomplete at the end of the body is discarded (it was cut off).
-    """
-    event = ""
-    data: list[str] = []
-    async for line in iter_lines(response):
-        if not line:
-            if data:
-                yield event or "message", "\n".join(data)
-            event, data = "", []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        if value.startswith(" "):
-            value = value[1:]
-        if field == "data":
-            data.append(value)
-        elif field == "event":
-            event = value
+            self._pending = lines.pop()
+        events: list[tuple[str, str]] = []
+        for raw in lines:
+            if not raw:
+                if self._data:
+                    events.append((self._event or "message", "\n".join(self._data)))
+                self._event, self._data = "", []
+                continue
+            line = raw.decode("utf-8", "replace")
+            if line[0] == ":":
+                continue
+            field, _, value = line.partition(":")
+            if value[:1] == " ":
+                value = value[1:]
+            if field == "data":
+                self._data.append(value)
+            elif field == "event":
+                self._event = value
+        return events
 
 
 def parse_json_object(data: str | bytes) -> dict[str, Any] | None:

@@ -31,6 +31,7 @@ from chats.providers import (
     estimate_prompt_tokens,
     estimate_tokens,
 )
+from chats.providers.wire import SSEParser
 from tests.fakes.upstream import (
     FakeUpstream,
     expected_text,
@@ -542,6 +543,25 @@ async def test_openai_reads_events_of_any_length_and_line_ending(newline: str) -
         outcome = await run(OpenAICompatibleProvider(f"{url}/v1", None), ask())
     assert outcome.tokens == [long, "!"]
     assert outcome.end == StreamEnd("stop", 3, 2)
+
+
+_EVENTS = (
+    b': a comment\r\nevent: delta\r\ndata: {"a": 1}\r\n\r\n'
+    b"data: two\rdata:  lines\r\r"
+    b"data: \xc3\xa9t\xc3\xa9\n\n"
+    b"id: 7\nretry: 10\n\n"  # no data: no event
+    b"data: cut off at the end"
+)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, len(_EVENTS)])
+def test_sse_events_are_the_same_however_the_body_is_cut_into_reads(size: int) -> None:
+    parser = SSEParser()
+    events = []
+    for start in range(0, len(_EVENTS), size):
+        events += parser.feed(_EVENTS[start : start + size])
+    # A CR that ends a read may be half a CRLF: one line end either way, never a blank line.
+    assert events == [("delta", '{"a": 1}'), ("message", "two\n lines"), ("message", "été")]
 
 
 @pytest.mark.asyncio
