@@ -52,11 +52,17 @@ class InlineHooks:
     thread-sensitive context). Hooks that do no I/O need neither.
     """
 
+    def __init__(self, get_response):
+        super().__init__(get_response)
+        # Looked up once, not for every request.
+        self._before = getattr(self, "process_request", None)
+        self._after = getattr(self, "process_response", None)
+
     async def __acall__(self, request):
-        response = self.process_request(request) if hasattr(self, "process_request") else None
+        response = self._before(request) if self._before is not None else None
         response = response or await self.get_response(request)
-        if hasattr(self, "process_response"):
-            response = self.process_response(request, response)
+        if self._after is not None:
+            response = self._after(request, response)
         return response
 
 

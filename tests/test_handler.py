@@ -1,6 +1,7 @@
 """The ASGI handler: a request to an async view runs with no thread hand-off at all (its
-signals sent on the loop); every other view goes through Django's own path. A request
-leaves nothing for the garbage collector, which the application sets for serving."""
+signals sent on the loop, when anything but Django's own receivers listens); every other
+view goes through Django's own path. A request leaves nothing for the garbage collector,
+which the application sets for serving."""
 
 import gc
 import json
@@ -15,6 +16,7 @@ from django.core import signals
 
 from chatproject.asgi import django_http
 from chatproject.garbage_collection import YOUNG_THRESHOLD
+from chatproject.handler import has_other_receivers
 from tests.factories import make_account
 
 
@@ -66,6 +68,22 @@ async def test_an_async_view_runs_with_no_thread_hand_off(hand_offs, signalled):
     assert json.loads(response["body"])["error"]["code"] == "invalid_api_key"
     assert hand_offs == []
     assert signalled == ["started", "finished"]
+
+
+def test_the_signals_of_an_async_view_are_sent_only_when_something_else_listens():
+    # Django's own receivers act on the calling thread's connections and caches: on the
+    # event loop there are none, so they alone are no reason to send.
+    assert not has_other_receivers(signals.request_started)
+    assert not has_other_receivers(signals.request_finished)
+
+    def receiver(**kwargs):
+        pass
+
+    signals.request_finished.connect(receiver)
+    try:
+        assert has_other_receivers(signals.request_finished)
+    finally:
+        signals.request_finished.disconnect(receiver)
 
 
 @pytest.mark.asyncio
