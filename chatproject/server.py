@@ -17,7 +17,8 @@ with these changes daphne has no option for:
   loop next polls for I/O, after every callback ready before it: a token written to the
   client would wait for the engine to read the upstream's next ones and, for a short
   answer, start finalising it. Here each body write and WebSocket message goes to the
-  socket at once (what the socket does not take waits for the loop, as before).
+  socket at once (what the socket does not take waits for the loop, as before), but a
+  message marked ``SEND_WITH_NEXT``, which goes with the next one.
 - **A POST body reaches the application as it came.** Twisted parses form and multipart
   bodies for its own ``request.args``, which daphne does not use: the cost of it on every
   request, and a malformed multipart body answered by Twisted's bare 400 instead of the
@@ -46,6 +47,7 @@ from daphne.server import Server as DaphneServer  # noqa: E402
 from daphne.ws_protocol import WebSocketProtocol as DaphneWebSocketProtocol  # noqa: E402
 
 from chatproject.redaction import redact_secrets  # noqa: E402
+from chatproject.send_hints import SEND_WITH_NEXT  # noqa: E402
 
 access_logger = logging.getLogger("daphne.access")
 
@@ -75,7 +77,8 @@ def send_now(transport) -> None:
 class WebSocketProtocol(DaphneWebSocketProtocol):
     def handle_reply(self, message) -> None:
         super().handle_reply(message)
-        send_now(self.transport)
+        if not message.get(SEND_WITH_NEXT):
+            send_now(self.transport)
 
     def _max_message_size_exceeded(self, msg_size, max_msg_size, reason) -> None:
         # autobahn's hook for a message (or frame) over the limit, before any of it is

@@ -27,6 +27,7 @@ from asgiref.typing import ASGIReceiveCallable, ASGISendCallable, WebSocketRecei
 from billing import limits
 from chatproject.errors import ApiError, ErrorCode
 from chatproject.request_id import current_request_id
+from chatproject.send_hints import SEND_WITH_NEXT
 from chats import ws_errors, ws_events, ws_messages, ws_resume, ws_slots
 from chats.engine import ErrorEvent, FinishedEvent, Generation
 from chats.transports.generation_stream import events_of, resumable_log
@@ -192,13 +193,14 @@ class ChatConsumer(AsyncWebsocketConsumerOnLoop):
             received = ws_events.message_received(
                 chat_id, generation.user_message, generation.request.client_message_id
             )
-            await self._send(received)
+            await self._send(received, with_next=True)
             self.session.remember("user", generation.user_message.content)
             self.group.publish(received)
         self.reply.log = resumable_log(generation, ws_resume.STREAM_FORMAT)
         status = "cancelled"
         try:
-            await self._send_stream(ws_events.message_stream_started(chat_id, generation))
+            started = ws_events.message_stream_started(chat_id, generation)
+            await self._send_stream(started, with_next=True)  # the first token follows
             async with events_of(generation) as events:
                 async for event in events:
                     if isinstance(event, FinishedEvent | ErrorEvent):
@@ -226,16 +228,24 @@ class ChatConsumer(AsyncWebsocketConsumerOnLoop):
 
     # --- sending ------------------------------------------------------------------------
 
-    async def _send(self, event: Mapping[str, Any]) -> None:
+    async def _send(self, event: Mapping[str, Any], *, with_next: bool = False) -> None:
         if not self.reply.detached:
-            await self.send(text_data=orjson.dumps(event).decode())
+            await self._send_text(orjson.dumps(event).decode(), with_next)
 
-    async def _send_stream(self, event: ws_events.Event) -> None:
+    async def _send_stream(self, event: ws_events.Event, *, with_next: bool = False) -> None:
         """Send an event of the answer, and keep it in its stream log for resuming."""
         text = orjson.dumps(event).decode()
         if self.reply.log is not None:
             self.reply.log.append_chunk(text)
         if not self.reply.detached:
+            await self._send_text(text, with_next)
+
+    async def _send_text(self, text: str, with_next: bool) -> None:
+        """One frame; ``with_next``: one the next frame follows at once, written with it
+        (see :data:`chatproject.send_hints.SEND_WITH_NEXT`)."""
+        if with_next:
+            await self.base_send({"type": "websocket.send", "text": text, SEND_WITH_NEXT: True})
+        else:
             await self.send(text_data=text)
 
     async def _error(self, error: ApiError, **fields: Any) -> None:

@@ -3,7 +3,11 @@ tested against a live server in tests/test_hostile_input.py and tests/test_uvico
 
 from types import SimpleNamespace
 
-from chatproject.server import WebRequest
+from daphne.ws_protocol import WebSocketProtocol as DaphneWebSocketProtocol
+
+import chatproject.server
+from chatproject.send_hints import SEND_WITH_NEXT
+from chatproject.server import WebRequest, WebSocketProtocol
 
 
 def test_each_daphne_request_sends_its_writes_at_once():
@@ -22,3 +26,16 @@ def test_each_daphne_request_sends_its_writes_at_once():
     )
     WebRequest(channel)
     assert calls == [True]  # Nagle's algorithm off: a token is not held for an ACK
+
+
+def test_a_websocket_frame_marked_to_go_with_the_next_is_not_sent_on_its_own(monkeypatch):
+    written, sent = [], []
+    monkeypatch.setattr(DaphneWebSocketProtocol, "handle_reply", lambda self, m: written.append(m))
+    monkeypatch.setattr(chatproject.server, "send_now", lambda transport: sent.append(len(written)))
+    protocol = WebSocketProtocol.__new__(WebSocketProtocol)
+    protocol.transport = None
+    protocol.handle_reply({"type": "websocket.send", "text": "a", SEND_WITH_NEXT: True})
+    protocol.handle_reply({"type": "websocket.send", "text": "b", SEND_WITH_NEXT: True})
+    assert sent == []  # buffered: they go with the next, or when the loop polls
+    protocol.handle_reply({"type": "websocket.send", "text": "c"})
+    assert sent == [3]  # all three, in one write

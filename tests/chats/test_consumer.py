@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from billing.models import Plan, Tenant
 from chatproject.asgi import application
+from chatproject.send_hints import SEND_WITH_NEXT
 from chats.models import Chat, EndUser, Message
 from tests.factories import make_chat, make_tenant
 from tests.polling import apoll
@@ -96,6 +97,29 @@ async def test_full_event_sequence(account):
     assert str(stored[1]["id"]) == ended["message_id"]
     assert stored[1]["content"] == joined
     await ws.disconnect()
+
+
+async def test_the_events_before_the_first_token_go_out_with_it(account):
+    """Marked for the server to write with the next frame: one write, not three, before
+    the first token (chatproject.send_hints); the tokens themselves go out each at once."""
+    chat = await sync_to_async(make_chat)(account.tenant)
+    ws, connected, _ = await connect(account.key, chat_id=chat.id)
+    assert connected
+    await receive(ws)  # connection_established
+    await ws.send_json_to({"content": "Hello"})
+    marked = {}
+    while True:
+        message = await ws.receive_output(timeout=TIMEOUT)
+        event = json.loads(message["text"])
+        marked.setdefault(event["type"], message.get(SEND_WITH_NEXT, False))
+        if event["type"] == "message_stream_ended":
+            break
+    assert marked == {
+        "message_received": True,
+        "message_stream_started": True,
+        "message_stream_token": False,
+        "message_stream_ended": False,
+    }
 
 
 async def test_history_reaches_the_model(account):
