@@ -27,8 +27,9 @@ def in_parallel(count: int, call) -> list[int]:
 )
 def test_fifty_parallel_requests_against_a_balance_for_ten(server):
     # A hold is (1 prompt token + 1000 output tokens) at 1 credit per 1K: 1.001 credits,
-    # so the balance covers exactly ten holds. Each answer streams for about a second,
-    # so no hold is settled (and credits returned) while the others are admitted.
+    # so the balance covers exactly ten holds. Each answer streams for about three seconds,
+    # so no hold is settled (and credits returned) while the others are admitted (the holds
+    # queue on the tenant's balance row: on a busy machine that takes a while).
     LLMModel.objects.create(
         name="metered-demo",
         provider="demo",
@@ -45,7 +46,7 @@ def test_fifty_parallel_requests_against_a_balance_for_ten(server):
             f"{server.url}/api/ai/chat/complete",
             headers={"X-API-Key": key, "Cache-Control": "no-cache"},
             json={
-                "messages": [{"role": "user", "content": f"[demo:tokens=5][demo:delay=250] {i}"}],
+                "messages": [{"role": "user", "content": f"[demo:tokens=5][demo:delay=600] {i}"}],
                 "model": "metered-demo",
             },
             timeout=60,
