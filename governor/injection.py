@@ -496,15 +496,44 @@ _INJECTION_FAMILIES: tuple[_Family, ...] = (
 
 def find_prompt_injection(text: str) -> list[Match]:
     """Spans that try to steer the model away from its instructions."""
-    lower = text.lower()
     found = sorted(
         (m.start(), -m.end(), label)
-        for label, words, pattern, veto in _INJECTION_FAMILIES
-        if any(word in lower for word in words)
+        for (label, _, pattern, veto), mentioned in zip(
+            _INJECTION_FAMILIES, _families_mentioned(text.lower()), strict=True
+        )
+        if mentioned
         for m in pattern.finditer(text)
         if m.end() > m.start() and not (veto and veto(text, m.start(), m.end()))
     )
     return _merge(found, "prompt_injection")
+
+
+# A family's pattern runs only on a text holding one of its words. Families share words.
+_FAMILY_WORDS = tuple(frozenset(words) for _, words, _, _ in _INJECTION_FAMILIES)
+_ALL_WORDS = tuple(sorted(frozenset().union(*_FAMILY_WORDS)))
+_SHORT_TEXT = 2000  # characters: below, every word is looked for at once
+
+
+def _families_mentioned(lower: str) -> list[bool]:
+    """For each family, whether ``lower`` holds one of its words. A short text is searched
+    for every word at once (the loop over words costs more than the searches); a long one
+    family by family, each word at most once, up to the first found."""
+    if len(lower) <= _SHORT_TEXT:
+        present = {word for word in _ALL_WORDS if word in lower}
+        return [not present.isdisjoint(words) for words in _FAMILY_WORDS]
+    seen: dict[str, bool] = {}
+    mentioned = []
+    for _, words, _, _ in _INJECTION_FAMILIES:
+        hit = False
+        for word in words:
+            held = seen.get(word)
+            if held is None:
+                held = seen[word] = word in lower
+            if held:
+                hit = True
+                break
+        mentioned.append(hit)
+    return mentioned
 
 
 # --- markup injection ----------------------------------------------------------------

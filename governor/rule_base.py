@@ -155,6 +155,8 @@ class Rule:
 
         Each names the source its span lies in (``ctx``'s sources); ``sourced`` are
         ``(explanation, span, source)`` found in folded text, after the others."""
+        if not explanations and not sourced:  # the common case, every request, every rule
+            return []
         ordered = [
             (explanation, span, ctx.where(span[0]) if ctx and span else None)
             for explanation, span in sorted(explanations, key=lambda e: (e[1] or (-1, -1), e[0]))

@@ -50,8 +50,11 @@ __all__ = [
 
 
 def _kinds_found(ctx: EvaluationInput, kinds: Iterable[str]) -> list[Finding]:
+    findings = ctx.findings
+    if not findings:
+        return []
     wanted = frozenset(kinds)
-    return [f for f in ctx.findings if f.kind in wanted]
+    return [f for f in findings if f.kind in wanted]
 
 
 @dataclass(frozen=True, kw_only=True)
