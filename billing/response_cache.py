@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from django.conf import settings
 
 from billing import limits
@@ -28,8 +29,10 @@ from billing.store import ClaimOnMiss, StoreUnavailable, get_store
 logger = logging.getLogger(__name__)
 
 KEY_PREFIX = "billing"
-# Bump when the key's recipe or the stored format changes: old entries are then ignored.
+# Bump when the stored format changes: old entries (and idempotent replies) are then ignored.
 KEY_VERSION = "v1"
+# Bump when the response cache key's recipe changes: old entries are then never looked up.
+RECIPE_VERSION = "2"
 REQUIRED_PARTS = ("tenant_id", "model", "messages")
 
 
@@ -45,6 +48,8 @@ class CachedAnswer:
 def _canonical(value: Any) -> Any:
     """Equal requests → equal JSON: 1 and 1.0 (and Decimal("1")) are one temperature."""
     if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if type(value) is dict and _plain(value):  # a message, most often: as it is
         return value
     if isinstance(value, (int, float, Decimal)):
         number = float(value)
@@ -72,11 +77,22 @@ def cache_key(
         raise TypeError(f"cache_key() needs {', '.join(missing)}")
     if no_cache or not tenant_cache_enabled:
         return None
-    canonical = json.dumps(
-        _canonical(parts), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
-    return f"{KEY_PREFIX}:rc:{KEY_VERSION}:{parts['tenant_id']}:{digest}"
+    canonical = _canonical(parts)
+    try:
+        encoded = orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # what orjson refuses (an integer past 64 bits, a lone surrogate)
+        text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        encoded = text.encode("utf-8", "surrogatepass")
+    digest = hashlib.sha256(encoded).hexdigest()
+    return f"{KEY_PREFIX}:rc:{KEY_VERSION}.{RECIPE_VERSION}:{parts['tenant_id']}:{digest}"
+
+
+def _plain(value: dict) -> bool:
+    """A dict of strings only, which canonical JSON takes as it is."""
+    for key, item in value.items():  # noqa: SIM110 (a loop costs half what all() does)
+        if type(key) is not str or type(item) is not str:
+            return False
+    return True
 
 
 def idempotency_key(tenant_id: int, key: str) -> str:

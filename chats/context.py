@@ -31,7 +31,8 @@ def _answered_only(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     called: set[str] = set()
     kept = []
     for message in messages:
-        called.update(call["id"] for call in message.get("tool_calls") or ())
+        if calls := message.get("tool_calls"):
+            called.update(call["id"] for call in calls)
         if message.get("role") != "tool" or message.get("tool_call_id") in called:
             kept.append(message)
     return kept

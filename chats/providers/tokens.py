@@ -16,7 +16,14 @@ def estimate_tokens(text: str) -> int:
 
 def estimate_prompt_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
     """The estimate of a prompt: the sum of its messages' estimates (tool calls included)."""
-    return sum(estimate_tokens(message_text(message)) for message in messages)
+    total = 0
+    for message in messages:  # (a loop: a chat's whole history, for every message sent)
+        content = message.get("content")
+        if type(content) is str and "tool_calls" not in message:
+            total += (len(content) + 3) // 4  # estimate_tokens(content), inline
+        else:
+            total += estimate_tokens(message_text(message))
+    return total
 
 
 def message_text(message: Mapping[str, Any]) -> str:

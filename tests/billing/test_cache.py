@@ -75,10 +75,19 @@ def test_key_is_stable_for_equal_requests():
     assert cache_key(**reordered) == cache_key(**BASE)
 
 
+def test_what_the_fast_encoding_refuses_still_makes_a_key():
+    # An integer past 64 bits and a lone surrogate: encoded the slow way, still one key
+    # for one request and another for another.
+    big = BASE | {"max_tokens": 2**70}
+    assert cache_key(**big) == cache_key(**copy.deepcopy(big)) != cache_key(**BASE)
+    odd = BASE | {"messages": [{"role": "user", "content": "\ud800"}]}
+    assert cache_key(**odd) == cache_key(**copy.deepcopy(odd)) != cache_key(**BASE)
+
+
 def test_key_names_the_tenant_and_hides_the_request():
     key = cache_key(**BASE)
     prefix, digest = key.rsplit(":", 1)
-    assert prefix == "billing:rc:v1:7"
+    assert prefix == "billing:rc:v1.2:7"  # the stored format's version, the recipe's
     assert len(digest) == 64
     assert "2+2" not in key
 

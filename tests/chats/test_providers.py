@@ -119,6 +119,16 @@ def test_estimate_tokens_is_about_four_characters_a_token() -> None:
     assert estimate_tokens("x" * 400) == 100
 
 
+def test_a_prompts_estimate_is_the_sum_of_its_messages() -> None:
+    messages = [
+        {"role": "system", "content": "abcde"},  # 2
+        {"role": "user", "content": ""},  # 0
+        {"role": "assistant", "content": None, "tool_calls": [{"name": "f", "arguments": "{}"}]},
+        {"role": "user", "content": "x" * 400},  # 100
+    ]
+    assert estimate_prompt_tokens(messages) == 2 + 0 + estimate_tokens("f{}") + 100
+
+
 @pytest.mark.parametrize(
     ("status", "retryable"),
     [(429, True), (500, True), (502, True), (503, True), (529, True), (400, False), (401, False),
