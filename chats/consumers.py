@@ -243,8 +243,9 @@ class ChatConsumer(AsyncWebsocketConsumerOnLoop):
     async def _send_text(self, text: str, with_next: bool) -> None:
         """One frame; ``with_next``: one the next frame follows at once, written with it
         (see :data:`chatproject.send_hints.SEND_WITH_NEXT`)."""
-        if with_next:
-            await self.base_send({"type": "websocket.send", "text": text, SEND_WITH_NEXT: True})
+        if with_next:  # (a key ASGI's message types do not name)
+            message: Any = {"type": "websocket.send", "text": text, SEND_WITH_NEXT: True}
+            await self.base_send(message)
         else:
             await self.send(text_data=text)
 
