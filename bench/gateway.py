@@ -30,8 +30,10 @@ alternates the service measurements N times, since figures on a shared machine d
 within minutes. ``--profile FILE`` writes py-spy's
 collapsed stacks (GIL holders) of this checkout's server under the 32-client load.
 
-The load generator is a small HTTP/1.1 client on raw asyncio streams, so that the
-client's own cost stays small next to what it measures.
+The load generators are small clients on raw asyncio streams (HTTP/1.1 here, WebSocket in
+``bench/ws_client.py``), so that the client's own cost stays small next to what it
+measures; ``--ws-library`` also times ``/ws/chat``'s first tokens through the
+``websockets`` package's client, side by side.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import streaming  # noqa: E402
+from bench import streaming, ws_client  # noqa: E402
 from bench.support import stop_processes  # noqa: E402
 
 SHORT, LONG = 5, 505  # tokens of an answer; LONG - SHORT relayed tokens price one token
@@ -357,8 +359,9 @@ async def http_timer(target: Target):
     return lambda: _first_token(client.stream(target.body()))
 
 
-async def ws_timer(port_key: tuple[int, str]):
-    ws = await ws_open(*port_key)
+async def ws_timer(target: tuple[int, str, bool]):
+    port, key, library = target
+    ws = await ws_open(port, key, library=library)
     return lambda: _first_token(ws_exchange(ws))
 
 
@@ -419,15 +422,28 @@ async def cpu_per_token(target: Target, requests: int, concurrency: int = 4) -> 
 # --- WebSocket ------------------------------------------------------------------------------
 
 
-async def ws_open(port: int, key: str):
-    ws = await websockets.connect(
-        f"ws://127.0.0.1:{port}/ws/chat?api_key={key}&user_id=bench-{uuid.uuid4().hex[:8]}",
-        max_queue=None,
-        open_timeout=60,
-    )
-    while json.loads(await ws.recv())["type"] != "connection_established":
+async def ws_open(port: int, key: str, *, library: bool = False):
+    """A socket to ``/ws/chat``: the small client of :mod:`bench.ws_client`, or with
+    ``library`` the ``websockets`` package's (what the README's examples use)."""
+    path = f"/ws/chat?api_key={key}&user_id=bench-{uuid.uuid4().hex[:8]}"
+    if library:
+        url = f"ws://127.0.0.1:{port}{path}"
+        ws = await websockets.connect(url, max_queue=None, open_timeout=60)
+    else:
+        ws = await ws_client.WebSocket.connect(port, path)
+    while event_type(await ws.recv()) != b"connection_established":
         pass
     return ws
+
+
+_EVENT_TYPE = re.compile(rb'\{\s*"type"\s*:\s*"([a-z_]+)"')
+
+
+def event_type(message: str | bytes) -> bytes:
+    """A server event's type, read from its start (the type is its first field) rather
+    than by decoding all of it, as the HTTP client counts tokens."""
+    found = _EVENT_TYPE.match(message.encode() if isinstance(message, str) else message)
+    return found.group(1) if found else b""
 
 
 async def ws_exchange(ws, model: str = "bench-upstream") -> Answer:
@@ -435,16 +451,16 @@ async def ws_exchange(ws, model: str = "bench-upstream") -> Answer:
     await ws.send(json.dumps({"content": f"bench {uuid.uuid4().hex}", "model": model}))
     first, tokens = 0.0, 0
     while True:
-        event = json.loads(await ws.recv())
-        kind = event["type"]
-        if kind == "message_stream_token":
+        message = await ws.recv()
+        kind = event_type(message)
+        if kind == b"message_stream_token":
             if not tokens:
                 first = time.perf_counter() - start
             tokens += 1
-        elif kind == "message_stream_ended":
+        elif kind == b"message_stream_ended":
             return Answer(first, tokens)
-        elif kind == "error":
-            raise RuntimeError(event)
+        elif kind == b"error":
+            raise RuntimeError(message[:300])
 
 
 async def ws_load(
@@ -662,12 +678,11 @@ async def main(args) -> None:
         http_times = await interleaved(
             http_timer, [*others, *service_targets], args.runs, args.warmup
         )
+        ws_targets = [(s.port, s.key, False) for s in servers]
+        if args.ws_library:  # the same first tokens through the websockets package's client
+            ws_targets += [(s.port, s.key, True) for s in servers]
         ws_times = (
-            []
-            if args.no_ws
-            else await interleaved(
-                ws_timer, [(s.port, s.key) for s in servers], args.runs, args.warmup
-            )
+            [] if args.no_ws else await interleaved(ws_timer, ws_targets, args.runs, args.warmup)
         )
         print("  measured the first tokens, interleaved", flush=True)
         rows = []
@@ -688,6 +703,12 @@ async def main(args) -> None:
         print_table(rows, rows[0], SHORT)
         if ws_rows:
             print_ws(ws_rows, rows[0])
+        for service, times in zip(servers, ws_times[len(servers) :], strict=False):
+            print(
+                f"  {service.name}, the websockets package's client: time to first token p50 "
+                f"{p(times, 50):.2f} ms (+{p(times, 50) - rows[0].ttft_p50:.2f} ms), "
+                f"p99 {p(times, 99):.2f} ms"
+            )
     finally:
         stop_processes(processes)
 
@@ -720,6 +741,11 @@ if __name__ == "__main__":
     )
     parser.add_argument("--rounds", type=int, default=1, help="service measurements, alternated")
     parser.add_argument("--no-ws", action="store_true", help="skip /ws/chat")
+    parser.add_argument(
+        "--ws-library",
+        action="store_true",
+        help="also time /ws/chat's first tokens through the websockets package's client",
+    )
     parser.add_argument(
         "--server-log",
         default=os.path.join(tempfile.gettempdir(), "bench-gateway-server.log"),
