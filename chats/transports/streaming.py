@@ -57,10 +57,15 @@ class Producer:
 
     async def _produce(self, chunks: AsyncGenerator[bytes, None]) -> None:
         try:
+            queue = self.queue
             async with contextlib.aclosing(chunks) as source:
                 async for chunk in source:
-                    if not self.detached:
-                        await self.queue.put(chunk)
+                    if self.detached:
+                        continue
+                    if queue.full():
+                        await queue.put(chunk)  # the response is behind: wait for room
+                    else:
+                        queue.put_nowait(chunk)  # no coroutine made for every chunk
         except Exception as exc:
             if self.detached:
                 logger.exception("a stream whose client left failed")
