@@ -10,6 +10,8 @@ would notice:
 - **An oversized WebSocket message gets an answer.** Past ``--ws-max-size`` (1 MiB, as
   daphne's default) the client gets an ``error`` event (``VALIDATION_ERROR``), then a close
   frame with code 1009 (message too big).
+- **Frames marked to go with the next one do** (:data:`chatproject.send_hints.SEND_WITH_NEXT`):
+  the events before an answer's first token leave in one write, as under daphne.
 - **Forwarded headers only when asked** (``--proxy-headers``, off as in daphne; uvicorn's
   own default trusts them from 127.0.0.1), and no permessage-deflate (daphne offers none:
   compressing every token frame costs CPU for a few bytes).
@@ -27,12 +29,14 @@ import logging
 from urllib.parse import unquote
 
 import uvicorn
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.exceptions import PayloadTooBig
+from websockets.exceptions import InvalidState, PayloadTooBig
 from websockets.frames import Frame, Opcode
 
 from chatproject.errors import oversized_websocket_message
 from chatproject.redaction import redact_secrets
+from chatproject.send_hints import SEND_WITH_NEXT
 
 APP = "chatproject.asgi:application"
 MAX_MESSAGE_BYTES = 1024 * 1024  # daphne's default
@@ -61,6 +65,38 @@ LOG_CONFIG = {
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
+    _flush_due = False  # a held frame goes out on the loop's next turn, if nothing took it
+
+    async def send(self, message) -> None:
+        if not (message.get(SEND_WITH_NEXT) and self._can_hold(message)):
+            await super().send(message)  # its write takes any frame held before it
+            return
+        try:
+            self.conn.send_text(message["text"].encode())  # queued, not written yet
+        except InvalidState:
+            raise ClientDisconnected() from None
+        if not self._flush_due:
+            self._flush_due = True
+            self.loop.call_soon(self._flush_held)
+
+    def _can_hold(self, message) -> bool:
+        """A text frame on an open connection (anything else goes as uvicorn sends it)."""
+        return (
+            message["type"] == "websocket.send"
+            and message.get("bytes") is None
+            and message.get("text") is not None
+            and self.handshake_complete
+            and self.initial_response is None
+            and not self.close_sent
+            and not self.disconnected
+        )
+
+    def _flush_held(self) -> None:
+        self._flush_due = False
+        output = self.conn.data_to_send()
+        if output and not self.transport.is_closing():
+            self.transport.write(b"".join(output))
+
     def handle_parser_exception(self) -> None:
         # websockets refuses a message over the limit from its frame header, before
         # buffering it, and queues the close frame (1009); the event goes out before it.

@@ -2,8 +2,10 @@
 asked, and a graceful shutdown. The rest (streams, /ws/chat, the redacted access log, the
 oversized message) runs against it in the tests marked ``ON_EACH_SERVER`` / ``EACH_SERVER``."""
 
+import asyncio
 import signal
 import time
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -54,3 +56,36 @@ def test_shutdown_lets_a_running_stream_finish(proxied):
     assert "Finished server process" in proxied.log()
     with pytest.raises(httpx.ConnectError):  # it stopped listening
         httpx.get(f"{proxied.url}/healthz", timeout=2)
+
+
+@pytest.mark.asyncio
+async def test_websocket_frames_marked_to_go_with_the_next_go_in_its_write():
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
+
+    from chatproject.send_hints import SEND_WITH_NEXT
+    from chatproject.uvicorn_server import WebSocketProtocol
+
+    writes, soon = [], []
+    protocol = WebSocketProtocol.__new__(WebSocketProtocol)
+    protocol.conn = ServerProtocol()
+    protocol.conn.state = State.OPEN
+    protocol.handshake_complete, protocol.initial_response = True, None
+    protocol.close_sent = protocol.disconnected = False
+    protocol.writable = asyncio.Event()
+    protocol.writable.set()
+    protocol.transport = SimpleNamespace(write=writes.append, is_closing=lambda: False)
+    protocol.loop = SimpleNamespace(call_soon=soon.append)
+
+    await protocol.send({"type": "websocket.send", "text": "a", SEND_WITH_NEXT: True})
+    await protocol.send({"type": "websocket.send", "text": "b", SEND_WITH_NEXT: True})
+    assert writes == []  # held for the next frame
+    await protocol.send({"type": "websocket.send", "text": "c"})
+    assert writes == [b"\x81\x01a\x81\x01b\x81\x01c"]  # all three frames, in one write
+
+    # A held frame no other follows goes out on the loop's next turn.
+    assert len(soon) == 1
+    soon.pop()()  # the first flush: nothing left to write
+    await protocol.send({"type": "websocket.send", "text": "d", SEND_WITH_NEXT: True})
+    soon.pop()()
+    assert writes[1:] == [b"\x81\x01d"]
