@@ -21,7 +21,8 @@ Side by side in one run, each printed with its ratio to the upstream alone:
   4. server CPU time per relayed token: 500-token answers less 5-token answers, divided
      by the extra tokens
   5. with ``--litellm``: LiteLLM's proxy (installed with pip into a throwaway virtualenv
-     under /tmp; one worker, no database) against the same upstream, 1, 2 and 4.
+     under /tmp; one worker, no database) against the same upstream, 1, 2 and 4; the
+     newest release, or ``--litellm-version V``'s (to measure again what was measured)
 
 ``--server daphne uvicorn granian`` runs one process under each ASGI server;
 ``--baseline DIR`` also runs the code of another checkout (``git worktree add DIR main``)
@@ -165,21 +166,34 @@ def server_command(kind: str, port: int, code: Path = ROOT) -> list[str]:
     return [sys.executable, *commands[kind], *tail[kind]]
 
 
-def litellm_python() -> Path:
+def litellm_venv(version: str | None) -> Path:
+    """The throwaway virtualenv of ``litellm[proxy]`` (the newest, or ``version``)."""
+    return (
+        LITELLM_VENV
+        if version is None
+        else LITELLM_VENV.with_name(f"{LITELLM_VENV.name}-{version}")
+    )
+
+
+def litellm_python(version: str | None = None) -> Path:
     """The throwaway virtualenv's python, with ``litellm[proxy]`` installed (once)."""
-    python = LITELLM_VENV / "bin" / "python"
-    if not (LITELLM_VENV / "bin" / "litellm").exists():
-        print(f"installing litellm[proxy] into {LITELLM_VENV} ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "litellm[proxy]"], check=True)
+    venv = litellm_venv(version)
+    python = venv / "bin" / "python"
+    if not (venv / "bin" / "litellm").exists():
+        spec = "litellm[proxy]" + (f"=={version}" if version else "")
+        print(f"installing {spec} into {venv} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", spec], check=True)
     return python
 
 
 LITELLM_KEY = f"sk-bench-{uuid.uuid4().hex}"  # its master key: it refuses to start without one
 
 
-def start_litellm(upstream_url: str, port: int, log) -> tuple[subprocess.Popen, str]:
-    python = litellm_python()
+def start_litellm(
+    upstream_url: str, port: int, log, version: str | None = None
+) -> tuple[subprocess.Popen, str]:
+    python = litellm_python(version)
     version = subprocess.run(
         [str(python), "-c", "import importlib.metadata as m; print(m.version('litellm'))"],
         capture_output=True,
@@ -202,7 +216,7 @@ def start_litellm(upstream_url: str, port: int, log) -> tuple[subprocess.Popen, 
         "LITELLM_TELEMETRY": "False",
         "NO_DOCS": "True",
     }
-    command = [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config)]
+    command = [str(python.parent / "litellm"), "--config", str(config)]
     command += ["--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
     return streaming.start(command, port, env=env, log=log, timeout=180), version
 
@@ -652,7 +666,7 @@ async def main(args) -> None:
         ]
         if args.litellm:
             litellm, version = await asyncio.to_thread(
-                start_litellm, upstream_url, litellm_port, log
+                start_litellm, upstream_url, litellm_port, log, args.litellm_version
             )
             processes.append(litellm)
             others.append(
@@ -722,6 +736,11 @@ if __name__ == "__main__":
         "--long-requests", type=int, default=40, help="requests per CPU-per-token sample"
     )
     parser.add_argument("--litellm", action="store_true", help="also measure LiteLLM's proxy")
+    parser.add_argument(
+        "--litellm-version",
+        metavar="VERSION",
+        help="that release of litellm[proxy] (a virtualenv of its own), not the newest",
+    )
     parser.add_argument(
         "--profile",
         metavar="FILE",
