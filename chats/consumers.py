@@ -201,6 +201,7 @@ class ChatConsumer(AsyncWebsocketConsumerOnLoop):
         try:
             started = ws_events.message_stream_started(chat_id, generation)
             await self._send_stream(started, with_next=True)  # the first token follows
+            first = True
             async with events_of(generation) as events:
                 async for event in events:
                     if isinstance(event, FinishedEvent | ErrorEvent):
@@ -208,7 +209,10 @@ class ChatConsumer(AsyncWebsocketConsumerOnLoop):
                         status = event.status if isinstance(event, FinishedEvent) else "failed"
                         await self._send_ended(generation, event, status, request_id)
                     elif (sent := ws_events.answer_event(message_id, event)) is not None:
-                        await self._send_stream(sent)
+                        # The first goes out at once; the frames after it that are ready
+                        # together (tokens read in one go) go out in one write.
+                        await self._send_stream(sent, with_next=not first)
+                        first = False
         finally:
             log, self.reply.log = self.reply.log, None
             if log is not None:
