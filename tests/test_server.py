@@ -39,3 +39,21 @@ def test_a_websocket_frame_marked_to_go_with_the_next_is_not_sent_on_its_own(mon
     assert sent == []  # buffered: they go with the next, or when the loop polls
     protocol.handle_reply({"type": "websocket.send", "text": "c"})
     assert sent == [3]  # all three, in one write
+
+
+def test_a_websocket_frame_is_written_without_formatting_a_debug_line(monkeypatch):
+    import autobahn.websocket.protocol as autobahn_protocol
+    from autobahn.websocket.protocol import TrafficStats
+
+    def formatted(*args, **kwargs):
+        raise AssertionError("a debug line was formatted")
+
+    monkeypatch.setattr(autobahn_protocol, "hltype", formatted)
+    written = []
+    protocol = WebSocketProtocol.__new__(WebSocketProtocol)
+    protocol.transport = SimpleNamespace(write=written.append)
+    protocol.send_queue, protocol.logOctets = [], False
+    protocol.state, protocol.trafficStats = WebSocketProtocol.STATE_OPEN, TrafficStats()
+    protocol.sendData(b"\x81\x01a")
+    assert written == [b"\x81\x01a"]
+    assert protocol.trafficStats.outgoingOctetsWireLevel == 3
