@@ -57,3 +57,14 @@ def test_a_websocket_frame_is_written_without_formatting_a_debug_line(monkeypatc
     protocol.sendData(b"\x81\x01a")
     assert written == [b"\x81\x01a"]
     assert protocol.trafficStats.outgoingOctetsWireLevel == 3
+
+
+def test_twisted_formats_no_access_line_of_its_own():
+    def formatted(*args):
+        raise AssertionError("Twisted formatted an access line")
+
+    lines = []
+    factory = chatproject.server.HTTPFactory(SimpleNamespace())
+    factory._logFormatter, factory._logFile = formatted, SimpleNamespace(write=lines.append)
+    factory.log(SimpleNamespace())  # what Twisted's Request.finish calls for every request
+    assert lines == []
