@@ -19,7 +19,7 @@ Side by side in one run, each printed with its ratio to the upstream alone:
      the server process's CPU use meanwhile
   3. the same two over ``/ws/chat`` (each exchange stored in a chat)
   4. server CPU time per relayed token: 500-token answers less 5-token answers, divided
-     by the extra tokens
+     by the extra tokens (over HTTP, and over ``/ws/chat``)
   5. with ``--litellm``: LiteLLM's proxy (installed with pip into a throwaway virtualenv
      under /tmp; one worker, no database) against the same upstream, 1, 2 and 4; the
      newest release, or ``--litellm-version V``'s (to measure again what was measured)
@@ -502,6 +502,29 @@ async def ws_load(
     return done / elapsed, cpu / elapsed, failed
 
 
+async def ws_cpu_per_token(port: int, key: str, pid: int, requests: int, concurrency: int = 4):
+    """Server CPU µs per token relayed over ``/ws/chat``, as :func:`cpu_per_token` over
+    HTTP. Each exchange on a socket (and chat) of its own, so that both runs pay for the
+    same connects and the long answers are not sent back as the next ones' history."""
+    rounds = max(1, requests // concurrency)
+
+    async def run(model: str) -> float:
+        before = cpu_seconds(pid)
+
+        async def worker() -> None:
+            for _ in range(rounds):
+                ws = await ws_open(port, key)
+                await ws_exchange(ws, model)
+                await ws.close()
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return cpu_seconds(pid) - before
+
+    short_cpu = await run("bench-upstream")
+    long_cpu = await run("bench-long")
+    return (long_cpu - short_cpu) / (rounds * concurrency * (LONG - SHORT)) * 1e6
+
+
 # --- the run --------------------------------------------------------------------------------
 
 
@@ -614,13 +637,16 @@ def print_ws(rows: list[Row], direct: Row) -> None:
             f"(+{row.ttft_p50 - direct.ttft_p50:.2f} ms over the upstream's), p99 "
             f"{row.ttft_p99:.2f} ms; {row.rps:,.1f} exchanges/s at 32 concurrent "
             f"(1/{direct.rps / row.rps:.0f} of the upstream's), server CPU {row.cpu * 100:.0f} % "
-            f"({row.cpu / row.rps * 1000:.2f} ms an exchange), {row.failed} failed"
+            f"({row.cpu / row.rps * 1000:.2f} ms an exchange), {row.failed} failed; "
+            f"{row.per_token:.1f} µs a relayed token"
         )
 
 
 async def measure_ws(service: Service, key: str, args, times: list[float]) -> Row:
-    rps, cpu, failed = await ws_load(service.port, key, service.process.pid, 32, args.seconds)
-    return Row(service.name, p(times, 50), p(times, 99), rps, cpu, failed)
+    pid = service.process.pid
+    rps, cpu, failed = await ws_load(service.port, key, pid, 32, args.seconds)
+    per_token = await ws_cpu_per_token(service.port, key, pid, args.long_requests)
+    return Row(service.name, p(times, 50), p(times, 99), rps, cpu, failed, per_token)
 
 
 async def main(args) -> None:
