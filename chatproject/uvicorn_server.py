@@ -80,9 +80,11 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.loop.call_soon(self._flush_held)
 
     def _can_hold(self, message) -> bool:
-        """A text frame on an open connection (anything else goes as uvicorn sends it)."""
+        """A text frame on an open connection the client keeps up with (anything else goes
+        as uvicorn sends it: past the transport's high-water mark, it waits to be written)."""
         return (
-            message["type"] == "websocket.send"
+            self.writable.is_set()
+            and message["type"] == "websocket.send"
             and message.get("bytes") is None
             and message.get("text") is not None
             and self.handshake_complete

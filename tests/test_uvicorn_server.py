@@ -89,3 +89,7 @@ async def test_websocket_frames_marked_to_go_with_the_next_go_in_its_write():
     await protocol.send({"type": "websocket.send", "text": "d", SEND_WITH_NEXT: True})
     soon.pop()()
     assert writes[1:] == [b"\x81\x01d"]
+
+    # A client that is not keeping up: the frame waits to be written, as uvicorn has it.
+    protocol.writable.clear()
+    assert not protocol._can_hold({"type": "websocket.send", "text": "e", SEND_WITH_NEXT: True})
