@@ -15,7 +15,9 @@ A reader that stays stalled for ``CLIENT_STALL_TIMEOUT_SECONDS`` is disconnected
 request then ends like any disconnect (the answer stored as ``cancelled``, settled for
 what was sent).
 
-Anything other than daphne's own ``send`` (the test clients) passes through untouched.
+uvicorn holds a send itself while its transport is over its high-water mark; there only
+the stall limit is added, and the kernel send buffer is held at 64 KiB the same way.
+Anything else (the test clients) passes through untouched.
 """
 
 import asyncio
@@ -64,9 +66,14 @@ def with_backpressure(app):
     """``app``, whose streamed sends wait while the client is not reading."""
 
     async def wrapped(scope, receive, send):
-        protocol = _daphne_protocol(send)
-        if protocol is None or scope["type"] not in ("http", "websocket"):
+        if scope["type"] not in ("http", "websocket"):
             return await app(scope, receive, send)
+        protocol = _daphne_protocol(send)
+        if protocol is None:
+            uvicorn = _UvicornFlow.of(send)
+            if uvicorn is None:
+                return await app(scope, receive, send)
+            return await app(scope, receive, uvicorn.limited(send))
         flow = None  # a _Flow once the response streams
         registered = False
 
@@ -89,6 +96,62 @@ def with_backpressure(app):
     return wrapped
 
 
+class _UvicornFlow:
+    """uvicorn's own flow control of a connection: its ``send`` waits while the transport
+    is over its high-water mark, for as long as the client takes. This adds the stall
+    limit."""
+
+    def __init__(self, writable: asyncio.Event, transport) -> None:
+        self.writable, self.transport = writable, transport
+        self.streaming = False
+
+    @classmethod
+    def of(cls, send) -> "_UvicornFlow | None":
+        """The flow behind uvicorn's ``send``: a method of its HTTP request cycle (whose
+        ``flow`` holds the event) or of its WebSocket protocol (``writable``)."""
+        owner = getattr(send, "__self__", None)
+        if owner is None or not _is_uvicorn(owner):
+            return None
+        flow = getattr(owner, "flow", None)  # uvicorn's FlowControl, which keeps the event
+        writable = flow._is_writable_event if flow is not None else getattr(owner, "writable", None)
+        if not isinstance(writable, asyncio.Event):
+            return None
+        return cls(writable, owner.transport)
+
+    def limited(self, send):
+        async def limited_send(message):
+            if message["type"] in _STREAMED:
+                if not self.streaming and message.get("more_body", True):
+                    self.streaming = True  # a stream (a whole HTTP body goes out as it did)
+                    _hold_kernel_buffer(self.transport.get_extra_info("socket"))
+                if not self.writable.is_set():
+                    await self._wait_for_reader()
+            await send(message)
+
+        return limited_send
+
+    async def _wait_for_reader(self) -> None:
+        if not await _reader_caught_up(self.writable):
+            self.transport.abort()
+            await asyncio.Event().wait()  # the disconnect cancels this, as with daphne
+
+
+def _is_uvicorn(owner) -> bool:
+    # Imported here: a daphne process never gets this far (its send is daphne's).
+    from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    return isinstance(owner, RequestResponseCycle | WebSocketsSansIOProtocol)
+
+
+def _hold_kernel_buffer(handle) -> None:
+    """A fixed kernel send buffer: left to grow (up to net.ipv4.tcp_wmem's 4 MiB) it keeps
+    taking a little more from a client that reads nothing, which then never looks
+    stalled. Token streams need little."""
+    with contextlib.suppress(OSError, AttributeError):
+        handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_SEND_BUFFER)
+
+
 def _register(protocol, kind: str) -> _Flow | None:
     """A flow registered on the connection; None where that cannot be (it is closed)."""
     flow = _Flow()
@@ -100,12 +163,8 @@ def _register(protocol, kind: str) -> _Flow | None:
     except (RuntimeError, ValueError, AttributeError):
         logger.warning("no backpressure for this %s connection", kind, exc_info=True)
         return None
-    # A fixed kernel send buffer: left to grow (up to net.ipv4.tcp_wmem's 4 MiB) it
-    # keeps taking a little more from a client that reads nothing, which then never
-    # looks stalled. Token streams need little.
-    with contextlib.suppress(OSError, AttributeError):
-        handle = protocol.transport.getHandle()
-        handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, KERNEL_SEND_BUFFER)
+    with contextlib.suppress(AttributeError):
+        _hold_kernel_buffer(protocol.transport.getHandle())
     return flow
 
 
@@ -115,15 +174,21 @@ def _unregister(protocol) -> None:
         protocol.unregisterProducer()
 
 
-async def _wait_for_reader(flow: _Flow, protocol) -> None:
+async def _reader_caught_up(writable: asyncio.Event) -> bool:
+    """Whether the client read again within ``CLIENT_STALL_TIMEOUT_SECONDS``."""
     stall = settings.CLIENT_STALL_TIMEOUT_SECONDS
     try:
         async with asyncio.timeout(stall if stall > 0 else None):
-            await flow.writable.wait()
-        return
+            await writable.wait()
+        return True
     except TimeoutError:
-        pass
-    logger.info("client stopped reading for %s s: disconnecting it", stall)
+        logger.info("client stopped reading for %s s: disconnecting it", stall)
+        return False
+
+
+async def _wait_for_reader(flow: _Flow, protocol) -> None:
+    if await _reader_caught_up(flow.writable):
+        return
     transport = getattr(protocol, "transport", None)
     if transport is not None:
         transport.abortConnection()

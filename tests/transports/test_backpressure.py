@@ -1,7 +1,7 @@
 """A client that stops reading: the server stops generating (memory stays bounded), and
 once the client has read nothing for CLIENT_STALL_TIMEOUT_SECONDS it is disconnected;
 with resuming off (``STREAM_RESUME=false``) the answer then ends as cancelled, settled for
-what was generated. Real sockets against a daphne process."""
+what was generated. Real sockets against a daphne process, and a uvicorn one."""
 
 import asyncio
 import json
@@ -25,9 +25,11 @@ MILLION = "[demo:tokens=1000000] go"
 STALL = 2.0
 
 
-@pytest.fixture
-def stall_server(tmp_path):
-    server = start_server(tmp_path, CLIENT_STALL_TIMEOUT_SECONDS=str(STALL), STREAM_RESUME="false")
+@pytest.fixture(params=["daphne", "uvicorn"])
+def stall_server(request, tmp_path):
+    server = start_server(
+        tmp_path, request.param, CLIENT_STALL_TIMEOUT_SECONDS=str(STALL), STREAM_RESUME="false"
+    )
     yield server
     server.stop()
 
