@@ -409,28 +409,42 @@ async def load(target: Target, concurrency: int, seconds: float) -> tuple[float,
     return done / elapsed, cpu / elapsed, failed
 
 
-async def cpu_per_token(target: Target, requests: int, concurrency: int = 4) -> float:
-    """Server CPU µs per token the upstream sent: long answers less short ones. (Counted
-    as the upstream sends them: the service's output guard may join several into one.)"""
-    assert target.pid is not None
-    clients = [target.client() for _ in range(concurrency)]
+async def per_extra_token(pid: int, answer, requests: int, concurrency: int = 4) -> float:
+    """Server CPU µs per extra token: ``answer(worker, long)`` gets one answer, of 5 tokens
+    or (``long``) of 505; ``requests`` of each, ``concurrency`` at a time; the long ones' CPU
+    less the short ones', over the extra tokens."""
     rounds = max(1, requests // concurrency)
 
     async def run(long: bool) -> float:
-        before = cpu_seconds(target.pid)
+        before = cpu_seconds(pid)
 
-        async def worker(client: HttpClient) -> None:
+        async def worker(index: int) -> None:
             for _ in range(rounds):
-                await client.stream(target.body(long))
+                await answer(index, long)
 
-        await asyncio.gather(*(worker(c) for c in clients))
-        return cpu_seconds(target.pid) - before
+        await asyncio.gather(*(worker(index) for index in range(concurrency)))
+        return cpu_seconds(pid) - before
 
     short_cpu = await run(False)
     long_cpu = await run(True)
-    for client in clients:
-        await client.close()
     return (long_cpu - short_cpu) / (rounds * concurrency * (LONG - SHORT)) * 1e6
+
+
+async def cpu_per_token(target: Target, requests: int, concurrency: int = 4) -> float:
+    """Server CPU µs per token the upstream sent, over HTTP. (Counted as the upstream sends
+    them: the service's output guard may join several into one.)"""
+    assert target.pid is not None
+    clients = [target.client() for _ in range(concurrency)]
+    try:
+        return await per_extra_token(
+            target.pid,
+            lambda index, long: clients[index].stream(target.body(long)),
+            requests,
+            concurrency,
+        )
+    finally:
+        for client in clients:
+            await client.close()
 
 
 # --- WebSocket ------------------------------------------------------------------------------
@@ -502,27 +516,17 @@ async def ws_load(
     return done / elapsed, cpu / elapsed, failed
 
 
-async def ws_cpu_per_token(port: int, key: str, pid: int, requests: int, concurrency: int = 4):
-    """Server CPU µs per token relayed over ``/ws/chat``, as :func:`cpu_per_token` over
-    HTTP. Each exchange on a socket (and chat) of its own, so that both runs pay for the
-    same connects and the long answers are not sent back as the next ones' history."""
-    rounds = max(1, requests // concurrency)
+async def ws_cpu_per_token(port: int, key: str, pid: int, requests: int) -> float:
+    """Server CPU µs per token relayed over ``/ws/chat``. Each exchange on a socket (and
+    chat) of its own, so that both runs pay for the same connects and the long answers are
+    not sent back as the next ones' history."""
 
-    async def run(model: str) -> float:
-        before = cpu_seconds(pid)
+    async def answer(index: int, long: bool) -> None:
+        ws = await ws_open(port, key)
+        await ws_exchange(ws, "bench-long" if long else "bench-upstream")
+        await ws.close()
 
-        async def worker() -> None:
-            for _ in range(rounds):
-                ws = await ws_open(port, key)
-                await ws_exchange(ws, model)
-                await ws.close()
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return cpu_seconds(pid) - before
-
-    short_cpu = await run("bench-upstream")
-    long_cpu = await run("bench-long")
-    return (long_cpu - short_cpu) / (rounds * concurrency * (LONG - SHORT)) * 1e6
+    return await per_extra_token(pid, answer, requests)
 
 
 # --- the run --------------------------------------------------------------------------------
