@@ -25,6 +25,7 @@ import contextlib
 import functools
 import logging
 import socket
+from collections.abc import Awaitable, Callable
 
 from django.conf import settings
 
@@ -101,22 +102,22 @@ class _UvicornFlow:
     is over its high-water mark, for as long as the client takes. This adds the stall
     limit."""
 
-    def __init__(self, writable: asyncio.Event, transport) -> None:
-        self.writable, self.transport = writable, transport
+    def __init__(self, paused: Callable[[], bool], drained: Callable[[], Awaitable], transport):
+        self.paused, self.drained, self.transport = paused, drained, transport
         self.streaming = False
 
     @classmethod
     def of(cls, send) -> "_UvicornFlow | None":
-        """The flow behind uvicorn's ``send``: a method of its HTTP request cycle (whose
-        ``flow`` holds the event) or of its WebSocket protocol (``writable``)."""
+        """The flow behind uvicorn's ``send``: a method of its HTTP request cycle (with a
+        ``flow``) or of its WebSocket protocol (with a ``writable`` event)."""
         owner = getattr(send, "__self__", None)
         if owner is None or not _is_uvicorn(owner):
             return None
-        flow = getattr(owner, "flow", None)  # uvicorn's FlowControl, which keeps the event
-        writable = flow._is_writable_event if flow is not None else getattr(owner, "writable", None)
-        if not isinstance(writable, asyncio.Event):
-            return None
-        return cls(writable, owner.transport)
+        flow = getattr(owner, "flow", None)
+        if flow is not None:
+            return cls(lambda: flow.write_paused, flow.drain, owner.transport)
+        writable = owner.writable
+        return cls(lambda: not writable.is_set(), writable.wait, owner.transport)
 
     def limited(self, send):
         async def limited_send(message):
@@ -124,14 +125,14 @@ class _UvicornFlow:
                 if not self.streaming and message.get("more_body", True):
                     self.streaming = True  # a stream (a whole HTTP body goes out as it did)
                     _hold_kernel_buffer(self.transport.get_extra_info("socket"))
-                if not self.writable.is_set():
+                if self.paused():
                     await self._wait_for_reader()
             await send(message)
 
         return limited_send
 
     async def _wait_for_reader(self) -> None:
-        if not await _reader_caught_up(self.writable):
+        if not await _reader_caught_up(self.drained()):
             self.transport.abort()
             await asyncio.Event().wait()  # the disconnect cancels this, as with daphne
 
@@ -174,12 +175,13 @@ def _unregister(protocol) -> None:
         protocol.unregisterProducer()
 
 
-async def _reader_caught_up(writable: asyncio.Event) -> bool:
-    """Whether the client read again within ``CLIENT_STALL_TIMEOUT_SECONDS``."""
+async def _reader_caught_up(drained: Awaitable) -> bool:
+    """Whether the client read again (``drained`` came) within
+    ``CLIENT_STALL_TIMEOUT_SECONDS``."""
     stall = settings.CLIENT_STALL_TIMEOUT_SECONDS
     try:
         async with asyncio.timeout(stall if stall > 0 else None):
-            await writable.wait()
+            await drained
         return True
     except TimeoutError:
         logger.info("client stopped reading for %s s: disconnecting it", stall)
@@ -187,7 +189,7 @@ async def _reader_caught_up(writable: asyncio.Event) -> bool:
 
 
 async def _wait_for_reader(flow: _Flow, protocol) -> None:
-    if await _reader_caught_up(flow.writable):
+    if await _reader_caught_up(flow.writable.wait()):
         return
     transport = getattr(protocol, "transport", None)
     if transport is not None:
