@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import uuid
 import weakref
 from typing import Any, NamedTuple
 
@@ -104,16 +105,41 @@ def insert(
     returns."""
     statement = _insert_statement(type(instance), name, source, returning)
     converter = _converter()
-    params = {
-        key: field.get_db_prep_save(field.pre_save(instance, True), converter)
-        for key, field in statement.fields
-    }
+    params = {}
+    for key, field, attname, unchanged in statement.fields:
+        # A field whose pre_save is Field's reads the attribute; others (auto_now...) act.
+        value = getattr(instance, attname) if attname else field.pre_save(instance, True)
+        if type(value) not in unchanged:  # the exact type: a subclass may convert otherwise
+            value = field.get_db_prep_save(value, converter)
+        params[key] = value
     return statement.sql, params
 
 
 class _Insert(NamedTuple):
     sql: str
-    fields: list[tuple[str, Any]]  # (parameter name, field)
+    # (parameter name, field, its attribute if that is all pre_save reads, unchanged types)
+    fields: list[tuple[str, Any, str, frozenset[type]]]
+
+
+# The value types each of Django's own field classes sends to PostgreSQL as they are: the
+# ORM's conversion of them (through several layers of calls for each field, a good part of
+# building an INSERT) gives back the same value. Any other type, class or subclass (which
+# may convert differently) goes through the ORM's conversion: integers always do (they go
+# out as psycopg's sized integer types), and so do datetimes (a naive one is made aware).
+_UNCHANGED: dict[type[models.Field], frozenset[type]] = {
+    models.CharField: frozenset({str}),
+    models.TextField: frozenset({str}),
+    models.BooleanField: frozenset({bool}),
+    models.UUIDField: frozenset({uuid.UUID}),
+}
+
+
+def _unchanged(field: models.Field) -> frozenset[type]:
+    """The value types ``field`` sends unconverted (None too, when it is nullable)."""
+    types = _UNCHANGED.get(type(field), frozenset())
+    if field.null and (types or type(field) in (models.ForeignKey, models.DateTimeField)):
+        types |= {type(None)}
+    return types
 
 
 @functools.cache
@@ -121,9 +147,17 @@ def _insert_statement(model: type[models.Model], name: str, source: str, returni
     concrete = [f for f in model._meta.concrete_fields if not f.generated]
     if any(isinstance(f, models.AutoField | models.BigAutoField) for f in concrete):
         raise TypeError(f"{model.__name__}: its key is the database's, not the caller's")
-    fields = [(f"{name}_{f.column}", f) for f in concrete]
-    columns = ", ".join(f'"{f.column}"' for _, f in fields)
-    values = ", ".join(f"%({key})s" for key, _ in fields)
+    fields = [
+        (
+            f"{name}_{f.column}",
+            f,
+            f.attname if type(f).pre_save is models.Field.pre_save else "",
+            _unchanged(f),
+        )
+        for f in concrete
+    ]
+    columns = ", ".join(f'"{f.column}"' for _, f, _, _ in fields)
+    values = ", ".join(f"%({key})s" for key, *_ in fields)
     rows = f"SELECT {values} FROM {source}" if source else f"VALUES ({values})"  # noqa: S608
     if returning:
         rows += f" RETURNING {returning}"
