@@ -28,7 +28,8 @@ Side by side in one run, each printed with its ratio to the upstream alone:
 ``--baseline DIR`` also runs the code of another checkout (``git worktree add DIR main``)
 on a database of its own, migrated by that code (``<database>_baseline``); ``--rounds N``
 alternates the service measurements N times, since figures on a shared machine drift
-within minutes. ``--profile FILE`` writes py-spy's
+within minutes (the run ends with how much CPU time the host took from this virtual
+machine meanwhile, its ``steal``). ``--profile FILE`` writes py-spy's
 collapsed stacks (GIL holders) of this checkout's server under the 32-client load.
 
 The load generators are small clients on raw asyncio streams (HTTP/1.1 here, WebSocket in
@@ -62,7 +63,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import streaming, ws_client  # noqa: E402
-from bench.support import stop_processes  # noqa: E402
+from bench.support import StealMeter, stop_processes  # noqa: E402
 
 SHORT, LONG = 5, 505  # tokens of an answer; LONG - SHORT relayed tokens price one token
 LITELLM_VENV = Path(tempfile.gettempdir()) / "bench-litellm-venv"
@@ -719,6 +720,7 @@ async def main(args) -> None:
             for service in servers
         ]
         # First tokens: every target's requests interleaved, over both transports.
+        steal = StealMeter()
         http_times = await interleaved(
             http_timer, [*others, *service_targets], args.runs, args.warmup
         )
@@ -729,6 +731,8 @@ async def main(args) -> None:
             [] if args.no_ws else await interleaved(ws_timer, ws_targets, args.runs, args.warmup)
         )
         print("  measured the first tokens, interleaved", flush=True)
+        steals = [("the first tokens", steal.share())]
+        steal = StealMeter()
         rows = []
         for target, times in zip(others, http_times, strict=False):
             rows.append(await measure(target, args, times))
@@ -744,6 +748,7 @@ async def main(args) -> None:
                     ws_rows.append(await measure_ws(service, service.key, args, ws_times[index]))
                     ws_rows[-1].name = name
                 print(f"  measured {name}", flush=True)
+        steals.append(("the loads", steal.share()))
         print_table(rows, rows[0], SHORT)
         if ws_rows:
             print_ws(ws_rows, rows[0])
@@ -752,6 +757,11 @@ async def main(args) -> None:
                 f"  {service.name}, the websockets package's client: time to first token p50 "
                 f"{p(times, 50):.2f} ms (+{p(times, 50) - rows[0].ttft_p50:.2f} ms), "
                 f"p99 {p(times, 99):.2f} ms"
+            )
+        if all(share is not None for _, share in steals):
+            print(
+                "CPU time the host took from this machine (steal): "
+                + ", ".join(f"{share * 100:.0f} % during {what}" for what, share in steals)
             )
     finally:
         stop_processes(processes)
