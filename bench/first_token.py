@@ -185,7 +185,8 @@ async def main(args) -> None:
 
     upstream, upstream_port = streaming.start_upstream(f"tokens-{gateway.SHORT}")
     processes = [upstream]
-    out = tempfile.mktemp(prefix="bench-first-token-")  # noqa: S306 (the server writes it)
+    handle, out = tempfile.mkstemp(prefix="bench-first-token-")  # the server writes it
+    os.close(handle)
     try:
         key = await asyncio.to_thread(
             gateway.setup_database, f"http://127.0.0.1:{upstream_port}/v1"

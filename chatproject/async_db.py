@@ -106,19 +106,24 @@ def insert(
     statement = _insert_statement(type(instance), name, source, returning)
     converter = _converter()
     params = {}
-    for key, field, attname, unchanged in statement.fields:
-        # A field whose pre_save is Field's reads the attribute; others (auto_now...) act.
+    for parameter, field, attname, unchanged in statement.columns:
         value = getattr(instance, attname) if attname else field.pre_save(instance, True)
-        if type(value) not in unchanged:  # the exact type: a subclass may convert otherwise
+        if type(value) not in unchanged:  # exact: a subclass may convert otherwise
             value = field.get_db_prep_save(value, converter)
-        params[key] = value
+        params[parameter] = value
     return statement.sql, params
+
+
+class _Column(NamedTuple):
+    parameter: str  # the statement's parameter for it
+    field: Any
+    attname: str  # what pre_save reads, when that is all it does (Field's); else ""
+    unchanged: frozenset[type]  # the value types sent as they are (see _UNCHANGED)
 
 
 class _Insert(NamedTuple):
     sql: str
-    # (parameter name, field, its attribute if that is all pre_save reads, unchanged types)
-    fields: list[tuple[str, Any, str, frozenset[type]]]
+    columns: list[_Column]
 
 
 # The value types each of Django's own field classes sends to PostgreSQL as they are: the
@@ -148,7 +153,7 @@ def _insert_statement(model: type[models.Model], name: str, source: str, returni
     if any(isinstance(f, models.AutoField | models.BigAutoField) for f in concrete):
         raise TypeError(f"{model.__name__}: its key is the database's, not the caller's")
     fields = [
-        (
+        _Column(
             f"{name}_{f.column}",
             f,
             f.attname if type(f).pre_save is models.Field.pre_save else "",
@@ -156,8 +161,8 @@ def _insert_statement(model: type[models.Model], name: str, source: str, returni
         )
         for f in concrete
     ]
-    columns = ", ".join(f'"{f.column}"' for _, f, _, _ in fields)
-    values = ", ".join(f"%({key})s" for key, *_ in fields)
+    columns = ", ".join(f'"{column.field.column}"' for column in fields)
+    values = ", ".join(f"%({column.parameter})s" for column in fields)
     rows = f"SELECT {values} FROM {source}" if source else f"VALUES ({values})"  # noqa: S608
     if returning:
         rows += f" RETURNING {returning}"
