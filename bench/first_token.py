@@ -53,10 +53,13 @@ PHASES = [
 def serve(argv: list[str], out: str) -> None:
     """daphne (``chatproject.server``) with probes; what they noted goes to ``out`` at exit."""
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
+    # First, as when it runs as the server's main module: it sets uvloop's policy before
+    # daphne makes its event loop (Django's setup imports daphne).
+    import chatproject.server as server  # isort: skip
+
     from aiohttp import client_proto, client_reqrep
 
     import chatproject.asgi  # noqa: F401 (sets Django up, as the server would)
-    import chatproject.server as server
     from chats.engine import admission, store
     from chats.providers import http_provider
     from chats.transports import openai_api
