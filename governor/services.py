@@ -12,6 +12,7 @@ from django.utils import timezone
 from django.utils.crypto import salted_hmac
 
 from billing.models import Tenant
+from chatproject import instances
 from governor import detectors
 from governor.evaluation import (
     EvaluationInput,
@@ -153,7 +154,8 @@ def governor_evaluate_unsaved(
     inp = EvaluationInput.from_parts(parts, metadata, "input", folded)
     text = inp.text
     result = evaluate(inp, policy)
-    record = AuditRecord(
+    record = instances.build(  # positionally: made on every request
+        AuditRecord,
         tenant=tenant,
         request_id=storable(request_id[:128]),
         model=storable(model_name[:200]),

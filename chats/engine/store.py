@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from billing import credits
 from billing.ledger import as_credits
-from chatproject import async_db
+from chatproject import async_db, instances
 from chatproject.errors import is_outage
 from chats.engine.types import GenerationRequest, StoredMessage, Usage
 from chats.models import Chat, Message
@@ -101,7 +101,8 @@ async def admit(
     params["tenant_id"] = tenant_id
     stored = None
     if request.chat is not None and store_message and user_message:
-        message = Message(
+        message = instances.build(
+            Message,
             chat=request.chat,
             role=Message.Role.USER,
             content=decision.clean(request.messages[-1].get("content", "")),
@@ -225,7 +226,8 @@ def _answer(
             "message_id": generation.message_id,
         }
         return _ANSWER_UPDATE
-    message = Message(
+    message = instances.build(
+        Message,
         id=generation.message_id,
         chat=chat,
         role=Message.Role.ASSISTANT,
