@@ -68,3 +68,28 @@ def comparable(value):
 def test_an_insert_sends_what_the_orm_would(instance):
     _, params = async_db.insert(instance, "row")
     assert [comparable(v) for v in params.values()] == [comparable(v) for v in orm_values(instance)]
+
+
+def test_named_parameters_become_postgresqls_own():
+    query, names = async_db._native(
+        "WITH a AS (SELECT %(x)s::int AS v) SELECT v, %(y)s, %(x)s, '100%%' FROM a"
+    )
+    assert query == b"WITH a AS (SELECT $1::int AS v) SELECT v, $2, $1, '100%' FROM a"
+    assert names == ("x", "y")
+    with pytest.raises(ValueError, match="only named parameters"):
+        async_db._native("SELECT %s")
+
+
+@pytest.mark.asyncio
+@pytest.mark.django_db(transaction=True)
+async def test_a_long_statement_runs_with_its_parameters_in_place(settings):
+    """Longer than psycopg would keep converted (4 KB, 50 parameters): the values still
+    land where they are named, a repeated name as one value."""
+    settings.ASYNC_DATABASE_POOL = True
+    columns = [f"%(p{i})s::int AS c{i}" for i in range(80)]
+    sql = f"SELECT {', '.join(columns)}, %(p3)s::int + %(p79)s::int, {'1' + ' ' * 4096}"
+    try:
+        row = await async_db.fetch_one(sql, {f"p{i}": i * 10 for i in range(80)} | {"extra": 1})
+    finally:
+        await async_db.close()
+    assert list(row) == [i * 10 for i in range(80)] + [30 + 790, 1]
