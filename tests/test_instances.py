@@ -64,5 +64,5 @@ def test_a_key_given_by_attname_and_defaults_made_per_instance():
 
 
 def test_an_unknown_field_is_refused():
-    with pytest.raises(TypeError, match="unexpected fields: colour"):
+    with pytest.raises(TypeError, match="unexpected field: colour"):
         instances.build(Message, role="user", colour="red")
