@@ -79,7 +79,10 @@ async def fetch_one(sql: str, params: dict[str, Any]) -> tuple:
     """Run one statement (its own transaction: the writes of its CTEs commit together, or
     none do) and return its one row. ``sql`` names its parameters (``%(name)s``)."""
     query, names = _native(sql)
-    values = [params[name] for name in names]
+    try:
+        values = [params[name] for name in names]
+    except KeyError as error:  # as psycopg reports it
+        raise psycopg.ProgrammingError(f"query parameter missing: {error.args[0]}") from None
     pool = await _pool()
     async with pool.connection() as conn:
         cursor = psycopg.AsyncRawCursor(conn)

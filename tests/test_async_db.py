@@ -93,3 +93,10 @@ async def test_a_long_statement_runs_with_its_parameters_in_place(settings):
     finally:
         await async_db.close()
     assert list(row) == [i * 10 for i in range(80)] + [30 + 790, 1]
+
+
+@pytest.mark.asyncio
+async def test_a_missing_parameter_is_a_database_error():
+    """The engine takes a statement the database refused to the ORM's path instead."""
+    with pytest.raises(async_db.Error, match="query parameter missing: y"):
+        await async_db.fetch_one("SELECT %(x)s, %(y)s", {"x": 1})
