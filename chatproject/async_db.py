@@ -101,8 +101,8 @@ def _native(sql: str) -> tuple[bytes, tuple[str, ...]]:
     parameter), and the names in their order.
 
     What psycopg does for named parameters itself, but it keeps the result only for
-    statements under 4 KB and 50 parameters: admission's and finalisation's are longer,
-    and would be parsed again on every request."""
+    statements under 4 KB and 50 parameters: admission's on a chat (audit record, hold and
+    the user's message) is longer, and would be parsed again on every exchange."""
     names: dict[str, int] = {}
 
     def number(match: re.Match) -> str:
