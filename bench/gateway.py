@@ -29,8 +29,10 @@ Side by side in one run, each printed with its ratio to the upstream alone:
 on a database of its own, migrated by that code (``<database>_baseline``); ``--rounds N``
 alternates the service measurements N times, since figures on a shared machine drift
 within minutes (the run ends with how much CPU time the host took from this virtual
-machine meanwhile, its ``steal``). ``--profile FILE`` writes py-spy's
-collapsed stacks (GIL holders) of this checkout's server under the 32-client load.
+machine meanwhile, its ``steal``, and how long a fixed piece of Python work took before
+and after: the machine's speed at the moment, which steal alone does not show).
+``--profile FILE`` writes py-spy's collapsed stacks (GIL holders) of this checkout's
+server under the 32-client load.
 
 The load generators are small clients on raw asyncio streams (HTTP/1.1 here, WebSocket in
 ``bench/ws_client.py``), so that the client's own cost stays small next to what it
@@ -63,7 +65,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import streaming, ws_client  # noqa: E402
-from bench.support import StealMeter, stop_processes  # noqa: E402
+from bench.support import StealMeter, reference_workload_ms, stop_processes  # noqa: E402
 
 SHORT, LONG = 5, 505  # tokens of an answer; LONG - SHORT relayed tokens price one token
 LITELLM_VENV = Path(tempfile.gettempdir()) / "bench-litellm-venv"
@@ -720,6 +722,7 @@ async def main(args) -> None:
             for service in servers
         ]
         # First tokens: every target's requests interleaved, over both transports.
+        speeds = [reference_workload_ms()]
         steal = StealMeter()
         http_times = await interleaved(
             http_timer, [*others, *service_targets], args.runs, args.warmup
@@ -749,6 +752,7 @@ async def main(args) -> None:
                     ws_rows[-1].name = name
                 print(f"  measured {name}", flush=True)
         steals.append(("the loads", steal.share()))
+        speeds.append(reference_workload_ms())
         print_table(rows, rows[0], SHORT)
         if ws_rows:
             print_ws(ws_rows, rows[0])
@@ -763,6 +767,11 @@ async def main(args) -> None:
                 "CPU time the host took from this machine (steal): "
                 + ", ".join(f"{share * 100:.0f} % during {what}" for what, share in steals)
             )
+        print(
+            f"the machine's speed: a reference workload took {speeds[0]:.1f} ms before the "
+            f"first tokens, {speeds[1]:.1f} ms after the loads (bench/support.py; on a slower "
+            "moment, more)"
+        )
     finally:
         stop_processes(processes)
 
