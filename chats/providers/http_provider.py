@@ -34,6 +34,11 @@ from .wire import (
 )
 
 _ERROR_BODY_BYTES = 64 * 1024  # of an error body: enough for any message worth quoting
+# What the SSE parser takes at a time. A read returns all the body the connection buffered
+# (a fast upstream's whole answer, when the loop was busy: a megabyte for 5,000 tokens,
+# 4 ms to parse), and the first token waited for all of it; a slice of this size parses in
+# about 0.1 ms before its events go on.
+_FEED_BYTES = 16 * 1024
 
 
 class Reading(ABC):
@@ -161,23 +166,25 @@ class HTTPProvider(Provider):
                 # Read on to the end of the body after the answer is complete, so that
                 # the connection goes back to the pool instead of being closed.
                 parser, body = SSEParser(), response.content
-                while chunk := await body.readany():
-                    for event, data in parser.feed(chunk):
-                        if reading.done:
-                            continue
-                        if data == self.end_marker:
-                            reading.done = True
-                            continue
-                        payload = parse_json_object(data)
-                        if payload is None:
-                            raise LLMProviderError(
-                                f"{self.name} sent malformed stream data", retryable=False
-                            )
-                        error = self.stream_error(event, payload)
-                        if error is not None:
-                            raise error
-                        for item in reading.take(event, payload):
-                            yield item
+                while read := await body.readany():
+                    for start in range(0, len(read), _FEED_BYTES):
+                        # A slice of the whole read is the read itself, not a copy.
+                        for event, data in parser.feed(read[start : start + _FEED_BYTES]):
+                            if reading.done:
+                                continue
+                            if data == self.end_marker:
+                                reading.done = True
+                                continue
+                            payload = parse_json_object(data)
+                            if payload is None:
+                                raise LLMProviderError(
+                                    f"{self.name} sent malformed stream data", retryable=False
+                                )
+                            error = self.stream_error(event, payload)
+                            if error is not None:
+                                raise error
+                            for item in reading.take(event, payload):
+                                yield item
         except TRANSPORT_ERRORS as exc:
             # Once the answer is complete, a failure while draining the body costs nothing.
             if not reading.finished:

@@ -30,6 +30,7 @@ from chats.providers import (
     aclose_shared_client,
     estimate_prompt_tokens,
     estimate_tokens,
+    http_provider,
 )
 from chats.providers.wire import SSEParser
 from tests.fakes.upstream import (
@@ -523,6 +524,47 @@ async def test_openai_tokens_arrive_as_they_are_sent(upstream: FakeUpstream) -> 
             assert isinstance(item, TokenDelta | StreamEnd)
     # 150 ms between tokens: they came one by one, not all at the end.
     assert arrivals[-2] - arrivals[0] >= 0.35
+
+
+@pytest.mark.asyncio
+async def test_a_large_read_is_parsed_in_slices_so_its_first_events_go_on_at_once(
+    upstream: FakeUpstream, shared: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fast upstream's answer piles up while the loop is busy; the parser takes what
+    one read returned a slice at a time, so its first token does not wait for the rest."""
+    fed: list[int] = []
+    reads: list[int] = []
+    feed, readany = http_provider.SSEParser.feed, aiohttp.StreamReader.readany
+
+    def counted_feed(self, chunk: bytes):
+        fed.append(len(chunk))
+        return feed(self, chunk)
+
+    async def counted_read(self) -> bytes:
+        read = await readany(self)
+        reads.append(len(read))
+        return read
+
+    monkeypatch.setattr(http_provider.SSEParser, "feed", counted_feed)
+    monkeypatch.setattr(aiohttp.StreamReader, "readany", counted_read)
+    stream = openai(upstream).stream(ask("tokens-3000"))
+    first = await anext(stream)
+    time.sleep(0.3)  # the loop is busy: the rest of the answer arrives meanwhile
+    outcome = await run_rest(stream)
+    assert isinstance(first, TokenDelta)
+    assert len(outcome.tokens) == 2999 and outcome.end is not None
+    assert max(reads) > 64 * 1024  # one read brought much of the answer at once
+    assert max(fed) <= 16 * 1024  # and the parser took it a slice at a time
+
+
+async def run_rest(stream) -> Outcome:
+    outcome = Outcome()
+    async for item in stream:
+        if isinstance(item, TokenDelta):
+            outcome.tokens.append(item.text)
+        else:
+            outcome.end = item
+    return outcome
 
 
 @pytest.mark.asyncio
