@@ -18,6 +18,7 @@ One daphne process, everything on, against the fake upstream (``bench/gateway.py
 
 import argparse
 import asyncio
+import collections
 import os
 import resource
 import sys
@@ -132,11 +133,14 @@ async def long_streams(server: gateway.Target, counts: list[int]) -> None:
         cpu = gateway.cpu_seconds(server.pid)
         start = time.perf_counter()
 
-        async def one(client):
+        failures: collections.Counter[str] = collections.Counter()
+
+        async def one(client, failures=failures):
             began = time.perf_counter()
             try:
                 answer = await client.stream(server.body())
-            except (RuntimeError, OSError, asyncio.IncompleteReadError):
+            except (RuntimeError, OSError, asyncio.IncompleteReadError) as error:
+                failures[_failure(error)] += 1
                 return None
             return answer.first_token, time.perf_counter() - began
 
@@ -152,7 +156,17 @@ async def long_streams(server: gateway.Target, counts: list[int]) -> None:
             f"  {count:>6} streams: slowest {slowest:.1f} s, first token p50 "
             f"{gateway.p(firsts, 50) if firsts else 0:.0f} ms, server CPU "
             f"{cpu / elapsed * 100:.0f} %, {count - len(done)} failed"
+            + "".join(f"; {n} {why}" for why, n in failures.most_common())
         )
+
+
+def _failure(error: BaseException) -> str:
+    """What a failed stream met: its HTTP status, or how the connection failed."""
+    if isinstance(error, RuntimeError) and str(error).startswith("HTTP "):
+        return str(error).split(":")[0]
+    if isinstance(error, asyncio.IncompleteReadError):
+        return "cut mid-answer"
+    return type(error).__name__
 
 
 async def main(args) -> None:
