@@ -34,10 +34,10 @@ from .wire import (
 )
 
 _ERROR_BODY_BYTES = 64 * 1024  # of an error body: enough for any message worth quoting
-# What the SSE parser takes at a time. A read returns all the body the connection buffered
-# (a fast upstream's whole answer, when the loop was busy: a megabyte for 5,000 tokens,
-# 4 ms to parse), and the first token waited for all of it; a slice of this size parses in
-# about 0.1 ms before its events go on.
+# What the SSE parser takes at a time. A read returns all of the body the connection has
+# buffered (a burst from a fast upstream while the loop was busy: a quarter of a megabyte,
+# 1 ms to parse), and the first token would wait for all of it; a slice of this size
+# parses in under 0.1 ms before its events go on.
 _FEED_BYTES = 16 * 1024
 
 
@@ -168,7 +168,7 @@ class HTTPProvider(Provider):
                 parser, body = SSEParser(), response.content
                 while read := await body.readany():
                     for start in range(0, len(read), _FEED_BYTES):
-                        # A slice of the whole read is the read itself, not a copy.
+                        # A read of one slice or less goes as it is (not copied).
                         for event, data in parser.feed(read[start : start + _FEED_BYTES]):
                             if reading.done:
                                 continue
