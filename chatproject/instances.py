@@ -19,8 +19,11 @@ from django.db import models
 M = TypeVar("M", bound=models.Model)
 
 
+_MADE = object()  # in a template: the default is made for each instance
+
+
 class _Layout(NamedTuple):
-    template: tuple[Any, ...]  # each concrete field's default, where it is a constant
+    template: tuple[Any, ...]  # each concrete field's default, or _MADE
     made: tuple[tuple[int, Callable[[], Any]], ...]  # (position, default) made per instance
     # name or attname -> (position, the foreign key when a related object goes by that name)
     positions: dict[str, tuple[int, models.ForeignKey | None]]
@@ -35,7 +38,7 @@ def _layout(model: type[models.Model]) -> _Layout:
         per_instance = callable(field.default) or (
             not field.has_default() and field.has_db_default()  # an expression, made anew
         )
-        template.append(None if per_instance else field.get_default())
+        template.append(_MADE if per_instance else field.get_default())
         if per_instance:
             made.append((position, field.get_default))
         relation = field if isinstance(field, models.ForeignKey) else None
@@ -50,7 +53,6 @@ def build(model: type[M], /, **values: Any) -> M:
     keyword path would, and its key set."""
     layout = _layout(model)
     args = list(layout.template)
-    given = set()
     related = []
     for name, value in values.items():
         try:
@@ -61,9 +63,8 @@ def build(model: type[M], /, **values: Any) -> M:
             related.append((relation, value))
             value = None if value is None else getattr(value, relation.target_field.attname)
         args[position] = value
-        given.add(position)
     for position, default in layout.made:
-        if position not in given:
+        if args[position] is _MADE:
             args[position] = default()
     instance = model(*args)
     for field, value in related:
