@@ -19,36 +19,37 @@ ones), side by side in one run, alternated ``--rounds`` times:
 
 import argparse
 import asyncio
-import collections
 import json
 import sys
 import time
 from pathlib import Path
 
 import httpcore
-import httptools
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import streaming  # noqa: E402
+from bench import gateway, streaming  # noqa: E402
 
 SHORT, LONG = 5, 505
 
 
+def request(tokens: int) -> dict:
+    return {
+        "model": f"tokens-{tokens}",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "hello"}],
+    }
+
+
 def body(tokens: int) -> bytes:
-    return json.dumps(
-        {
-            "model": f"tokens-{tokens}",
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": "hello"}],
-        }
-    ).encode()
+    return json.dumps(request(tokens)).encode()
 
 
-HEADERS = {"content-type": "application/json", "authorization": "Bearer x"}
+AUTH = {"authorization": "Bearer x"}
+HEADERS = {"content-type": "application/json", **AUTH}
 
 
 async def with_httpx(url: str, tokens: int, requests: int) -> int:
@@ -98,88 +99,21 @@ async def with_aiohttp(url: str, tokens: int, requests: int) -> int:
     return lines
 
 
-class _FloorConnection(asyncio.Protocol):
-    """One kept-alive connection: httptools parses, the reader waits on a future."""
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.waiter: asyncio.Future | None = None
-        self.transport: asyncio.Transport | None = None
-
-    def start(self) -> None:
-        self.chunks: collections.deque[bytes] = collections.deque()
-        self.status: int | None = None
-        self.done = False
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
-    def connection_lost(self, exc) -> None:
-        self.done = True
-        self._wake()
-
-    def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
-        self._wake()
-
-    def on_body(self, body: bytes) -> None:
-        self.chunks.append(body)
-        self._wake()
-
-    def on_message_complete(self) -> None:
-        self.done = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    async def wait(self) -> None:
-        self.waiter = asyncio.get_running_loop().create_future()
-        await self.waiter
-
-
-async def with_floor(url: str, tokens: int, requests: int) -> int:
-    lines = 0
-    loop = asyncio.get_running_loop()
+async def with_small_client(url: str, tokens: int, requests: int) -> int:
     parsed = httpx.URL(url)
-    idle: list[_FloorConnection] = []
-    head = (
-        f"POST {parsed.raw_path.decode()} HTTP/1.1\r\nhost: {parsed.host}:{parsed.port}\r\n"
-        + "".join(f"{name}: {value}\r\n" for name, value in HEADERS.items())
-    )
+    idle: list[gateway.HttpClient] = []
+    found = 0
 
     async def one() -> None:
-        nonlocal lines
-        if idle:
-            connection = idle.pop()
-        else:
-            _, connection = await loop.create_connection(_FloorConnection, parsed.host, parsed.port)
-        connection.start()
-        payload = body(tokens)
-        assert connection.transport is not None
-        connection.transport.write(
-            f"{head}content-length: {len(payload)}\r\n\r\n".encode() + payload
-        )
-        buffer = b""
-        while True:
-            while connection.chunks:
-                buffer += connection.chunks.popleft()
-                *complete, buffer = buffer.split(b"\n")
-                lines += sum(line.startswith(b"data:") for line in complete)
-            if connection.done:
-                break
-            await connection.wait()
-        idle.append(connection)
+        nonlocal found
+        client = idle.pop() if idle else gateway.HttpClient(parsed.port, parsed.path, AUTH)
+        found += (await client.stream(request(tokens))).tokens
+        idle.append(client)
 
     await run(one, requests)
-    for connection in idle:
-        assert connection.transport is not None
-        connection.transport.close()
-    return lines
+    for client in idle:
+        await client.close()
+    return found
 
 
 async def run(one, requests: int, concurrency: int = 8) -> None:
@@ -194,7 +128,7 @@ CLIENTS = {
     "httpx": with_httpx,
     "httpcore": with_httpcore,
     "aiohttp": with_aiohttp,
-    "floor": with_floor,
+    "small": with_small_client,
 }
 
 
